@@ -1,0 +1,82 @@
+"""``lucidd``: the daemon's command line (``serve``, ``keygen``).
+
+``lucidd serve`` without options runs unprivileged on the defaults of DESIGN §7: state under
+``$XDG_STATE_HOME/lucidd`` (else ``~/.local/state/lucidd``), sockets under
+``$XDG_RUNTIME_DIR/lucidd`` (else ``/tmp/lucidd-$UID``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from lucidd.config import load_config, resolve_dirs, unknown_env_settings
+from lucidd.crypto import Keyring
+from lucidd.errors import EX_CONFIG, LucidError
+from lucidd.keys import write_keyring
+from lucidd.logs import setup_logging
+
+DEFAULT_CONFIG_FILE = Path("/etc/lucidd/lucidd.toml")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lucidd", description="lucidd: seal streams of chunks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the daemon in the foreground")
+    serve.add_argument("--config", type=Path, help="TOML config file")
+    serve.add_argument("--state-dir", help="folder for sessions and keys")
+    serve.add_argument("--runtime-dir", help="folder for data.sock and control.sock")
+    serve.add_argument("--workers", type=int, help="worker processes (1-50)")
+    serve.add_argument("--durability", choices=["fsync", "os"], help="when to acknowledge")
+    keygen = sub.add_parser("keygen", help="write a new keyring (for systemd-creds)")
+    keygen.add_argument("-o", "--output", type=Path, help="file to create (default: stdout)")
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from lucidd.supervisor import serve
+
+    config_file: Path | None = args.config
+    if config_file is None and DEFAULT_CONFIG_FILE.is_file():
+        config_file = DEFAULT_CONFIG_FILE
+    toml_text = config_file.read_bytes() if config_file is not None else None
+    overrides = {
+        "state_dir": args.state_dir,
+        "runtime_dir": args.runtime_dir,
+        "workers": args.workers,
+        "durability": args.durability,
+    }
+    env = dict(os.environ)
+    config = load_config(toml_text, env, overrides)
+    config = resolve_dirs(config, env, str(Path.home()), os.getuid())
+    setup_logging("supervisor", config.log_level)
+    for name in unknown_env_settings(env):
+        logging.getLogger("lucidd").warning("event=unknown_setting variable=%s", name)
+    return serve(config)
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    keyring = Keyring.generate()
+    write_keyring(keyring, args.output if args.output is not None else sys.stdout.buffer)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        return _keygen(args)
+    except LucidError as err:
+        print(f"lucidd: {err.code}: {err}", file=sys.stderr)
+        return err.exit_code
+    except OSError as err:
+        print(f"lucidd: {err}", file=sys.stderr)
+        return EX_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

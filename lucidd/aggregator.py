@@ -1,0 +1,262 @@
+"""The Merkle aggregator process (DESIGN §2): order, Merkle, index, acks, control socket.
+
+Receives each worker's group-commit outcome, indexes the records, appends leaves in index order
+(the reorder window), tells the supervisor which chunks are acknowledged, and serves the
+control socket. Everything it holds in memory is rebuilt from the state folder on start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import signal
+import socket
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import psutil
+import uvloop
+
+from lucidd import ipc
+from lucidd import protocol as p
+from lucidd.channels import PipeReader, PipeWriter
+from lucidd.config import Config, config_as_dict
+from lucidd.control import ControlProtocol
+from lucidd.errors import LucidError
+from lucidd.keys import load_keyring
+from lucidd.ledger import Ledger, SessionLedger
+from lucidd.logs import setup_logging
+from lucidd.procutil import die_with_parent
+from lucidd.ring import RingReader
+
+log = logging.getLogger("lucidd.aggregator")
+
+SYNC_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True)
+class AggregatorSpec:
+    config: Config
+    keyring_path: str
+    ring_name: str
+    ring_size: int
+
+
+def _take_fd(conn: Connection) -> int:
+    """Own a Connection's fd outright (the Connection object would close it when collected)."""
+    fd = os.dup(conn.fileno())
+    conn.close()
+    return fd
+
+
+class Aggregator:
+    """State and loop of the aggregator process; implements ``control.ControlServices``."""
+
+    def __init__(
+        self,
+        spec: AggregatorSpec,
+        control_sock: socket.socket,
+        from_supervisor: Connection,
+        to_supervisor: Connection,
+        from_workers: list[Connection],
+    ) -> None:
+        self.config = spec.config
+        self.default_compression = spec.config.compression
+        self.ledger = Ledger(Path(spec.config.state_dir), load_keyring(Path(spec.keyring_path)))
+        self._ring = RingReader(spec.ring_name, spec.ring_size)
+        self._control_sock = control_sock
+        self._fds = (
+            _take_fd(from_supervisor),
+            _take_fd(to_supervisor),
+            [_take_fd(c) for c in from_workers],
+        )
+        self._tokens = itertools.count(1)
+        self._freezes: dict[int, asyncio.Future[None]] = {}
+        self._locks: dict[bytes, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._processes: list[ipc.ProcessInfo] = []
+        self._supervisor_metrics: dict[str, float] = {}
+        self._counters: dict[str, float] = defaultdict(float)
+        self._stop = asyncio.Event()
+        self._to_supervisor: PipeWriter | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        from_sup, to_sup, from_workers = self._fds
+        self._to_supervisor = PipeWriter(loop, to_sup)
+        decode_sup = ipc.decoder(ipc.SupervisorToAggregator)
+        PipeReader(loop, from_sup, decode_sup, self._on_supervisor, self._stop.set)
+        for fd in from_workers:
+            PipeReader(loop, fd, ipc.decoder(ipc.WorkerToAggregator), self._on_batch, _noop)
+        server = await loop.create_unix_server(
+            lambda: ControlProtocol(self), sock=self._control_sock
+        )
+        self._send(ipc.AggregatorReady([s.view() for s in self.ledger]))
+        log.info("event=aggregator_ready sessions=%d", len(self.ledger.sessions))
+        syncer = asyncio.ensure_future(self._sync_periodically())
+        await self._stop.wait()
+        syncer.cancel()
+        server.close()
+        self.ledger.close()
+        self._ring.close()
+        log.info("event=aggregator_stopped")
+
+    async def _sync_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(SYNC_INTERVAL_S)
+            try:
+                self.ledger.sync()
+            except OSError as exc:
+                log.error("event=merkle_sync_failed errno=%s", exc.errno)
+
+    def _send(self, message: Any) -> None:
+        assert self._to_supervisor is not None
+        self._to_supervisor.send(message)
+
+    # -- from workers -------------------------------------------------------------------
+
+    def _on_batch(self, batch: ipc.SealedBatch) -> None:
+        acked: list[ipc.Acked] = []
+        failed = list(batch.failed)
+        for sealed in batch.sealed:
+            session = self.ledger.sessions.get(sealed.session)
+            if session is None:
+                failed.append(
+                    ipc.Failed(sealed.session, sealed.index, "unknown_session", "session is gone")
+                )
+                continue
+            try:
+                session.record_sealed(sealed)
+            except OSError as exc:
+                failed.append(
+                    ipc.Failed(sealed.session, sealed.index, "storage", f"index write: {exc}")
+                )
+                continue
+            acked.append(ipc.Acked(sealed.session, sealed.index, sealed.leaf_hash))
+        self._send(ipc.Outcomes(acked, failed))
+        counters = self._counters
+        counters["chunks_sealed_total"] += len(acked)
+        counters["chunks_failed_total"] += len(failed)
+        counters["plaintext_bytes_total"] += batch.plaintext_bytes
+        counters["batches_total"] += 1
+        counters["stage_seal_seconds_total"] += batch.times.seal / 1e9
+        counters["stage_write_seconds_total"] += batch.times.write / 1e9
+        counters["stage_fsync_seconds_total"] += batch.times.fsync / 1e9
+
+    # -- from the supervisor ------------------------------------------------------------
+
+    def _on_supervisor(self, message: Any) -> None:
+        if isinstance(message, ipc.OpenRequest):
+            self._open_implicitly(message)
+        elif isinstance(message, ipc.Frozen):
+            future = self._freezes.pop(message.token, None)
+            if future is not None and not future.done():
+                future.set_result(None)
+        elif isinstance(message, ipc.CompareRequest):
+            self._send(self._compare(message))
+        elif isinstance(message, ipc.SupervisorStatus):
+            self._processes = message.processes
+            self._supervisor_metrics = message.metrics
+        elif isinstance(message, ipc.Shutdown):
+            self._stop.set()
+
+    def _open_implicitly(self, request: ipc.OpenRequest) -> None:
+        try:
+            session = self.ledger.open(request.session, request.compression)
+        except LucidError as err:
+            view = ipc.SessionView(request.session, "error", request.compression, 0, 0, [])
+            self._send(ipc.SessionChanged(view, error=f"{err.code}: {err.message}"))
+            return
+        self._send(ipc.SessionChanged(session.view()))
+
+    def _compare(self, request: ipc.CompareRequest) -> ipc.CompareResult:
+        """Is a resent chunk byte-identical to the stored one? (Open and compare.)"""
+        try:
+            session = self.ledger.get(request.session)
+            plaintext, _ = session.read_chunk(self.ledger.keyring, request.index)
+            leaf = session.entry(request.index).leaf_hash
+        except LucidError as err:
+            return ipc.CompareResult(request.token, False, b"", err.code, err.message)
+        payload = self._ring.payload(request.offset, request.length)
+        try:
+            equal = payload == plaintext
+        finally:
+            payload.release()
+        return ipc.CompareResult(request.token, equal, leaf)
+
+    # -- ControlServices ----------------------------------------------------------------
+
+    def config_dict(self) -> dict[str, Any]:
+        return config_as_dict(self.config)
+
+    def health(self) -> p.HealthReply:
+        # The supervisor's table lists every process, this one included.
+        rows = self._processes or [ipc.ProcessInfo("aggregator", os.getpid(), True, 0)]
+        statuses = [
+            p.ProcessStatus(r.role, r.pid, r.alive, _rss(r.pid) if r.alive else 0, r.restarts)
+            for r in rows
+        ]
+        healthy = bool(self._processes) and all(r.alive for r in rows)
+        return p.HealthReply(req=0, status="ok" if healthy else "degraded", processes=statuses)
+
+    def metrics(self) -> dict[str, float]:
+        merged = dict(self._supervisor_metrics)
+        merged.update(self._counters)
+        merged["sessions"] = float(len(self.ledger.sessions))
+        return merged
+
+    def session_lock(self, session_id: bytes) -> asyncio.Lock:
+        return self._locks[session_id]
+
+    async def freeze(self, session_id: bytes) -> None:
+        token = next(self._tokens)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._freezes[token] = future
+        self._send(ipc.FreezeRequest(token, session_id))
+        await future
+
+    def thaw(self, session_id: bytes) -> None:
+        self._send(ipc.ThawRequest(session_id))
+
+    def session_changed(self, session: SessionLedger) -> None:
+        self._send(ipc.SessionChanged(session.view()))
+
+    def session_shredded(self, session_id: bytes) -> None:
+        view = ipc.SessionView(session_id, ipc.SESSION_SHREDDED, "", 0, 0, [])
+        self._send(ipc.SessionChanged(view))
+        self._locks.pop(session_id, None)
+
+
+def _rss(pid: int) -> int:
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
+        return 0
+
+
+def _noop() -> None:
+    """A worker pipe reached EOF: that worker died; the supervisor replaces it."""
+
+
+def aggregator_main(
+    spec: AggregatorSpec,
+    control_sock: socket.socket,
+    from_supervisor: Connection,
+    to_supervisor: Connection,
+    from_workers: list[Connection],
+) -> None:
+    """Entry point in the child process (started by the forkserver)."""
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    setup_logging("aggregator", spec.config.log_level)
+    started = time.monotonic()
+    aggregator = Aggregator(spec, control_sock, from_supervisor, to_supervisor, from_workers)
+    log.info("event=ledger_loaded seconds=%.3f", time.monotonic() - started)
+    uvloop.run(aggregator.run())

@@ -1,0 +1,140 @@
+"""Non-blocking pipe endpoints for the asyncio processes (layer 2).
+
+Frames match ``multiprocessing.Connection``: a 4-byte big-endian signed length, then the body.
+The blocking worker uses ``Connection.send_bytes``/``recv_bytes`` on its ends; the supervisor and
+the aggregator must never block their event loop on a pipe, so their ends are switched to
+``O_NONBLOCK`` and driven by ``loop.add_reader``/``add_writer`` here. A writer queues what the
+pipe cannot take yet (its peer is slow); the queue is bounded by the callers' own limits
+(in-flight cap, one status message at a time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+from collections.abc import Callable
+from typing import Any, Final
+
+import msgspec
+
+_LENGTH: Final = struct.Struct(">i")
+_READ_SIZE: Final = 1 << 20
+
+
+class PipeReader:
+    """Reads frames from a pipe fd and hands each decoded message to ``on_message``.
+
+    ``on_eof`` runs once when the writer side is gone (its process died or closed it).
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fd: int,
+        decoder: msgspec.msgpack.Decoder[Any],
+        on_message: Callable[[Any], None],
+        on_eof: Callable[[], None],
+    ) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._decoder = decoder
+        self._on_message = on_message
+        self._on_eof = on_eof
+        self._buffer = bytearray()
+        self._closed = False
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, self._on_readable)
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._fd, _READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+            self._on_eof()
+            return
+        self._buffer += data
+        self._deliver()
+
+    def _deliver(self) -> None:
+        buffer = self._buffer
+        pos = 0
+        end = len(buffer)
+        while end - pos >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(buffer, pos)
+            if end - pos - _LENGTH.size < length:
+                break
+            start = pos + _LENGTH.size
+            message = self._decoder.decode(memoryview(buffer)[start : start + length])
+            pos = start + length
+            self._on_message(message)
+            if self._closed:
+                return
+        if pos:
+            del buffer[:pos]
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._loop.remove_reader(self._fd)
+            os.close(self._fd)
+
+
+class PipeWriter:
+    """Writes frames to a pipe fd without blocking; queues what the pipe cannot take yet."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._encoder = msgspec.msgpack.Encoder()
+        self._pending = bytearray()
+        self._closed = False
+        self.broken = False
+        os.set_blocking(fd, False)
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    def send(self, message: Any) -> None:
+        """Queue one message; written now if the pipe has room. Dropped if the peer is gone."""
+        if self._closed or self.broken:
+            return
+        frame = bytearray(_LENGTH.size)
+        self._encoder.encode_into(message, frame, _LENGTH.size)
+        _LENGTH.pack_into(frame, 0, len(frame) - _LENGTH.size)
+        if self._pending:
+            self._pending += frame
+            return
+        self._write(frame)
+
+    def _write(self, data: bytes | bytearray) -> None:
+        try:
+            written = os.write(self._fd, data)
+        except BlockingIOError:
+            written = 0
+        except OSError:  # EPIPE: the reader died; supervision notices and replaces it
+            self.broken = True
+            self._pending.clear()
+            return
+        if written < len(data):
+            # Nothing is pending and no writer is registered when _write runs.
+            self._pending = bytearray(memoryview(data)[written:])
+            self._loop.add_writer(self._fd, self._on_writable)
+
+    def _on_writable(self) -> None:
+        data = self._pending
+        self._pending = bytearray()
+        self._loop.remove_writer(self._fd)
+        self._write(data)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self._pending:
+                self._loop.remove_writer(self._fd)
+            os.close(self._fd)

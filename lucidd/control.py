@@ -1,0 +1,242 @@
+"""Control-socket handlers (layer 3), served by the aggregator (DESIGN §2, §6).
+
+:class:`ControlProtocol` turns bytes into requests with the sans-IO codec and each request into
+exactly one reply. Handlers are plain functions of :class:`ControlServices`, the narrow view of
+the aggregator they need, so the process main only composes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, cast
+
+from lucidd import protocol as p
+from lucidd.errors import BadFrameError, BadRequestError, LucidError
+from lucidd.ledger import Ledger, SessionLedger
+
+log = logging.getLogger("lucidd.control")
+
+
+class ControlServices(Protocol):
+    """What the control handlers need from the aggregator."""
+
+    ledger: Ledger
+    default_compression: str
+
+    def config_dict(self) -> dict[str, Any]: ...
+
+    def health(self) -> p.HealthReply: ...
+
+    def metrics(self) -> dict[str, float]: ...
+
+    def session_lock(self, session_id: bytes) -> asyncio.Lock: ...
+
+    async def freeze(self, session_id: bytes) -> None:
+        """Return once the supervisor admits no chunk of the session and has none in flight."""
+
+    def thaw(self, session_id: bytes) -> None: ...
+
+    def session_changed(self, session: SessionLedger) -> None: ...
+
+    def session_shredded(self, session_id: bytes) -> None: ...
+
+
+def _summary(session: SessionLedger) -> p.SessionSummary:
+    return p.SessionSummary(
+        session=session.session_id,
+        state=session.state,
+        size=session.merkle.size,
+        chunks=session.chunks,
+        plaintext_bytes=session.plaintext_bytes,
+        compression=session.meta.compression,
+    )
+
+
+async def handle_request(services: ControlServices, request: Any) -> p.Message:
+    """One reply for one request; every failure becomes a typed ``Error``."""
+    req: int = request.req
+    try:
+        handler = _HANDLERS[type(request)]
+        return await handler(services, request)
+    except LucidError as err:
+        return p.error_reply(req, err)
+    except Exception:
+        log.exception("event=control_request_failed request=%s", type(request).__name__)
+        return p.Error(req=req, code="internal", message="internal error; see the daemon log")
+
+
+async def _health(s: ControlServices, r: p.Health) -> p.Message:
+    reply = s.health()
+    return p.HealthReply(req=r.req, status=reply.status, processes=reply.processes,
+                         sessions=len(s.ledger.sessions))
+
+
+async def _metrics(s: ControlServices, r: p.Metrics) -> p.Message:
+    return p.MetricsReply(req=r.req, metrics=s.metrics())
+
+
+async def _config(s: ControlServices, r: p.GetConfig) -> p.Message:
+    return p.ConfigReply(req=r.req, config=s.config_dict())
+
+
+async def _open(s: ControlServices, r: p.OpenSession) -> p.Message:
+    if r.session is not None and len(r.session) != p.SESSION_ID_SIZE:
+        raise BadFrameError("session id must be 16 bytes")
+    session = s.ledger.open(r.session, r.compression or s.default_compression)
+    s.session_changed(session)
+    return p.SessionOpened(req=r.req, session=session.session_id)
+
+
+async def _sessions(s: ControlServices, r: p.ListSessions) -> p.Message:
+    return p.SessionListReply(req=r.req, sessions=[_summary(x) for x in s.ledger])
+
+
+async def _info(s: ControlServices, r: p.SessionInfo) -> p.Message:
+    return p.SessionInfoReply(req=r.req, info=_summary(s.ledger.get(r.session)))
+
+
+async def _root(s: ControlServices, r: p.GetRoot) -> p.Message:
+    session = s.ledger.get(r.session)
+    size = session.check_size(r.size)
+    return p.RootReply(req=r.req, session=r.session, size=size, root=session.merkle.root(size))
+
+
+async def _proof(s: ControlServices, r: p.GetInclusionProof) -> p.Message:
+    session = s.ledger.get(r.session)
+    size = session.check_size(r.size)
+    if not 0 <= r.index < size:
+        raise BadRequestError(
+            f"index {r.index} is not in the tree of size {size}", session=r.session
+        )
+    return p.InclusionProofReply(
+        req=r.req,
+        session=r.session,
+        index=r.index,
+        size=size,
+        leaf_hash=session.merkle.leaf(r.index),
+        path=session.merkle.inclusion_proof(r.index, size),
+        root=session.merkle.root(size),
+    )
+
+
+async def _consistency(s: ControlServices, r: p.GetConsistencyProof) -> p.Message:
+    session = s.ledger.get(r.session)
+    size2 = session.check_size(r.size2)
+    size1 = session.check_size(r.size1)
+    if size1 > size2:
+        raise BadRequestError(f"size1 {size1} is larger than size2 {size2}")
+    return p.ConsistencyProofReply(
+        req=r.req,
+        session=r.session,
+        size1=size1,
+        size2=size2,
+        path=session.merkle.consistency_proof(size1, size2),
+        root1=session.merkle.root(size1),
+        root2=session.merkle.root(size2),
+    )
+
+
+async def _finalize(s: ControlServices, r: p.Finalize) -> p.Message:
+    session = s.ledger.get(r.session)
+    async with s.session_lock(r.session):
+        if session.state != "finalized":
+            await s.freeze(r.session)
+            try:
+                checkpoint = session.finalize(s.ledger.keyring)
+            except BaseException:
+                s.thaw(r.session)
+                raise
+            s.session_changed(session)
+        else:
+            checkpoint = session.finalized_checkpoint(s.ledger.keyring)
+    return p.FinalizeReply(
+        req=r.req,
+        session=r.session,
+        size=checkpoint.size,
+        root=checkpoint.root,
+        checkpoint=checkpoint.encode(),
+    )
+
+
+async def _read(s: ControlServices, r: p.ReadChunk) -> p.Message:
+    session = s.ledger.get(r.session)
+    plaintext, record = session.read_chunk(s.ledger.keyring, r.index)
+    return p.ChunkReply(req=r.req, session=r.session, index=r.index, data=plaintext, record=record)
+
+
+async def _shred(s: ControlServices, r: p.Shred) -> p.Message:
+    s.ledger.get(r.session)
+    async with s.session_lock(r.session):
+        await s.freeze(r.session)
+        s.ledger.shred(r.session)
+        s.session_shredded(r.session)
+    return p.ShredReply(req=r.req, session=r.session)
+
+
+_Handler = Callable[[ControlServices, Any], Awaitable[p.Message]]
+_HANDLERS: dict[type, _Handler] = {
+    p.Health: _health,
+    p.Metrics: _metrics,
+    p.GetConfig: _config,
+    p.OpenSession: _open,
+    p.ListSessions: _sessions,
+    p.SessionInfo: _info,
+    p.GetRoot: _root,
+    p.GetInclusionProof: _proof,
+    p.GetConsistencyProof: _consistency,
+    p.Finalize: _finalize,
+    p.ReadChunk: _read,
+    p.Shred: _shred,
+}
+
+
+class ControlProtocol(asyncio.Protocol):
+    """One control connection: requests are handled concurrently, replies sent as they finish."""
+
+    def __init__(self, services: ControlServices) -> None:
+        self._services = services
+        self._decoder = p.control_request_decoder()
+        self._transport: asyncio.Transport | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._decoder.receive_data(data)
+        while True:
+            try:
+                event = self._decoder.next_event()
+            except LucidError as err:
+                self._send(p.error_reply(_req_of(err), err))
+                self._close()
+                return
+            if event is None:
+                return
+            if isinstance(event, p.FrameMessage):
+                task = asyncio.ensure_future(self._serve(event.message))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, request: Any) -> None:
+        reply = await handle_request(self._services, request)
+        self._send(reply)
+
+    def _send(self, reply: p.Message) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(p.encode_frame(reply))
+
+    def _close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+
+
+def _req_of(err: LucidError) -> int:
+    req = err.context.get("req")
+    return req if isinstance(req, int) else 0

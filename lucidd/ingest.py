@@ -1,0 +1,517 @@
+"""The supervisor's data path (layer 3): data socket → admission → ring slot → worker → ack.
+
+:class:`DataProtocol` is an ``asyncio.BufferedProtocol``: while a chunk's payload is expected and
+nothing else is buffered, ``get_buffer`` returns the chunk's ring slot itself, so the kernel copies
+payload bytes straight into shared memory (DESIGN §3). Headers (and payload bytes that arrived in
+the same read as their header) go through a small scratch buffer and the sans-IO decoder.
+
+:class:`Ingest` is the single owner of admission state: the sessions' gates, the slot allocator,
+the in-flight table and the worker links. Everything runs on the supervisor's event loop, so
+nothing here needs a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, cast
+
+from lucidd import ipc
+from lucidd import protocol as p
+from lucidd.channels import PipeWriter
+from lucidd.config import Config
+from lucidd.errors import (
+    BusyError,
+    DuplicateIndexError,
+    InternalError,
+    LucidError,
+    SessionFinalizedError,
+    SessionFullError,
+    error_from_wire,
+)
+from lucidd.slots import SlotAllocator, SlotRun
+
+log = logging.getLogger("lucidd.ingest")
+
+SCRATCH_SIZE: Final = 256 * 1024
+_SEAL: Final = "seal"
+_COMPARE: Final = "compare"
+
+
+@dataclass(eq=False)
+class InFlight:
+    """One admitted chunk from ChunkStart to its ack (or error)."""
+
+    conn: DataProtocol
+    req: int
+    session: bytes
+    index: int
+    length: int
+    run: SlotRun
+    kind: str
+    received: int = 0
+    worker: int = -1
+
+
+@dataclass(eq=False)
+class SessionGate:
+    """The supervisor's admission view of one session (DESIGN §2)."""
+
+    session: bytes
+    state: str
+    compression: str
+    plaintext_bytes: int = 0
+    prefix: int = 0
+    above: set[int] = field(default_factory=set)
+    in_flight: dict[int, InFlight] = field(default_factory=dict)
+    waiting_for_open: list[InFlight] = field(default_factory=list)
+    frozen: bool = False
+    freeze_tokens: list[int] = field(default_factory=list)
+
+    def stored(self, index: int) -> bool:
+        return index < self.prefix or index in self.above
+
+    def mark_stored(self, index: int) -> None:
+        if index == self.prefix:
+            self.prefix += 1
+            above = self.above
+            while self.prefix in above:
+                above.remove(self.prefix)
+                self.prefix += 1
+        elif index > self.prefix:
+            self.above.add(index)
+
+
+@dataclass
+class WorkerLink:
+    writer: PipeWriter
+    outstanding: int = 0
+    alive: bool = True
+
+
+class _Wait(Exception):
+    """Admission must wait for ring space or in-flight capacity (backpressure)."""
+
+
+class Ingest:
+    """Admission, dispatch and acknowledgement for every data connection."""
+
+    def __init__(
+        self,
+        config: Config,
+        ring: memoryview,
+        workers: list[WorkerLink],
+        to_aggregator: Callable[[Any], None],
+    ) -> None:
+        self.config = config
+        self.ring = ring
+        self.workers = workers
+        self._to_aggregator = to_aggregator
+        self.slots = SlotAllocator(config.ring_size // config.slot_size, config.slot_size)
+        self.gates: dict[bytes, SessionGate] = {}
+        self.in_flight = 0
+        self.draining = False
+        self._blocked: deque[DataProtocol] = deque()
+        self._compares: dict[int, InFlight] = {}
+        self._tokens = itertools.count(1)
+        self.connections: set[DataProtocol] = set()
+        self.counters: dict[str, float] = {
+            "chunks_received_total": 0.0,
+            "chunks_acked_total": 0.0,
+            "chunks_refused_total": 0.0,
+            "bytes_received_total": 0.0,
+            "backpressure_pauses_total": 0.0,
+        }
+        self.drained = asyncio.Event()
+
+    # -- sessions -----------------------------------------------------------------------
+
+    def load_sessions(self, views: list[ipc.SessionView]) -> None:
+        for view in views:
+            self.gates[view.session] = _gate_from_view(view)
+
+    def on_session_changed(self, message: ipc.SessionChanged) -> None:
+        view = message.view
+        gate = self.gates.get(view.session)
+        if view.state == ipc.SESSION_SHREDDED:
+            self.gates.pop(view.session, None)
+            for link in self.workers:
+                link.writer.send(ipc.Forget(view.session))
+            return
+        if message.error:
+            if gate is not None and gate.state == "opening":
+                del self.gates[view.session]
+                code, _, text = message.error.partition(": ")
+                for chunk in gate.waiting_for_open:
+                    self._finish(chunk, error_from_wire(code, text, session=view.session))
+            return
+        if gate is None:
+            self.gates[view.session] = _gate_from_view(view)
+            return
+        was_opening = gate.state == "opening"
+        gate.state = view.state
+        gate.compression = view.compression
+        if was_opening:
+            waiting, gate.waiting_for_open = gate.waiting_for_open, []
+            for chunk in waiting:
+                self._dispatch(gate, chunk)
+
+    def on_freeze(self, request: ipc.FreezeRequest) -> None:
+        gate = self.gates.get(request.session)
+        if gate is None:
+            self._to_aggregator(ipc.Frozen(request.token))
+            return
+        gate.frozen = True
+        gate.freeze_tokens.append(request.token)
+        self._maybe_frozen(gate)
+
+    def on_thaw(self, request: ipc.ThawRequest) -> None:
+        gate = self.gates.get(request.session)
+        if gate is not None:
+            gate.frozen = False
+
+    def _maybe_frozen(self, gate: SessionGate) -> None:
+        if gate.frozen and not gate.in_flight and gate.freeze_tokens:
+            for token in gate.freeze_tokens:
+                self._to_aggregator(ipc.Frozen(token))
+            gate.freeze_tokens.clear()
+
+    # -- admission ----------------------------------------------------------------------
+
+    def admit(self, conn: DataProtocol, start: p.ChunkStart) -> InFlight:
+        """Admit a chunk or raise its typed refusal; raises _Wait for backpressure."""
+        if self.draining:
+            raise BusyError("daemon is shutting down", session=start.session, index=start.index)
+        gate = self.gates.get(start.session)
+        if gate is None:
+            gate = SessionGate(start.session, "opening", self.config.compression)
+            self.gates[start.session] = gate
+            self._to_aggregator(ipc.OpenRequest(start.session, self.config.compression))
+        context = {"session": start.session, "index": start.index}
+        if gate.state == ipc.SESSION_FINALIZED:
+            raise SessionFinalizedError("session is finalized", **context)
+        if gate.frozen:
+            raise BusyError("session is being finalized or shredded", **context)
+        if start.index in gate.in_flight:
+            raise DuplicateIndexError(f"chunk {start.index} is already in flight", **context)
+        kind = _COMPARE if gate.stored(start.index) else _SEAL
+        if kind == _SEAL:
+            if start.index >= gate.prefix + self.config.reorder_window:
+                raise BusyError(
+                    f"chunk {start.index} is more than {self.config.reorder_window} past the "
+                    f"first missing chunk {gate.prefix}; send earlier chunks first",
+                    **context,
+                )
+            if gate.plaintext_bytes + start.length > self.config.max_session_size:
+                raise SessionFullError(
+                    f"session would exceed {self.config.max_session_size} bytes", **context
+                )
+        if self.in_flight >= self.config.max_in_flight:
+            raise _Wait
+        run = self.slots.allocate(start.length)
+        if run is None:
+            raise _Wait
+        chunk = InFlight(conn, start.req, start.session, start.index, start.length, run, kind)
+        gate.in_flight[start.index] = chunk
+        self.in_flight += 1
+        if kind == _SEAL:
+            gate.plaintext_bytes += start.length
+        self.counters["chunks_received_total"] += 1
+        self.counters["bytes_received_total"] += start.length
+        return chunk
+
+    def complete(self, chunk: InFlight) -> None:
+        """The payload is in its slot: hand it on."""
+        gate = self.gates.get(chunk.session)
+        if gate is None:  # shredded while the payload was arriving
+            self._finish(chunk, InternalError("session disappeared"))
+            return
+        if chunk.kind == _COMPARE:
+            token = next(self._tokens)
+            self._compares[token] = chunk
+            self._to_aggregator(
+                ipc.CompareRequest(token, chunk.session, chunk.index, chunk.run.offset, chunk.length)
+            )
+        elif gate.state == "opening":
+            gate.waiting_for_open.append(chunk)
+        else:
+            self._dispatch(gate, chunk)
+
+    def _dispatch(self, gate: SessionGate, chunk: InFlight) -> None:
+        workers = self.workers
+        live = [i for i in range(len(workers)) if workers[i].alive]
+        if not live:
+            self._finish(chunk, InternalError("no worker process is alive"))
+            return
+        k = min(live, key=lambda i: workers[i].outstanding)
+        link = workers[k]
+        link.outstanding += 1
+        chunk.worker = k
+        link.writer.send(
+            ipc.Seal(chunk.session, chunk.index, chunk.run.offset, chunk.length, gate.compression)
+        )
+
+    def worker_died(self, worker: int) -> None:
+        """Hand a dead worker's chunks to the others: their bytes are still in the ring.
+
+        A record the dead worker already wrote is harmless: it was never indexed, and the
+        index names the record that gets acknowledged.
+        """
+        link = self.workers[worker]
+        link.alive = False
+        link.outstanding = 0
+        for gate in self.gates.values():
+            for chunk in list(gate.in_flight.values()):
+                if chunk.worker == worker:
+                    chunk.worker = -1
+                    self._dispatch(gate, chunk)
+
+    def abandon(self, chunk: InFlight) -> None:
+        """The client vanished mid-payload: reclaim the slots, forget the chunk."""
+        gate = self.gates.get(chunk.session)
+        if gate is not None:
+            gate.in_flight.pop(chunk.index, None)
+            if chunk.kind == _SEAL:
+                gate.plaintext_bytes -= chunk.length
+            self._maybe_frozen(gate)
+        self._release(chunk)
+
+    # -- outcomes -----------------------------------------------------------------------
+
+    def on_outcomes(self, outcomes: ipc.Outcomes) -> None:
+        for acked in outcomes.acked:
+            chunk = self._take(acked.session, acked.index)
+            if chunk is not None:
+                self._finish(chunk, None, acked.leaf_hash)
+        for failed in outcomes.failed:
+            chunk = self._take(failed.session, failed.index)
+            if chunk is not None:
+                err = error_from_wire(
+                    failed.code, failed.message, session=failed.session, index=failed.index
+                )
+                self._finish(chunk, err)
+
+    def on_compared(self, result: ipc.CompareResult) -> None:
+        chunk = self._compares.pop(result.token, None)
+        if chunk is None:
+            return
+        if result.code:
+            err: LucidError | None = error_from_wire(result.code, result.message)
+        elif not result.equal:
+            err = DuplicateIndexError(
+                f"chunk {chunk.index} is already stored with different bytes",
+                session=chunk.session,
+                index=chunk.index,
+            )
+        else:
+            err = None
+        self._finish(chunk, err, result.leaf_hash)
+
+    def _take(self, session: bytes, index: int) -> InFlight | None:
+        gate = self.gates.get(session)
+        chunk = gate.in_flight.get(index) if gate is not None else None
+        if chunk is not None and chunk.worker >= 0:
+            self.workers[chunk.worker].outstanding -= 1
+        return chunk
+
+    def _finish(self, chunk: InFlight, err: LucidError | None, leaf_hash: bytes = b"") -> None:
+        """Reply to the client, update the gate and release the slots."""
+        gate = self.gates.get(chunk.session)
+        if gate is not None:
+            if gate.in_flight.get(chunk.index) is chunk:
+                del gate.in_flight[chunk.index]
+            if err is None:
+                gate.mark_stored(chunk.index)
+            elif chunk.kind == _SEAL:
+                gate.plaintext_bytes -= chunk.length
+        if err is None:
+            self.counters["chunks_acked_total"] += 1
+            chunk.conn.send(p.Ack(chunk.req, chunk.session, chunk.index, leaf_hash))
+        else:
+            self.counters["chunks_refused_total"] += 1
+            chunk.conn.send(p.error_reply(chunk.req, err))
+        self._release(chunk)
+        if gate is not None:
+            self._maybe_frozen(gate)
+
+    def _release(self, chunk: InFlight) -> None:
+        self.slots.free(chunk.run)
+        self.in_flight -= 1
+        self._wake_blocked()
+        if self.in_flight == 0 and self.draining:
+            self.drained.set()
+
+    # -- backpressure -------------------------------------------------------------------
+
+    def block(self, conn: DataProtocol) -> None:
+        self.counters["backpressure_pauses_total"] += 1
+        self._blocked.append(conn)
+
+    def unblock(self, conn: DataProtocol) -> None:
+        try:
+            self._blocked.remove(conn)
+        except ValueError:
+            pass
+
+    def _wake_blocked(self) -> None:
+        # Oldest first; a connection that still cannot proceed re-queues itself at the back.
+        for _ in range(len(self._blocked)):
+            if not self._blocked:
+                return
+            conn = self._blocked.popleft()
+            if not conn.retry_admission():
+                return
+
+    def start_draining(self) -> None:
+        self.draining = True
+        if self.in_flight == 0:
+            self.drained.set()
+
+
+def _gate_from_view(view: ipc.SessionView) -> SessionGate:
+    return SessionGate(
+        view.session,
+        view.state,
+        view.compression,
+        view.plaintext_bytes,
+        view.prefix,
+        set(view.above),
+    )
+
+
+class DataProtocol(asyncio.BufferedProtocol):
+    """One data-socket connection."""
+
+    def __init__(self, ingest: Ingest) -> None:
+        self._ingest = ingest
+        config = ingest.config
+        self._decoder = p.data_request_decoder(config.max_chunk_size, config.batch_size)
+        self._scratch = bytearray(SCRATCH_SIZE)
+        self._scratch_view = memoryview(self._scratch)
+        self._transport: asyncio.Transport | None = None
+        self._current: InFlight | None = None  # admitted chunk whose payload is arriving
+        self._discarding = False  # refused chunk whose payload is being skipped
+        self._blocked_start: p.ChunkStart | None = None
+        self._direct = False
+
+    # -- asyncio callbacks --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+        self._ingest.connections.add(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        current = self._current
+        direct = self._decoder.direct_payload_size
+        if current is not None and direct:
+            start = current.run.offset + current.received
+            self._direct = True
+            return self._ingest.ring[start : start + direct]
+        self._direct = False
+        return self._scratch_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._direct:
+            current = self._current
+            assert current is not None
+            current.received += nbytes
+            end = self._decoder.payload_received_directly(nbytes)
+            if end is not None:
+                self._end_chunk()
+                self._process_events()  # the next items of a Batch need no more bytes
+            return
+        self._decoder.receive_data(self._scratch_view[:nbytes])
+        self._process_events()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._ingest.connections.discard(self)
+        if self._current is not None:
+            self._ingest.abandon(self._current)
+            self._current = None
+        if self._blocked_start is not None:
+            self._ingest.unblock(self)
+            self._blocked_start = None
+
+    # -- events -------------------------------------------------------------------------
+
+    def _process_events(self) -> None:
+        while self._blocked_start is None:
+            try:
+                event = self._decoder.next_event()
+            except LucidError as err:
+                self._fail_stream(err)
+                return
+            if event is None:
+                return
+            if isinstance(event, p.ChunkStart):
+                self._start_chunk(event)
+            elif isinstance(event, p.PayloadData):
+                self._copy_payload(event.data)
+            elif isinstance(event, p.ChunkEnd):
+                if self._current is not None:
+                    self._end_chunk()
+                self._discarding = False
+
+    def _start_chunk(self, start: p.ChunkStart) -> None:
+        try:
+            self._current = self._ingest.admit(self, start)
+        except _Wait:
+            self._blocked_start = start
+            self._ingest.block(self)
+            if self._transport is not None:
+                self._transport.pause_reading()
+        except LucidError as err:
+            self._discarding = True
+            self.send(p.error_reply(start.req, err))
+
+    def retry_admission(self) -> bool:
+        """Called when capacity was freed; True if this connection could proceed."""
+        start = self._blocked_start
+        if start is None:
+            return True
+        self._blocked_start = None
+        self._start_chunk(start)
+        if self._blocked_start is not None:
+            return False
+        if self._transport is not None:
+            self._transport.resume_reading()
+        self._process_events()
+        return True
+
+    def _copy_payload(self, data: memoryview) -> None:
+        current = self._current
+        if current is None:
+            return  # a refused chunk's payload: skip it
+        start = current.run.offset + current.received
+        self._ingest.ring[start : start + len(data)] = data
+        current.received += len(data)
+
+    def _end_chunk(self) -> None:
+        current = self._current
+        assert current is not None
+        self._current = None
+        self._ingest.complete(current)
+
+    def _fail_stream(self, err: LucidError) -> None:
+        """The stream cannot be parsed any more: reply once, then close this connection."""
+        req = err.context.get("req")
+        self.send(p.error_reply(req if isinstance(req, int) else 0, err))
+        if self._transport is not None:
+            self._transport.close()
+
+    # -- replies ------------------------------------------------------------------------
+
+    def send(self, message: p.Message) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(p.encode_frame(message))
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()

@@ -1,0 +1,216 @@
+"""Messages between lucidd's processes (layer 1, DESIGN §2).
+
+One tagged msgspec union per channel; the processes share nothing else. Frames on every pipe
+are ``multiprocessing.Connection``-compatible (a signed 4-byte big-endian length, then the
+msgpack body) so a blocking process can use ``Connection.send_bytes``/``recv_bytes`` while the
+asyncio processes read and write the same pipes without blocking (:mod:`lucidd.channels`).
+
+Keys and payload bytes never travel here: a :class:`Seal` names a byte range of the ring.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+
+SESSION_OPEN: Final = "open"
+SESSION_FINALIZING: Final = "finalizing"
+SESSION_FINALIZED: Final = "finalized"
+SESSION_SHREDDED: Final = "shredded"
+
+
+class IpcMessage(msgspec.Struct, frozen=True, tag_field="t", array_like=True):
+    """Base of every inter-process message (array_like: compact and fast to encode)."""
+
+
+# --- supervisor -> worker -----------------------------------------------------------------
+
+
+class Seal(IpcMessage, tag="seal", frozen=True):
+    """Seal ``length`` bytes at ring ``offset`` as chunk ``index`` of ``session``."""
+
+    session: bytes
+    index: int
+    offset: int
+    length: int
+    compression: str
+
+
+class Forget(IpcMessage, tag="forget", frozen=True):
+    """Drop any cached secret and segment of a shredded session."""
+
+    session: bytes
+
+
+SupervisorToWorker = Seal | Forget
+
+
+# --- worker -> aggregator -----------------------------------------------------------------
+
+
+class Sealed(msgspec.Struct, frozen=True, array_like=True):
+    """One durable record: where it lives and its Merkle leaf hash."""
+
+    session: bytes
+    index: int
+    leaf_hash: bytes
+    segment: str
+    offset: int
+    record_length: int
+    plaintext_length: int
+
+
+class Failed(msgspec.Struct, frozen=True, array_like=True):
+    """A chunk that could not be sealed or stored; ``code`` is a wire error code."""
+
+    session: bytes
+    index: int
+    code: str
+    message: str
+
+
+class StageTimes(msgspec.Struct, frozen=True, array_like=True):
+    """Nanoseconds one worker batch spent per stage (for the metrics breakdown)."""
+
+    queue_wait: int = 0
+    seal: int = 0
+    write: int = 0
+    fsync: int = 0
+
+
+class SealedBatch(IpcMessage, tag="batch", frozen=True):
+    """The outcome of one group commit: every ``sealed`` record is fdatasync'd."""
+
+    worker: int
+    sealed: list[Sealed]
+    failed: list[Failed]
+    times: StageTimes
+    plaintext_bytes: int = 0
+
+
+WorkerToAggregator = SealedBatch
+
+
+# --- aggregator -> supervisor -------------------------------------------------------------
+
+
+class Acked(msgspec.Struct, frozen=True, array_like=True):
+    session: bytes
+    index: int
+    leaf_hash: bytes
+
+
+class Outcomes(IpcMessage, tag="outcomes", frozen=True):
+    """Acks (records durable) and failures for chunks the supervisor has in flight."""
+
+    acked: list[Acked]
+    failed: list[Failed]
+
+
+class SessionView(msgspec.Struct, frozen=True, array_like=True):
+    """What the supervisor needs for admission: state, sizes and which indices are stored.
+
+    ``prefix`` chunks 0..prefix-1 are stored; ``above`` lists stored indices past the prefix.
+    """
+
+    session: bytes
+    state: str
+    compression: str
+    plaintext_bytes: int
+    prefix: int
+    above: list[int]
+
+
+class SessionChanged(IpcMessage, tag="session", frozen=True):
+    """A session was opened, finalized, shredded or unfrozen (``error`` on a failed open)."""
+
+    view: SessionView
+    error: str = ""
+
+
+class AggregatorReady(IpcMessage, tag="ready", frozen=True):
+    """The aggregator recovered its state from disk and serves the control socket."""
+
+    sessions: list[SessionView]
+
+
+class FreezeRequest(IpcMessage, tag="freeze", frozen=True):
+    """Stop admitting chunks of ``session`` and reply :class:`Frozen` once none is in flight."""
+
+    token: int
+    session: bytes
+
+
+class ThawRequest(IpcMessage, tag="thaw", frozen=True):
+    """Undo a freeze whose operation did not happen (finalize found gaps)."""
+
+    session: bytes
+
+
+class CompareResult(IpcMessage, tag="compared", frozen=True):
+    """Whether a resent chunk equals the stored one (and its stored leaf hash)."""
+
+    token: int
+    equal: bool
+    leaf_hash: bytes
+    code: str = ""
+    message: str = ""
+
+
+AggregatorToSupervisor = (
+    Outcomes | SessionChanged | AggregatorReady | FreezeRequest | ThawRequest | CompareResult
+)
+
+
+# --- supervisor -> aggregator -------------------------------------------------------------
+
+
+class OpenRequest(IpcMessage, tag="open", frozen=True):
+    """Open a session implicitly (its first chunk arrived on the data socket)."""
+
+    session: bytes
+    compression: str
+
+
+class Frozen(IpcMessage, tag="frozen", frozen=True):
+    token: int
+
+
+class CompareRequest(IpcMessage, tag="compare", frozen=True):
+    """Compare the resent payload at ring ``offset`` with stored chunk ``index``."""
+
+    token: int
+    session: bytes
+    index: int
+    offset: int
+    length: int
+
+
+class ProcessInfo(msgspec.Struct, frozen=True, array_like=True):
+    role: str
+    pid: int
+    alive: bool
+    restarts: int
+
+
+class SupervisorStatus(IpcMessage, tag="status", frozen=True):
+    """Periodic supervisor figures and the process table, for health and metrics."""
+
+    processes: list[ProcessInfo]
+    metrics: dict[str, float]
+
+
+class Shutdown(IpcMessage, tag="shutdown", frozen=True):
+    """Sync every log and exit; sent after the workers drained."""
+
+
+SupervisorToAggregator = OpenRequest | Frozen | CompareRequest | SupervisorStatus | Shutdown
+
+
+def encoder() -> msgspec.msgpack.Encoder:
+    return msgspec.msgpack.Encoder()
+
+
+def decoder(union: Any) -> msgspec.msgpack.Decoder[Any]:
+    return msgspec.msgpack.Decoder(union)

@@ -1,0 +1,263 @@
+"""The aggregator's book of sessions (layer 2): Merkle logs, chunk index, reorder windows.
+
+One :class:`SessionLedger` per session, one :class:`Ledger` per aggregator process; the
+aggregator is the single writer of every file here except the segments (DESIGN §2, §7).
+Nothing in memory is authoritative: on start the ledger is rebuilt from the files, and the
+files from the records (the recovery scan).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from lucidd import ipc
+from lucidd.crypto import (
+    COMPRESSIONS,
+    SESSION_ID_SIZE,
+    Keyring,
+    new_session_secret,
+    open_final,
+    open_record,
+    seal_final,
+    unwrap_secret,
+    wrap_secret,
+)
+from lucidd.errors import (
+    BadRequestError,
+    IncompleteSessionError,
+    NotFoundError,
+    SessionFinalizedError,
+    UnknownSessionError,
+)
+from lucidd.merkle import Checkpoint, MerkleLog
+from lucidd.reorder import ReorderWindow
+from lucidd.store import (
+    ChunkIndex,
+    IndexEntry,
+    SessionMeta,
+    SessionPaths,
+    create_session_dir,
+    list_session_dirs,
+    new_meta,
+    parse_segment_name,
+    read_meta,
+    read_record,
+    shred_session,
+    write_atomically,
+    write_meta,
+)
+
+
+def checkpoint_origin(session_id: bytes) -> str:
+    return f"lucidd/{uuid.UUID(bytes=session_id)}"
+
+
+class SessionLedger:
+    """One session's durable state as the aggregator sees it."""
+
+    def __init__(self, session_id: bytes, paths: SessionPaths, meta: SessionMeta) -> None:
+        self.session_id = session_id
+        self.paths = paths
+        self.meta = meta
+        self.merkle = MerkleLog.open(paths.merkle)
+        self.index = ChunkIndex(paths.index)
+        self.window = ReorderWindow(self.merkle.size)
+        self.plaintext_bytes = 0
+        self.dirty = False
+        self._secret: bytes | None = None
+        self._load_index()
+
+    def _load_index(self) -> None:
+        """Bring the Merkle log up to the index: leaves past its size go through the window."""
+        for index, entry in self.index.scan():
+            self.plaintext_bytes += entry.plaintext_length
+            if index >= self.window.next_index:
+                for leaf in self.window.add(index, entry.leaf_hash):
+                    self.merkle.append(leaf)
+                    self.dirty = True
+
+    @property
+    def state(self) -> str:
+        return self.meta.state
+
+    @property
+    def chunks(self) -> int:
+        return self.merkle.size + len(self.window)
+
+    def secret(self, keyring: Keyring) -> bytes:
+        if self._secret is None:
+            self._secret = unwrap_secret(keyring, self.session_id, self.meta.wrapped_secret)
+        return self._secret
+
+    def view(self) -> ipc.SessionView:
+        return ipc.SessionView(
+            self.session_id,
+            self.state,
+            self.meta.compression,
+            self.plaintext_bytes,
+            self.merkle.size,
+            self.window.held_indices(),
+        )
+
+    def record_sealed(self, sealed: ipc.Sealed) -> None:
+        """Index a durable record and feed its leaf to the Merkle log in index order."""
+        worker, number = parse_segment_name(sealed.segment)
+        entry = IndexEntry(
+            worker,
+            number,
+            sealed.offset,
+            sealed.record_length,
+            sealed.leaf_hash,
+            sealed.plaintext_length,
+        )
+        self.index.put(sealed.index, entry)
+        self.plaintext_bytes += sealed.plaintext_length
+        ready = self.window.add(sealed.index, sealed.leaf_hash)
+        if ready:
+            self.merkle.extend(ready)
+            self.dirty = True
+
+    def entry(self, index: int) -> IndexEntry:
+        entry = self.index.get(index) if index >= 0 else None
+        if entry is None:
+            raise NotFoundError(
+                f"chunk {index} is not stored", session=self.session_id, index=index
+            )
+        return entry
+
+    def read_chunk(self, keyring: Keyring, index: int) -> tuple[bytes, bytes]:
+        """(plaintext, record) of a stored chunk; the record is authenticated first."""
+        entry = self.entry(index)
+        record = read_record(self.paths, entry)
+        plaintext = open_record(self.secret(keyring), self.session_id, index, record)
+        return plaintext, record
+
+    def checkpoint(self, size: int | None = None) -> Checkpoint:
+        size = self.merkle.size if size is None else size
+        return Checkpoint(checkpoint_origin(self.session_id), size, self.merkle.root(size))
+
+    def check_size(self, size: int | None) -> int:
+        if size is None:
+            return self.merkle.size
+        if not 0 <= size <= self.merkle.size:
+            raise BadRequestError(
+                f"size {size} is beyond the log (size {self.merkle.size})",
+                session=self.session_id,
+            )
+        return size
+
+    def finalize(self, keyring: Keyring) -> Checkpoint:
+        """Write the FINAL record; only without gaps. Durable when it returns."""
+        if self.state == ipc.SESSION_FINALIZED:
+            return self.finalized_checkpoint(keyring)
+        if len(self.window):
+            raise IncompleteSessionError(
+                f"chunks are missing: first gap at index {self.merkle.size}, "
+                f"{len(self.window)} chunk(s) stored past it",
+                session=self.session_id,
+            )
+        size = self.merkle.size
+        root = self.merkle.root()
+        record = seal_final(self.secret(keyring), self.session_id, size, self.plaintext_bytes, root)
+        self.sync()
+        write_atomically(self.paths.final, record)
+        self.meta = _replace_state(self.meta, ipc.SESSION_FINALIZED)
+        write_meta(self.paths, self.meta)
+        return self.checkpoint(size)
+
+    def finalized_checkpoint(self, keyring: Keyring) -> Checkpoint:
+        final = open_final(self.secret(keyring), self.session_id, self.paths.final.read_bytes())
+        return Checkpoint(checkpoint_origin(self.session_id), final.size, final.root)
+
+    def sync(self) -> None:
+        """Make the Merkle log and the index durable (records already are)."""
+        if self.dirty:
+            self.index.sync()
+            self.merkle.sync()
+            self.dirty = False
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sync()
+        self.merkle.close()
+        self.index.close()
+
+
+def _replace_state(meta: SessionMeta, state: str) -> SessionMeta:
+    return SessionMeta(
+        version=meta.version,
+        session=meta.session,
+        wrapped_secret=meta.wrapped_secret,
+        compression=meta.compression,
+        state=state,
+        created_ns=meta.created_ns,
+    )
+
+
+class Ledger:
+    """Every session of one state folder."""
+
+    def __init__(self, state_dir: Path, keyring: Keyring) -> None:
+        self.state_dir = state_dir
+        self.keyring = keyring
+        self.sessions: dict[bytes, SessionLedger] = {}
+        for session_id, paths in list_session_dirs(state_dir):
+            self.sessions[session_id] = SessionLedger(session_id, paths, read_meta(paths))
+
+    def __iter__(self) -> Iterator[SessionLedger]:
+        return iter(self.sessions.values())
+
+    def get(self, session_id: bytes) -> SessionLedger:
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise UnknownSessionError(
+                f"no session {uuid.UUID(bytes=session_id)}", session=session_id
+            )
+        return session
+
+    def open(self, session_id: bytes | None, compression: str) -> SessionLedger:
+        """Create a session (idempotent for an existing id). Durable when it returns."""
+        if compression not in COMPRESSIONS:
+            raise BadRequestError(
+                f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}"
+            )
+        if session_id is None:
+            session_id = uuid.uuid4().bytes
+        existing = self.sessions.get(session_id)
+        if existing is not None:
+            return existing
+        if len(session_id) != SESSION_ID_SIZE:
+            raise BadRequestError("session id must be 16 bytes")
+        secret = new_session_secret()
+        wrapped = wrap_secret(self.keyring, session_id, secret)
+        paths = SessionPaths.of(self.state_dir, session_id)
+        meta = new_meta(session_id, wrapped, compression, ipc.SESSION_OPEN)
+        create_session_dir(paths, meta)
+        session = SessionLedger(session_id, paths, meta)
+        self.sessions[session_id] = session
+        return session
+
+    def require_open(self, session_id: bytes) -> SessionLedger:
+        session = self.get(session_id)
+        if session.state == ipc.SESSION_FINALIZED:
+            raise SessionFinalizedError("session is finalized", session=session_id)
+        return session
+
+    def shred(self, session_id: bytes) -> None:
+        session = self.get(session_id)
+        del self.sessions[session_id]
+        with contextlib.suppress(OSError):
+            session.merkle.close()
+            session.index.close()
+        shred_session(session.paths)
+
+    def sync(self) -> None:
+        for session in self.sessions.values():
+            session.sync()
+
+    def close(self) -> None:
+        for session in self.sessions.values():
+            session.close()

@@ -1,0 +1,26 @@
+"""Small process-level facilities shared by the children (layer 2)."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+from typing import Final
+
+_PR_SET_PDEATHSIG: Final = 1
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when its parent exits (Linux prctl).
+
+    Children are forked by the forkserver, which exits as soon as the supervisor is gone; so a
+    supervisor killed with ``kill -9`` leaves no orphans. Pipe EOF is the second line of defence.
+    """
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() == 1:  # the parent already died before prctl took effect
+        os._exit(1)

@@ -1,0 +1,347 @@
+"""Session folders on disk: metadata, segments, the chunk index (layer 2, DESIGN §7).
+
+```
+<state>/sessions/<uuid>/meta          SessionMeta (msgpack), atomically replaced
+<state>/sessions/<uuid>/w<k>-<n>.seg  sealed records appended by worker k (its n-th segment)
+<state>/sessions/<uuid>/index.bin     fixed-width IndexEntry per chunk index
+<state>/sessions/<uuid>/merkle/       the session's MerkleLog
+<state>/sessions/<uuid>/final         the FINAL record, once finalized
+```
+Records are the truth: they are self-describing and authenticated, so the index and the Merkle
+log can always be rebuilt from the segments. Segment files have one writer each (a worker
+process); every other file has the aggregator as its single writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import shutil
+import struct
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import msgspec
+
+from lucidd.errors import FormatError, StorageError
+
+SESSIONS_DIR: Final = "sessions"
+META_FILE: Final = "meta"
+INDEX_FILE: Final = "index.bin"
+MERKLE_DIR: Final = "merkle"
+FINAL_FILE: Final = "final"
+META_VERSION: Final = 1
+_SEGMENT_NAME = re.compile(r"^w(\d+)-(\d+)\.seg$")
+
+# flags(1) pad(1) worker(2) segment number(4) offset(8) record length(4) leaf hash(32)
+# plaintext length(4) pad(8)
+_INDEX_ENTRY: Final = struct.Struct(">BxHIQI32sI8x")
+INDEX_ENTRY_SIZE: Final = _INDEX_ENTRY.size
+_PRESENT: Final = 1
+
+
+def session_dir_name(session_id: bytes) -> str:
+    return str(uuid.UUID(bytes=session_id))
+
+
+def segment_name(worker: int, number: int) -> str:
+    return f"w{worker}-{number:06d}.seg"
+
+
+def parse_segment_name(name: str) -> tuple[int, int]:
+    match = _SEGMENT_NAME.match(name)
+    if match is None:
+        raise FormatError(f"not a segment file name: {name!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def storage_error(exc: OSError, what: str) -> StorageError:
+    """A StorageError naming the operation and the errno (never file contents)."""
+    name = errno.errorcode.get(exc.errno or 0, "EIO")
+    return StorageError(f"{what} failed: {name} ({exc.strerror})", errno=exc.errno)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``; durable (file and folder fsynced) when it returns."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+class SessionMeta(msgspec.Struct, frozen=True, kw_only=True):
+    """A session's metadata; ``wrapped_secret`` is the session secret under a master key."""
+
+    version: int = META_VERSION
+    session: bytes
+    wrapped_secret: bytes
+    compression: str
+    state: str
+    created_ns: int
+
+
+_meta_encoder = msgspec.msgpack.Encoder()
+_meta_decoder = msgspec.msgpack.Decoder(SessionMeta)
+
+
+@dataclass(frozen=True)
+class SessionPaths:
+    """Where one session's files live."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, state_dir: Path, session_id: bytes) -> SessionPaths:
+        return cls(state_dir / SESSIONS_DIR / session_dir_name(session_id))
+
+    @property
+    def meta(self) -> Path:
+        return self.root / META_FILE
+
+    @property
+    def index(self) -> Path:
+        return self.root / INDEX_FILE
+
+    @property
+    def merkle(self) -> Path:
+        return self.root / MERKLE_DIR
+
+    @property
+    def final(self) -> Path:
+        return self.root / FINAL_FILE
+
+    def segment(self, name: str) -> Path:
+        return self.root / name
+
+    def segments(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if _SEGMENT_NAME.match(p.name))
+
+
+def new_meta(session_id: bytes, wrapped_secret: bytes, compression: str, state: str) -> SessionMeta:
+    return SessionMeta(
+        session=session_id,
+        wrapped_secret=wrapped_secret,
+        compression=compression,
+        state=state,
+        created_ns=time.time_ns(),
+    )
+
+
+def create_session_dir(paths: SessionPaths, meta: SessionMeta) -> None:
+    """Create the folder and write ``meta``; durable when it returns (the open is promised)."""
+    paths.root.mkdir(mode=0o700, parents=True, exist_ok=False)
+    fsync_dir(paths.root.parent)
+    write_meta(paths, meta)
+
+
+def write_meta(paths: SessionPaths, meta: SessionMeta) -> None:
+    write_atomically(paths.meta, _meta_encoder.encode(meta))
+
+
+def read_meta(paths: SessionPaths) -> SessionMeta:
+    try:
+        data = paths.meta.read_bytes()
+    except FileNotFoundError:
+        raise
+    try:
+        return _meta_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise FormatError(f"unreadable session metadata {paths.meta}: {exc}") from None
+
+
+def list_session_dirs(state_dir: Path) -> Iterator[tuple[bytes, SessionPaths]]:
+    """Every session folder that has metadata (a folder without it was shredded or torn)."""
+    root = state_dir / SESSIONS_DIR
+    if not root.is_dir():
+        return
+    for entry in sorted(root.iterdir()):
+        try:
+            session_id = uuid.UUID(entry.name).bytes
+        except ValueError:
+            continue
+        paths = SessionPaths(entry)
+        if paths.meta.exists():
+            yield session_id, paths
+
+
+def shred_session(paths: SessionPaths) -> None:
+    """Crypto-shred: the wrapped secret goes first (durably), then every other file."""
+    with contextlib.suppress(FileNotFoundError):
+        paths.meta.unlink()
+        fsync_dir(paths.root)
+    shutil.rmtree(paths.root, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        fsync_dir(paths.root.parent)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """Where chunk ``index``'s record lives, and its leaf hash."""
+
+    worker: int
+    segment_number: int
+    offset: int
+    record_length: int
+    leaf_hash: bytes
+    plaintext_length: int
+
+    @property
+    def segment(self) -> str:
+        return segment_name(self.worker, self.segment_number)
+
+
+class ChunkIndex:
+    """``index.bin``: entry ``i`` at byte ``i * INDEX_ENTRY_SIZE`` (sparse while out of order).
+
+    Written without fsync: the records are durable, and the index is rebuilt from them.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def put(self, index: int, entry: IndexEntry) -> None:
+        data = _INDEX_ENTRY.pack(
+            _PRESENT,
+            entry.worker,
+            entry.segment_number,
+            entry.offset,
+            entry.record_length,
+            entry.leaf_hash,
+            entry.plaintext_length,
+        )
+        os.pwrite(self._fd, data, index * INDEX_ENTRY_SIZE)
+
+    def get(self, index: int) -> IndexEntry | None:
+        data = os.pread(self._fd, INDEX_ENTRY_SIZE, index * INDEX_ENTRY_SIZE)
+        if len(data) < INDEX_ENTRY_SIZE:
+            return None
+        return _unpack_entry(data, 0)
+
+    def scan(self) -> Iterator[tuple[int, IndexEntry]]:
+        """Every present entry in index order (reads the file in large blocks)."""
+        block = INDEX_ENTRY_SIZE * 16384
+        position = 0
+        while True:
+            data = os.pread(self._fd, block, position)
+            usable = len(data) - len(data) % INDEX_ENTRY_SIZE
+            for offset in range(0, usable, INDEX_ENTRY_SIZE):
+                entry = _unpack_entry(data, offset)
+                if entry is not None:
+                    yield (position + offset) // INDEX_ENTRY_SIZE, entry
+            if len(data) < block:
+                return
+            position += block
+
+    def sync(self) -> None:
+        os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def _unpack_entry(data: bytes, offset: int) -> IndexEntry | None:
+    flags, worker, number, record_offset, length, leaf, plaintext = _INDEX_ENTRY.unpack_from(
+        data, offset
+    )
+    if not flags & _PRESENT:
+        return None
+    return IndexEntry(worker, number, record_offset, length, leaf, plaintext)
+
+
+def read_record(paths: SessionPaths, entry: IndexEntry) -> bytes:
+    """The stored record bytes of one index entry (StorageError on I/O failure)."""
+    try:
+        fd = os.open(paths.segment(entry.segment), os.O_RDONLY)
+    except OSError as exc:
+        raise storage_error(exc, "opening a segment") from None
+    try:
+        data = os.pread(fd, entry.record_length, entry.offset)
+    except OSError as exc:
+        raise storage_error(exc, "reading a record") from None
+    finally:
+        os.close(fd)
+    if len(data) != entry.record_length:
+        raise FormatError("record is shorter than its index entry says")
+    return data
+
+
+class SegmentWriter:
+    """One worker's append-only segment file in one session folder.
+
+    Each worker process starts a fresh segment (the next number for its worker id), so it
+    never appends behind a torn tail left by a predecessor that crashed mid-write.
+    """
+
+    def __init__(self, paths: SessionPaths, worker: int, max_size: int) -> None:
+        self._paths = paths
+        self._worker = worker
+        self._max_size = max_size
+        self._fd = -1
+        self.number = -1
+        self.size = 0
+        self.dirty = False
+
+    def _open_next(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        numbers = [
+            number
+            for name in self._paths.segments()
+            for worker, number in [parse_segment_name(name)]
+            if worker == self._worker
+        ]
+        self.number = max(numbers, default=self.number) + 1
+        path = self._paths.segment(segment_name(self._worker, self.number))
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        fsync_dir(self._paths.root)
+        self.size = 0
+
+    def append(self, record: memoryview) -> tuple[int, int]:
+        """Write one record; returns (segment number, offset). Durable only after sync()."""
+        if self._fd < 0 or self.size >= self._max_size:
+            self._open_next()
+        offset = self.size
+        view = record
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self.size += len(record)
+        self.dirty = True
+        return self.number, offset
+
+    def sync(self) -> None:
+        if self.dirty:
+            os.fdatasync(self._fd)
+            self.dirty = False
+
+    def abandon(self) -> None:
+        """After a failed write: never append behind a possibly torn tail; the next append
+        starts a new segment (a writer that failed once is replaced, not retried blindly)."""
+        self.close()
+        self.dirty = False
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

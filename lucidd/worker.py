@@ -1,0 +1,215 @@
+"""A worker process: seal, hash and durably append chunks (DESIGN §2).
+
+Blocks on its pipe from the supervisor. Each batch is what the pipe holds (up to
+``batch_size`` descriptors or ``batch_bytes`` of payload): every chunk is sealed and appended to
+this worker's segment of its session, then one ``fdatasync`` per touched segment (group commit),
+then the whole batch's outcome goes to the aggregator. Exits when its pipe reaches EOF.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import msgspec
+
+from lucidd import ipc
+from lucidd.config import Config
+from lucidd.crypto import ChunkSealer, Keyring, unwrap_secret
+from lucidd.errors import LucidError, UnknownSessionError
+from lucidd.keys import load_keyring
+from lucidd.procutil import die_with_parent
+from lucidd.ring import RingReader
+from lucidd.store import SegmentWriter, SessionPaths, read_meta, segment_name, storage_error
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs; picklable, and free of secrets (a path, not a key)."""
+
+    worker_id: int
+    config: Config
+    keyring_path: str
+    ring_name: str
+    ring_size: int
+
+
+@dataclass
+class _Batch:
+    sealed: list[ipc.Sealed] = field(default_factory=list)
+    failed: list[ipc.Failed] = field(default_factory=list)
+    seal_ns: int = 0
+    write_ns: int = 0
+    plaintext_bytes: int = 0
+
+
+class Worker:
+    """The sealing loop of one worker process (one instance per process)."""
+
+    def __init__(self, spec: WorkerSpec, inbox: Connection, outbox: Connection) -> None:
+        self._spec = spec
+        self._config = spec.config
+        self._state_dir = Path(spec.config.state_dir)
+        self._inbox = inbox
+        self._outbox = outbox
+        self._keyring: Keyring = load_keyring(Path(spec.keyring_path))
+        self._ring = RingReader(spec.ring_name, spec.ring_size)
+        self._sealer = ChunkSealer(spec.config.max_chunk_size)
+        self._secrets: dict[bytes, bytes] = {}
+        self._writers: dict[bytes, SegmentWriter] = {}
+        self._decoder = ipc.decoder(ipc.SupervisorToWorker)
+        self._encoder = ipc.encoder()
+
+    def run(self) -> None:
+        while True:
+            try:
+                first = self._inbox.recv_bytes()
+            except EOFError:
+                break
+            self._process(self._drain(first))
+        self._close()
+
+    def _drain(self, first: bytes) -> list[ipc.Seal | ipc.Forget]:
+        """The first descriptor plus whatever the pipe holds now, within the batch bounds."""
+        messages = [self._decoder.decode(first)]
+        payload = _payload_of(messages[0])
+        while (
+            len(messages) < self._config.batch_size
+            and payload < self._config.batch_bytes
+            and self._inbox.poll(0)
+        ):
+            try:
+                message = self._decoder.decode(self._inbox.recv_bytes())
+            except EOFError:
+                break
+            messages.append(message)
+            payload += _payload_of(message)
+        return messages
+
+    def _process(self, messages: list[ipc.Seal | ipc.Forget]) -> None:
+        batch = _Batch()
+        for message in messages:
+            if isinstance(message, ipc.Forget):
+                self._forget(message.session)
+            else:
+                self._seal_one(message, batch)
+        fsync_ns = self._commit(batch)
+        if batch.sealed or batch.failed:
+            times = ipc.StageTimes(0, batch.seal_ns, batch.write_ns, fsync_ns)
+            result = ipc.SealedBatch(
+                self._spec.worker_id, batch.sealed, batch.failed, times, batch.plaintext_bytes
+            )
+            self._outbox.send_bytes(self._encoder.encode(result))
+
+    def _seal_one(self, seal: ipc.Seal, batch: _Batch) -> None:
+        t0 = time.perf_counter_ns()
+        try:
+            secret = self._secret_for(seal.session)
+            payload = self._ring.payload(seal.offset, seal.length)
+            try:
+                record, leaf = self._sealer.seal(
+                    secret,
+                    seal.session,
+                    seal.index,
+                    payload,
+                    seal.compression,  # type: ignore[arg-type]
+                )
+            finally:
+                payload.release()
+            t1 = time.perf_counter_ns()
+            writer = self._writer_for(seal.session)
+            try:
+                number, offset = writer.append(record)
+            except OSError as exc:
+                writer.abandon()
+                raise storage_error(exc, "appending a record") from None
+            t2 = time.perf_counter_ns()
+        except LucidError as err:
+            batch.failed.append(ipc.Failed(seal.session, seal.index, err.code, err.message))
+            return
+        batch.seal_ns += t1 - t0
+        batch.write_ns += t2 - t1
+        batch.plaintext_bytes += seal.length
+        batch.sealed.append(
+            ipc.Sealed(
+                seal.session,
+                seal.index,
+                leaf,
+                segment_name(self._spec.worker_id, number),
+                offset,
+                len(record),
+                seal.length,
+            )
+        )
+
+    def _commit(self, batch: _Batch) -> int:
+        """Group commit: one fdatasync per touched segment; unsynced records become failures."""
+        if self._config.durability != "fsync":
+            for writer in self._writers.values():
+                writer.dirty = False
+            return 0
+        t0 = time.perf_counter_ns()
+        broken: dict[bytes, str] = {}
+        for session, writer in self._writers.items():
+            try:
+                writer.sync()
+            except OSError as exc:
+                writer.abandon()
+                broken[session] = storage_error(exc, "fdatasync of a segment").message
+        if broken:
+            lost = [s for s in batch.sealed if s.session in broken]
+            batch.sealed = [s for s in batch.sealed if s.session not in broken]
+            batch.failed.extend(
+                ipc.Failed(s.session, s.index, "storage", broken[s.session]) for s in lost
+            )
+        return time.perf_counter_ns() - t0
+
+    def _secret_for(self, session: bytes) -> bytes:
+        secret = self._secrets.get(session)
+        if secret is None:
+            paths = SessionPaths.of(self._state_dir, session)
+            try:
+                meta = read_meta(paths)
+            except FileNotFoundError:
+                raise UnknownSessionError("session does not exist", session=session) from None
+            secret = unwrap_secret(self._keyring, session, meta.wrapped_secret)
+            self._secrets[session] = secret
+        return secret
+
+    def _writer_for(self, session: bytes) -> SegmentWriter:
+        writer = self._writers.get(session)
+        if writer is None:
+            paths = SessionPaths.of(self._state_dir, session)
+            writer = SegmentWriter(paths, self._spec.worker_id, self._config.segment_size)
+            self._writers[session] = writer
+        return writer
+
+    def _forget(self, session: bytes) -> None:
+        self._secrets.pop(session, None)
+        writer = self._writers.pop(session, None)
+        if writer is not None:
+            writer.close()
+
+    def _close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._ring.close()
+
+
+def _payload_of(message: ipc.Seal | ipc.Forget) -> int:
+    return message.length if isinstance(message, ipc.Seal) else 0
+
+
+def worker_main(spec: WorkerSpec, inbox: Connection, outbox: Connection) -> None:
+    """Entry point in the child process (started by the forkserver)."""
+    die_with_parent()
+    # The supervisor owns shutdown: Ctrl-C in a terminal must not kill workers mid-batch.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        Worker(spec, inbox, outbox).run()
+    except (BrokenPipeError, msgspec.DecodeError):
+        os._exit(1)
