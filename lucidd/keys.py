@@ -1,0 +1,249 @@
+"""Keyring files: find, load (with ownership and permission checks) and create (layer 2).
+
+Where the keyring comes from is DESIGN §4: ``$CREDENTIALS_DIRECTORY/lucidd.keyring`` (systemd
+``LoadCredentialEncrypted=``), else the configured path, else ``<state>/keys/keyring``, created
+on first start. Keys are never read from the environment or argv; the caller passes the
+credentials directory it took from the environment at the edge.
+
+A keyring file is refused unless it is a regular file (not a symlink) owned by the effective
+uid with no group or other permission bits, in a folder that neither group nor others can
+write. Errors are :class:`~lucidd.errors.KeyringError` naming the path, the problem and the fix;
+they never contain key material. The text format itself belongs to :mod:`lucidd.crypto`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+from typing import BinaryIO, Final
+
+from lucidd.crypto import Keyring
+from lucidd.errors import KeyringError
+
+__all__ = [
+    "CREDENTIAL_NAME",
+    "KEYRING_DIR_MODE",
+    "KEYRING_FILE_MODE",
+    "create_keyring",
+    "load_keyring",
+    "resolve_keyring",
+    "state_keyring_path",
+    "write_keyring",
+]
+
+CREDENTIAL_NAME: Final = "lucidd.keyring"
+"""File name of the keyring inside ``$CREDENTIALS_DIRECTORY``."""
+KEYRING_FILE_MODE: Final = 0o600
+KEYRING_DIR_MODE: Final = 0o700
+_GROUP_OTHER_BITS: Final = 0o077
+_GROUP_OTHER_WRITE: Final = 0o022
+MAX_KEYRING_FILE_SIZE: Final = 256 * 1024
+"""Far above 1024 keys (~80 bytes a line); a bound on what a bad path can make us read."""
+_TEMP_SUFFIX_BYTES: Final = 8
+
+
+def state_keyring_path(state_dir: Path) -> Path:
+    """Default keyring location under the state folder: ``<state>/keys/keyring``."""
+    return state_dir / "keys" / "keyring"
+
+
+def _check_parent(path: Path) -> None:
+    parent = path.parent
+    try:
+        st = os.stat(parent)
+    except OSError as exc:
+        raise KeyringError(
+            f"cannot inspect keyring folder {parent}: {exc.strerror}", path=str(parent)
+        ) from None
+    if st.st_mode & _GROUP_OTHER_WRITE:
+        raise KeyringError(
+            f"keyring folder {parent} is writable by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); fix with: chmod 700 {parent}",
+            path=str(parent),
+        )
+
+
+def _check_file(path: Path, st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise KeyringError(f"keyring {path} is not a regular file", path=str(path))
+    euid = os.geteuid()
+    if st.st_uid != euid:
+        raise KeyringError(
+            f"keyring {path} is owned by uid {st.st_uid}, not by lucidd's uid {euid}; "
+            f"fix with: chown {euid} {path}",
+            path=str(path),
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & _GROUP_OTHER_BITS:
+        raise KeyringError(
+            f"keyring {path} is accessible by group or others (mode {mode:04o}); "
+            f"fix with: chmod 600 {path}",
+            path=str(path),
+        )
+
+
+def _read_all(fd: int, path: Path) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := os.read(fd, MAX_KEYRING_FILE_SIZE + 1 - total):
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > MAX_KEYRING_FILE_SIZE:
+            raise KeyringError(
+                f"keyring {path} is larger than {MAX_KEYRING_FILE_SIZE} bytes", path=str(path)
+            )
+    return b"".join(chunks)
+
+
+def load_keyring(path: Path) -> Keyring:
+    """Open, check and parse the keyring at ``path``.
+
+    Opens with ``O_NOFOLLOW`` and checks the open descriptor (``fstat``), so a symlink or a file
+    swapped after a check cannot be read. Raises :class:`KeyringError` if the file is missing, a
+    symlink, not regular, not owned by the effective uid, has any group/other mode bit, lies in
+    a group/other-writable folder, or is malformed.
+    """
+    _check_parent(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise KeyringError(
+                f"keyring {path} is a symlink; lucidd refuses symlinked keyrings: "
+                "point the configuration at the real file",
+                path=str(path),
+            ) from None
+        if exc.errno == errno.ENOENT:
+            raise KeyringError(
+                f"keyring {path} does not exist; create one with 'lucidd keygen'",
+                path=str(path),
+            ) from None
+        raise KeyringError(f"cannot open keyring {path}: {exc.strerror}", path=str(path)) from None
+    try:
+        _check_file(path, os.fstat(fd))
+        data = _read_all(fd, path)
+    finally:
+        os.close(fd)
+    try:
+        return Keyring.parse(data)
+    except KeyringError as exc:
+        raise KeyringError(f"keyring {path}: {exc.message}", path=str(path)) from None
+
+
+def _write_fd(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_new_file(path: Path, data: bytes) -> None:
+    """Durably create ``path`` (mode 0600) holding ``data``; FileExistsError if it exists.
+
+    The data goes to an ``O_EXCL`` temp file in the same folder, is fsynced, then *linked* to
+    ``path``: ``link`` fails on an existing target, so unlike ``rename`` it never replaces a
+    keyring, not even one created concurrently. The temp name is then removed and the folder
+    fsynced, so the new name is durable when this returns.
+    """
+    folder = path.parent
+    temp = folder / f".{path.name}.tmp-{os.urandom(_TEMP_SUFFIX_BYTES).hex()}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(temp, flags, KEYRING_FILE_MODE)
+    try:
+        try:
+            os.fchmod(fd, KEYRING_FILE_MODE)  # the umask may only have removed bits; be exact
+            _write_fd(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    _fsync_dir(folder)
+
+
+def write_keyring(keyring: Keyring, dest: Path | BinaryIO) -> None:
+    """Write ``keyring`` as keyring file text.
+
+    ``dest`` is a path (created 0600, atomically and durably; an existing file is never
+    overwritten: :class:`KeyringError`) or a binary file object such as ``sys.stdout.buffer``
+    for ``lucidd keygen | systemd-creds encrypt - ...`` (the caller owns flushing it).
+    """
+    data = keyring.serialize()
+    if not isinstance(dest, Path):
+        dest.write(data)
+        return
+    try:
+        _write_new_file(dest, data)
+    except FileExistsError:
+        raise KeyringError(
+            f"keyring {dest} already exists; lucidd never overwrites a keyring", path=str(dest)
+        ) from None
+    except OSError as exc:
+        raise KeyringError(f"cannot write keyring {dest}: {exc.strerror}", path=str(dest)) from None
+
+
+def create_keyring(path: Path) -> Keyring:
+    """Generate a keyring and store it at ``path`` (0600; a missing folder is made 0700).
+
+    Refuses (KeyringError) to overwrite an existing file or to write into a folder that group or
+    others can write.
+    """
+    folder = path.parent
+    if not folder.exists():
+        try:
+            folder.mkdir(mode=KEYRING_DIR_MODE, parents=True, exist_ok=True)
+            os.chmod(folder, KEYRING_DIR_MODE)  # exact mode, whatever the umask
+        except OSError as exc:
+            raise KeyringError(
+                f"cannot create keyring folder {folder}: {exc.strerror}", path=str(folder)
+            ) from None
+    _check_parent(path)
+    keyring = Keyring.generate()
+    write_keyring(keyring, path)
+    return keyring
+
+
+def _lexists(path: Path) -> bool:
+    """True for any directory entry, a dangling symlink included (so load can refuse it)."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def resolve_keyring(
+    state_dir: Path, configured_path: Path | None, credentials_directory: str | None
+) -> Keyring:
+    """Find and load the daemon's keyring in the order of DESIGN §4.
+
+    1. ``<credentials_directory>/lucidd.keyring`` if that entry exists (systemd credential,
+       mode 0400, owned by us);
+    2. else ``configured_path``, which must exist;
+    3. else ``<state_dir>/keys/keyring``, created on first start.
+    """
+    if credentials_directory:
+        credential = Path(credentials_directory) / CREDENTIAL_NAME
+        if _lexists(credential):
+            return load_keyring(credential)
+    if configured_path is not None:
+        return load_keyring(configured_path)
+    default = state_keyring_path(state_dir)
+    if _lexists(default):
+        return load_keyring(default)
+    try:
+        return create_keyring(default)
+    except KeyringError:
+        if _lexists(default):  # another process created it between our check and our link
+            return load_keyring(default)
+        raise
