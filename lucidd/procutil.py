@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import signal
 from typing import Final
@@ -17,10 +16,9 @@ def die_with_parent() -> None:
     Children are forked by the forkserver, which exits as soon as the supervisor is gone; so a
     supervisor killed with ``kill -9`` leaves no orphans. Pipe EOF is the second line of defence.
     """
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return
-    libc = ctypes.CDLL(libc_name, use_errno=True)
+    # CDLL(None) is the running program, which links libc; ctypes.util.find_library would
+    # spawn ldconfig/gcc subprocesses in every child.
+    libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() == 1:  # the parent already died before prctl took effect
         os._exit(1)

@@ -1,0 +1,157 @@
+"""Shared fixtures: a real ``lucidd serve`` in temporary folders.
+
+Readiness is awaited the way systemd does it: the test owns a datagram socket, passes it as
+``NOTIFY_SOCKET`` and waits for ``READY=1`` — so every integration test also exercises the
+daemon's systemd path (DESIGN §9).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 40.0
+
+
+class Daemon:
+    """A running ``lucidd serve`` process and its folders."""
+
+    def __init__(self, base: Path, workers: int, env: dict[str, str] | None = None) -> None:
+        self.base = base
+        self.state_dir = base / "state"
+        self.runtime_dir = base / "run"
+        self.workers = workers
+        self.extra_env = env or {}
+        self.notifications: list[str] = []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = base / "lucidd.log"
+        self._notify: socket.socket | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> Daemon:
+        self.notifications = []
+        notify_path = self.base / "notify.sock"
+        if notify_path.exists():
+            notify_path.unlink()
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify.bind(str(notify_path))
+        self._notify.settimeout(0.2)
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        env["NOTIFY_SOCKET"] = str(notify_path)
+        cmd = [
+            sys.executable,
+            "-m",
+            "lucidd",
+            "serve",
+            "--state-dir",
+            str(self.state_dir),
+            "--runtime-dir",
+            str(self.runtime_dir),
+            "--workers",
+            str(self.workers),
+        ]
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
+        log.close()
+        self.wait_for("READY=1", READY_TIMEOUT_S)
+        return self
+
+    def wait_for(self, needle: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        assert self._notify is not None and self.proc is not None
+        while time.monotonic() < deadline:
+            if any(needle in m for m in self.notifications):
+                return
+            try:
+                self.notifications.append(self._notify.recv(4096).decode())
+            except TimeoutError:
+                if self.proc.poll() is not None:
+                    raise AssertionError(
+                        f"lucidd exited with {self.proc.returncode}:\n{self.log()}"
+                    ) from None
+        raise AssertionError(f"no {needle} from lucidd within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def children(self) -> list[psutil.Process]:
+        return psutil.Process(self.pid).children(recursive=True)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Signal the daemon and wait for it; returns its exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"lucidd did not stop:\n{self.log()}") from None
+        self._drain_notifications()
+        return code
+
+    def _drain_notifications(self) -> None:
+        if self._notify is None:
+            return
+        self._notify.setblocking(False)
+        while True:
+            try:
+                self.notifications.append(self._notify.recv(4096).decode())
+            except BlockingIOError:
+                break
+        self._notify.close()
+        self._notify = None
+
+    def kill_all(self) -> None:
+        """SIGKILL the supervisor and every child (a crash of the whole daemon)."""
+        assert self.proc is not None
+        procs = [psutil.Process(self.pid), *self.children()]
+        for proc in procs:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.proc.wait()
+        psutil.wait_procs(procs, timeout=10)
+        if self._notify is not None:
+            self._notify.close()
+            self._notify = None
+
+
+def ring_segments() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob("lucidd-*-ring")}
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short temporary folder: Unix socket paths must stay under 108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="ld-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(short_tmp: Path) -> Iterator[Daemon]:
+    """A daemon with 2 workers (this machine has 2 cores); stopped with SIGTERM afterwards."""
+    d = Daemon(short_tmp, workers=2).start()
+    yield d
+    if d.proc is not None and d.proc.poll() is None:
+        assert d.stop() == 0, d.log()
