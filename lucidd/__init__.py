@@ -1,3 +1,7 @@
-"""lucidd: a host daemon that seals streams of chunks (compress, AES-256-GCM, SHA-256) and keeps an RFC 9162 Merkle log per session."""
+"""lucidd: a host daemon that seals streams of chunks.
+
+Each chunk is compressed, encrypted (AES-256-GCM) and hashed (SHA-256), stored durably, and
+appended to its session's RFC 9162 Merkle log.
+"""
 
 __version__ = "0.1.0"

@@ -18,6 +18,7 @@ from lucidd.crypto import Keyring
 from lucidd.errors import EX_CONFIG, LucidError
 from lucidd.keys import write_keyring
 from lucidd.logs import setup_logging
+from lucidd.supervisor import serve
 
 DEFAULT_CONFIG_FILE = Path("/etc/lucidd/lucidd.toml")
 
@@ -37,8 +38,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from lucidd.supervisor import serve
-
     config_file: Path | None = args.config
     if config_file is None and DEFAULT_CONFIG_FILE.is_file():
         config_file = DEFAULT_CONFIG_FILE

@@ -156,7 +156,7 @@ class StorageError(LucidError):
     retryable = True
 
 
-class TimeoutError_(LucidError):  # noqa: N801 - avoids shadowing the builtin TimeoutError
+class TimeoutError_(LucidError):  # noqa: N801, N818 - renamed once client.py settles
     """A worker did not finish the chunk within ``worker_timeout`` (after one retry)."""
 
     code = "timeout"

@@ -13,6 +13,7 @@ nothing here needs a lock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from collections import deque
@@ -93,7 +94,7 @@ class WorkerLink:
     alive: bool = True
 
 
-class _Wait(Exception):
+class _Wait(Exception):  # noqa: N818 - flow control, not an error
     """Admission must wait for ring space or in-flight capacity (backpressure)."""
 
 
@@ -234,7 +235,9 @@ class Ingest:
             token = next(self._tokens)
             self._compares[token] = chunk
             self._to_aggregator(
-                ipc.CompareRequest(token, chunk.session, chunk.index, chunk.run.offset, chunk.length)
+                ipc.CompareRequest(
+                    token, chunk.session, chunk.index, chunk.run.offset, chunk.length
+                )
             )
         elif gate.state == "opening":
             gate.waiting_for_open.append(chunk)
@@ -352,10 +355,8 @@ class Ingest:
         self._blocked.append(conn)
 
     def unblock(self, conn: DataProtocol) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self._blocked.remove(conn)
-        except ValueError:
-            pass
 
     def _wake_blocked(self) -> None:
         # Oldest first; a connection that still cannot proceed re-queues itself at the back.

@@ -484,6 +484,9 @@ class FrameDecoder:
             return self._decoder.decode(frame)
         except msgspec.DecodeError as exc:
             raise BadFrameError(f"malformed frame: {exc}") from None
+        except RecursionError:
+            # msgpack nested past the interpreter's depth limit (possible in ``Any`` fields).
+            raise BadFrameError("malformed frame: nested too deeply") from None
         finally:
             frame.release()
 
@@ -503,6 +506,9 @@ class FrameDecoder:
         self._pending.append((req, session, index, length))
 
     def _queue_batch(self, batch: Batch) -> None:
+        if not batch.indices:
+            # Nothing to acknowledge; also keeps ``_start_chunk`` from popping an empty queue.
+            raise BadFrameError("empty batch", req=batch.req)
         if len(batch.indices) != len(batch.lengths):
             raise BadFrameError("batch indices and lengths differ in count", req=batch.req)
         if len(batch.indices) > self._max_batch:

@@ -34,7 +34,9 @@ class Ring:
         self.name = name
         self.size = size
         self._shm = shared_memory.SharedMemory(name=name, create=True, size=size)
-        self.buf: memoryview = self._shm.buf
+        buf = self._shm.buf
+        assert buf is not None  # None only after close()
+        self.buf: memoryview = buf
 
     def close_and_unlink(self) -> None:
         """Release the mapping and remove the segment. Every view of ``buf`` must be released."""

@@ -145,7 +145,9 @@ class Supervisor:
         worker_pipes = [
             (ctx.Pipe(duplex=False), ctx.Pipe(duplex=False)) for _ in range(config.workers)
         ]
-        links = [WorkerLink(PipeWriter(loop, _take_fd(inbox_w))) for (_, inbox_w), _ in worker_pipes]
+        links = [
+            WorkerLink(PipeWriter(loop, _take_fd(inbox_w))) for (_, inbox_w), _ in worker_pipes
+        ]
         to_aggregator = PipeWriter(loop, _take_fd(to_agg_w))
         ingest = Ingest(config, ring.buf, links, to_aggregator.send)
         self._ingest = ingest
@@ -162,7 +164,9 @@ class Supervisor:
             agg_spec, control_sock, to_agg_r, from_agg_w, [out_r for _, (out_r, _) in worker_pipes]
         )
         for k, ((inbox_r, _), (_, outbox_w)) in enumerate(worker_pipes):
-            children.start_worker(WorkerSpec(k, config, keyring, ring.name, ring.size), inbox_r, outbox_w)
+            children.start_worker(
+                WorkerSpec(k, config, keyring, ring.name, ring.size), inbox_r, outbox_w
+            )
         for conn in (to_agg_r, from_agg_w, control_sock):
             conn.close()
         for (inbox_r, _), (out_r, outbox_w) in worker_pipes:
@@ -171,10 +175,8 @@ class Supervisor:
         children.watch(loop, self._child_died)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             ingest.load_sessions(await self._ready)
-        except asyncio.CancelledError:
-            pass
         if self._stop.is_set():
             await self._shutdown(loop, None, to_aggregator)
             return
@@ -267,9 +269,12 @@ class Supervisor:
             ingest.on_freeze(message)
         elif isinstance(message, ipc.ThawRequest):
             ingest.on_thaw(message)
-        elif isinstance(message, ipc.AggregatorReady):
-            if self._ready is not None and not self._ready.done():
-                self._ready.set_result(message.sessions)
+        elif (
+            isinstance(message, ipc.AggregatorReady)
+            and self._ready is not None
+            and not self._ready.done()
+        ):
+            self._ready.set_result(message.sessions)
 
     def _aggregator_gone(self) -> None:
         if not self._stopping:
@@ -283,7 +288,9 @@ class Supervisor:
         if self._stopping:
             return
         code = child.process.exitcode
-        log.error("event=child_died role=%s pid=%s exitcode=%s", child.role, child.process.pid, code)
+        log.error(
+            "event=child_died role=%s pid=%s exitcode=%s", child.role, child.process.pid, code
+        )
         if child.role == "aggregator":
             self._aggregator_gone()
             return

@@ -7,6 +7,7 @@ daemon's systemd path (DESIGN §9).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -125,10 +126,8 @@ class Daemon:
         assert self.proc is not None
         procs = [psutil.Process(self.pid), *self.children()]
         for proc in procs:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
-            except psutil.NoSuchProcess:
-                pass
         self.proc.wait()
         psutil.wait_procs(procs, timeout=10)
         if self._notify is not None:

@@ -69,9 +69,7 @@ def test_chunks_out_of_order_from_several_clients_make_one_verifiable_log(
     daemon: Daemon,
 ) -> None:
     sessions = [new_session_id() for _ in range(4)]
-    payloads = {
-        s: [os.urandom(random.randrange(0, 70_000)) for _ in range(40)] for s in sessions
-    }
+    payloads = {s: [os.urandom(random.randrange(0, 70_000)) for _ in range(40)] for s in sessions}
     errors: list[BaseException] = []
     acks: dict[tuple[bytes, int], bytes] = {}
 
@@ -125,9 +123,7 @@ def test_sizes_from_zero_bytes_to_the_maximum(daemon: Daemon) -> None:
     with ControlClient(daemon.runtime_dir) as control:
         for index, payload in enumerate(payloads):
             assert control.read_chunk(session, index).data == payload
-        assert control.root(session).root == root_from_disk(
-            daemon.state_dir, session, len(sizes)
-        )
+        assert control.root(session).root == root_from_disk(daemon.state_dir, session, len(sizes))
 
 
 def test_batch_frame_is_acked_per_chunk(daemon: Daemon) -> None:
@@ -277,5 +273,5 @@ def test_processes_exit_with_the_supervisor(daemon: Daemon) -> None:
     children = daemon.children()
     assert children
     daemon.kill_all()
-    gone, alive = psutil.wait_procs(children, timeout=10)
+    _gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive
