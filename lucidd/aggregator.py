@@ -15,7 +15,6 @@ import signal
 import socket
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import uvloop
 from lucidd import ipc
 from lucidd import protocol as p
 from lucidd.channels import PipeReader, PipeWriter
-from lucidd.config import Config, config_as_dict
+from lucidd.config import config_as_dict
 from lucidd.control import ControlProtocol
 from lucidd.errors import LucidError
 from lucidd.keys import load_keyring
@@ -38,14 +37,6 @@ from lucidd.ring import RingReader
 log = logging.getLogger("lucidd.aggregator")
 
 SYNC_INTERVAL_S = 1.0
-
-
-@dataclass(frozen=True)
-class AggregatorSpec:
-    config: Config
-    keyring_path: str
-    ring_name: str
-    ring_size: int
 
 
 def _take_fd(conn: Connection) -> int:
@@ -60,7 +51,7 @@ class Aggregator:
 
     def __init__(
         self,
-        spec: AggregatorSpec,
+        spec: ipc.AggregatorSpec,
         control_sock: socket.socket,
         from_supervisor: Connection,
         to_supervisor: Connection,
@@ -246,7 +237,7 @@ def _noop() -> None:
 
 
 def aggregator_main(
-    spec: AggregatorSpec,
+    spec: ipc.AggregatorSpec,
     control_sock: socket.socket,
     from_supervisor: Connection,
     to_supervisor: Connection,

@@ -21,9 +21,9 @@ from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
 from typing import Final
 
-from lucidd.aggregator import AggregatorSpec, aggregator_main
-from lucidd.ipc import ProcessInfo
-from lucidd.worker import WorkerSpec, worker_main
+from lucidd.aggregator import aggregator_main
+from lucidd.ipc import AggregatorSpec, ProcessInfo, WorkerSpec
+from lucidd.worker import worker_main
 
 log = logging.getLogger("lucidd.children")
 

@@ -10,9 +10,12 @@ Keys and payload bytes never travel here: a :class:`Seal` names a byte range of 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
+
+from lucidd.config import Config
 
 SESSION_OPEN: Final = "open"
 SESSION_FINALIZING: Final = "finalizing"
@@ -22,6 +25,30 @@ SESSION_SHREDDED: Final = "shredded"
 
 class IpcMessage(msgspec.Struct, frozen=True, tag_field="t", array_like=True):
     """Base of every inter-process message (array_like: compact and fast to encode)."""
+
+
+# --- what a child is started with ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker is started with; picklable and free of secrets (a path, not a key)."""
+
+    worker_id: int
+    config: Config
+    keyring_path: str
+    ring_name: str
+    ring_size: int
+
+
+@dataclass(frozen=True)
+class AggregatorSpec:
+    """Everything the aggregator is started with (like WorkerSpec, no secrets)."""
+
+    config: Config
+    keyring_path: str
+    ring_name: str
+    ring_size: int
 
 
 # --- supervisor -> worker -----------------------------------------------------------------

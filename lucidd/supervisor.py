@@ -24,7 +24,6 @@ from typing import Any, Final
 import uvloop
 
 from lucidd import ipc
-from lucidd.aggregator import AggregatorSpec
 from lucidd.channels import PipeReader, PipeWriter
 from lucidd.children import Child, Children, forkserver_context
 from lucidd.config import Config
@@ -33,7 +32,6 @@ from lucidd.ingest import DataProtocol, Ingest, WorkerLink
 from lucidd.keys import CREDENTIAL_NAME, resolve_keyring, state_keyring_path
 from lucidd.ring import Ring, remove_stale_rings, ring_name
 from lucidd.systemd import listen_fds, notify
-from lucidd.worker import WorkerSpec
 
 log = logging.getLogger("lucidd.supervisor")
 
@@ -159,13 +157,13 @@ class Supervisor:
             self._on_aggregator,
             self._aggregator_gone,
         )
-        agg_spec = AggregatorSpec(config, keyring, ring.name, ring.size)
+        agg_spec = ipc.AggregatorSpec(config, keyring, ring.name, ring.size)
         children.start_aggregator(
             agg_spec, control_sock, to_agg_r, from_agg_w, [out_r for _, (out_r, _) in worker_pipes]
         )
         for k, ((inbox_r, _), (_, outbox_w)) in enumerate(worker_pipes):
             children.start_worker(
-                WorkerSpec(k, config, keyring, ring.name, ring.size), inbox_r, outbox_w
+                ipc.WorkerSpec(k, config, keyring, ring.name, ring.size), inbox_r, outbox_w
             )
         for conn in (to_agg_r, from_agg_w, control_sock):
             conn.close()

@@ -18,24 +18,12 @@ from pathlib import Path
 import msgspec
 
 from lucidd import ipc
-from lucidd.config import Config
 from lucidd.crypto import ChunkSealer, Keyring, unwrap_secret
 from lucidd.errors import LucidError, UnknownSessionError
 from lucidd.keys import load_keyring
 from lucidd.procutil import die_with_parent
 from lucidd.ring import RingReader
 from lucidd.store import SegmentWriter, SessionPaths, read_meta, segment_name, storage_error
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """Everything a worker needs; picklable, and free of secrets (a path, not a key)."""
-
-    worker_id: int
-    config: Config
-    keyring_path: str
-    ring_name: str
-    ring_size: int
 
 
 @dataclass
@@ -50,7 +38,7 @@ class _Batch:
 class Worker:
     """The sealing loop of one worker process (one instance per process)."""
 
-    def __init__(self, spec: WorkerSpec, inbox: Connection, outbox: Connection) -> None:
+    def __init__(self, spec: ipc.WorkerSpec, inbox: Connection, outbox: Connection) -> None:
         self._spec = spec
         self._config = spec.config
         self._state_dir = Path(spec.config.state_dir)
@@ -204,7 +192,7 @@ def _payload_of(message: ipc.Seal | ipc.Forget) -> int:
     return message.length if isinstance(message, ipc.Seal) else 0
 
 
-def worker_main(spec: WorkerSpec, inbox: Connection, outbox: Connection) -> None:
+def worker_main(spec: ipc.WorkerSpec, inbox: Connection, outbox: Connection) -> None:
     """Entry point in the child process (started by the forkserver)."""
     die_with_parent()
     # The supervisor owns shutdown: Ctrl-C in a terminal must not kill workers mid-batch.

@@ -1,0 +1,452 @@
+"""Daemon configuration: defaults, parsing, precedence and validation (layer 1, DESIGN §7).
+
+Pure: this module reads no file and no environment. The caller (``cli``/``__main__``) reads the
+TOML file and passes its text, ``os.environ`` and the command-line flags in; :func:`load_config`
+merges them with this precedence, lowest first::
+
+    defaults < TOML file < LUCIDD_<FIELD> environment variables < overrides (flags)
+
+and returns a validated :class:`Config`. Every failure is a :class:`~lucidd.errors.ConfigError`
+whose message names the setting, the value and what is allowed (CLI exit status 78, so the unit
+can refuse to restart on it). Secrets never come from configuration: ``keyring`` is a path.
+
+Every setting may also be written as a string in its environment-variable syntax: sizes as
+``"10MiB"``/``"64 KiB"``/``"100GB"``/``"4096"`` (see :func:`parse_size`), booleans as
+``1/0/true/false/yes/no``. The reference for users is ``docs/config.md``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import posixpath
+import re
+from collections.abc import Mapping
+from typing import Final
+
+import msgspec
+
+from lucidd.errors import ConfigError
+
+KiB: Final = 1024
+MiB: Final = 1024 * KiB
+GiB: Final = 1024 * MiB
+TiB: Final = 1024 * GiB
+
+#: Prefix of the environment variables that set a field: ``LUCIDD_WORKERS`` sets ``workers``.
+ENV_PREFIX: Final = "LUCIDD_"
+
+COMPRESSION_CHOICES: Final = ("auto", "zstd", "zlib", "off")
+#: ``fsync``: ack after fdatasync (the default). ``os``: ack after write(2) — acked chunks may be
+#: lost on power loss; for benchmarks and users who accept that (the daemon logs a warning).
+DURABILITY_CHOICES: Final = ("fsync", "os")
+LOG_LEVEL_CHOICES: Final = ("debug", "info", "warning", "error")
+
+#: The socket files created in ``runtime_dir`` (DESIGN §7); the longest bounds its path length.
+SOCKET_NAMES: Final = ("data.sock", "control.sock")
+#: ``sizeof(sockaddr_un.sun_path)`` on Linux, including the terminating NUL.
+SUN_PATH_SIZE: Final = 108
+#: The ring is one shared-memory segment; keep it far below what a host would lend.
+MAX_RING_SIZE: Final = 4 * GiB
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The daemon's settings. Construct with :func:`load_config`, which also validates.
+
+    A directly constructed ``Config`` is not checked until :meth:`validate` is called. Empty
+    ``state_dir``/``runtime_dir`` mean "the default" (see :func:`resolve_dirs`); an empty
+    ``keyring`` means "``$CREDENTIALS_DIRECTORY/lucidd.keyring``, else ``<state>/keys/keyring``"
+    (decided by the keyring loader, DESIGN §4).
+    """
+
+    workers: int = 10
+    max_chunk_size: int = 10 * MiB
+    max_session_size: int = 100 * 10**9
+    #: Chunks admitted and not yet acknowledged, daemon-wide.
+    max_in_flight: int = 1000
+    worker_timeout: float = 30.0
+    #: Most chunks in one ``Batch`` frame and in one worker group commit.
+    batch_size: int = 100
+    #: Group-commit size bound of one worker batch.
+    batch_bytes: int = 64 * MiB
+    #: Default compression of new sessions.
+    compression: str = "auto"
+    durability: str = "fsync"
+    slot_size: int = 64 * KiB
+    ring_size: int = 128 * MiB
+    #: How far past a session's contiguous prefix an index may be accepted.
+    reorder_window: int = 65536
+    #: A worker's segment file rolls over once it grows past this.
+    segment_size: int = 1 * GiB
+    state_dir: str = ""
+    runtime_dir: str = ""
+    keyring: str = ""
+    log_level: str = "info"
+    watchdog: bool = True
+
+    @property
+    def slots(self) -> int:
+        """Number of slots in the shared-memory ring."""
+        return self.ring_size // self.slot_size
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming every invalid setting; return None if all are valid.
+
+        Checks types, ranges, choices, path shape and the cross-field rules: ``slot_size`` is a
+        power of two, ``ring_size`` is a multiple of it and holds one maximal chunk plus a slot.
+        """
+        problems = _problems(self)
+        if problems:
+            raise ConfigError(
+                "; ".join(message for _, message in problems),
+                fields=[name for name, _ in problems],
+            )
+
+
+#: Inclusive ranges of the numeric settings; None as the upper bound means "no upper bound".
+RANGES: Final[Mapping[str, tuple[int | float, int | float | None]]] = {
+    "workers": (1, 50),
+    "max_chunk_size": (1, 64 * MiB),
+    "max_session_size": (1, None),
+    "max_in_flight": (1, 100_000),
+    "worker_timeout": (0.1, 3600.0),
+    "batch_size": (1, 10_000),
+    "batch_bytes": (1 * MiB, 1 * GiB),
+    "slot_size": (4 * KiB, 64 * MiB),
+    # The smallest ring that can work: two minimal slots (one maximal chunk plus a slot).
+    "ring_size": (8 * KiB, MAX_RING_SIZE),
+    "reorder_window": (1, 10**7),
+    "segment_size": (1 * MiB, 64 * GiB),
+}
+
+CHOICES: Final[Mapping[str, tuple[str, ...]]] = {
+    "compression": COMPRESSION_CHOICES,
+    "durability": DURABILITY_CHOICES,
+    "log_level": LOG_LEVEL_CHOICES,
+}
+
+#: Settings measured in bytes: they accept size strings such as ``"10MiB"``.
+SIZE_FIELDS: Final = frozenset(
+    {"max_chunk_size", "max_session_size", "batch_bytes", "slot_size", "ring_size", "segment_size"}
+)
+#: Settings holding a filesystem path; empty means the default, otherwise it must be absolute.
+PATH_FIELDS: Final = ("state_dir", "runtime_dir", "keyring")
+
+FIELD_TYPES: Final[Mapping[str, type]] = {
+    field.name: field.type for field in msgspec.structs.fields(Config)
+}
+
+
+def env_var_name(field: str) -> str:
+    """The environment variable that sets ``field``: ``workers`` -> ``LUCIDD_WORKERS``."""
+    return ENV_PREFIX + field.upper()
+
+
+# --- sizes ------------------------------------------------------------------------------
+
+_SIZE_UNITS: Final[Mapping[str, int]] = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": KiB,
+    "mib": MiB,
+    "gib": GiB,
+    "tib": TiB,
+}
+_SIZE_RE: Final = re.compile(r"\s*(\d+)\s*([A-Za-z]*)\s*")
+_UNITS_HELP: Final = (
+    "a whole number of bytes with an optional unit: B, KB, MB, GB, TB, KiB, ..., TiB"
+)
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from an int or a size string: ``"4096"``, ``"64 KiB"``, ``"10MiB"``, ``"100GB"``.
+
+    Units are case-insensitive; ``KiB``/``MiB``/``GiB``/``TiB`` are binary (1024-based) and
+    ``KB``/``MB``/``GB``/``TB`` decimal. Bare ``K``/``M``/``G`` are refused as ambiguous.
+    Raises :class:`ConfigError` on anything else (negative numbers, fractions, booleans).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ConfigError(f"invalid size {value!r}: expected {_UNITS_HELP}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"invalid size {value!r}: must not be negative")
+        return value
+    match = _SIZE_RE.fullmatch(value)
+    unit = match and _SIZE_UNITS.get(match.group(2).lower())
+    if match is None or unit is None:
+        raise ConfigError(f"invalid size {value!r}: expected {_UNITS_HELP}")
+    return int(match.group(1)) * unit
+
+
+def format_size(nbytes: int) -> str:
+    """The shortest exact binary unit: ``10485760`` -> ``"10 MiB"``, ``1000`` -> ``"1000 B"``."""
+    for name, unit in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if nbytes and nbytes % unit == 0:
+            return f"{nbytes // unit} {name}"
+    return f"{nbytes} B"
+
+
+# --- validation -------------------------------------------------------------------------
+
+
+def _type_name(kind: type) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "a boolean"}[kind]
+
+
+def _has_type(value: object, kind: type) -> bool:
+    if isinstance(value, bool):
+        return kind is bool
+    if kind is float:
+        return isinstance(value, int | float)
+    return isinstance(value, kind)
+
+
+def _range_text(name: str, lo: float, hi: float | None) -> str:
+    if hi is None:
+        return f"allowed {lo} or more"
+    if isinstance(lo, float) or isinstance(hi, float):
+        return f"allowed {lo:g}..{hi:g}"
+    text = f"allowed {lo}..{hi}"
+    if name in SIZE_FIELDS:
+        text += f" ({format_size(int(lo))}..{format_size(int(hi))})"
+    return text
+
+
+def _field_problem(name: str, value: object) -> str | None:
+    kind = FIELD_TYPES[name]
+    if not _has_type(value, kind):
+        return f"{name} = {value!r} has the wrong type: expected {_type_name(kind)}"
+    if name in RANGES:
+        lo, hi = RANGES[name]
+        number = value if isinstance(value, int | float) else 0
+        # Written so that NaN is out of range too.
+        if not (lo <= number and (hi is None or number <= hi)):
+            return f"{name} = {value!r} is out of range: {_range_text(name, lo, hi)}"
+    if name in CHOICES and value not in CHOICES[name]:
+        return f"{name} = {value!r} is not allowed: choose one of {', '.join(CHOICES[name])}"
+    if name in PATH_FIELDS and isinstance(value, str) and value:
+        if "\0" in value:
+            return f"{name} = {value!r} contains a NUL byte"
+        if not value.startswith("/"):
+            return f"{name} = {value!r} must be an absolute path (or empty for the default)"
+    return None
+
+
+def _cross_field_problems(config: Config) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    slot, ring, chunk = config.slot_size, config.ring_size, config.max_chunk_size
+    if slot & (slot - 1):
+        problems.append(("slot_size", f"slot_size = {slot} must be a power of two"))
+        return problems
+    if ring % slot:
+        problems.append(
+            ("ring_size", f"ring_size = {ring} must be a multiple of slot_size = {slot}")
+        )
+    if ring < chunk + slot:
+        problems.append(
+            (
+                "ring_size",
+                f"ring_size = {ring} is too small: it must hold one maximal chunk plus a slot, "
+                f"max_chunk_size + slot_size = {chunk + slot} ({format_size(chunk + slot)})",
+            )
+        )
+    runtime = config.runtime_dir
+    if runtime:
+        longest = max(
+            len(f"{runtime}/{name}".encode(errors="surrogateescape")) for name in SOCKET_NAMES
+        )
+        if longest >= SUN_PATH_SIZE:
+            problems.append(
+                (
+                    "runtime_dir",
+                    f"runtime_dir = {runtime!r} is too long: its socket paths take {longest} "
+                    f"bytes, a Unix socket path allows {SUN_PATH_SIZE - 1}",
+                )
+            )
+    return problems
+
+
+def _problems(config: Config) -> list[tuple[str, str]]:
+    """Every (field, message) wrong with ``config``; cross-field rules only once fields pass."""
+    problems = [
+        (name, problem)
+        for name in FIELD_TYPES
+        if (problem := _field_problem(name, getattr(config, name))) is not None
+    ]
+    if not problems:
+        problems = _cross_field_problems(config)
+    return problems
+
+
+# --- loading ----------------------------------------------------------------------------
+
+_TRUE: Final = frozenset({"1", "true", "yes"})
+_FALSE: Final = frozenset({"0", "false", "no"})
+
+
+def _parse_text(name: str, text: str) -> object:
+    """A setting from its string spelling (environment variables, or strings in TOML/flags)."""
+    kind = FIELD_TYPES[name]
+    if kind is bool:
+        token = text.strip().lower()
+        if token in _TRUE or token in _FALSE:
+            return token in _TRUE
+        raise ConfigError(f"{name} = {text!r} is not a boolean: use 1/0, true/false or yes/no")
+    if kind is int or kind is float:
+        try:
+            return kind(text)
+        except ValueError:
+            raise ConfigError(f"{name} = {text!r} is not {_type_name(kind)}") from None
+    return text.lower() if name in CHOICES else text
+
+
+def _coerce(name: str, value: object) -> object:
+    """``value`` converted to ``name``'s type; only the shape is checked here, not the range."""
+    kind = FIELD_TYPES[name]
+    if name in SIZE_FIELDS and isinstance(value, int | str) and not isinstance(value, bool):
+        try:
+            return parse_size(value)
+        except ConfigError as exc:
+            raise ConfigError(f"{name}: {exc.message}") from None
+    if isinstance(value, str):
+        return _parse_text(name, value)
+    if not _has_type(value, kind):
+        raise ConfigError(f"{name} = {value!r} has the wrong type: expected {_type_name(kind)}")
+    if kind is float and isinstance(value, int | float):
+        return float(value)
+    return value
+
+
+def _set(
+    values: dict[str, object], sources: dict[str, str], name: str, value: object, source: str
+) -> None:
+    try:
+        values[name] = _coerce(name, value)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc.message} (set by {source})", field=name, source=source) from None
+    sources[name] = source
+
+
+def _unknown_setting(key: str, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, FIELD_TYPES, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown setting {key!r} in {where}{hint}", key=key)
+
+
+def _decode_toml(toml_text: bytes | str) -> dict[str, object]:
+    try:
+        text = toml_text.decode() if isinstance(toml_text, bytes) else toml_text
+        table = msgspec.toml.decode(text)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"the config file is not UTF-8: {exc.reason} at byte {exc.start}"
+        ) from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"invalid TOML in the config file: {exc}") from None
+    if not isinstance(table, dict):  # pragma: no cover - a TOML document is always a table
+        raise ConfigError("the config file must be a TOML table of settings")
+    return table
+
+
+def load_config(
+    toml_text: bytes | str | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> Config:
+    """Merge defaults, the TOML file's text, ``LUCIDD_*`` variables and flags; validate.
+
+    ``overrides`` are the command-line flags, keyed by field name; None values are skipped (a
+    flag not given). An unknown key in the TOML file is a :class:`ConfigError`; an unknown key in
+    ``overrides`` is a caller bug (``ValueError``). Unknown ``LUCIDD_*`` variables are ignored
+    here: :func:`unknown_env_settings` lists them so the daemon can log a warning.
+    Error messages say which source set the offending value.
+    """
+    values: dict[str, object] = {}
+    sources: dict[str, str] = {}
+    if toml_text is not None:
+        for key, value in _decode_toml(toml_text).items():
+            if key not in FIELD_TYPES:
+                raise _unknown_setting(key, "the config file")
+            _set(values, sources, key, value, "the config file")
+    for name in FIELD_TYPES:
+        var = env_var_name(name)
+        if env is not None and var in env:
+            _set(values, sources, name, env[var], var)
+    for key, value in (overrides or {}).items():
+        if key not in FIELD_TYPES:
+            raise ValueError(f"unknown config override {key!r}")
+        if value is not None:
+            _set(values, sources, key, value, "the command line")
+    config = msgspec.structs.replace(Config(), **values)
+    problems = _problems(config)
+    if problems:
+        raise ConfigError(
+            "; ".join(
+                f"{message} (set by {sources[name]})" if name in sources else message
+                for name, message in problems
+            ),
+            fields=[name for name, _ in problems],
+        )
+    return config
+
+
+def unknown_env_settings(env: Mapping[str, str]) -> list[str]:
+    """Sorted names of ``LUCIDD_*`` variables that set nothing (likely typos, worth a warning)."""
+    known = {env_var_name(name) for name in FIELD_TYPES}
+    return sorted(var for var in env if var.startswith(ENV_PREFIX) and var not in known)
+
+
+# --- directories ------------------------------------------------------------------------
+
+
+def _env_dir(env: Mapping[str, str], var: str) -> str | None:
+    """The first absolute path in ``env[var]`` (systemd may list several, colon-separated)."""
+    first = env.get(var, "").split(":")[0]
+    return first if first.startswith("/") else None
+
+
+def default_state_dir(env: Mapping[str, str], home: str) -> str:
+    """``$STATE_DIRECTORY`` (systemd ``StateDirectory=``), else ``$XDG_STATE_HOME/lucidd``,
+    else ``<home>/.local/state/lucidd``. Relative XDG values are ignored, as the spec says."""
+    systemd = _env_dir(env, "STATE_DIRECTORY")
+    if systemd is not None:
+        return systemd
+    xdg = _env_dir(env, "XDG_STATE_HOME")
+    if xdg is not None:
+        return posixpath.join(xdg, "lucidd")
+    return posixpath.join(home, ".local", "state", "lucidd")
+
+
+def default_runtime_dir(env: Mapping[str, str], uid: int) -> str:
+    """``$RUNTIME_DIRECTORY`` (systemd ``RuntimeDirectory=``), else ``$XDG_RUNTIME_DIR/lucidd``,
+    else ``/tmp/lucidd-<uid>``."""
+    systemd = _env_dir(env, "RUNTIME_DIRECTORY")
+    if systemd is not None:
+        return systemd
+    xdg = _env_dir(env, "XDG_RUNTIME_DIR")
+    if xdg is not None:
+        return posixpath.join(xdg, "lucidd")
+    return f"/tmp/lucidd-{uid}"
+
+
+def resolve_dirs(config: Config, env: Mapping[str, str], home: str, uid: int) -> Config:
+    """A validated copy of ``config`` with empty ``state_dir``/``runtime_dir`` filled in.
+
+    ``keyring`` stays as configured: an empty one is resolved by the keyring loader, which must
+    prefer ``$CREDENTIALS_DIRECTORY`` over ``<state>/keys/keyring``.
+    """
+    resolved = msgspec.structs.replace(
+        config,
+        state_dir=config.state_dir or default_state_dir(env, home),
+        runtime_dir=config.runtime_dir or default_runtime_dir(env, uid),
+    )
+    resolved.validate()
+    return resolved
+
+
+def config_as_dict(config: Config) -> dict[str, object]:
+    """Every setting by name, builtins only (the control socket's ``ConfigReply``)."""
+    return msgspec.structs.asdict(config)

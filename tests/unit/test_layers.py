@@ -1,0 +1,357 @@
+"""Hold DESIGN §8's layering: each lucidd module imports only from layers below its own.
+
+The layer of every module is written down here. A module missing from :data:`LAYERS` fails
+the suite until someone classifies it, so the table stays the map of the package. Only modules
+that exist are checked; imports anywhere in a module count (inside functions and
+``TYPE_CHECKING`` blocks too: a type-only import of a higher layer is still an upward edge).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+PACKAGE = "lucidd"
+PACKAGE_DIR = Path(__file__).resolve().parents[2] / PACKAGE
+TABLE_HINT = "add it to LAYERS in tests/unit/test_layers.py (see DESIGN §8)"
+
+LAYERS: Mapping[str, int] = {
+    "__init__": 0,
+    "errors": 0,
+    # 1: pure — no I/O, no asyncio, no logging; return or raise.
+    "crypto": 1,
+    "merkle": 1,
+    "protocol": 1,
+    "config": 1,
+    "slots": 1,
+    "reorder": 1,
+    "ipc": 1,
+    # 2: I/O parts.
+    "store": 2,
+    "keys": 2,
+    "ring": 2,
+    "systemd": 2,
+    "metrics": 2,
+    "channels": 2,
+    "merkle_store": 2,
+    "ledger": 2,  # the aggregator's book of sessions (merkle, index, reorder over store)
+    "logs": 2,  # logging set-up shared by every process
+    "procutil": 2,  # process-level helpers of the children (parent-death signal, ...)
+    # 3: process parts.
+    "ingest": 3,
+    "children": 3,
+    "control": 3,
+    # 3: process mains — composition and lifecycle only.
+    "supervisor": 3,
+    "worker": 3,
+    "aggregator": 3,
+    # 4: edges.
+    "client": 4,
+    "cli": 4,
+    "__main__": 4,
+    "bench": 4,
+}
+
+MAINS = frozenset({"supervisor", "worker", "aggregator"})
+
+#: The only imports allowed between modules of the same layer (importer -> imported).
+SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
+    "ledger": frozenset({"store", "merkle_store"}),
+    # The children's start-up specs carry the validated Config.
+    "ipc": frozenset({"config"}),
+    # Something must name the child processes' entry points to spawn them; only children may.
+    "children": frozenset({"worker", "aggregator"}),
+    "supervisor": frozenset({"ingest", "children", "control"}),
+    "aggregator": frozenset({"control"}),
+    "worker": frozenset(),
+    "cli": frozenset({"client"}),
+    "__main__": frozenset({"cli", "client"}),
+    "bench": frozenset({"client"}),
+}
+
+#: Standard modules that do I/O, concurrency or logging: none of them in layer 1.
+LAYER1_FORBIDDEN = frozenset(
+    {
+        "os",
+        "socket",
+        "asyncio",
+        "logging",
+        "subprocess",
+        "multiprocessing",
+        "threading",
+        "selectors",
+        "signal",
+        "shutil",
+        "tempfile",
+        "mmap",
+        "uvloop",
+    }
+)
+#: crypto needs ``os.urandom``; merkle may open its folder (``MerkleLog.open``).
+LAYER1_ALLOWED_EXCEPTIONS: Mapping[str, frozenset[str]] = {
+    "crypto": frozenset({"os"}),
+    "merkle": frozenset({"os"}),
+}
+
+CLIENT_MAY_IMPORT = frozenset({"protocol", "errors"})
+
+
+# --- the checker ------------------------------------------------------------------------
+
+
+def module_name(path: Path, package_dir: Path = PACKAGE_DIR) -> str:
+    """``lucidd/errors.py`` -> ``errors``; a subpackage module keeps its dotted path."""
+    return ".".join(path.relative_to(package_dir).with_suffix("").parts)
+
+
+def existing_modules(package_dir: Path = PACKAGE_DIR) -> dict[str, Path]:
+    return {module_name(path, package_dir): path for path in sorted(package_dir.rglob("*.py"))}
+
+
+def _walk_imports(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node
+
+
+def lucidd_imports(source: str, known: set[str]) -> set[str]:
+    """The lucidd modules (names as in :data:`LAYERS`) that ``source`` imports.
+
+    ``known`` holds module names that exist or are classified, to tell ``from lucidd import
+    ipc`` (a module) from ``from lucidd import __version__`` (a name of the package).
+    """
+    found: set[str] = set()
+    for node in _walk_imports(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == PACKAGE:
+                    found.add(".".join(parts[1:2]) or "__init__")
+            continue
+        if node.level:
+            # Relative to the package: "from . import x" or "from .x import y".
+            base = [PACKAGE, *node.module.split(".")] if node.module else [PACKAGE]
+        elif node.module is not None:
+            base = node.module.split(".")
+        else:  # pragma: no cover - "from import" is not valid syntax
+            continue
+        if base[0] != PACKAGE:
+            continue
+        if len(base) > 1:
+            found.add(base[1])
+            continue
+        for alias in node.names:
+            found.add(alias.name if alias.name in known else "__init__")
+    return found
+
+
+def top_level_imports(source: str) -> set[str]:
+    """The top-level names of every absolute import (``os.path`` -> ``os``)."""
+    names: set[str] = set()
+    for node in _walk_imports(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif node.level == 0 and node.module is not None:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def layering_violations(importer: str, imported: set[str]) -> list[str]:
+    """Why ``importer`` may not import each module of ``imported`` (empty if all is fine)."""
+    problems: list[str] = []
+    layer = LAYERS[importer]
+    for target in sorted(imported - {importer}):
+        if target not in LAYERS:
+            problems.append(f"{importer} imports unclassified module {target}: {TABLE_HINT}")
+        elif importer in MAINS and target in MAINS:
+            problems.append(
+                f"{importer} imports {target}: process mains never import each other "
+                "(they share only ipc messages)"
+            )
+        elif LAYERS[target] > layer:
+            problems.append(
+                f"{importer} (layer {layer}) imports {target} (layer {LAYERS[target]}): "
+                "a module imports only from lower layers"
+            )
+        elif LAYERS[target] == layer and target not in SAME_LAYER_ALLOWED.get(importer, ()):
+            problems.append(
+                f"{importer} imports {target}, both layer {layer}: same-layer imports must be "
+                "listed in SAME_LAYER_ALLOWED"
+            )
+    return problems
+
+
+def import_graph(modules: Mapping[str, Path]) -> dict[str, set[str]]:
+    known = set(modules) | set(LAYERS)
+    return {name: lucidd_imports(path.read_text(), known) for name, path in modules.items()}
+
+
+def find_cycle(graph: Mapping[str, set[str]]) -> list[str] | None:
+    """One import cycle as a list of modules (first repeated at the end), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 1:
+                return [*path[path.index(target) :], target]
+            if target not in state:
+                cycle = visit(target, [*path, target])
+                if cycle is not None:
+                    return cycle
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state:
+            cycle = visit(start, [start])
+            if cycle is not None:
+                return cycle
+    return None
+
+
+MODULES = existing_modules()
+GRAPH = import_graph(MODULES)
+CLASSIFIED = sorted(name for name in MODULES if name in LAYERS)
+
+
+# --- the package ------------------------------------------------------------------------
+
+
+def test_package_has_the_base_modules() -> None:
+    # Guards against the checker silently finding nothing (a wrong PACKAGE_DIR).
+    assert {"errors", "protocol", "config"} <= set(MODULES)
+
+
+def test_every_module_is_classified() -> None:
+    unknown = sorted(set(MODULES) - set(LAYERS))
+    assert not unknown, f"unclassified modules {unknown}: {TABLE_HINT}"
+
+
+@pytest.mark.parametrize("module", CLASSIFIED)
+def test_module_imports_only_from_lower_layers(module: str) -> None:
+    problems = layering_violations(module, GRAPH[module])
+    assert not problems, "\n".join(problems)
+
+
+def test_the_package_has_no_import_cycle() -> None:
+    assert find_cycle(GRAPH) is None, f"import cycle: {' -> '.join(find_cycle(GRAPH) or [])}"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in CLASSIFIED if LAYERS[m] == 1))
+def test_layer1_module_does_no_io_concurrency_or_logging(module: str) -> None:
+    imported = top_level_imports(MODULES[module].read_text())
+    allowed = LAYER1_ALLOWED_EXCEPTIONS.get(module, frozenset())
+    forbidden = sorted((imported & LAYER1_FORBIDDEN) - allowed)
+    assert not forbidden, f"layer-1 module {module} imports {forbidden} (DESIGN §8: no I/O)"
+
+
+def test_client_imports_only_protocol_and_errors() -> None:
+    if "client" not in MODULES:
+        pytest.skip("lucidd/client.py does not exist yet")
+    extra = sorted(GRAPH["client"] - CLIENT_MAY_IMPORT)
+    assert not extra, f"client imports {extra}; it may use only protocol and errors"
+
+
+_LAYER_IN_DOCSTRING = re.compile(r"\(layer (\d)\b")
+
+
+@pytest.mark.parametrize("module", CLASSIFIED)
+def test_layer_named_in_the_docstring_matches_the_table(module: str) -> None:
+    docstring = ast.get_docstring(ast.parse(MODULES[module].read_text())) or ""
+    match = _LAYER_IN_DOCSTRING.search(docstring)
+    if match is not None:
+        assert int(match.group(1)) == LAYERS[module], (
+            f"{module}'s docstring says layer {match.group(1)}, LAYERS says {LAYERS[module]}"
+        )
+
+
+# --- the checker itself (so that the tests above can fail) --------------------------------
+
+KNOWN = set(LAYERS)
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("import lucidd.errors", {"errors"}),
+        ("import lucidd.protocol as p", {"protocol"}),
+        ("from lucidd import ipc, protocol as p", {"ipc", "protocol"}),
+        ("from lucidd.store import SegmentWriter", {"store"}),
+        ("from lucidd.sub.mod import x", {"sub"}),
+        ("from . import errors", {"errors"}),
+        ("from .crypto import seal", {"crypto"}),
+        ("from lucidd import __version__", {"__init__"}),
+        ("import lucidd", {"__init__"}),
+        ("def f():\n    from lucidd.supervisor import main\n", {"supervisor"}),
+        (
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from lucidd.ring import R\n",
+            {"ring"},
+        ),
+        ("import os\nfrom collections import deque\nimport lucidity", set()),
+    ],
+)
+def test_lucidd_imports_finds_every_spelling(source: str, expected: set[str]) -> None:
+    assert lucidd_imports(source, KNOWN) == expected
+
+
+def test_top_level_imports_sees_from_and_dotted_imports() -> None:
+    source = "import os.path\nfrom socket import socket\nimport re\nfrom . import errors\n"
+    assert top_level_imports(source) == {"os", "socket", "re"}
+
+
+@pytest.mark.parametrize(
+    ("importer", "imported", "fragment"),
+    [
+        ("protocol", {"store"}, "protocol (layer 1) imports store (layer 2)"),
+        ("errors", {"protocol"}, "errors (layer 0) imports protocol (layer 1)"),
+        ("crypto", {"merkle"}, "same-layer imports must be listed"),
+        ("store", {"keys"}, "same-layer imports must be listed"),
+        ("control", {"ingest"}, "same-layer imports must be listed"),
+        ("worker", {"aggregator"}, "process mains never import each other"),
+        ("supervisor", {"worker"}, "process mains never import each other"),
+        ("control", {"supervisor"}, "same-layer imports must be listed"),
+        ("children", {"supervisor"}, "same-layer imports must be listed"),
+        ("config", {"newthing"}, "unclassified module newthing"),
+    ],
+)
+def test_violations_are_reported(importer: str, imported: set[str], fragment: str) -> None:
+    problems = layering_violations(importer, imported)
+    assert len(problems) == 1
+    assert fragment in problems[0]
+
+
+@pytest.mark.parametrize(
+    ("importer", "imported"),
+    [
+        ("protocol", {"errors"}),
+        ("ledger", {"store", "merkle", "reorder", "ipc", "crypto", "errors"}),
+        ("supervisor", {"ingest", "children", "config", "ring", "errors"}),
+        ("aggregator", {"control", "ledger"}),
+        ("children", {"worker", "aggregator", "ipc"}),
+        ("cli", {"client", "protocol", "config"}),
+        ("errors", {"errors"}),
+    ],
+)
+def test_allowed_imports_pass(importer: str, imported: set[str]) -> None:
+    assert layering_violations(importer, imported) == []
+
+
+def test_find_cycle() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"b"}}) == ["b", "b"]
+
+
+def test_unclassified_module_fails_with_a_hint(tmp_path: Path) -> None:
+    (tmp_path / "errors.py").write_text("")
+    (tmp_path / "shiny.py").write_text("from lucidd import errors\n")
+    modules = existing_modules(tmp_path)
+    assert set(modules) == {"errors", "shiny"}
+    unknown = sorted(set(modules) - set(LAYERS))
+    assert unknown == ["shiny"]
+    assert "add it to LAYERS" in TABLE_HINT
