@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -154,3 +154,22 @@ def daemon(short_tmp: Path) -> Iterator[Daemon]:
     yield d
     if d.proc is not None and d.proc.poll() is None:
         assert d.stop() == 0, d.log()
+
+
+@pytest.fixture
+def make_daemon(short_tmp: Path) -> Iterator[Callable[..., Daemon]]:
+    """Start a daemon with extra ``LUCIDD_*`` settings; each is stopped (exit 0) afterwards."""
+    started: list[Daemon] = []
+
+    def start(workers: int = 2, **settings: object) -> Daemon:
+        env = {f"LUCIDD_{k.upper()}": str(v) for k, v in settings.items()}
+        base = short_tmp / f"d{len(started)}"
+        base.mkdir()
+        d = Daemon(base, workers=workers, env=env).start()
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        if d.proc is not None and d.proc.poll() is None:
+            assert d.stop() == 0, d.log()
