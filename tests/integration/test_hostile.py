@@ -135,14 +135,15 @@ def test_client_vanishing_mid_payload_gives_its_slots_back(daemon: Daemon) -> No
 
 def test_unknown_session_on_the_control_socket(daemon: Daemon) -> None:
     with ControlClient(daemon.runtime_dir) as control:
-        for call in (
-            lambda s: control.root(s),
+        calls: list[Callable[[bytes], object]] = [
+            control.root,
+            control.info,
+            control.shred,
+            control.finalize,
             lambda s: control.inclusion_proof(s, 0),
             lambda s: control.read_chunk(s, 0),
-            lambda s: control.finalize(s),
-            lambda s: control.shred(s),
-            lambda s: control.info(s),
-        ):
+        ]
+        for call in calls:
             with pytest.raises(UnknownSessionError):
                 call(new_session_id())
     assert_still_serving(daemon)
