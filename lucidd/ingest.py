@@ -426,8 +426,36 @@ class DataProtocol(asyncio.BufferedProtocol):
                 self._end_chunk()
                 self._process_events()  # the next items of a Batch need no more bytes
             return
-        self._decoder.receive_data(self._scratch_view[:nbytes])
-        self._process_events()
+        self._consume(self._scratch_view[:nbytes])
+
+    def _consume(self, data: memoryview) -> None:
+        """Headers go through the decoder; payload bytes are copied once, into their slot."""
+        decoder = self._decoder
+        pos = 0
+        end = len(data)
+        while pos < end:
+            if self._blocked_start is not None or self._transport is None:
+                decoder.receive_data(data[pos:])  # kept until admission can proceed
+                return
+            current = self._current
+            direct = decoder.direct_payload_size
+            if current is not None and direct:
+                take = min(direct, end - pos)
+                start = current.run.offset + current.received
+                self._ingest.ring[start : start + take] = data[pos : pos + take]
+                current.received += take
+                pos += take
+                if decoder.payload_received_directly(take) is not None:
+                    self._end_chunk()
+                    self._process_events()
+                continue
+            taken = decoder.receive_frame_bytes(data[pos:])
+            if taken == 0:  # a refused chunk's payload, or a frame the decoder will reject
+                take = min(direct, end - pos) if direct else end - pos
+                decoder.receive_data(data[pos : pos + take])
+                taken = take
+            pos += taken
+            self._process_events()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None

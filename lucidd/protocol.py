@@ -385,6 +385,33 @@ class FrameDecoder:
             self._pos = 0
         self._buffer += data
 
+    def receive_frame_bytes(self, data: memoryview) -> int:
+        """Take bytes from ``data`` only up to the end of the next frame; returns how many.
+
+        A consumer that owns the payload's destination (the supervisor's ring slot) feeds
+        headers this way, handles the events, then copies payload bytes straight from its read
+        buffer with :meth:`payload_received_directly`, so no payload byte passes through this
+        decoder's buffer. Takes nothing while a payload is expected or chunks are queued.
+        """
+        if self._current is not None or self._pending or self._broken is not None:
+            return 0
+        taken = 0
+        while taken < len(data):
+            have = self.buffered
+            if have < LENGTH_PREFIX_SIZE:
+                need = LENGTH_PREFIX_SIZE - have
+            else:
+                (length,) = LENGTH_PREFIX.unpack_from(self._buffer, self._pos)
+                if length > self._max_frame:
+                    break  # next_event raises BadFrameError
+                need = LENGTH_PREFIX_SIZE + length - have
+                if need == 0:
+                    break
+            step = min(need, len(data) - taken)
+            self.receive_data(data[taken : taken + step])
+            taken += step
+        return taken
+
     @property
     def buffered(self) -> int:
         """Bytes received but not yet turned into events."""
