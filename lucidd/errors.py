@@ -156,8 +156,8 @@ class StorageError(LucidError):
     retryable = True
 
 
-class TimeoutError_(LucidError):  # noqa: N801, N818 - renamed once client.py settles
-    """A worker did not finish the chunk within ``worker_timeout`` (after one retry)."""
+class RequestTimeoutError(LucidError):
+    """No reply in time: a worker exceeded ``worker_timeout`` twice, or the client gave up."""
 
     code = "timeout"
     exit_code = EX_TEMPFAIL
@@ -189,7 +189,7 @@ _ALL: tuple[type[LucidError], ...] = (
     IncompleteSessionError,
     BusyError,
     StorageError,
-    TimeoutError_,
+    RequestTimeoutError,
     UnavailableError,
 )
 

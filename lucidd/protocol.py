@@ -563,4 +563,5 @@ def control_request_decoder() -> FrameDecoder:
 
 
 def control_reply_decoder(max_chunk: int) -> FrameDecoder:
-    return FrameDecoder(ControlReply, max_frame=max_chunk + CONTROL_FRAME_OVERHEAD)
+    """Replies may carry a chunk's plaintext and its sealed record (about twice a chunk)."""
+    return FrameDecoder(ControlReply, max_frame=2 * max_chunk + CONTROL_FRAME_OVERHEAD)

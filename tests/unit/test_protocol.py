@@ -456,7 +456,7 @@ def test_frame_of_exactly_max_frame_waits_for_its_body() -> None:
 
 def test_control_reply_frame_limit_follows_max_chunk() -> None:
     max_chunk = 4096
-    limit = max_chunk + p.CONTROL_FRAME_OVERHEAD
+    limit = 2 * max_chunk + p.CONTROL_FRAME_OVERHEAD  # plaintext and record
     big = p.ChunkReply(req=1, session=SID, index=0, data=b"x" * max_chunk, record=b"r" * 1000)
     assert decode_pieces(p.control_reply_decoder(max_chunk), [p.encode_frame(big)]) == [
         p.FrameMessage(big)

@@ -1,0 +1,879 @@
+"""``lucidctl``: the command line of lucidd (layer 4).
+
+Every subcommand but ``verify`` talks to a running daemon through :mod:`lucidd.client`;
+``verify`` checks a record, an inclusion proof and a checkpoint offline, with no keys.
+
+Output contract (scripts and tests rely on it):
+
+- ``--json``: exactly one JSON object on stdout, also on failure
+  (``{"error": {"code", "message", "exit_code"}}``); hashes are lowercase hex, session ids
+  canonical UUID strings. ``get`` and ``record`` write binary data to stdout unless ``-o FILE``
+  is given, so with ``--json`` they require ``-o``.
+- Without ``--json``: human-readable lines on stdout.
+- Exit status 0 on success; on failure the error's ``sysexits`` code (:mod:`lucidd.errors`;
+  64 for usage errors; ``verify`` exits 65 when the proof does not hold) and one line on stderr,
+  ``lucidctl: <code>: <message>``; never a traceback for a :class:`LucidError`.
+
+:func:`main` takes ``argv`` and returns the exit status, writing to ``sys.stdout`` and
+``sys.stderr`` as they are at call time, so tests can drive it in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, BinaryIO, Final, NoReturn
+
+from lucidd import crypto, merkle
+from lucidd.client import (
+    DEFAULT_TIMEOUT,
+    DEFAULT_WINDOW,
+    Ack,
+    ControlClient,
+    DataClient,
+    SessionIdError,
+    SessionSummary,
+    format_session_id,
+    parse_session_id,
+)
+from lucidd.config import COMPRESSION_CHOICES, MiB, format_size, parse_size
+from lucidd.errors import (
+    EX_DATAERR,
+    EX_IOERR,
+    EX_NOINPUT,
+    EX_NOPERM,
+    EX_OK,
+    EX_USAGE,
+    BadRequestError,
+    FormatError,
+    InternalError,
+    LucidError,
+    UnknownSessionError,
+)
+
+PROG: Final = "lucidctl"
+DEFAULT_CHUNK_SIZE: Final = 1 * MiB
+#: The checkpoint origin of a session: ``lucidd/<session id>`` (DESIGN §5).
+ORIGIN_PREFIX: Final = "lucidd/"
+#: Seconds between progress-bar redraws.
+PROGRESS_INTERVAL: Final = 0.1
+#: Exit status after SIGINT (128 + 2), as shells report it.
+EX_INTERRUPTED: Final = 130
+
+
+class _UsageError(Exception):
+    """A command line argparse refused; the usage text is already formatted."""
+
+    def __init__(self, message: str, usage: str) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises instead of exiting, so :func:`main` chooses the output."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message, self.format_usage())
+
+
+# --- argument types -----------------------------------------------------------------------
+
+
+def _session_arg(text: str) -> bytes:
+    try:
+        return parse_session_id(text)
+    except SessionIdError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _count_arg(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a non-negative integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a non-negative integer: {text!r}")
+    return value
+
+
+def _positive_arg(text: str) -> int:
+    value = _count_arg(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _size_arg(text: str) -> int:
+    try:
+        value = parse_size(text)
+    except LucidError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1 byte")
+    return value
+
+
+def _timeout_arg(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < math.inf:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
+    return value or None
+
+
+# --- output -------------------------------------------------------------------------------
+
+
+def _hex(data: bytes) -> str:
+    return data.hex()
+
+
+def _number(value: float) -> str:
+    """A metric as people read it: integral values without a fraction."""
+    return str(int(value)) if float(value).is_integer() else f"{value:.6g}"
+
+
+def _summary_json(summary: SessionSummary) -> dict[str, Any]:
+    return {
+        "session": format_session_id(summary.session),
+        "state": summary.state,
+        "size": summary.size,
+        "chunks": summary.chunks,
+        "plaintext_bytes": summary.plaintext_bytes,
+        "compression": summary.compression,
+    }
+
+
+def _human_lines(obj: dict[str, Any], indent: str = "") -> Iterator[str]:
+    """``key: value`` lines; lists and nested objects indented below their key."""
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            yield f"{indent}{key}:"
+            yield from _human_lines(value, indent + "  ")
+        elif isinstance(value, list):
+            yield f"{indent}{key}:" + ("" if value else " (none)")
+            for item in value:
+                yield f"{indent}  {item}"
+        elif isinstance(value, bool):
+            yield f"{indent}{key}: {'yes' if value else 'no'}"
+        elif isinstance(value, str) and "\n" in value:
+            yield f"{indent}{key}:"
+            for line in value.splitlines():
+                yield f"{indent}  {line}"
+        else:
+            yield f"{indent}{key}: {value}"
+
+
+@dataclass
+class _Output:
+    """Where results go: one JSON object, or human lines, on the current ``sys.stdout``."""
+
+    json_mode: bool
+
+    def result(self, obj: dict[str, Any], human: Sequence[str] | None = None) -> None:
+        if self.json_mode:
+            sys.stdout.write(json.dumps(obj) + "\n")
+        else:
+            for line in human if human is not None else _human_lines(obj):
+                sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    def failure(self, code: str, message: str, exit_code: int) -> int:
+        """Report a failure (stderr line, and the JSON error object); return ``exit_code``."""
+        one_line = " ".join(message.split())
+        sys.stderr.write(f"{PROG}: {code}: {one_line}\n")
+        sys.stderr.flush()
+        if self.json_mode:
+            error = {"code": code, "message": one_line, "exit_code": exit_code}
+            with contextlib.suppress(OSError, ValueError):
+                self.result({"error": error})
+        return exit_code
+
+
+@dataclass
+class _Progress:
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
+
+    enabled: bool
+    chunks: int = 0
+    nbytes: int = 0
+    _drawn: float = field(default=0.0)
+
+    def add(self, nbytes: int) -> None:
+        self.chunks += 1
+        self.nbytes += nbytes
+        now = time.monotonic()
+        if self.enabled and now - self._drawn >= PROGRESS_INTERVAL:
+            self._drawn = now
+            self._draw()
+
+    def _draw(self) -> None:
+        mib = self.nbytes / MiB
+        sys.stderr.write(f"\r{PROG} put: {self.chunks} chunks, {mib:.1f} MiB stored")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled and self.chunks:
+            self._draw()
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _binary_stdout() -> BinaryIO:
+    sys.stdout.flush()
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:
+        raise InternalError("stdout has no binary buffer; use -o FILE")
+    return buffer  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def _output_file(name: str | None) -> Iterator[BinaryIO]:
+    """Binary sink: stdout for None or ``-``; else a temporary file renamed into place on
+    success (so a failed ``get`` never leaves a truncated FILE behind)."""
+    if name is None or name == "-":
+        stream = _binary_stdout()
+        yield stream
+        stream.flush()
+        return
+    target = Path(name)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    except OSError as exc:
+        raise type(exc)(exc.errno, exc.strerror, name) from None
+    try:
+        with os.fdopen(fd, "wb") as sink:
+            yield sink
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _input_file(name: str) -> Iterator[IO[bytes]]:
+    if name == "-":
+        yield sys.stdin.buffer
+        return
+    with open(name, "rb") as source:
+        yield source
+
+
+# --- daemon commands ----------------------------------------------------------------------
+
+
+def _control(args: argparse.Namespace) -> ControlClient:
+    return ControlClient(args.runtime_dir, timeout=args.timeout)
+
+
+def _cmd_health(args: argparse.Namespace, out: _Output) -> int:
+    with _control(args) as control:
+        health = control.health()
+    processes = [
+        {
+            "role": p.role,
+            "pid": p.pid,
+            "alive": p.alive,
+            "rss_bytes": p.rss_bytes,
+            "restarts": p.restarts,
+        }
+        for p in health.processes
+    ]
+    human = [f"status: {health.status}", f"sessions: {health.sessions}"]
+    human += [
+        f"{p.role:<12} pid {p.pid:<8} {'alive' if p.alive else 'DEAD':<5} "
+        f"rss {format_size(p.rss_bytes):>10}  restarts {p.restarts}"
+        for p in health.processes
+    ]
+    out.result(
+        {"status": health.status, "sessions": health.sessions, "processes": processes}, human
+    )
+    return EX_OK
+
+
+def _cmd_metrics(args: argparse.Namespace, out: _Output) -> int:
+    with _control(args) as control:
+        metrics = control.metrics()
+    human = [f"{name} {_number(value)}" for name, value in sorted(metrics.items())]
+    out.result({"metrics": metrics}, human)
+    return EX_OK
+
+
+def _cmd_config(args: argparse.Namespace, out: _Output) -> int:
+    with _control(args) as control:
+        config = control.config()
+    human = [f"{name} = {json.dumps(value)}" for name, value in sorted(config.items())]
+    out.result({"config": config}, human)
+    return EX_OK
+
+
+def _cmd_sessions(args: argparse.Namespace, out: _Output) -> int:
+    with _control(args) as control:
+        sessions = control.sessions()
+    header = f"{'SESSION':<36}  {'STATE':<10} {'SIZE':>10} {'CHUNKS':>10} {'BYTES':>14} COMPRESSION"
+    human = [header] + [
+        f"{format_session_id(s.session):<36}  {s.state:<10} {s.size:>10} {s.chunks:>10} "
+        f"{s.plaintext_bytes:>14} {s.compression}"
+        for s in sessions
+    ]
+    out.result({"sessions": [_summary_json(s) for s in sessions]}, human)
+    return EX_OK
+
+
+def _cmd_info(args: argparse.Namespace, out: _Output) -> int:
+    with _control(args) as control:
+        summary = control.info(args.session)
+    out.result(_summary_json(summary))
+    return EX_OK
+
+
+def _cmd_open(args: argparse.Namespace, out: _Output) -> int:
+    with _control(args) as control:
+        session = control.open_session(args.compression)
+    text = format_session_id(session)
+    out.result({"session": text}, [text])
+    return EX_OK
+
+
+def _start_index(args: argparse.Namespace) -> tuple[bytes, int]:
+    """The session to append to and its first free index, opening the session if needed."""
+    with _control(args) as control:
+        if args.session is None:
+            return control.open_session(args.compression), 0
+        try:
+            summary = control.info(args.session)
+        except UnknownSessionError:
+            return control.open_session(args.compression, args.session), 0
+    if args.compression is not None and args.compression != summary.compression:
+        raise BadRequestError(
+            f"session {format_session_id(args.session)} exists with compression "
+            f"{summary.compression}; --compression applies to new sessions only"
+        )
+    return args.session, summary.chunks
+
+
+def _cmd_put(args: argparse.Namespace, out: _Output) -> int:
+    with _input_file(args.file) as source:
+        session, start = _start_index(args)  # after the input opened: no empty session on typos
+        return _put(args, out, source, session, start)
+
+
+def _put(
+    args: argparse.Namespace, out: _Output, source: IO[bytes], session: bytes, start: int
+) -> int:
+    """Send ``source`` as chunks ``start, start+1, ...`` of ``session``; print the result."""
+    progress = _Progress(enabled=sys.stderr.isatty())
+    lengths: dict[int, int] = {}
+
+    def pieces() -> Iterator[tuple[int, bytes]]:
+        index = start
+        while piece := source.read(args.chunk_size):
+            lengths[index] = len(piece)
+            yield index, piece
+            index += 1
+
+    def on_ack(ack: Ack) -> None:
+        progress.add(lengths.pop(ack.index, 0))
+
+    try:
+        with DataClient(args.runtime_dir, timeout=args.timeout) as data:
+            acks = data.put_many(session, pieces(), window=args.window, on_ack=on_ack)
+    finally:
+        progress.done()
+    with _control(args) as control:
+        root = control.root(session)
+        result: dict[str, Any] = {
+            "session": format_session_id(session),
+            "chunks": len(acks),
+            "bytes": progress.nbytes,
+            "size": root.size,
+            "root": _hex(root.root),
+        }
+        if args.finalize:
+            final = control.finalize(session)
+            result.update(
+                size=final.size, root=_hex(final.root), checkpoint=final.checkpoint.decode()
+            )
+    out.result(result)
+    return EX_OK
+
+
+def _cmd_root(args: argparse.Namespace, out: _Output) -> int:
+    with _control(args) as control:
+        root = control.root(args.session, args.size)
+    out.result(
+        {"session": format_session_id(root.session), "size": root.size, "root": _hex(root.root)}
+    )
+    return EX_OK
+
+
+def _cmd_proof(args: argparse.Namespace, out: _Output) -> int:
+    with _control(args) as control:
+        proof = control.inclusion_proof(args.session, args.index, args.size)
+    out.result(
+        {
+            "session": format_session_id(proof.session),
+            "index": proof.index,
+            "size": proof.size,
+            "leaf_hash": _hex(proof.leaf_hash),
+            "path": [_hex(node) for node in proof.path],
+            "root": _hex(proof.root),
+        }
+    )
+    return EX_OK
+
+
+def _cmd_consistency(args: argparse.Namespace, out: _Output) -> int:
+    with _control(args) as control:
+        proof = control.consistency_proof(args.session, args.size1, args.size2)
+    out.result(
+        {
+            "session": format_session_id(proof.session),
+            "size1": proof.size1,
+            "size2": proof.size2,
+            "path": [_hex(node) for node in proof.path],
+            "root1": _hex(proof.root1),
+            "root2": _hex(proof.root2),
+        }
+    )
+    return EX_OK
+
+
+def _cmd_finalize(args: argparse.Namespace, out: _Output) -> int:
+    with _control(args) as control:
+        final = control.finalize(args.session)
+    out.result(
+        {
+            "session": format_session_id(final.session),
+            "size": final.size,
+            "root": _hex(final.root),
+            "checkpoint": final.checkpoint.decode(),
+        }
+    )
+    return EX_OK
+
+
+def _require_output_for_json(args: argparse.Namespace) -> None:
+    if args.json and args.output in (None, "-"):
+        raise BadRequestError(f"{args.command} --json needs -o FILE: stdout carries the data")
+
+
+def _cmd_get(args: argparse.Namespace, out: _Output) -> int:
+    _require_output_for_json(args)
+    nbytes = 0
+    with _control(args) as control:
+        size = control.info(args.session).size
+        with _output_file(args.output) as sink:
+            for index in range(size):
+                data = control.read_chunk(args.session, index).data
+                sink.write(data)
+                nbytes += len(data)
+    if args.output not in (None, "-"):
+        out.result({"session": format_session_id(args.session), "chunks": size, "bytes": nbytes})
+    return EX_OK
+
+
+def _cmd_record(args: argparse.Namespace, out: _Output) -> int:
+    _require_output_for_json(args)
+    with _control(args) as control:
+        record = control.read_chunk(args.session, args.index).record
+    if not record:
+        raise InternalError("lucidd returned no sealed record for this chunk")
+    with _output_file(args.output) as sink:
+        sink.write(record)
+    if args.output not in (None, "-"):
+        out.result(
+            {
+                "session": format_session_id(args.session),
+                "index": args.index,
+                "bytes": len(record),
+                "leaf_hash": _hex(merkle.leaf_hash(record)),
+            }
+        )
+    return EX_OK
+
+
+def _cmd_shred(args: argparse.Namespace, out: _Output) -> int:
+    with _control(args) as control:
+        control.shred(args.session)
+    out.result({"session": format_session_id(args.session), "shredded": True})
+    return EX_OK
+
+
+# --- verify (offline) ---------------------------------------------------------------------
+
+
+class _InvalidError(Exception):
+    """The inputs do not verify; the message is the reason shown to the user."""
+
+
+@dataclass(frozen=True)
+class _Proof:
+    session: bytes
+    index: int
+    size: int
+    leaf_hash: bytes
+    path: list[bytes]
+
+
+def _json_hash(value: object, what: str) -> bytes:
+    if isinstance(value, str) and len(value) == 2 * merkle.HASH_SIZE:
+        with contextlib.suppress(ValueError):
+            if value == value.lower():
+                return bytes.fromhex(value)
+    raise _InvalidError(f"{what} is not {merkle.HASH_SIZE} bytes of lowercase hex")
+
+
+def _json_count(obj: dict[str, Any], key: str) -> int:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _InvalidError(f"proof file: {key!r} is not a non-negative integer")
+    return value
+
+
+def _load_proof(path: str) -> _Proof:
+    """The proof JSON that ``lucidctl --json proof`` prints."""
+    try:
+        obj = json.loads(Path(path).read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _InvalidError(f"proof file is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise _InvalidError("proof file is not a JSON object")
+    session_text = obj.get("session")
+    if not isinstance(session_text, str):
+        raise _InvalidError("proof file: 'session' is missing")
+    try:
+        session = parse_session_id(session_text)
+    except SessionIdError as exc:
+        raise _InvalidError(f"proof file: {exc}") from None
+    path_list = obj.get("path")
+    if not isinstance(path_list, list):
+        raise _InvalidError("proof file: 'path' is not a list")
+    return _Proof(
+        session=session,
+        index=_json_count(obj, "index"),
+        size=_json_count(obj, "size"),
+        leaf_hash=_json_hash(obj.get("leaf_hash"), "proof file: 'leaf_hash'"),
+        path=[_json_hash(node, f"proof file: path[{i}]") for i, node in enumerate(path_list)],
+    )
+
+
+def _load_checkpoint(path: str) -> tuple[merkle.Checkpoint, bytes]:
+    """The checkpoint (C2SP text, or JSON with a "checkpoint" string) and its session id."""
+    raw = Path(path).read_bytes()
+    if raw.lstrip().startswith(b"{"):
+        try:
+            obj = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise _InvalidError(f"checkpoint file is not JSON: {exc}") from None
+        text = obj.get("checkpoint") if isinstance(obj, dict) else None
+        if not isinstance(text, str):
+            raise _InvalidError("checkpoint file: no 'checkpoint' string in the JSON object")
+        raw = text.encode()
+    try:
+        checkpoint = merkle.Checkpoint.parse(raw)
+    except FormatError as exc:
+        raise _InvalidError(f"checkpoint: {exc}") from None
+    origin = checkpoint.origin
+    session: bytes | None = None
+    if origin.startswith(ORIGIN_PREFIX):
+        with contextlib.suppress(SessionIdError):
+            session = parse_session_id(origin.removeprefix(ORIGIN_PREFIX))
+    if session is None or origin != ORIGIN_PREFIX + format_session_id(session):
+        raise _InvalidError(f"checkpoint origin {origin!r} is not {ORIGIN_PREFIX}<session id>")
+    return checkpoint, session
+
+
+def _record_leaf_hash(path: str, proof: _Proof) -> bytes:
+    """The leaf hash of a sealed record file, after checking it names the proof's chunk."""
+    record = Path(path).read_bytes()
+    try:
+        header = crypto.parse_header(record)
+    except FormatError as exc:
+        raise _InvalidError(f"record: {exc}") from None
+    if header.record_type != crypto.RecordType.DATA:
+        raise _InvalidError(f"record is a {header.record_type.name} record, not a chunk")
+    if len(record) != header.record_length:
+        raise _InvalidError(
+            f"record is {len(record)} bytes but its header announces {header.record_length}"
+        )
+    if header.session_id != proof.session:
+        raise _InvalidError(
+            f"record belongs to session {format_session_id(header.session_id)}, "
+            f"the proof to {format_session_id(proof.session)}"
+        )
+    if header.index != proof.index:
+        raise _InvalidError(f"record is chunk {header.index}, the proof is for chunk {proof.index}")
+    return merkle.leaf_hash(record)
+
+
+def _verify(args: argparse.Namespace) -> tuple[_Proof, merkle.Checkpoint, str]:
+    """Run every check; return what was verified, or raise :class:`_InvalidError` (why)."""
+    proof = _load_proof(args.proof)
+    checkpoint, origin_session = _load_checkpoint(args.checkpoint)
+    if origin_session != proof.session:
+        raise _InvalidError(
+            f"the proof is for session {format_session_id(proof.session)}, the checkpoint "
+            f"for {format_session_id(origin_session)}"
+        )
+    if args.record is not None:
+        leaf = _record_leaf_hash(args.record, proof)
+        if leaf != proof.leaf_hash:
+            raise _InvalidError("the record's leaf hash differs from the proof's leaf_hash")
+    elif (
+        args.leaf_hash is not None
+        and _json_hash(args.leaf_hash.lower(), "--leaf-hash") != proof.leaf_hash
+    ):
+        raise _InvalidError("--leaf-hash differs from the proof's leaf_hash")
+    if proof.size < checkpoint.size:
+        raise _InvalidError(
+            f"the proof is for tree size {proof.size} but the checkpoint is for size "
+            f"{checkpoint.size}: get a proof at that size (lucidctl proof SESSION "
+            f"{proof.index} --size {checkpoint.size}) or prove consistency "
+            f"(lucidctl consistency SESSION {proof.size} {checkpoint.size})"
+        )
+    if proof.size > checkpoint.size:
+        raise _InvalidError(
+            f"the proof is for tree size {proof.size}, larger than the checkpoint's "
+            f"{checkpoint.size}: get a proof at the checkpoint's size"
+        )
+    if not merkle.verify_inclusion(
+        proof.leaf_hash, proof.index, proof.size, proof.path, checkpoint.root
+    ):
+        raise _InvalidError("the inclusion proof does not lead to the checkpoint's root")
+    source = "record" if args.record is not None else "leaf hash"
+    reason = (
+        f"{source} of chunk {proof.index} is leaf {proof.index} of the checkpointed tree of "
+        f"size {checkpoint.size} of session {format_session_id(proof.session)}"
+    )
+    return proof, checkpoint, reason
+
+
+def _cmd_verify(args: argparse.Namespace, out: _Output) -> int:
+    try:
+        proof, checkpoint, reason = _verify(args)
+    except _InvalidError as exc:
+        out.result({"valid": False, "reason": str(exc)}, [f"INVALID: {exc}"])
+        return EX_DATAERR
+    out.result(
+        {
+            "valid": True,
+            "reason": reason,
+            "session": format_session_id(proof.session),
+            "index": proof.index,
+            "size": checkpoint.size,
+            "leaf_hash": _hex(proof.leaf_hash),
+            "root": _hex(checkpoint.root),
+        },
+        [f"valid: {reason}"],
+    )
+    return EX_OK
+
+
+# --- the parser ---------------------------------------------------------------------------
+
+Handler = Callable[[argparse.Namespace, _Output], int]
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """The global options, accepted before or after the subcommand.
+
+    On subcommands their defaults are SUPPRESS, so one not repeated there keeps the value
+    given (or defaulted) before the subcommand.
+    """
+
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--runtime-dir",
+        metavar="DIR",
+        default=default(None),
+        help="the daemon's runtime folder (default: $LUCIDD_RUNTIME_DIR, "
+        "else $XDG_RUNTIME_DIR/lucidd, else /tmp/lucidd-UID)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="print exactly one JSON object on stdout",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_timeout_arg,
+        metavar="SECONDS",
+        default=default(DEFAULT_TIMEOUT),
+        help=f"give up after this long without progress (0: never; default {DEFAULT_TIMEOUT:g})",
+    )
+
+
+def _build_parser() -> _Parser:
+    parser = _Parser(
+        prog=PROG,
+        description="Control and query lucidd; verify proofs offline.",
+    )
+    _add_global_options(parser, top=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        _add_global_options(sub, top=False)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    def session(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("session", type=_session_arg, metavar="SESSION", help="session id")
+
+    def output(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+
+    command("health", _cmd_health, "the daemon's status and processes")
+    command("metrics", _cmd_metrics, "the daemon's counters and gauges")
+    command("config", _cmd_config, "the daemon's effective configuration")
+    command("sessions", _cmd_sessions, "list sessions")
+
+    sub = command("info", _cmd_info, "one session's state, size and chunk count")
+    session(sub)
+
+    sub = command("open", _cmd_open, "open a new session and print its id")
+    sub.add_argument("--compression", choices=COMPRESSION_CHOICES)
+
+    sub = command("put", _cmd_put, "store a file as the chunks of a session")
+    sub.add_argument("file", metavar="FILE", help="the file to send, or - for stdin")
+    sub.add_argument(
+        "--session",
+        type=_session_arg,
+        metavar="ID",
+        help="append to this session (from its chunk count; opened if unknown)",
+    )
+    sub.add_argument(
+        "--chunk-size",
+        type=_size_arg,
+        default=DEFAULT_CHUNK_SIZE,
+        metavar="BYTES",
+        help="bytes per chunk, e.g. 65536 or 64KiB (default 1MiB)",
+    )
+    sub.add_argument(
+        "--compression",
+        choices=COMPRESSION_CHOICES,
+        help="compression of a newly opened session (default: the daemon's)",
+    )
+    sub.add_argument("--finalize", action="store_true", help="finalize the session afterwards")
+    sub.add_argument(
+        "--window",
+        type=_positive_arg,
+        default=DEFAULT_WINDOW,
+        metavar="N",
+        help=f"chunks in flight at once (default {DEFAULT_WINDOW})",
+    )
+
+    sub = command("root", _cmd_root, "the Merkle root of a session")
+    session(sub)
+    sub.add_argument("--size", type=_count_arg, metavar="N", help="of the first N leaves")
+
+    sub = command("proof", _cmd_proof, "the inclusion proof of one chunk")
+    session(sub)
+    sub.add_argument("index", type=_count_arg, metavar="INDEX")
+    sub.add_argument("--size", type=_count_arg, metavar="N", help="in the tree of N leaves")
+
+    sub = command("consistency", _cmd_consistency, "a consistency proof between tree sizes")
+    session(sub)
+    sub.add_argument("size1", type=_count_arg, metavar="SIZE1")
+    sub.add_argument("size2", type=_count_arg, metavar="SIZE2", nargs="?")
+
+    sub = command("finalize", _cmd_finalize, "finalize a session and print its checkpoint")
+    session(sub)
+
+    sub = command("get", _cmd_get, "the plaintext of a session's chunks, in order")
+    session(sub)
+    output(sub)
+
+    sub = command("record", _cmd_record, "the sealed record of one chunk")
+    session(sub)
+    sub.add_argument("index", type=_count_arg, metavar="INDEX")
+    output(sub)
+
+    sub = command(
+        "verify",
+        _cmd_verify,
+        "check an inclusion proof against a checkpoint, offline (no daemon, no keys)",
+    )
+    sub.add_argument(
+        "--proof", required=True, metavar="PROOF.json", help="output of lucidctl --json proof"
+    )
+    sub.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="FILE",
+        help="checkpoint text, or JSON with a 'checkpoint' string (lucidctl --json finalize)",
+    )
+    leaf = sub.add_mutually_exclusive_group()
+    leaf.add_argument("--record", metavar="FILE", help="the sealed record (lucidctl record)")
+    leaf.add_argument("--leaf-hash", metavar="HEX", help="the leaf hash to expect")
+
+    sub = command("shred", _cmd_shred, "crypto-shred a session (irreversible)")
+    session(sub)
+    return parser
+
+
+# --- main ---------------------------------------------------------------------------------
+
+
+def _os_error_exit(exc: OSError) -> tuple[str, int]:
+    if isinstance(exc, FileNotFoundError | IsADirectoryError | NotADirectoryError):
+        return "noinput", EX_NOINPUT
+    if isinstance(exc, PermissionError):
+        return "noperm", EX_NOPERM
+    return "io", EX_IOERR
+
+
+def _silence_stdout() -> None:
+    # After EPIPE on stdout, point it at /dev/null so the interpreter's final flush is quiet.
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``lucidctl`` with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        sys.stderr.write(f"{exc.usage}{PROG}: usage: {exc}\n")
+        return EX_USAGE
+    except SystemExit as exc:  # --help and --version
+        return exc.code if isinstance(exc.code, int) else EX_USAGE
+    out = _Output(json_mode=args.json)
+    handler: Handler = args.handler
+    try:
+        return handler(args, out)
+    except LucidError as exc:
+        return out.failure(exc.code, exc.message, exc.exit_code)
+    except BrokenPipeError:
+        _silence_stdout()
+        return EX_IOERR
+    except OSError as exc:
+        code, exit_code = _os_error_exit(exc)
+        where = f"{exc.filename}: " if exc.filename else ""
+        return out.failure(code, f"{where}{exc.strerror or exc}", exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return EX_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
