@@ -113,7 +113,25 @@ class Aggregator:
 
     # -- from workers -------------------------------------------------------------------
 
+    def recover(self, repair: bool) -> None:
+        """Index what the segments hold beyond the last sync (crash recovery), then sync."""
+        started = time.monotonic()
+        records = 0
+        for session in self.ledger:
+            acked, repairs = session.recover_segments(self.ledger.keyring, repair=repair)
+            records += len(acked)
+            for line in repairs:
+                log.warning("event=segment_repaired session=%s %s", session.paths.root.name, line)
+            session.sync()
+        log.info(
+            "event=recovered sessions=%d records_indexed=%d seconds=%.3f",
+            len(self.ledger.sessions),
+            records,
+            time.monotonic() - started,
+        )
+
     def _on_batch(self, batch: ipc.SealedBatch) -> None:
+        started = time.monotonic_ns()
         acked: list[ipc.Acked] = []
         failed = list(batch.failed)
         for sealed in batch.sealed:
@@ -124,15 +142,17 @@ class Aggregator:
                 )
                 continue
             try:
-                session.record_sealed(sealed)
-            except OSError as exc:
+                leaf = session.record_sealed(sealed)
+            except (OSError, LucidError) as exc:
                 failed.append(
                     ipc.Failed(sealed.session, sealed.index, "storage", f"index write: {exc}")
                 )
                 continue
-            acked.append(ipc.Acked(sealed.session, sealed.index, sealed.leaf_hash))
-        self._send(ipc.Outcomes(acked, failed))
+            acked.append(ipc.Acked(sealed.session, sealed.index, leaf))
+        self._send(ipc.Outcomes(acked, failed, batch.sent_ns))
         counters = self._counters
+        counters["stage_aggregate_seconds_total"] += (time.monotonic_ns() - started) / 1e9
+        counters["stage_queue_wait_seconds_total"] += batch.times.queue_wait / 1e9
         counters["chunks_sealed_total"] += len(acked)
         counters["chunks_failed_total"] += len(failed)
         counters["plaintext_bytes_total"] += batch.plaintext_bytes
@@ -155,8 +175,42 @@ class Aggregator:
         elif isinstance(message, ipc.SupervisorStatus):
             self._processes = message.processes
             self._supervisor_metrics = message.metrics
+        elif isinstance(message, ipc.RecoverWorker):
+            self._send(self._recover_worker(message))
+        elif isinstance(message, ipc.Reconcile):
+            self._send(self._reconcile(message))
         elif isinstance(message, ipc.Shutdown):
             self._stop.set()
+
+    def _recover_worker(self, request: ipc.RecoverWorker) -> ipc.Outcomes:
+        """Index (and ack) what a dead worker made durable but never reported."""
+        acked: list[ipc.Acked] = []
+        for session_id in request.sessions:
+            session = self.ledger.sessions.get(session_id)
+            if session is None:
+                continue
+            try:
+                found, _ = session.recover_segments(
+                    self.ledger.keyring, request.worker, repair=False
+                )
+            except OSError as exc:
+                log.error(
+                    "event=worker_recovery_failed worker=%d errno=%s", request.worker, exc.errno
+                )
+                continue
+            acked.extend(found)
+        log.info("event=worker_recovered worker=%d records=%d", request.worker, len(acked))
+        return ipc.Outcomes(acked, [], token=request.token)
+
+    def _reconcile(self, request: ipc.Reconcile) -> ipc.Outcomes:
+        """Ack the in-flight chunks a previous aggregator indexed but never acknowledged."""
+        acked: list[ipc.Acked] = []
+        for ref in request.chunks:
+            session = self.ledger.sessions.get(ref.session)
+            leaf = session.stored_leaf(ref.index) if session is not None else None
+            if leaf is not None:
+                acked.append(ipc.Acked(ref.session, ref.index, leaf))
+        return ipc.Outcomes(acked, [], token=request.token)
 
     def _open_implicitly(self, request: ipc.OpenRequest) -> None:
         try:
@@ -250,4 +304,5 @@ def aggregator_main(
     started = time.monotonic()
     aggregator = Aggregator(spec, control_sock, from_supervisor, to_supervisor, from_workers)
     log.info("event=ledger_loaded seconds=%.3f", time.monotonic() - started)
+    aggregator.recover(repair=spec.repair)
     uvloop.run(aggregator.run())

@@ -1,10 +1,17 @@
-"""Starting and watching the child processes (layer 3).
+"""Starting, watching and replacing the child processes (layer 3).
 
 Children are started by a ``forkserver`` that preloads the worker and aggregator modules
 (DESIGN §2): the supervisor runs an event loop with threads, which must never be forked, and
 the preloaded server shares the pages of cryptography and friends between all children.
 Each child's ``sentinel`` becomes readable when it exits; the loop watches the sentinels so a
 death is noticed at once, without polling.
+
+Pipes: every worker ``k`` has a *results pipe* to the aggregator that outlives both ends'
+processes. The supervisor keeps both of its ends, hands the write end to each incarnation of
+worker ``k`` and the read end to each incarnation of the aggregator, so either side can be
+replaced without the other noticing. Workers write at most ``PIPE_BUF`` bytes per message
+(atomic), so a worker killed mid-send never leaves half a message behind. The supervisor's own
+pipes to a child are new for every incarnation.
 """
 
 from __future__ import annotations
@@ -12,22 +19,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
-import multiprocessing.connection
 import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
-from typing import Final
+from typing import Any, Final
 
+from lucidd import ipc
 from lucidd.aggregator import aggregator_main
-from lucidd.ipc import AggregatorSpec, ProcessInfo, WorkerSpec
+from lucidd.channels import PipeReader, PipeWriter
 from lucidd.worker import worker_main
 
 log = logging.getLogger("lucidd.children")
 
 JOIN_TIMEOUT_S: Final = 10.0
+AGGREGATOR: Final = "aggregator"
 
 
 def forkserver_context() -> ForkServerContext:
@@ -37,88 +46,149 @@ def forkserver_context() -> ForkServerContext:
     return ctx
 
 
+def take_fd(conn: Connection) -> int:
+    """Own a Connection's fd outright (the Connection object would close it when collected)."""
+    fd = os.dup(conn.fileno())
+    conn.close()
+    return fd
+
+
 @dataclass
 class Child:
     role: str
     process: BaseProcess
     restarts: int = 0
 
-    def info(self) -> ProcessInfo:
+    def info(self) -> ipc.ProcessInfo:
         alive = self.process.is_alive()
-        return ProcessInfo(self.role, self.process.pid or 0, alive, self.restarts)
+        return ipc.ProcessInfo(self.role, self.process.pid or 0, alive, self.restarts)
 
 
 class Children:
-    """The aggregator and the workers; who they are, whether they live, how they end."""
+    """The aggregator and the workers: who they are, how they start, die and are replaced."""
 
-    def __init__(self, ctx: ForkServerContext) -> None:
-        self._ctx = ctx
-        self.aggregator: Child | None = None
-        self.workers: list[Child] = []
-        self._on_death: Callable[[Child], None] | None = None
-
-    def start_aggregator(
+    def __init__(
         self,
-        spec: AggregatorSpec,
+        loop: asyncio.AbstractEventLoop,
+        worker_spec: Callable[[int], ipc.WorkerSpec],
+        workers: int,
         control_sock: socket.socket,
-        from_supervisor: multiprocessing.connection.Connection,
-        to_supervisor: multiprocessing.connection.Connection,
-        from_workers: list[multiprocessing.connection.Connection],
-    ) -> Child:
-        process = self._ctx.Process(
-            target=aggregator_main,
-            args=(spec, control_sock, from_supervisor, to_supervisor, from_workers),
-            name="lucidd-aggregator",
-            daemon=False,
-        )
-        process.start()
-        self.aggregator = Child("aggregator", process)
-        return self.aggregator
+        on_death: Callable[[Child], None],
+    ) -> None:
+        self._loop = loop
+        self._ctx = forkserver_context()
+        self._worker_spec = worker_spec
+        self._control_sock = control_sock
+        self._on_death = on_death
+        self._results = [self._ctx.Pipe(duplex=False) for _ in range(workers)]
+        self.workers: list[Child | None] = [None] * workers
+        self.aggregator: Child | None = None
+        self._to_aggregator: PipeWriter | None = None
+        self._from_aggregator: PipeReader | None = None
+        self.stopping = False
 
-    def start_worker(
-        self,
-        spec: WorkerSpec,
-        inbox: multiprocessing.connection.Connection,
-        outbox: multiprocessing.connection.Connection,
-    ) -> Child:
+    # -- spawning -----------------------------------------------------------------------
+
+    def spawn_worker(self, k: int) -> PipeWriter:
+        """Start (or replace) worker ``k``; returns the supervisor's end of its new inbox."""
+        inbox_r, inbox_w = self._ctx.Pipe(duplex=False)
+        _, results_w = self._results[k]
         process = self._ctx.Process(
             target=worker_main,
-            args=(spec, inbox, outbox),
-            name=f"lucidd-worker{spec.worker_id}",
-            daemon=False,
+            args=(self._worker_spec(k), inbox_r, results_w),
+            name=f"lucidd-worker{k}",
         )
         process.start()
-        child = Child(f"worker{spec.worker_id}", process)
-        self.workers.append(child)
-        return child
+        inbox_r.close()
+        previous = self.workers[k]
+        child = Child(f"worker{k}", process, previous.restarts + 1 if previous else 0)
+        self.workers[k] = child
+        self._watch(child)
+        return PipeWriter(self._loop, take_fd(inbox_w))
 
-    def all(self) -> list[Child]:
-        return [*([self.aggregator] if self.aggregator else []), *self.workers]
+    def spawn_aggregator(
+        self,
+        spec: ipc.AggregatorSpec,
+        on_message: Callable[[Any], None],
+        on_eof: Callable[[], None],
+    ) -> None:
+        """Start (or replace) the aggregator with fresh pipes to and from the supervisor."""
+        to_r, to_w = self._ctx.Pipe(duplex=False)
+        from_r, from_w = self._ctx.Pipe(duplex=False)
+        process = self._ctx.Process(
+            target=aggregator_main,
+            args=(spec, self._control_sock, to_r, from_w, [r for r, _ in self._results]),
+            name="lucidd-aggregator",
+        )
+        process.start()
+        to_r.close()
+        from_w.close()
+        if self._to_aggregator is not None:
+            self._to_aggregator.close()
+        self._to_aggregator = PipeWriter(self._loop, take_fd(to_w))
+        decoder = ipc.decoder(ipc.AggregatorToSupervisor)
+        self._from_aggregator = PipeReader(self._loop, take_fd(from_r), decoder, on_message, on_eof)
+        previous = self.aggregator
+        self.aggregator = Child(AGGREGATOR, process, previous.restarts + 1 if previous else 0)
+        self._watch(self.aggregator)
 
-    def watch(self, loop: asyncio.AbstractEventLoop, on_death: Callable[[Child], None]) -> None:
-        """Call ``on_death(child)`` on the loop as soon as any child exits."""
-        for child in self.all():
-            sentinel = child.process.sentinel
-            loop.add_reader(sentinel, self._died, loop, child)
-        self._on_death = on_death
+    def send_to_aggregator(self, message: Any) -> None:
+        """Queue a message for the current aggregator (lost if it dies: callers resend)."""
+        if self._to_aggregator is not None:
+            self._to_aggregator.send(message)
 
-    def _died(self, loop: asyncio.AbstractEventLoop, child: Child) -> None:
-        loop.remove_reader(child.process.sentinel)
-        if self._on_death is not None:
+    # -- watching -----------------------------------------------------------------------
+
+    def _watch(self, child: Child) -> None:
+        self._loop.add_reader(child.process.sentinel, self._died, child)
+
+    def _died(self, child: Child) -> None:
+        self._loop.remove_reader(child.process.sentinel)
+        child.process.join(0)
+        if not self.stopping:
             self._on_death(child)
 
-    def unwatch(self, loop: asyncio.AbstractEventLoop) -> None:
-        for child in self.all():
-            loop.remove_reader(child.process.sentinel)
+    def all(self) -> list[Child]:
+        children = [self.aggregator, *self.workers]
+        return [c for c in children if c is not None]
 
-    def process_table(self) -> list[ProcessInfo]:
-        return [ProcessInfo("supervisor", os.getpid(), True, 0), *(c.info() for c in self.all())]
+    def process_table(self) -> list[ipc.ProcessInfo]:
+        own = ipc.ProcessInfo("supervisor", os.getpid(), True, 0)
+        return [own, *(c.info() for c in self.all())]
 
-    def join_all(self, timeout: float = JOIN_TIMEOUT_S) -> None:
-        """Wait for every child; kill what has not exited by then."""
+    def all_alive(self) -> bool:
+        return all(c.process.is_alive() for c in self.all())
+
+    # -- stopping -----------------------------------------------------------------------
+
+    async def stop(self, worker_links: list[PipeWriter]) -> None:
+        """Close the workers' inboxes (EOF: each finishes its batch and exits), then stop the
+        aggregator once every worker is gone (it syncs every log), then reap everyone."""
+        self.stopping = True
         for child in self.all():
-            child.process.join(timeout)
-            if child.process.is_alive():
-                log.error("event=child_kill role=%s pid=%s", child.role, child.process.pid)
-                child.process.kill()
-                child.process.join()
+            if child.process.sentinel is not None:
+                self._loop.remove_reader(child.process.sentinel)
+        for writer in worker_links:
+            writer.close()
+        for worker in self.workers:
+            if worker is not None:
+                await self._loop.run_in_executor(None, _join, worker.process)
+        self.send_to_aggregator(ipc.Shutdown())
+        if self.aggregator is not None:
+            await self._loop.run_in_executor(None, _join, self.aggregator.process)
+        for results_r, results_w in self._results:
+            results_r.close()
+            results_w.close()
+        if self._to_aggregator is not None:
+            self._to_aggregator.close()
+        if self._from_aggregator is not None:
+            self._from_aggregator.close()
+
+
+def _join(process: BaseProcess) -> None:
+    """Wait for a child; kill it if it has not exited in time."""
+    process.join(JOIN_TIMEOUT_S)
+    if process.is_alive():
+        log.error("event=child_kill pid=%s", process.pid)
+        process.kill()
+        process.join()

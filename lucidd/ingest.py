@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from lucidd.errors import (
     DuplicateIndexError,
     InternalError,
     LucidError,
+    RequestTimeoutError,
     SessionFinalizedError,
     SessionFullError,
     error_from_wire,
@@ -39,6 +41,8 @@ from lucidd.slots import SlotAllocator, SlotRun
 log = logging.getLogger("lucidd.ingest")
 
 SCRATCH_SIZE: Final = 256 * 1024
+#: A chunk whose worker timed out is retried once; a second timeout fails it.
+MAX_ATTEMPTS: Final = 2
 _SEAL: Final = "seal"
 _COMPARE: Final = "compare"
 
@@ -55,7 +59,9 @@ class InFlight:
     run: SlotRun
     kind: str
     received: int = 0
-    worker: int = -1
+    worker: int = -1  # the worker sealing it; -1 while not dispatched (or being recovered)
+    dispatched_ns: int = 0
+    attempts: int = 0  # worker timeouts this chunk went through
 
 
 @dataclass(eq=False)
@@ -118,6 +124,8 @@ class Ingest:
         self.draining = False
         self._blocked: deque[DataProtocol] = deque()
         self._compares: dict[int, InFlight] = {}
+        #: RecoverWorker token -> (dead worker, its chunks awaiting the scan's verdict)
+        self._recoveries: dict[int, tuple[int, list[InFlight]]] = {}
         self._tokens = itertools.count(1)
         self.connections: set[DataProtocol] = set()
         self.counters: dict[str, float] = {
@@ -126,14 +134,11 @@ class Ingest:
             "chunks_refused_total": 0.0,
             "bytes_received_total": 0.0,
             "backpressure_pauses_total": 0.0,
+            "stage_ack_seconds_total": 0.0,
         }
         self.drained = asyncio.Event()
 
     # -- sessions -----------------------------------------------------------------------
-
-    def load_sessions(self, views: list[ipc.SessionView]) -> None:
-        for view in views:
-            self.gates[view.session] = _gate_from_view(view)
 
     def on_session_changed(self, message: ipc.SessionChanged) -> None:
         view = message.view
@@ -254,24 +259,105 @@ class Ingest:
         link = workers[k]
         link.outstanding += 1
         chunk.worker = k
+        chunk.dispatched_ns = time.monotonic_ns()
         link.writer.send(
-            ipc.Seal(chunk.session, chunk.index, chunk.run.offset, chunk.length, gate.compression)
+            ipc.Seal(
+                chunk.session,
+                chunk.index,
+                chunk.run.offset,
+                chunk.length,
+                gate.compression,
+                chunk.dispatched_ns,
+            )
         )
 
-    def worker_died(self, worker: int) -> None:
-        """Hand a dead worker's chunks to the others: their bytes are still in the ring.
+    def worker_died(self, worker: int, replacement: WorkerLink) -> None:
+        """A worker died: first learn what it made durable, then re-dispatch the rest.
 
-        A record the dead worker already wrote is harmless: it was never indexed, and the
-        index names the record that gets acknowledged.
+        Its chunks' bytes are still in the ring. Re-sealing a chunk the dead worker had
+        already written would leave two records of one index, so the aggregator first scans
+        that worker's segments (``RecoverWorker``); the reply acks what it found, and only the
+        chunks still unacknowledged then go to a live worker (:meth:`_recovered`).
         """
-        link = self.workers[worker]
-        link.alive = False
-        link.outstanding = 0
+        self.workers[worker].writer.close()
+        self.workers[worker] = replacement
+        orphans = [
+            chunk
+            for gate in self.gates.values()
+            for chunk in gate.in_flight.values()
+            if chunk.worker == worker
+        ]
+        for chunk in orphans:
+            chunk.worker = -1
+        token = next(self._tokens)
+        self._recoveries[token] = (worker, orphans)
+        sessions = sorted({chunk.session for chunk in orphans})
+        self._to_aggregator(ipc.RecoverWorker(token, worker, sessions))
+
+    def _recovered(self, orphans: list[InFlight]) -> None:
+        for chunk in orphans:
+            gate = self.gates.get(chunk.session)
+            if gate is None or gate.in_flight.get(chunk.index) is not chunk:
+                continue  # acknowledged by the recovery, or gone
+            if chunk.attempts >= MAX_ATTEMPTS:
+                err = RequestTimeoutError(
+                    f"chunk {chunk.index} was not sealed within worker_timeout "
+                    f"({self.config.worker_timeout:g} s), twice",
+                    session=chunk.session,
+                    index=chunk.index,
+                )
+                self._finish(chunk, err)
+            else:
+                self._dispatch(gate, chunk)
+
+    def overdue_workers(self, now_ns: int) -> list[int]:
+        """Workers holding a chunk for longer than ``worker_timeout``; marks those chunks."""
+        limit = int(self.config.worker_timeout * 1e9)
+        overdue: set[int] = set()
         for gate in self.gates.values():
-            for chunk in list(gate.in_flight.values()):
-                if chunk.worker == worker:
-                    chunk.worker = -1
-                    self._dispatch(gate, chunk)
+            for chunk in gate.in_flight.values():
+                if chunk.worker >= 0 and now_ns - chunk.dispatched_ns > limit:
+                    chunk.attempts += 1
+                    overdue.add(chunk.worker)
+        return sorted(overdue)
+
+    def aggregator_replaced(self) -> None:
+        """A new aggregator runs: repeat every request the dead one may have swallowed."""
+        for gate in self.gates.values():
+            gate.frozen = False  # the control request that froze it died with the aggregator
+            gate.freeze_tokens.clear()
+            if gate.state == "opening":
+                self._to_aggregator(ipc.OpenRequest(gate.session, gate.compression))
+        for token, chunk in self._compares.items():
+            self._to_aggregator(
+                ipc.CompareRequest(
+                    token, chunk.session, chunk.index, chunk.run.offset, chunk.length
+                )
+            )
+        for token, (worker, orphans) in self._recoveries.items():
+            sessions = sorted({chunk.session for chunk in orphans})
+            self._to_aggregator(ipc.RecoverWorker(token, worker, sessions))
+        dispatched = [
+            ipc.ChunkRef(chunk.session, chunk.index)
+            for gate in self.gates.values()
+            for chunk in gate.in_flight.values()
+            if chunk.worker >= 0
+        ]
+        self._to_aggregator(ipc.Reconcile(next(self._tokens), dispatched))
+
+    def merge_sessions(self, views: list[ipc.SessionView]) -> None:
+        """Take a (new) aggregator's session table without losing what is in flight here."""
+        for view in views:
+            gate = self.gates.get(view.session)
+            if gate is None:
+                self.gates[view.session] = _gate_from_view(view)
+                continue
+            gate.state = view.state
+            gate.compression = view.compression
+            for index in range(gate.prefix, view.prefix):
+                gate.mark_stored(index)
+            for index in view.above:
+                gate.mark_stored(index)
 
     def abandon(self, chunk: InFlight) -> None:
         """The client vanished mid-payload: reclaim the slots, forget the chunk."""
@@ -286,10 +372,15 @@ class Ingest:
     # -- outcomes -----------------------------------------------------------------------
 
     def on_outcomes(self, outcomes: ipc.Outcomes) -> None:
+        now = time.monotonic_ns()
         for acked in outcomes.acked:
             chunk = self._take(acked.session, acked.index)
             if chunk is not None:
                 self._finish(chunk, None, acked.leaf_hash)
+        if outcomes.sent_ns and outcomes.acked:
+            self.counters["stage_ack_seconds_total"] += (
+                (now - outcomes.sent_ns) * len(outcomes.acked) / 1e9
+            )
         for failed in outcomes.failed:
             chunk = self._take(failed.session, failed.index)
             if chunk is not None:
@@ -297,6 +388,10 @@ class Ingest:
                     failed.code, failed.message, session=failed.session, index=failed.index
                 )
                 self._finish(chunk, err)
+        if outcomes.token:
+            recovery = self._recoveries.pop(outcomes.token, None)
+            if recovery is not None:
+                self._recovered(recovery[1])
 
     def on_compared(self, result: ipc.CompareResult) -> None:
         chunk = self._compares.pop(result.token, None)

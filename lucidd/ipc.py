@@ -49,6 +49,9 @@ class AggregatorSpec:
     keyring_path: str
     ring_name: str
     ring_size: int
+    #: True at daemon start (no worker runs yet: torn segment tails may be cut off);
+    #: False when a dead aggregator is replaced while workers keep writing.
+    repair: bool = True
 
 
 # --- supervisor -> worker -----------------------------------------------------------------
@@ -62,6 +65,7 @@ class Seal(IpcMessage, tag="seal", frozen=True):
     offset: int
     length: int
     compression: str
+    dispatched_ns: int = 0  # CLOCK_MONOTONIC (system-wide) at dispatch, for queue-wait metrics
 
 
 class Forget(IpcMessage, tag="forget", frozen=True):
@@ -114,7 +118,13 @@ class SealedBatch(IpcMessage, tag="batch", frozen=True):
     failed: list[Failed]
     times: StageTimes
     plaintext_bytes: int = 0
+    sent_ns: int = 0  # CLOCK_MONOTONIC when the worker sent it
 
+
+#: A pipe write of at most PIPE_BUF bytes is atomic (POSIX): a worker killed mid-send can never
+#: leave half a message in the pipe its replacement inherits. Workers keep every message
+#: (4-byte length prefix included) within this bound.
+MAX_ATOMIC_MESSAGE: Final = 4096
 
 WorkerToAggregator = SealedBatch
 
@@ -133,6 +143,8 @@ class Outcomes(IpcMessage, tag="outcomes", frozen=True):
 
     acked: list[Acked]
     failed: list[Failed]
+    sent_ns: int = 0  # the worker's send time, for the ack-stage metric (0: not from a worker)
+    token: int = 0  # non-zero: the reply to a RecoverWorker or Reconcile request
 
 
 class SessionView(msgspec.Struct, frozen=True, array_like=True):
@@ -228,11 +240,39 @@ class SupervisorStatus(IpcMessage, tag="status", frozen=True):
     metrics: dict[str, float]
 
 
+class ChunkRef(msgspec.Struct, frozen=True, array_like=True):
+    session: bytes
+    index: int
+
+
+class RecoverWorker(IpcMessage, tag="recover", frozen=True):
+    """A worker died: index what it made durable in these sessions but never reported.
+
+    Replied to with one ``Outcomes(token=token)`` holding an ack for every such record.
+    """
+
+    token: int
+    worker: int
+    sessions: list[bytes]
+
+
+class Reconcile(IpcMessage, tag="reconcile", frozen=True):
+    """After an aggregator restart: which of these in-flight chunks are already stored?
+
+    Replied to with one ``Outcomes(token=token)`` acking the stored ones.
+    """
+
+    token: int
+    chunks: list[ChunkRef]
+
+
 class Shutdown(IpcMessage, tag="shutdown", frozen=True):
     """Sync every log and exit; sent after the workers drained."""
 
 
-SupervisorToAggregator = OpenRequest | Frozen | CompareRequest | SupervisorStatus | Shutdown
+SupervisorToAggregator = (
+    OpenRequest | Frozen | CompareRequest | SupervisorStatus | RecoverWorker | Reconcile | Shutdown
+)
 
 
 def encoder() -> msgspec.msgpack.Encoder:

@@ -28,25 +28,32 @@ from lucidd.crypto import (
 from lucidd.errors import (
     BadRequestError,
     IncompleteSessionError,
+    LucidError,
     NotFoundError,
     SessionFinalizedError,
     UnknownSessionError,
 )
-from lucidd.merkle import Checkpoint, MerkleLog
+from lucidd.merkle import Checkpoint, MerkleLog, leaf_hash
 from lucidd.reorder import ReorderWindow
 from lucidd.store import (
     ChunkIndex,
     IndexEntry,
+    LedgerState,
     SessionMeta,
     SessionPaths,
     create_session_dir,
     list_session_dirs,
     new_meta,
     parse_segment_name,
+    read_ledger_state,
     read_meta,
     read_record,
+    scan_segment,
     shred_session,
+    sync_file,
+    truncate_file,
     write_atomically,
+    write_ledger_state,
     write_meta,
 )
 
@@ -68,16 +75,90 @@ class SessionLedger:
         self.plaintext_bytes = 0
         self.dirty = False
         self._secret: bytes | None = None
-        self._load_index()
+        #: Per segment file, the offset below which every record is indexed.
+        self.segment_ends: dict[str, int] = {}
+        self._load()
 
-    def _load_index(self) -> None:
-        """Bring the Merkle log up to the index: leaves past its size go through the window."""
-        for index, entry in self.index.scan():
+    def _load(self) -> None:
+        """Rebuild memory from the files: the ledger state says how much needs no rescan."""
+        state = read_ledger_state(self.paths)
+        if state is not None and state.merkle_size == self.merkle.size:
+            self.plaintext_bytes = state.prefix_bytes
+            self.segment_ends = dict(state.segments)
+            first = self.merkle.size
+        else:
+            first = 0  # no usable state: every index entry and every segment is read
+        for index, entry in self.index.scan(first):
             self.plaintext_bytes += entry.plaintext_length
             if index >= self.window.next_index:
-                for leaf in self.window.add(index, entry.leaf_hash):
-                    self.merkle.append(leaf)
-                    self.dirty = True
+                self._add_leaf(index, entry.leaf_hash)
+            self._note_end(entry.segment, entry.offset + entry.record_length)
+
+    def _note_end(self, segment: str, end: int) -> None:
+        if end > self.segment_ends.get(segment, 0):
+            self.segment_ends[segment] = end
+
+    def _add_leaf(self, index: int, leaf: bytes) -> None:
+        ready = self.window.add(index, leaf)
+        if ready:
+            self.merkle.extend(ready)
+            self.dirty = True
+
+    def stored_leaf(self, index: int) -> bytes | None:
+        """The leaf hash of chunk ``index`` if it is stored (indexed), else None."""
+        if index < self.merkle.size:
+            return self.merkle.leaf(index)
+        if index in self.window:
+            entry = self.index.get(index)
+            return entry.leaf_hash if entry is not None else None
+        return None
+
+    def recover_segments(
+        self, keyring: Keyring, worker: int | None = None, *, repair: bool
+    ) -> tuple[list[ipc.Acked], list[str]]:
+        """Index every authentic record past the indexed part of the segments.
+
+        ``worker`` limits the scan to one worker's files (it died). Every file is fsynced
+        before it is read, since an ack must only ever follow durability. With ``repair``
+        (at start-up, when no worker runs) a torn or garbage tail is cut off. Returns the acks
+        for newly indexed records and one line per repair, for the log.
+        """
+        acked: list[ipc.Acked] = []
+        repairs: list[str] = []
+        secret = self.secret(keyring)
+        for name in self.paths.segments():
+            owner, number = parse_segment_name(name)
+            if worker is not None and owner != worker:
+                continue
+            path = self.paths.segment(name)
+            start = self.segment_ends.get(name, 0)
+            if path.stat().st_size <= start:
+                continue
+            sync_file(path)  # a worker may have written it without syncing yet
+            records, end, size = scan_segment(path, start)
+            for found in records:
+                try:
+                    plaintext = open_record(secret, self.session_id, found.index, found.record)
+                except LucidError:
+                    end = found.offset  # stop at the first record that fails authentication
+                    break
+                leaf = leaf_hash(found.record)
+                self._note_end(name, found.offset + len(found.record))
+                if self.stored_leaf(found.index) is not None:
+                    continue  # a duplicate of a stored chunk: the index keeps the first
+                entry = IndexEntry(
+                    owner, number, found.offset, len(found.record), leaf, len(plaintext)
+                )
+                self.index.put(found.index, entry)
+                self.plaintext_bytes += len(plaintext)
+                self._add_leaf(found.index, leaf)
+                acked.append(ipc.Acked(self.session_id, found.index, leaf))
+            if repair and end < size:
+                truncate_file(path, end)
+                repairs.append(f"segment={name} cut_bytes={size - end} at={end}")
+        if acked:
+            self.dirty = True
+        return acked, repairs
 
     @property
     def state(self) -> str:
@@ -102,8 +183,16 @@ class SessionLedger:
             self.window.held_indices(),
         )
 
-    def record_sealed(self, sealed: ipc.Sealed) -> None:
-        """Index a durable record and feed its leaf to the Merkle log in index order."""
+    def record_sealed(self, sealed: ipc.Sealed) -> bytes:
+        """Index a durable record and feed its leaf to the Merkle log in index order.
+
+        Idempotent: for a chunk already stored (found by a recovery scan first, or sealed
+        twice) nothing changes and the stored leaf hash is returned, so every ack of one
+        chunk names the same leaf.
+        """
+        stored = self.stored_leaf(sealed.index)
+        if stored is not None:
+            return stored
         worker, number = parse_segment_name(sealed.segment)
         entry = IndexEntry(
             worker,
@@ -115,10 +204,9 @@ class SessionLedger:
         )
         self.index.put(sealed.index, entry)
         self.plaintext_bytes += sealed.plaintext_length
-        ready = self.window.add(sealed.index, sealed.leaf_hash)
-        if ready:
-            self.merkle.extend(ready)
-            self.dirty = True
+        self._note_end(sealed.segment, sealed.offset + sealed.record_length)
+        self._add_leaf(sealed.index, sealed.leaf_hash)
+        return sealed.leaf_hash
 
     def entry(self, index: int) -> IndexEntry:
         entry = self.index.get(index) if index >= 0 else None
@@ -173,10 +261,24 @@ class SessionLedger:
         return Checkpoint(checkpoint_origin(self.session_id), final.size, final.root)
 
     def sync(self) -> None:
-        """Make the Merkle log and the index durable (records already are)."""
+        """Make the index, the Merkle log and the ledger state durable (records already are).
+
+        Order matters: the state may only describe what the index and the log hold durably.
+        """
         if self.dirty:
             self.index.sync()
             self.merkle.sync()
+            prefix_bytes = self.plaintext_bytes - sum(
+                entry.plaintext_length
+                for index in self.window.held_indices()
+                if (entry := self.index.get(index)) is not None
+            )
+            state = LedgerState(
+                merkle_size=self.merkle.size,
+                prefix_bytes=prefix_bytes,
+                segments=dict(self.segment_ends),
+            )
+            write_ledger_state(self.paths, state)
             self.dirty = False
 
     def close(self) -> None:

@@ -40,8 +40,13 @@ class Ring:
 
     def close_and_unlink(self) -> None:
         """Release the mapping and remove the segment. Every view of ``buf`` must be released."""
-        self.buf.release()
-        self._shm.close()
+        try:
+            self.buf.release()
+            self._shm.close()
+        finally:
+            self.unlink()
+
+    def unlink(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._shm.unlink()
 

@@ -29,6 +29,7 @@ from typing import Final
 
 import msgspec
 
+from lucidd.crypto import HEADER_SIZE, RecordType, parse_header
 from lucidd.errors import FormatError, StorageError
 
 SESSIONS_DIR: Final = "sessions"
@@ -237,10 +238,10 @@ class ChunkIndex:
             return None
         return _unpack_entry(data, 0)
 
-    def scan(self) -> Iterator[tuple[int, IndexEntry]]:
-        """Every present entry in index order (reads the file in large blocks)."""
+    def scan(self, first: int = 0) -> Iterator[tuple[int, IndexEntry]]:
+        """Every present entry from index ``first`` on, in order (reads in large blocks)."""
         block = INDEX_ENTRY_SIZE * 16384
-        position = 0
+        position = first * INDEX_ENTRY_SIZE
         while True:
             data = os.pread(self._fd, block, position)
             usable = len(data) - len(data) % INDEX_ENTRY_SIZE
@@ -345,3 +346,93 @@ class SegmentWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+# --- recovery -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ScannedRecord:
+    """A complete, well-framed record found in a segment (not yet authenticated)."""
+
+    offset: int
+    index: int
+    record: bytes
+
+
+def scan_segment(path: Path, start: int) -> tuple[list[ScannedRecord], int, int]:
+    """Read the records of a segment from ``start`` until the data stops making sense.
+
+    Returns (records, end, file_size): ``end`` is just past the last well-framed record; a
+    torn or garbage tail lies between ``end`` and ``file_size``. Callers authenticate each
+    record before trusting it (a zero-filled or forged tail can still frame correctly).
+    """
+    records: list[ScannedRecord] = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        position = start
+        while position + HEADER_SIZE <= size:
+            head = os.pread(fd, HEADER_SIZE, position)
+            try:
+                header = parse_header(head)
+            except FormatError:
+                break
+            if header.record_type != RecordType.DATA or position + header.record_length > size:
+                break
+            record = os.pread(fd, header.record_length, position)
+            if len(record) != header.record_length:
+                break
+            records.append(ScannedRecord(position, header.index, record))
+            position += header.record_length
+    finally:
+        os.close(fd)
+    return records, position, size
+
+
+def sync_file(path: Path) -> None:
+    """fdatasync a file someone else wrote (a dead worker's segment) before trusting it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+def truncate_file(path: Path, size: int) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LedgerState(msgspec.Struct, frozen=True, kw_only=True):
+    """What the aggregator had made durable at its last sync, so a restart reads only tails.
+
+    ``merkle_size`` leaves were synced; ``prefix_bytes`` is the plaintext total of chunks
+    below it; ``segments`` maps each segment file to the offset below which every record is
+    in the index.
+    """
+
+    merkle_size: int
+    prefix_bytes: int
+    segments: dict[str, int]
+
+
+LEDGER_STATE_FILE: Final = "ledger.state"
+_state_encoder = msgspec.msgpack.Encoder()
+_state_decoder = msgspec.msgpack.Decoder(LedgerState)
+
+
+def write_ledger_state(paths: SessionPaths, state: LedgerState) -> None:
+    write_atomically(paths.root / LEDGER_STATE_FILE, _state_encoder.encode(state))
+
+
+def read_ledger_state(paths: SessionPaths) -> LedgerState | None:
+    """The last ledger state, or None when missing or unreadable (then a full scan runs)."""
+    try:
+        return _state_decoder.decode((paths.root / LEDGER_STATE_FILE).read_bytes())
+    except (FileNotFoundError, msgspec.DecodeError):
+        return None

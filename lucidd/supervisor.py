@@ -11,27 +11,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
 import signal
 import socket
 import stat
-from multiprocessing.connection import Connection
+import time
 from pathlib import Path
 from typing import Any, Final
 
 import uvloop
 
 from lucidd import ipc
-from lucidd.channels import PipeReader, PipeWriter
-from lucidd.children import Child, Children, forkserver_context
+from lucidd.children import AGGREGATOR, Child, Children
 from lucidd.config import Config
 from lucidd.errors import ConfigError
 from lucidd.ingest import DataProtocol, Ingest, WorkerLink
 from lucidd.keys import CREDENTIAL_NAME, resolve_keyring, state_keyring_path
 from lucidd.ring import Ring, remove_stale_rings, ring_name
-from lucidd.systemd import listen_fds, notify
+from lucidd.systemd import Watchdog, listen_fds, notify
 
 log = logging.getLogger("lucidd.supervisor")
 
@@ -40,6 +40,9 @@ CONTROL_SOCKET: Final = "control.sock"
 SOCKET_MODE: Final = 0o660
 STATUS_INTERVAL_S: Final = 1.0
 DRAIN_TIMEOUT_S: Final = 25.0  # inside systemd's TimeoutStopSec=30
+TIMEOUT_CHECK_S: Final = 0.5
+EXTEND_INTERVAL_S: Final = 5.0
+EXTEND_BY_S: Final = 15.0
 
 
 def keyring_path(config: Config, env: dict[str, str]) -> Path:
@@ -92,11 +95,12 @@ class Supervisor:
         self._ready: asyncio.Future[list[ipc.SessionView]] | None = None
         self._ingest: Ingest | None = None
         self._children: Children | None = None
+        self._aggregator_spec: ipc.AggregatorSpec | None = None
         self._stopping = False
+        self._watchdog = Watchdog.from_env()
         self.exit_code = 0
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
         config = self.config
         env = dict(os.environ)
         Path(config.state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -108,7 +112,7 @@ class Supervisor:
         ring = Ring(ring_name(os.getpid()), config.ring_size)
         try:
             data_sock, control_sock = self._sockets(runtime)
-            await self._start(loop, ring, keyring, data_sock, control_sock)
+            await self._serve(ring, keyring, data_sock, control_sock)
         finally:
             self._cleanup(ring)
         return self.exit_code
@@ -126,78 +130,64 @@ class Supervisor:
             socks.append(sock)
         return socks[0], socks[1]
 
-    async def _start(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        ring: Ring,
-        keyring: str,
-        data_sock: socket.socket,
-        control_sock: socket.socket,
+    async def _serve(
+        self, ring: Ring, keyring: str, data_sock: socket.socket, control_sock: socket.socket
     ) -> None:
+        loop = asyncio.get_running_loop()
         config = self.config
-        ctx = forkserver_context()
-        children = Children(ctx)
+
+        def worker_spec(k: int) -> ipc.WorkerSpec:
+            return ipc.WorkerSpec(k, config, keyring, ring.name, ring.size)
+
+        children = Children(loop, worker_spec, config.workers, control_sock, self._child_died)
         self._children = children
-        to_agg_r, to_agg_w = ctx.Pipe(duplex=False)
-        from_agg_r, from_agg_w = ctx.Pipe(duplex=False)
-        worker_pipes = [
-            (ctx.Pipe(duplex=False), ctx.Pipe(duplex=False)) for _ in range(config.workers)
-        ]
-        links = [
-            WorkerLink(PipeWriter(loop, _take_fd(inbox_w))) for (_, inbox_w), _ in worker_pipes
-        ]
-        to_aggregator = PipeWriter(loop, _take_fd(to_agg_w))
-        ingest = Ingest(config, ring.buf, links, to_aggregator.send)
+        self._aggregator_spec = ipc.AggregatorSpec(config, keyring, ring.name, ring.size)
+        links = [WorkerLink(children.spawn_worker(k)) for k in range(config.workers)]
+        ingest = Ingest(config, ring.buf, links, children.send_to_aggregator)
         self._ingest = ingest
         self._ready = loop.create_future()
-        PipeReader(
-            loop,
-            _take_fd(from_agg_r),
-            ipc.decoder(ipc.AggregatorToSupervisor),
-            self._on_aggregator,
-            self._aggregator_gone,
-        )
-        agg_spec = ipc.AggregatorSpec(config, keyring, ring.name, ring.size)
-        children.start_aggregator(
-            agg_spec, control_sock, to_agg_r, from_agg_w, [out_r for _, (out_r, _) in worker_pipes]
-        )
-        for k, ((inbox_r, _), (_, outbox_w)) in enumerate(worker_pipes):
-            children.start_worker(
-                ipc.WorkerSpec(k, config, keyring, ring.name, ring.size), inbox_r, outbox_w
-            )
-        for conn in (to_agg_r, from_agg_w, control_sock):
-            conn.close()
-        for (inbox_r, _), (out_r, outbox_w) in worker_pipes:
-            for conn in (inbox_r, out_r, outbox_w):
-                conn.close()
-        children.watch(loop, self._child_died)
+        self._spawn_aggregator(repair=True)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
-        with contextlib.suppress(asyncio.CancelledError):
-            ingest.load_sessions(await self._ready)
-        if self._stop.is_set():
-            await self._shutdown(loop, None, to_aggregator)
-            return
-        server = await loop.create_unix_server(lambda: DataProtocol(ingest), sock=data_sock)
-        notify(f"READY=1\nSTATUS=serving with {config.workers} workers\nMAINPID={os.getpid()}")
-        log.info(
-            "event=ready workers=%d runtime_dir=%s state_dir=%s durability=%s",
-            config.workers,
-            config.runtime_dir,
-            config.state_dir,
-            config.durability,
-        )
-        status = asyncio.ensure_future(self._report_status(to_aggregator))
-        await self._stop.wait()
-        status.cancel()
-        await self._shutdown(loop, server, to_aggregator)
+        recovery = asyncio.ensure_future(self._extend_timeout_while_recovering())
+        try:
+            ingest.merge_sessions(await self._ready)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            recovery.cancel()
+        server = None
+        if not self._stop.is_set():
+            server = await loop.create_unix_server(lambda: DataProtocol(ingest), sock=data_sock)
+            notify(f"READY=1\nSTATUS=serving with {config.workers} workers\nMAINPID={os.getpid()}")
+            log.info(
+                "event=ready workers=%d runtime_dir=%s state_dir=%s durability=%s",
+                config.workers,
+                config.runtime_dir,
+                config.state_dir,
+                config.durability,
+            )
+            tasks = [
+                asyncio.ensure_future(self._report_status()),
+                asyncio.ensure_future(self._police_timeouts()),
+            ]
+            await self._stop.wait()
+            for task in tasks:
+                task.cancel()
+        await self._shutdown(server)
 
-    async def _shutdown(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        server: asyncio.AbstractServer | None,
-        to_aggregator: PipeWriter,
-    ) -> None:
+    def _spawn_aggregator(self, repair: bool) -> None:
+        assert self._children is not None and self._aggregator_spec is not None
+        spec = dataclasses.replace(self._aggregator_spec, repair=repair)
+        self._children.spawn_aggregator(spec, self._on_aggregator, self._aggregator_eof)
+
+    async def _extend_timeout_while_recovering(self) -> None:
+        """A long recovery scan must not trip systemd's start timeout."""
+        while True:
+            await asyncio.sleep(EXTEND_INTERVAL_S)
+            notify(f"EXTEND_TIMEOUT_USEC={int(EXTEND_BY_S * 1e6)}\nSTATUS=recovering")
+
+    async def _shutdown(self, server: asyncio.AbstractServer | None) -> None:
         self._stopping = True
         notify("STOPPING=1")
         log.info("event=stopping")
@@ -215,25 +205,27 @@ class Supervisor:
         for conn in list(ingest.connections):
             conn.close()
         await asyncio.sleep(0)
-        children.unwatch(loop)
-        for link in ingest.workers:
-            link.writer.close()  # EOF: each worker finishes its batch and exits
-        for child in children.workers:
-            await loop.run_in_executor(None, child.process.join, 10.0)
-        to_aggregator.send(ipc.Shutdown())
-        await asyncio.sleep(0)
-        await loop.run_in_executor(None, children.join_all)
+        await children.stop([link.writer for link in ingest.workers])
         log.info("event=stopped exit_code=%d", self.exit_code)
 
     def _cleanup(self, ring: Ring) -> None:
         self._ingest = None
         gc.collect()  # drop every memoryview slice of the ring before closing it
-        ring.close_and_unlink()
+        try:
+            ring.close_and_unlink()
+        except BufferError:
+            log.error("event=ring_close_failed detail=views still exported; unlinking anyway")
+            ring.unlink()
         for path in self._bound:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
-    async def _report_status(self, to_aggregator: PipeWriter) -> None:
+    # -- periodic duties ----------------------------------------------------------------
+
+    async def _report_status(self) -> None:
+        interval = STATUS_INTERVAL_S
+        if self._watchdog is not None:
+            interval = min(interval, self._watchdog.interval_s)
         while True:
             ingest = self._ingest
             children = self._children
@@ -244,12 +236,36 @@ class Supervisor:
             metrics["ring_slots_used"] = float(ingest.slots.used)
             metrics["ring_slots_total"] = float(ingest.slots.count)
             metrics["connections"] = float(len(ingest.connections))
-            to_aggregator.send(ipc.SupervisorStatus(children.process_table(), metrics))
-            notify(
+            metrics["worker_restarts_total"] = float(
+                sum(c.restarts for c in children.workers if c is not None)
+            )
+            aggregator = children.aggregator
+            metrics["aggregator_restarts_total"] = float(aggregator.restarts if aggregator else 0)
+            children.send_to_aggregator(ipc.SupervisorStatus(children.process_table(), metrics))
+            message = (
                 f"STATUS=in flight {ingest.in_flight}, acked "
                 f"{int(metrics['chunks_acked_total'])}, sessions {len(ingest.gates)}"
             )
-            await asyncio.sleep(STATUS_INTERVAL_S)
+            # WATCHDOG=1 only while this loop runs and every child is alive (sd_watchdog).
+            if self._watchdog is not None and children.all_alive():
+                message += "\nWATCHDOG=1"
+            notify(message)
+            await asyncio.sleep(interval)
+
+    async def _police_timeouts(self) -> None:
+        """Kill a worker stuck on a chunk for longer than ``worker_timeout``."""
+        period = min(TIMEOUT_CHECK_S, self.config.worker_timeout / 2)
+        while True:
+            await asyncio.sleep(period)
+            ingest = self._ingest
+            children = self._children
+            if ingest is None or children is None:
+                return
+            for k in ingest.overdue_workers(time.monotonic_ns()):
+                child = children.workers[k]
+                if child is not None and child.process.is_alive():
+                    log.error("event=worker_timeout worker=%d pid=%s", k, child.process.pid)
+                    child.process.kill()  # the death path recovers and re-dispatches
 
     # -- messages and events ------------------------------------------------------------
 
@@ -267,40 +283,33 @@ class Supervisor:
             ingest.on_freeze(message)
         elif isinstance(message, ipc.ThawRequest):
             ingest.on_thaw(message)
-        elif (
-            isinstance(message, ipc.AggregatorReady)
-            and self._ready is not None
-            and not self._ready.done()
-        ):
-            self._ready.set_result(message.sessions)
-
-    def _aggregator_gone(self) -> None:
-        if not self._stopping:
-            log.critical("event=aggregator_lost action=stop")
-            self.exit_code = 1
-            self._stop.set()
+        elif isinstance(message, ipc.AggregatorReady):
             if self._ready is not None and not self._ready.done():
-                self._ready.cancel()
+                self._ready.set_result(message.sessions)
+            else:
+                ingest.merge_sessions(message.sessions)
+                log.info("event=aggregator_back sessions=%d", len(message.sessions))
+
+    def _aggregator_eof(self) -> None:
+        """The aggregator's pipe closed; its sentinel reports the death itself."""
 
     def _child_died(self, child: Child) -> None:
-        if self._stopping:
-            return
         code = child.process.exitcode
         log.error(
             "event=child_died role=%s pid=%s exitcode=%s", child.role, child.process.pid, code
         )
-        if child.role == "aggregator":
-            self._aggregator_gone()
-            return
         ingest = self._ingest
-        if ingest is not None:
-            ingest.worker_died(int(child.role.removeprefix("worker")))
-
-
-def _take_fd(conn: Connection) -> int:
-    fd = os.dup(conn.fileno())
-    conn.close()
-    return fd
+        children = self._children
+        if ingest is None or children is None or self._stopping:
+            return
+        if child.role == AGGREGATOR:
+            # Acks wait (clients see latency, not errors) until the new one has rebuilt its
+            # state from disk; every request the dead one may have swallowed is repeated.
+            self._spawn_aggregator(repair=False)
+            ingest.aggregator_replaced()
+            return
+        k = int(child.role.removeprefix("worker"))
+        ingest.worker_died(k, WorkerLink(children.spawn_worker(k)))
 
 
 def serve(config: Config) -> int:

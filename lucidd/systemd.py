@@ -49,3 +49,27 @@ def listen_fds(env: Mapping[str, str] | None = None) -> dict[str, int]:
         name = names[i] if i < len(names) and names[i] else "unknown"
         fds[name] = LISTEN_FDS_START + i
     return fds
+
+
+class Watchdog:
+    """The service watchdog (``WatchdogSec=``): ping at half the interval systemd expects."""
+
+    def __init__(self, usec: int) -> None:
+        self.usec = usec
+
+    @property
+    def interval_s(self) -> float:
+        return self.usec / 2 / 1e6
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Watchdog | None:
+        """The watchdog systemd asked for, or None (``$WATCHDOG_PID`` must be us if set)."""
+        env = env if env is not None else os.environ
+        pid = env.get("WATCHDOG_PID")
+        if pid and pid != str(os.getpid()):
+            return None
+        try:
+            usec = int(env.get("WATCHDOG_USEC", "0"))
+        except ValueError:
+            return None
+        return cls(usec) if usec > 0 else None

@@ -30,6 +30,7 @@ from lucidd.store import SegmentWriter, SessionPaths, read_meta, segment_name, s
 class _Batch:
     sealed: list[ipc.Sealed] = field(default_factory=list)
     failed: list[ipc.Failed] = field(default_factory=list)
+    queue_wait_ns: int = 0
     seal_ns: int = 0
     write_ns: int = 0
     plaintext_bytes: int = 0
@@ -87,14 +88,32 @@ class Worker:
                 self._seal_one(message, batch)
         fsync_ns = self._commit(batch)
         if batch.sealed or batch.failed:
-            times = ipc.StageTimes(0, batch.seal_ns, batch.write_ns, fsync_ns)
-            result = ipc.SealedBatch(
-                self._spec.worker_id, batch.sealed, batch.failed, times, batch.plaintext_bytes
-            )
-            self._outbox.send_bytes(self._encoder.encode(result))
+            times = ipc.StageTimes(batch.queue_wait_ns, batch.seal_ns, batch.write_ns, fsync_ns)
+            self._send(batch.sealed, batch.failed, times, batch.plaintext_bytes)
+
+    def _send(
+        self,
+        sealed: list[ipc.Sealed],
+        failed: list[ipc.Failed],
+        times: ipc.StageTimes,
+        plaintext_bytes: int,
+    ) -> None:
+        """Report a group commit in messages of at most PIPE_BUF bytes (atomic writes)."""
+        message = ipc.SealedBatch(
+            self._spec.worker_id, sealed, failed, times, plaintext_bytes, time.monotonic_ns()
+        )
+        data = self._encoder.encode(message)
+        if len(data) + 4 <= ipc.MAX_ATOMIC_MESSAGE or len(sealed) + len(failed) <= 1:
+            self._outbox.send_bytes(data)
+            return
+        half_sealed, half_failed = len(sealed) // 2, len(failed) // 2
+        self._send(sealed[:half_sealed], failed[:half_failed], times, plaintext_bytes)
+        self._send(sealed[half_sealed:], failed[half_failed:], ipc.StageTimes(), 0)
 
     def _seal_one(self, seal: ipc.Seal, batch: _Batch) -> None:
-        t0 = time.perf_counter_ns()
+        t0 = time.monotonic_ns()
+        if seal.dispatched_ns:
+            batch.queue_wait_ns += max(0, t0 - seal.dispatched_ns)
         try:
             secret = self._secret_for(seal.session)
             payload = self._ring.payload(seal.offset, seal.length)
@@ -108,14 +127,14 @@ class Worker:
                 )
             finally:
                 payload.release()
-            t1 = time.perf_counter_ns()
+            t1 = time.monotonic_ns()
             writer = self._writer_for(seal.session)
             try:
                 number, offset = writer.append(record)
             except OSError as exc:
                 writer.abandon()
                 raise storage_error(exc, "appending a record") from None
-            t2 = time.perf_counter_ns()
+            t2 = time.monotonic_ns()
         except LucidError as err:
             batch.failed.append(ipc.Failed(seal.session, seal.index, err.code, err.message))
             return
@@ -140,7 +159,7 @@ class Worker:
             for writer in self._writers.values():
                 writer.dirty = False
             return 0
-        t0 = time.perf_counter_ns()
+        t0 = time.monotonic_ns()
         broken: dict[bytes, str] = {}
         for session, writer in self._writers.items():
             try:
@@ -154,7 +173,7 @@ class Worker:
             batch.failed.extend(
                 ipc.Failed(s.session, s.index, "storage", broken[s.session]) for s in lost
             )
-        return time.perf_counter_ns() - t0
+        return time.monotonic_ns() - t0
 
     def _secret_for(self, session: bytes) -> bytes:
         secret = self._secrets.get(session)
