@@ -33,6 +33,7 @@ from lucidd.ledger import Ledger, SessionLedger
 from lucidd.logs import setup_logging
 from lucidd.procutil import die_with_parent
 from lucidd.ring import RingReader
+from lucidd.store import storage_error
 
 log = logging.getLogger("lucidd.aggregator")
 
@@ -102,10 +103,16 @@ class Aggregator:
     async def _sync_periodically(self) -> None:
         while True:
             await asyncio.sleep(SYNC_INTERVAL_S)
-            try:
-                self.ledger.sync()
-            except OSError as exc:
-                log.error("event=merkle_sync_failed errno=%s", exc.errno)
+            for session in self.ledger:
+                try:
+                    session.sync()
+                except (OSError, LucidError) as exc:
+                    # Disk full or an I/O error: retried every tick until space is back.
+                    log.error(
+                        "event=ledger_sync_failed session=%s error=%s",
+                        session.paths.root.name,
+                        exc,
+                    )
 
     def _send(self, message: Any) -> None:
         assert self._to_supervisor is not None
@@ -214,7 +221,10 @@ class Aggregator:
 
     def _open_implicitly(self, request: ipc.OpenRequest) -> None:
         try:
-            session = self.ledger.open(request.session, request.compression)
+            try:
+                session = self.ledger.open(request.session, request.compression)
+            except OSError as exc:
+                raise storage_error(exc, "opening a session") from None
         except LucidError as err:
             view = ipc.SessionView(request.session, "error", request.compression, 0, 0, [])
             self._send(ipc.SessionChanged(view, error=f"{err.code}: {err.message}"))

@@ -33,6 +33,7 @@ import itertools
 import os
 import re
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -770,6 +771,54 @@ class DataClient:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+#: Back-off between resend rounds of :func:`put_until_acked` (doubles up to the maximum).
+RESEND_BACKOFF_S: Final = 0.05
+RESEND_BACKOFF_MAX_S: Final = 2.0
+
+
+def put_until_acked(
+    session: bytes,
+    chunks: Iterable[tuple[int, Buffer]],
+    runtime_dir: str | os.PathLike[str] | None = None,
+    *,
+    window: int = DEFAULT_WINDOW,
+    deadline_s: float = 300.0,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    on_ack: Callable[[Ack], None] | None = None,
+) -> dict[int, Ack]:
+    """Send every chunk until each one is acknowledged, whatever crashes in between.
+
+    The idempotent-client loop: connect, send every chunk not yet acknowledged (pipelined),
+    and on a retryable failure (the daemon is down or restarting, busy, out of disk, a timeout)
+    reconnect after a growing pause and resend what is still unacknowledged. Resending is safe:
+    an index the daemon already stored with the same bytes is acknowledged again with the same
+    leaf hash, never stored twice. Non-retryable errors (different bytes for a stored index, a
+    finalized session, a chunk too large) are raised at once. Returns the acks by index; gives
+    up with the last error once ``deadline_s`` has passed.
+    """
+    pending = dict(chunks)
+    acks: dict[int, Ack] = {}
+    deadline = time.monotonic() + deadline_s
+    backoff = RESEND_BACKOFF_S
+
+    def record(ack: Ack) -> None:
+        acks[ack.index] = ack
+        pending.pop(ack.index, None)
+        if on_ack is not None:
+            on_ack(ack)
+
+    while pending:
+        try:
+            with DataClient(runtime_dir, timeout=timeout) as client:
+                client.put_many(session, sorted(pending.items()), window, on_ack=record)
+        except LucidError as err:
+            if not err.retryable or time.monotonic() + backoff > deadline:
+                raise
+            time.sleep(backoff)
+            backoff = min(backoff * 2, RESEND_BACKOFF_MAX_S)
+    return acks
 
 
 def _sid(session: bytes) -> bytes:

@@ -15,6 +15,7 @@ from typing import Any, Protocol, cast
 from lucidd import protocol as p
 from lucidd.errors import BadFrameError, BadRequestError, LucidError
 from lucidd.ledger import Ledger, SessionLedger
+from lucidd.store import storage_error
 
 log = logging.getLogger("lucidd.control")
 
@@ -62,6 +63,8 @@ async def handle_request(services: ControlServices, request: Any) -> p.Message:
         return await handler(services, request)
     except LucidError as err:
         return p.error_reply(req, err)
+    except OSError as exc:  # disk full, I/O error: typed, and the daemon keeps serving
+        return p.error_reply(req, storage_error(exc, type(request).__name__))
     except Exception:
         log.exception("event=control_request_failed request=%s", type(request).__name__)
         return p.Error(req=req, code="internal", message="internal error; see the daemon log")

@@ -28,6 +28,7 @@ from lucidd.crypto import (
 from lucidd.errors import (
     BadRequestError,
     IncompleteSessionError,
+    InternalError,
     LucidError,
     NotFoundError,
     SessionFinalizedError,
@@ -77,17 +78,24 @@ class SessionLedger:
         self._secret: bytes | None = None
         #: Per segment file, the offset below which every record is indexed.
         self.segment_ends: dict[str, int] = {}
+        #: Set when the files disagree: the next recovery scan reads every segment from 0.
+        self.full_rescan = False
         self._load()
 
     def _load(self) -> None:
         """Rebuild memory from the files: the ledger state says how much needs no rescan."""
         state = read_ledger_state(self.paths)
-        if state is not None and state.merkle_size == self.merkle.size:
+        size = self.merkle.size
+        index_intact = size == 0 or self.index.get(size - 1) is not None
+        if state is not None and state.merkle_size == size and index_intact:
             self.plaintext_bytes = state.prefix_bytes
             self.segment_ends = dict(state.segments)
-            first = self.merkle.size
+            first = size
         else:
-            first = 0  # no usable state: every index entry and every segment is read
+            # No usable state (first start after a crash before any sync, or damaged files):
+            # read every index entry, and let the recovery scan read every segment whole.
+            first = 0
+            self.full_rescan = True
         for index, entry in self.index.scan(first):
             self.plaintext_bytes += entry.plaintext_length
             if index >= self.window.next_index:
@@ -131,7 +139,7 @@ class SessionLedger:
             if worker is not None and owner != worker:
                 continue
             path = self.paths.segment(name)
-            start = self.segment_ends.get(name, 0)
+            start = 0 if self.full_rescan else self.segment_ends.get(name, 0)
             if path.stat().st_size <= start:
                 continue
             sync_file(path)  # a worker may have written it without syncing yet
@@ -144,21 +152,36 @@ class SessionLedger:
                     break
                 leaf = leaf_hash(found.record)
                 self._note_end(name, found.offset + len(found.record))
-                if self.stored_leaf(found.index) is not None:
-                    continue  # a duplicate of a stored chunk: the index keeps the first
                 entry = IndexEntry(
                     owner, number, found.offset, len(found.record), leaf, len(plaintext)
                 )
-                self.index.put(found.index, entry)
-                self.plaintext_bytes += len(plaintext)
-                self._add_leaf(found.index, leaf)
-                acked.append(ipc.Acked(self.session_id, found.index, leaf))
+                if self._restore_entry(found.index, entry):
+                    acked.append(ipc.Acked(self.session_id, found.index, leaf))
             if repair and end < size:
                 truncate_file(path, end)
                 repairs.append(f"segment={name} cut_bytes={size - end} at={end}")
-        if acked:
+        if acked or self.full_rescan:
             self.dirty = True
+        self.full_rescan = False
         return acked, repairs
+
+    def _restore_entry(self, index: int, entry: IndexEntry) -> bool:
+        """Index an authentic record found on disk; True if it is a chunk new to the ledger.
+
+        The index keeps the record already named for an index (a duplicate is ignored); a
+        lost index entry is restored only for the record whose leaf the Merkle log holds.
+        """
+        if self.index.get(index) is not None:
+            return False
+        if index < self.merkle.size:
+            if self.merkle.leaf(index) == entry.leaf_hash:
+                self.index.put(index, entry)
+                self.plaintext_bytes += entry.plaintext_length
+            return False
+        self.index.put(index, entry)
+        self.plaintext_bytes += entry.plaintext_length
+        self._add_leaf(index, entry.leaf_hash)
+        return True
 
     @property
     def state(self) -> str:
@@ -265,6 +288,8 @@ class SessionLedger:
 
         Order matters: the state may only describe what the index and the log hold durably.
         """
+        if self.merkle.broken:
+            self.reopen_merkle()
         if self.dirty:
             self.index.sync()
             self.merkle.sync()
@@ -281,8 +306,21 @@ class SessionLedger:
             write_ledger_state(self.paths, state)
             self.dirty = False
 
+    def reopen_merkle(self) -> None:
+        """After a failed write (disk full, I/O error): reopen the log from its files and
+        re-append, from the index, the leaves it lost. The records were never at risk."""
+        with contextlib.suppress(OSError, LucidError):
+            self.merkle.close()
+        self.merkle = MerkleLog.open(self.paths.merkle)
+        for index in range(self.merkle.size, self.window.next_index):
+            entry = self.index.get(index)
+            if entry is None:
+                raise InternalError(f"index entry {index} missing below the reorder window")
+            self.merkle.append(entry.leaf_hash)
+        self.dirty = True
+
     def close(self) -> None:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, LucidError):
             self.sync()
         self.merkle.close()
         self.index.close()

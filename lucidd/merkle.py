@@ -762,6 +762,11 @@ class MerkleLog:
     ) -> None:
         self.close()
 
+    @property
+    def broken(self) -> bool:
+        """True after a failed write: the log must be reopened (it recovers from its files)."""
+        return self._broken
+
     def _check_usable(self) -> None:
         if self._closed:
             raise ValueError("merkle log is closed")

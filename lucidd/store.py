@@ -148,8 +148,14 @@ def new_meta(session_id: bytes, wrapped_secret: bytes, compression: str, state: 
 
 
 def create_session_dir(paths: SessionPaths, meta: SessionMeta) -> None:
-    """Create the folder and write ``meta``; durable when it returns (the open is promised)."""
-    paths.root.mkdir(mode=0o700, parents=True, exist_ok=False)
+    """Create the folder and write ``meta``; durable when it returns (the open is promised).
+
+    A folder without metadata is the remains of an open that failed half-way (disk full):
+    it is reused.
+    """
+    if paths.meta.exists():
+        raise FileExistsError(f"session folder {paths.root} already has metadata")
+    paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     fsync_dir(paths.root.parent)
     write_meta(paths, meta)
 
