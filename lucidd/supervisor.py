@@ -231,26 +231,34 @@ class Supervisor:
             children = self._children
             if ingest is None or children is None:
                 return
-            metrics = dict(ingest.counters)
-            metrics["in_flight"] = float(ingest.in_flight)
-            metrics["ring_slots_used"] = float(ingest.slots.used)
-            metrics["ring_slots_total"] = float(ingest.slots.count)
-            metrics["connections"] = float(len(ingest.connections))
-            metrics["worker_restarts_total"] = float(
-                sum(c.restarts for c in children.workers if c is not None)
-            )
-            aggregator = children.aggregator
-            metrics["aggregator_restarts_total"] = float(aggregator.restarts if aggregator else 0)
-            children.send_to_aggregator(ipc.SupervisorStatus(children.process_table(), metrics))
+            self._send_status()
             message = (
                 f"STATUS=in flight {ingest.in_flight}, acked "
-                f"{int(metrics['chunks_acked_total'])}, sessions {len(ingest.gates)}"
+                f"{int(ingest.counters['chunks_acked_total'])}, sessions {len(ingest.gates)}"
             )
             # WATCHDOG=1 only while this loop runs and every child is alive (sd_watchdog).
             if self._watchdog is not None and children.all_alive():
                 message += "\nWATCHDOG=1"
             notify(message)
             await asyncio.sleep(interval)
+
+    def _send_status(self) -> None:
+        """Tell the aggregator the process table and the supervisor's figures."""
+        ingest = self._ingest
+        children = self._children
+        if ingest is None or children is None:
+            return
+        metrics = dict(ingest.counters)
+        metrics["in_flight"] = float(ingest.in_flight)
+        metrics["ring_slots_used"] = float(ingest.slots.used)
+        metrics["ring_slots_total"] = float(ingest.slots.count)
+        metrics["connections"] = float(len(ingest.connections))
+        metrics["worker_restarts_total"] = float(
+            sum(c.restarts for c in children.workers if c is not None)
+        )
+        aggregator = children.aggregator
+        metrics["aggregator_restarts_total"] = float(aggregator.restarts if aggregator else 0)
+        children.send_to_aggregator(ipc.SupervisorStatus(children.process_table(), metrics))
 
     async def _police_timeouts(self) -> None:
         """Kill a worker stuck on a chunk for longer than ``worker_timeout``."""
@@ -307,9 +315,10 @@ class Supervisor:
             # state from disk; every request the dead one may have swallowed is repeated.
             self._spawn_aggregator(repair=False)
             ingest.aggregator_replaced()
-            return
-        k = int(child.role.removeprefix("worker"))
-        ingest.worker_died(k, WorkerLink(children.spawn_worker(k)))
+        else:
+            k = int(child.role.removeprefix("worker"))
+            ingest.worker_died(k, WorkerLink(children.spawn_worker(k)))
+        self._send_status()
 
 
 def serve(config: Config) -> int:

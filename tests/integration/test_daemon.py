@@ -13,39 +13,19 @@ import psutil
 import pytest
 
 from lucidd.client import AsyncDataClient, ControlClient, DataClient, new_session_id
-from lucidd.crypto import HEADER_SIZE, TAG_SIZE, parse_header
+from lucidd.crypto import HEADER_SIZE, TAG_SIZE
 from lucidd.errors import (
     DuplicateIndexError,
     IncompleteSessionError,
     SessionFinalizedError,
     UnknownSessionError,
 )
-from lucidd.merkle import leaf_hash, root_of, verify_consistency, verify_inclusion
+from lucidd.merkle import leaf_hash, verify_consistency, verify_inclusion
 from lucidd.store import SessionPaths
 from tests.conftest import Daemon, ring_segments
+from tests.helpers import records_on_disk, root_from_disk
 
 MiB = 1024 * 1024
-
-
-def records_on_disk(state_dir: Path, session: bytes) -> dict[int, bytes]:
-    """Every record in the session's segment files, parsed from the bytes alone."""
-    paths = SessionPaths.of(state_dir, session)
-    records: dict[int, bytes] = {}
-    for name in paths.segments():
-        data = paths.segment(name).read_bytes()
-        offset = 0
-        while offset < len(data):
-            header = parse_header(data[offset : offset + HEADER_SIZE])
-            end = offset + header.record_length
-            assert header.session_id == session
-            records.setdefault(header.index, data[offset:end])
-            offset = end
-    return records
-
-
-def root_from_disk(state_dir: Path, session: bytes, size: int) -> bytes:
-    records = records_on_disk(state_dir, session)
-    return root_of([leaf_hash(records[i]) for i in range(size)])
 
 
 def test_ten_worker_processes_exist_by_default(short_tmp: Path) -> None:
