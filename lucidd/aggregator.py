@@ -38,6 +38,18 @@ from lucidd.store import storage_error
 log = logging.getLogger("lucidd.aggregator")
 
 SYNC_INTERVAL_S = 1.0
+#: Every figure the aggregator counts (present from the start, at 0).
+AGGREGATOR_COUNTERS = (
+    "chunks_sealed_total",
+    "chunks_failed_total",
+    "plaintext_bytes_total",
+    "batches_total",
+    "stage_queue_wait_seconds_total",
+    "stage_seal_seconds_total",
+    "stage_write_seconds_total",
+    "stage_fsync_seconds_total",
+    "stage_aggregate_seconds_total",
+)
 
 
 def _take_fd(conn: Connection) -> int:
@@ -73,7 +85,7 @@ class Aggregator:
         self._locks: dict[bytes, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._processes: list[ipc.ProcessInfo] = []
         self._supervisor_metrics: dict[str, float] = {}
-        self._counters: dict[str, float] = defaultdict(float)
+        self._counters: dict[str, float] = dict.fromkeys(AGGREGATOR_COUNTERS, 0.0)
         self._stop = asyncio.Event()
         self._to_supervisor: PipeWriter | None = None
 

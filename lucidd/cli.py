@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -55,6 +56,7 @@ from lucidd.errors import (
     EX_USAGE,
     BadRequestError,
     FormatError,
+    IncompleteSessionError,
     InternalError,
     LucidError,
     UnknownSessionError,
@@ -356,6 +358,14 @@ def _start_index(args: argparse.Namespace) -> tuple[bytes, int]:
             summary = control.info(args.session)
         except UnknownSessionError:
             return control.open_session(args.compression, args.session), 0
+    if summary.chunks != summary.size:
+        # Chunks stored past a gap (or still in flight): counting them gives an index that
+        # collides with one of them, after storing some of the input at wrong indices.
+        raise IncompleteSessionError(
+            f"session {format_session_id(args.session)} has {summary.chunks} chunks but a "
+            f"contiguous log of {summary.size}: put --session appends only after a log "
+            "without gaps or chunks in flight"
+        )
     if args.compression is not None and args.compression != summary.compression:
         raise BadRequestError(
             f"session {format_session_id(args.session)} exists with compression "
@@ -847,14 +857,20 @@ def _silence_stdout() -> None:
         os.close(devnull)
 
 
+def _asks_for_json(argv: list[str]) -> bool:
+    """Whether a command line argparse refused has ``--json`` among its options."""
+    return "--json" in itertools.takewhile(lambda word: word != "--", argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``lucidctl`` with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)
     except _UsageError as exc:
-        sys.stderr.write(f"{exc.usage}{PROG}: usage: {exc}\n")
-        return EX_USAGE
+        sys.stderr.write(f"{exc.usage}")
+        out = _Output(json_mode=_asks_for_json(sys.argv[1:] if argv is None else argv))
+        return out.failure("usage", str(exc), EX_USAGE)
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else EX_USAGE
     out = _Output(json_mode=args.json)

@@ -159,6 +159,7 @@ class Supervisor:
         server = None
         if not self._stop.is_set():
             server = await loop.create_unix_server(lambda: DataProtocol(ingest), sock=data_sock)
+            self._send_status()  # health is complete from the first request on
             notify(f"READY=1\nSTATUS=serving with {config.workers} workers\nMAINPID={os.getpid()}")
             log.info(
                 "event=ready workers=%d runtime_dir=%s state_dir=%s durability=%s",

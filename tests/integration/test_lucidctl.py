@@ -566,7 +566,6 @@ def test_a_daemon_stopped_under_lucidctl_is_unavailable(daemon: Daemon) -> None:
 # --- known bugs (see the report that comes with this file) ----------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="usage errors ignore --json: no JSON object on stdout")
 def test_a_usage_error_with_json_still_prints_one_error_object(daemon: Daemon) -> None:
     result = ctl(daemon, "--json", "root", "not-a-uuid")
     assert result.code == EX_USAGE
@@ -574,7 +573,6 @@ def test_a_usage_error_with_json_still_prints_one_error_object(daemon: Daemon) -
     assert (error["code"], error["exit_code"]) == ("usage", EX_USAGE)
 
 
-@pytest.mark.xfail(strict=True, reason="put --session appends from the chunk count past gaps")
 def test_put_session_refuses_to_append_to_a_session_with_gaps(daemon: Daemon) -> None:
     with ControlClient(daemon.runtime_dir) as control, DataClient(daemon.runtime_dir) as data:
         session_id = control.open_session("off")
