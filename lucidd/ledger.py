@@ -9,6 +9,7 @@ files from the records (the recovery scan).
 from __future__ import annotations
 
 import contextlib
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,13 +91,12 @@ class SessionLedger:
         if state is not None and state.merkle_size == size and index_intact:
             self.plaintext_bytes = state.prefix_bytes
             self.segment_ends = dict(state.segments)
-            first = size
-        else:
-            # No usable state (first start after a crash before any sync, or damaged files):
-            # read every index entry, and let the recovery scan read every segment whole.
-            first = 0
+        elif size or self.paths.segments() or self.paths.index.stat().st_size:
+            # No usable state (a crash before the first sync, or damaged files): the next
+            # recovery scan rebuilds the index and the Merkle log from the records.
             self.full_rescan = True
-        for index, entry in self.index.scan(first):
+            return
+        for index, entry in self.index.scan(size):
             self.plaintext_bytes += entry.plaintext_length
             if index >= self.window.next_index:
                 self._add_leaf(index, entry.leaf_hash)
@@ -131,6 +131,8 @@ class SessionLedger:
         (at start-up, when no worker runs) a torn or garbage tail is cut off. Returns the acks
         for newly indexed records and one line per repair, for the log.
         """
+        if self.full_rescan:
+            return [], self._rebuild(keyring, repair=repair)
         acked: list[ipc.Acked] = []
         repairs: list[str] = []
         secret = self.secret(keyring)
@@ -164,6 +166,68 @@ class SessionLedger:
             self.dirty = True
         self.full_rescan = False
         return acked, repairs
+
+    def _authentic_records(
+        self, keyring: Keyring, repair: bool, repairs: list[str]
+    ) -> dict[int, list[IndexEntry]]:
+        """Every authentic record of every segment, by chunk index (torn tails cut if asked)."""
+        secret = self.secret(keyring)
+        found: dict[int, list[IndexEntry]] = {}
+        for name in self.paths.segments():
+            owner, number = parse_segment_name(name)
+            path = self.paths.segment(name)
+            records, end, size = scan_segment(path, 0)
+            for record in records:
+                try:
+                    plaintext = open_record(secret, self.session_id, record.index, record.record)
+                except LucidError:
+                    end = record.offset
+                    break
+                entry = IndexEntry(
+                    owner,
+                    number,
+                    record.offset,
+                    len(record.record),
+                    leaf_hash(record.record),
+                    len(plaintext),
+                )
+                found.setdefault(record.index, []).append(entry)
+                self._note_end(name, record.offset + len(record.record))
+            if repair and end < size:
+                truncate_file(path, end)
+                repairs.append(f"segment={name} cut_bytes={size - end} at={end}")
+        return found
+
+    def _rebuild(self, keyring: Keyring, repair: bool) -> list[str]:
+        """Rebuild the index and the Merkle log from the records, the only truth.
+
+        For an index with several authentic records (a chunk sealed twice) the one the old
+        index named wins, else the one whose leaf the old Merkle log holds, so that acks
+        already given keep naming the leaf in the tree.
+        """
+        repairs: list[str] = []
+        old_index = dict(self.index.scan())
+        old_leaves = {i: self.merkle.leaf(i) for i in range(self.merkle.size)}
+        found = self._authentic_records(keyring, repair, repairs)
+        self.merkle.close()
+        shutil.rmtree(self.paths.merkle, ignore_errors=True)
+        self.merkle = MerkleLog.open(self.paths.merkle)
+        self.index.truncate()
+        self.window = ReorderWindow(0)
+        self.plaintext_bytes = 0
+        for index in sorted(found):
+            entry = _choose(found[index], old_index.get(index), old_leaves.get(index))
+            self.index.put(index, entry)
+            self.plaintext_bytes += entry.plaintext_length
+            self._add_leaf(index, entry.leaf_hash)
+        lost = [i for i in old_index if i not in found]
+        repairs.append(
+            f"rebuilt_from_records chunks={len(found)} size={self.merkle.size} "
+            f"indexed_but_missing={len(lost)}"
+        )
+        self.full_rescan = False
+        self.dirty = True
+        return repairs
 
     def _restore_entry(self, index: int, entry: IndexEntry) -> bool:
         """Index an authentic record found on disk; True if it is a chunk new to the ledger.
@@ -401,3 +465,19 @@ class Ledger:
     def close(self) -> None:
         for session in self.sessions.values():
             session.close()
+
+
+def _choose(
+    candidates: list[IndexEntry], indexed: IndexEntry | None, merkle_leaf: bytes | None
+) -> IndexEntry:
+    """Which of several authentic records of one chunk index the rebuilt ledger keeps."""
+    for entry in candidates:
+        if indexed is not None and (entry.segment, entry.offset) == (
+            indexed.segment,
+            indexed.offset,
+        ):
+            return entry
+    for entry in candidates:
+        if entry.leaf_hash == merkle_leaf:
+            return entry
+    return candidates[0]

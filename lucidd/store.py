@@ -262,6 +262,10 @@ class ChunkIndex:
     def sync(self) -> None:
         os.fdatasync(self._fd)
 
+    def truncate(self) -> None:
+        """Forget every entry (before a rebuild from the records)."""
+        os.ftruncate(self._fd, 0)
+
     def close(self) -> None:
         os.close(self._fd)
 
