@@ -249,9 +249,11 @@ class Ingest:
         else:
             self._dispatch(gate, chunk)
 
-    def _dispatch(self, gate: SessionGate, chunk: InFlight) -> None:
+    def _dispatch(self, gate: SessionGate, chunk: InFlight, avoid: int = -1) -> None:
         workers = self.workers
         live = [i for i in range(len(workers)) if workers[i].alive]
+        if avoid >= 0:
+            live = [i for i in live if i != avoid] or live
         if not live:
             self._finish(chunk, InternalError("no worker process is alive"))
             return
@@ -294,7 +296,7 @@ class Ingest:
         sessions = sorted({chunk.session for chunk in orphans})
         self._to_aggregator(ipc.RecoverWorker(token, worker, sessions))
 
-    def _recovered(self, orphans: list[InFlight]) -> None:
+    def _recovered(self, worker: int, orphans: list[InFlight]) -> None:
         for chunk in orphans:
             gate = self.gates.get(chunk.session)
             if gate is None or gate.in_flight.get(chunk.index) is not chunk:
@@ -308,7 +310,9 @@ class Ingest:
                 )
                 self._finish(chunk, err)
             else:
-                self._dispatch(gate, chunk)
+                # After a timeout, prefer another worker: the replacement of the one that
+                # hung would see the same fate if the fault was in that process's state.
+                self._dispatch(gate, chunk, avoid=worker if chunk.attempts else -1)
 
     def overdue_workers(self, now_ns: int) -> list[int]:
         """Workers holding a chunk for longer than ``worker_timeout``; marks those chunks."""
@@ -391,7 +395,7 @@ class Ingest:
         if outcomes.token:
             recovery = self._recoveries.pop(outcomes.token, None)
             if recovery is not None:
-                self._recovered(recovery[1])
+                self._recovered(*recovery)
 
     def on_compared(self, result: ipc.CompareResult) -> None:
         chunk = self._compares.pop(result.token, None)

@@ -334,9 +334,18 @@ class SegmentWriter:
             self._open_next()
         offset = self.size
         view = record
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError:
+            # Cut a partly written record so the segment stays appendable (disk full is
+            # common and passes); if even that fails, this segment is given up.
+            try:
+                os.ftruncate(self._fd, offset)
+            except OSError:
+                self.abandon()
+            raise
         self.size += len(record)
         self.dirty = True
         return self.number, offset

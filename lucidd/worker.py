@@ -132,7 +132,6 @@ class Worker:
             try:
                 number, offset = writer.append(record)
             except OSError as exc:
-                writer.abandon()
                 raise storage_error(exc, "appending a record") from None
             t2 = time.monotonic_ns()
         except LucidError as err:
