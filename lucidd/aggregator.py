@@ -150,9 +150,16 @@ class Aggregator:
         )
 
     def _on_batch(self, batch: ipc.SealedBatch) -> None:
+        """Acknowledge a group commit, then index it.
+
+        The records are durable, so the acks go out first (the index and the Merkle log are
+        derived data). Indexing still happens in this same callback, before the loop serves
+        any control request: a client that got its ack and then asks for the chunk finds it.
+        """
         started = time.monotonic_ns()
         acked: list[ipc.Acked] = []
         failed = list(batch.failed)
+        todo: list[tuple[SessionLedger, ipc.Sealed]] = []
         for sealed in batch.sealed:
             session = self.ledger.sessions.get(sealed.session)
             if session is None:
@@ -160,15 +167,14 @@ class Aggregator:
                     ipc.Failed(sealed.session, sealed.index, "unknown_session", "session is gone")
                 )
                 continue
-            try:
-                leaf = session.record_sealed(sealed)
-            except (OSError, LucidError) as exc:
-                failed.append(
-                    ipc.Failed(sealed.session, sealed.index, "storage", f"index write: {exc}")
-                )
-                continue
+            leaf = session.stored_leaf(sealed.index)
+            if leaf is None:
+                todo.append((session, sealed))
+                leaf = sealed.leaf_hash
             acked.append(ipc.Acked(sealed.session, sealed.index, leaf))
         self._send(ipc.Outcomes(acked, failed, batch.sent_ns))
+        for session, sealed in todo:
+            session.index_sealed(sealed)
         counters = self._counters
         counters["stage_aggregate_seconds_total"] += (time.monotonic_ns() - started) / 1e9
         counters["stage_queue_wait_seconds_total"] += batch.times.queue_wait / 1e9

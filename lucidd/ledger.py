@@ -81,6 +81,8 @@ class SessionLedger:
         self.segment_ends: dict[str, int] = {}
         #: Set when the files disagree: the next recovery scan reads every segment from 0.
         self.full_rescan = False
+        #: Acknowledged records whose indexing failed (disk full); retried on every sync.
+        self.unindexed: dict[int, ipc.Sealed] = {}
         self._load()
 
     def _load(self) -> None:
@@ -113,7 +115,9 @@ class SessionLedger:
             self.dirty = True
 
     def stored_leaf(self, index: int) -> bytes | None:
-        """The leaf hash of chunk ``index`` if it is stored (indexed), else None."""
+        """The leaf hash of chunk ``index`` if it is stored, else None."""
+        if index in self.unindexed:
+            return self.unindexed[index].leaf_hash
         if index < self.merkle.size:
             return self.merkle.leaf(index)
         if index in self.window:
@@ -280,22 +284,25 @@ class SessionLedger:
         stored = self.stored_leaf(sealed.index)
         if stored is not None:
             return stored
-        worker, number = parse_segment_name(sealed.segment)
-        entry = IndexEntry(
-            worker,
-            number,
-            sealed.offset,
-            sealed.record_length,
-            sealed.leaf_hash,
-            sealed.plaintext_length,
-        )
-        self.index.put(sealed.index, entry)
+        self.index.put(sealed.index, _entry_of(sealed))
         self.plaintext_bytes += sealed.plaintext_length
         self._note_end(sealed.segment, sealed.offset + sealed.record_length)
         self._add_leaf(sealed.index, sealed.leaf_hash)
         return sealed.leaf_hash
 
+    def index_sealed(self, sealed: ipc.Sealed) -> None:
+        """:meth:`record_sealed` for a chunk already acknowledged: an index or Merkle write
+        that fails (disk full) is kept and retried on every :meth:`sync`, so the chunk is
+        indexed as soon as the disk allows."""
+        try:
+            self.record_sealed(sealed)
+        except (OSError, LucidError):
+            self.unindexed[sealed.index] = sealed
+
     def entry(self, index: int) -> IndexEntry:
+        waiting = self.unindexed.get(index)
+        if waiting is not None:
+            return _entry_of(waiting)
         entry = self.index.get(index) if index >= 0 else None
         if entry is None:
             raise NotFoundError(
@@ -354,6 +361,9 @@ class SessionLedger:
         """
         if self.merkle.broken:
             self.reopen_merkle()
+        for index, sealed in list(self.unindexed.items()):
+            self.record_sealed(sealed)  # raises again while the disk is full
+            del self.unindexed[index]
         if self.dirty:
             self.index.sync()
             self.merkle.sync()
@@ -481,3 +491,15 @@ def _choose(
         if entry.leaf_hash == merkle_leaf:
             return entry
     return candidates[0]
+
+
+def _entry_of(sealed: ipc.Sealed) -> IndexEntry:
+    worker, number = parse_segment_name(sealed.segment)
+    return IndexEntry(
+        worker,
+        number,
+        sealed.offset,
+        sealed.record_length,
+        sealed.leaf_hash,
+        sealed.plaintext_length,
+    )
