@@ -17,6 +17,7 @@ pipes to a child are new for every incarnation.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import multiprocessing
 import os
@@ -29,9 +30,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any, Final
 
 from lucidd import ipc
-from lucidd.aggregator import aggregator_main
 from lucidd.channels import PipeReader, PipeWriter
-from lucidd.worker import worker_main
 
 log = logging.getLogger("lucidd.children")
 
@@ -42,8 +41,14 @@ AGGREGATOR: Final = "aggregator"
 def forkserver_context() -> ForkServerContext:
     ctx = multiprocessing.get_context("forkserver")
     assert isinstance(ctx, ForkServerContext)
-    ctx.set_forkserver_preload(["lucidd.worker", "lucidd.aggregator"])
+    ctx.set_forkserver_preload(["lucidd.preload"])
     return ctx
+
+
+def _run_child(module: str, function: str, *args: Any) -> None:
+    """Child entry point, named by strings so the supervisor never imports the child modules
+    (the forkserver has them preloaded; the supervisor stays smaller)."""
+    getattr(importlib.import_module(module), function)(*args)
 
 
 def take_fd(conn: Connection) -> int:
@@ -94,8 +99,8 @@ class Children:
         inbox_r, inbox_w = self._ctx.Pipe(duplex=False)
         _, results_w = self._results[k]
         process = self._ctx.Process(
-            target=worker_main,
-            args=(self._worker_spec(k), inbox_r, results_w),
+            target=_run_child,
+            args=("lucidd.worker", "worker_main", self._worker_spec(k), inbox_r, results_w),
             name=f"lucidd-worker{k}",
         )
         process.start()
@@ -116,8 +121,16 @@ class Children:
         to_r, to_w = self._ctx.Pipe(duplex=False)
         from_r, from_w = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(
-            target=aggregator_main,
-            args=(spec, self._control_sock, to_r, from_w, [r for r, _ in self._results]),
+            target=_run_child,
+            args=(
+                "lucidd.aggregator",
+                "aggregator_main",
+                spec,
+                self._control_sock,
+                to_r,
+                from_w,
+                [r for r, _ in self._results],
+            ),
             name="lucidd-aggregator",
         )
         process.start()

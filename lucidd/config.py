@@ -72,7 +72,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     compression: str = "auto"
     durability: str = "fsync"
     slot_size: int = 64 * KiB
-    ring_size: int = 128 * MiB
+    ring_size: int = 32 * MiB
     #: How far past a session's contiguous prefix an index may be accepted.
     reorder_window: int = 65536
     #: A worker's segment file rolls over once it grows past this.

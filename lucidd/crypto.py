@@ -319,6 +319,11 @@ def _gcm_open(key: bytes, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
 
 
 # --- sealing -------------------------------------------------------------------------------------
+def sealer_buffer_size(max_plaintext: int) -> int:
+    """Bytes of output buffer a :class:`ChunkSealer` needs for chunks up to ``max_plaintext``."""
+    return compression_bound(max_plaintext) + RECORD_OVERHEAD
+
+
 class ChunkSealer:
     """Seals chunks into one preallocated buffer; one per worker process, reused for every chunk.
 
@@ -329,12 +334,20 @@ class ChunkSealer:
 
     __slots__ = ("_buf", "_max_plaintext", "_view", "_zstd_c", "_zstd_d")
 
-    def __init__(self, max_plaintext: int) -> None:
+    def __init__(self, max_plaintext: int, buffer: memoryview | None = None) -> None:
+        """``buffer`` (writable, at least :func:`sealer_buffer_size` bytes) lets the caller
+        choose the memory: a worker passes an anonymous mmap, whose pages cost nothing until
+        a chunk that large is sealed (a ``bytearray`` is zero-filled, so all resident)."""
         if not 0 <= max_plaintext <= MAX_PLAINTEXT_SIZE:
             raise ValueError(f"max_plaintext must be in 0..{MAX_PLAINTEXT_SIZE}")
         self._max_plaintext = max_plaintext
-        self._buf = bytearray(compression_bound(max_plaintext) + RECORD_OVERHEAD)
-        self._view = memoryview(self._buf)
+        size = sealer_buffer_size(max_plaintext)
+        if buffer is None:
+            buffer = memoryview(bytearray(size))
+        if buffer.readonly or buffer.nbytes < size:
+            raise ValueError(f"the sealer buffer must be writable and hold {size} bytes")
+        self._buf = buffer
+        self._view = buffer.cast("B")
         self._zstd_c = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
         self._zstd_d = zstandard.ZstdDecompressor()
 
@@ -408,7 +421,7 @@ class ChunkSealer:
             raise ValueError(f"nonce must be {NONCE_SIZE} bytes")
         body_length = len(body)
         end = HEADER_SIZE + body_length + TAG_SIZE
-        if end > len(self._buf):  # cannot happen within compression_bound; a guard, not a path
+        if end > self._view.nbytes:  # cannot happen within compression_bound; a guard, not a path
             raise ValueError("compressed body exceeds the sealer's buffer")
         header = _HEADER_STRUCT.pack(
             MAGIC,

@@ -1,10 +1,13 @@
 """The shared-memory ring segment (layer 2, DESIGN §3).
 
-The supervisor creates and alone unlinks the segment (``multiprocessing.shared_memory``).
-Workers and the aggregator map it *read-only* straight from ``/dev/shm`` with ``mmap`` instead
-of ``SharedMemory(name=...)``: on Python 3.11 attaching registers the segment with the resource
-tracker, which may unlink it when that process exits (``track=False`` only exists from 3.13),
-and a read-only mapping also means no child can corrupt another chunk's payload.
+A POSIX shared-memory object (``/dev/shm/lucidd-<pid>-ring``, what ``shm_open(3)`` makes on
+Linux), created and alone unlinked by the supervisor, mapped *read-only* by the workers and the
+aggregator, so no child can corrupt another chunk's payload.
+
+Departure from DESIGN §3: not ``multiprocessing.shared_memory``. On Python 3.11 that module
+registers every segment with the resource tracker, a separate process (about 8 MB PSS) that may
+unlink a segment when an attaching process exits (``track=False`` only exists from 3.13). A
+segment left by a crash is removed at the next start (:func:`remove_stale_rings`) instead.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import contextlib
 import mmap
 import os
 import re
-from multiprocessing import shared_memory
 from pathlib import Path
 from typing import Final
 
@@ -33,22 +35,31 @@ class Ring:
     def __init__(self, name: str, size: int) -> None:
         self.name = name
         self.size = size
-        self._shm = shared_memory.SharedMemory(name=name, create=True, size=size)
-        buf = self._shm.buf
-        assert buf is not None  # None only after close()
-        self.buf: memoryview = buf
+        self._path = SHM_DIR / name
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
+        try:
+            fd = os.open(self._path, flags, 0o600)
+        except FileExistsError:  # our pid, reused after a crash: that segment is stale
+            self._path.unlink()
+            fd = os.open(self._path, flags, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            self._map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self.buf = memoryview(self._map)
 
     def close_and_unlink(self) -> None:
         """Release the mapping and remove the segment. Every view of ``buf`` must be released."""
         try:
             self.buf.release()
-            self._shm.close()
+            self._map.close()
         finally:
             self.unlink()
 
     def unlink(self) -> None:
         with contextlib.suppress(FileNotFoundError):
-            self._shm.unlink()
+            self._path.unlink()
 
 
 class RingReader:

@@ -8,6 +8,7 @@ then the whole batch's outcome goes to the aggregator. Exits when its pipe reach
 
 from __future__ import annotations
 
+import mmap
 import os
 import signal
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 import msgspec
 
 from lucidd import ipc
-from lucidd.crypto import ChunkSealer, Keyring, unwrap_secret
+from lucidd.crypto import ChunkSealer, Keyring, sealer_buffer_size, unwrap_secret
 from lucidd.errors import LucidError, UnknownSessionError
 from lucidd.keys import load_keyring
 from lucidd.procutil import die_with_parent
@@ -47,7 +48,10 @@ class Worker:
         self._outbox = outbox
         self._keyring: Keyring = load_keyring(Path(spec.keyring_path))
         self._ring = RingReader(spec.ring_name, spec.ring_size)
-        self._sealer = ChunkSealer(spec.config.max_chunk_size)
+        # Anonymous mmap: pages are touched only as far as the largest chunk sealed so far.
+        size = sealer_buffer_size(spec.config.max_chunk_size)
+        self._sealer_memory = mmap.mmap(-1, size)
+        self._sealer = ChunkSealer(spec.config.max_chunk_size, memoryview(self._sealer_memory))
         self._secrets: dict[bytes, bytes] = {}
         self._writers: dict[bytes, SegmentWriter] = {}
         self._decoder = ipc.decoder(ipc.SupervisorToWorker)

@@ -57,7 +57,7 @@ def test_defaults_equal_the_spec() -> None:
         "compression": "auto",
         "durability": "fsync",
         "slot_size": 64 * KiB,
-        "ring_size": 128 * MiB,
+        "ring_size": 32 * MiB,
         "reorder_window": 65536,
         "segment_size": 1 * GiB,
         "state_dir": "",
@@ -68,10 +68,10 @@ def test_defaults_equal_the_spec() -> None:
     }
 
 
-def test_defaults_are_valid_and_give_2048_slots() -> None:
+def test_defaults_are_valid_and_give_512_slots() -> None:
     config = Config()
     config.validate()
-    assert config.slots == 2048
+    assert config.slots == 512
 
 
 def test_load_config_without_sources_returns_the_defaults() -> None:
