@@ -11,7 +11,6 @@ import asyncio
 import itertools
 import logging
 import os
-import signal
 import socket
 import time
 from collections import defaultdict
@@ -31,7 +30,7 @@ from lucidd.errors import LucidError
 from lucidd.keys import load_keyring
 from lucidd.ledger import Ledger, SessionLedger
 from lucidd.logs import setup_logging
-from lucidd.procutil import die_with_parent
+from lucidd.procutil import die_with_parent, leave_shutdown_to_the_supervisor
 from lucidd.ring import RingReader
 from lucidd.store import storage_error
 
@@ -327,7 +326,7 @@ def aggregator_main(
 ) -> None:
     """Entry point in the child process (started by the forkserver)."""
     die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    leave_shutdown_to_the_supervisor()
     setup_logging("aggregator", spec.config.log_level)
     started = time.monotonic()
     aggregator = Aggregator(spec, control_sock, from_supervisor, to_supervisor, from_workers)

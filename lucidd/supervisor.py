@@ -309,7 +309,7 @@ class Supervisor:
         )
         ingest = self._ingest
         children = self._children
-        if ingest is None or children is None or self._stopping:
+        if ingest is None or children is None or self._stopping or self._stop.is_set():
             return
         if child.role == AGGREGATOR:
             # Acks wait (clients see latency, not errors) until the new one has rebuilt its

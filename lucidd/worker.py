@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -22,7 +21,7 @@ from lucidd import ipc
 from lucidd.crypto import ChunkSealer, Keyring, sealer_buffer_size, unwrap_secret
 from lucidd.errors import LucidError, UnknownSessionError
 from lucidd.keys import load_keyring
-from lucidd.procutil import die_with_parent
+from lucidd.procutil import die_with_parent, leave_shutdown_to_the_supervisor
 from lucidd.ring import RingReader
 from lucidd.store import SegmentWriter, SessionPaths, read_meta, segment_name, storage_error
 
@@ -217,8 +216,7 @@ def _payload_of(message: ipc.Seal | ipc.Forget) -> int:
 def worker_main(spec: ipc.WorkerSpec, inbox: Connection, outbox: Connection) -> None:
     """Entry point in the child process (started by the forkserver)."""
     die_with_parent()
-    # The supervisor owns shutdown: Ctrl-C in a terminal must not kill workers mid-batch.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    leave_shutdown_to_the_supervisor()
     try:
         Worker(spec, inbox, outbox).run()
     except (BrokenPipeError, msgspec.DecodeError):

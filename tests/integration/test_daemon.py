@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import signal
 import threading
 import time
 from pathlib import Path
@@ -255,3 +256,15 @@ def test_processes_exit_with_the_supervisor(daemon: Daemon) -> None:
     daemon.kill_all()
     _gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive
+
+
+def test_sigterm_to_the_whole_process_group_is_an_orderly_stop(short_tmp: Path) -> None:
+    """``timeout`` or ``kill -TERM -<pgid>`` signal every process: only the supervisor acts."""
+    d = Daemon(short_tmp, workers=2).start()
+    session = new_session_id()
+    with DataClient(d.runtime_dir) as client:
+        client.put(session, 0, b"before the group signal")
+    for proc in [psutil.Process(d.pid), *d.children()]:  # what killpg would reach
+        proc.send_signal(signal.SIGTERM)
+    assert d.stop() == 0, d.log()
+    assert "child_died" not in d.log()
