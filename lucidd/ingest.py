@@ -43,6 +43,8 @@ log = logging.getLogger("lucidd.ingest")
 SCRATCH_SIZE: Final = 256 * 1024
 #: A chunk whose worker timed out is retried once; a second timeout fails it.
 MAX_ATTEMPTS: Final = 2
+#: How many payload bytes a worker is given before the next worker is used (see _pick_worker).
+PACK_BYTES: Final = 2 * 1024 * 1024
 _SEAL: Final = "seal"
 _COMPARE: Final = "compare"
 
@@ -97,6 +99,7 @@ class SessionGate:
 class WorkerLink:
     writer: PipeWriter
     outstanding: int = 0
+    outstanding_bytes: int = 0
     alive: bool = True
 
 
@@ -257,9 +260,10 @@ class Ingest:
         if not live:
             self._finish(chunk, InternalError("no worker process is alive"))
             return
-        k = min(live, key=lambda i: workers[i].outstanding)
+        k = _pick_worker(workers, live, chunk.length)
         link = workers[k]
         link.outstanding += 1
+        link.outstanding_bytes += chunk.length
         chunk.worker = k
         chunk.dispatched_ns = time.monotonic_ns()
         link.writer.send(
@@ -417,7 +421,9 @@ class Ingest:
         gate = self.gates.get(session)
         chunk = gate.in_flight.get(index) if gate is not None else None
         if chunk is not None and chunk.worker >= 0:
-            self.workers[chunk.worker].outstanding -= 1
+            link = self.workers[chunk.worker]
+            link.outstanding -= 1
+            link.outstanding_bytes -= chunk.length
         return chunk
 
     def _finish(self, chunk: InFlight, err: LucidError | None, leaf_hash: bytes = b"") -> None:
@@ -470,6 +476,23 @@ class Ingest:
         self.draining = True
         if self.in_flight == 0:
             self.drained.set()
+
+
+def _pick_worker(workers: list[WorkerLink], live: list[int], length: int) -> int:
+    """The worker for the next chunk: pack, then spread.
+
+    Each worker commits (fdatasyncs) once per batch, and a batch is what waits in its pipe.
+    Spreading chunks thinly over all workers gives every fsync one chunk (measured: 64 KiB
+    chunks, 10 workers, 1.3 chunks per fsync, 147 MiB/s). So a chunk goes to the first worker
+    holding less than :data:`PACK_BYTES` — the first one that is idle, with one chunk in
+    flight, so latency does not suffer — and only when all are that full to the least loaded.
+    More workers join as the load grows, and while one is in its fsync the next fills up.
+    """
+    for i in live:
+        link = workers[i]
+        if link.outstanding == 0 or link.outstanding_bytes + length <= PACK_BYTES:
+            return i
+    return min(live, key=lambda i: workers[i].outstanding_bytes)
 
 
 def _gate_from_view(view: ipc.SessionView) -> SessionGate:
