@@ -100,7 +100,6 @@ class WorkerLink:
     writer: PipeWriter
     outstanding: int = 0
     outstanding_bytes: int = 0
-    alive: bool = True
 
 
 class _Wait(Exception):  # noqa: N818 - flow control, not an error
@@ -254,13 +253,9 @@ class Ingest:
 
     def _dispatch(self, gate: SessionGate, chunk: InFlight, avoid: int = -1) -> None:
         workers = self.workers
-        live = [i for i in range(len(workers)) if workers[i].alive]
-        if avoid >= 0:
-            live = [i for i in live if i != avoid] or live
-        if not live:
-            self._finish(chunk, InternalError("no worker process is alive"))
-            return
-        k = _pick_worker(workers, live, chunk.length)
+        # A dead worker's link is replaced at once (worker_died): every link is usable.
+        candidates = [i for i in range(len(workers)) if i != avoid] or [avoid]
+        k = _pick_worker(workers, candidates, chunk.length)
         link = workers[k]
         link.outstanding += 1
         link.outstanding_bytes += chunk.length
