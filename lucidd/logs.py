@@ -1,8 +1,11 @@
 """Logging set-up shared by every lucidd process (layer 2).
 
-One event per line on stderr, ``key=value`` pairs after the event name. Under journald
-(``$JOURNAL_STREAM`` set) each line starts with the ``<N>`` syslog priority so the journal keeps
-the level; otherwise a timestamp and the process role lead the line.
+One event per line on stderr, ``key=value`` pairs after the event name. Under journald each line
+starts with the ``<N>`` syslog priority (sd-daemon(3)) so the journal keeps the level, and
+carries no timestamp (the journal adds its own); otherwise a timestamp and the process role lead
+the line. "Under journald" means what sd_journal_stream_fd's users check: ``$JOURNAL_STREAM``
+names the device and inode of our stderr, so a daemon started from a journald-connected shell
+but writing to a terminal or a file logs plainly.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from typing import Final
 
 _PRIORITY: Final = {
@@ -19,19 +23,42 @@ _PRIORITY: Final = {
     logging.ERROR: 3,
     logging.CRITICAL: 2,
 }
+_DEFAULT_PRIORITY: Final = 6
 
 
-class _JournalFormatter(logging.Formatter):
+def journal_priority(levelno: int) -> int:
+    """The syslog priority of a logging level (custom levels round down to a known one)."""
+    known = [level for level in _PRIORITY if level <= levelno]
+    return _PRIORITY[max(known)] if known else _PRIORITY[logging.DEBUG]
+
+
+class JournalFormatter(logging.Formatter):
+    """Prefix every line of a record (a traceback too) with its ``<N>`` priority: journald
+    stores each line as its own entry, and an unprefixed line would be logged as info."""
+
     def format(self, record: logging.LogRecord) -> str:
-        priority = _PRIORITY.get(record.levelno, 6)
-        return f"<{priority}>{super().format(record)}"
+        prefix = f"<{journal_priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in super().format(record).splitlines())
+
+
+def stderr_is_journal(env: Mapping[str, str] | None = None, fd: int | None = None) -> bool:
+    """True if ``fd`` (default: stderr) is the journald stream named by ``$JOURNAL_STREAM``."""
+    value = (env if env is not None else os.environ).get("JOURNAL_STREAM", "")
+    device, sep, inode = value.partition(":")
+    if not sep:
+        return False
+    try:
+        st = os.fstat(fd if fd is not None else sys.stderr.fileno())
+        return (st.st_dev, st.st_ino) == (int(device), int(inode))
+    except (OSError, ValueError):
+        return False
 
 
 def setup_logging(role: str, level: str = "info") -> None:
     """Configure the root logger of this process for ``role`` (supervisor, worker3, ...)."""
     handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("JOURNAL_STREAM"):
-        handler.setFormatter(_JournalFormatter(f"{role}: %(message)s"))
+    if stderr_is_journal():
+        handler.setFormatter(JournalFormatter(f"{role}: %(message)s"))
     else:
         handler.setFormatter(
             logging.Formatter(f"%(asctime)s {role}[%(process)d] %(levelname)s %(message)s")

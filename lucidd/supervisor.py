@@ -39,6 +39,9 @@ DATA_SOCKET: Final = "data.sock"
 CONTROL_SOCKET: Final = "control.sock"
 SOCKET_MODE: Final = 0o660
 STATUS_INTERVAL_S: Final = 1.0
+#: The aggregator answers ``metrics`` from the counters the supervisor last relayed; while they
+#: change they are relayed this often, so a reading lags the supervisor by at most this much.
+METRICS_RELAY_S: Final = 0.1
 DRAIN_TIMEOUT_S: Final = 25.0  # inside systemd's TimeoutStopSec=30
 TIMEOUT_CHECK_S: Final = 0.5
 EXTEND_INTERVAL_S: Final = 5.0
@@ -97,7 +100,7 @@ class Supervisor:
         self._children: Children | None = None
         self._aggregator_spec: ipc.AggregatorSpec | None = None
         self._stopping = False
-        self._watchdog = Watchdog.from_env()
+        self._watchdog = Watchdog.from_env() if config.watchdog else None
         self.exit_code = 0
 
     async def run(self) -> int:
@@ -170,6 +173,7 @@ class Supervisor:
             )
             tasks = [
                 asyncio.ensure_future(self._report_status()),
+                asyncio.ensure_future(self._relay_metrics()),
                 asyncio.ensure_future(self._police_timeouts()),
             ]
             await self._stop.wait()
@@ -183,9 +187,13 @@ class Supervisor:
         self._children.spawn_aggregator(spec, self._on_aggregator, self._aggregator_eof)
 
     async def _extend_timeout_while_recovering(self) -> None:
-        """A long recovery scan must not trip systemd's start timeout."""
+        """A long recovery scan must not trip systemd's start timeout; a recovery whose
+        aggregator died is not one long scan, and ``TimeoutStartSec=`` must end it."""
         while True:
             await asyncio.sleep(EXTEND_INTERVAL_S)
+            aggregator = self._children.aggregator if self._children is not None else None
+            if aggregator is not None and aggregator.restarts > 0:
+                return
             notify(f"EXTEND_TIMEOUT_USEC={int(EXTEND_BY_S * 1e6)}\nSTATUS=recovering")
 
     async def _shutdown(self, server: asyncio.AbstractServer | None) -> None:
@@ -242,6 +250,20 @@ class Supervisor:
                 message += "\nWATCHDOG=1"
             notify(message)
             await asyncio.sleep(interval)
+
+    async def _relay_metrics(self) -> None:
+        """Relay the supervisor's counters while they change (one small pipe message per
+        METRICS_RELAY_S under load, none while idle), so ``metrics`` taken right after a burst
+        of acks already counts them (``stage_ack_seconds_total``, ``chunks_acked_total``)."""
+        last: dict[str, float] = {}
+        while True:
+            await asyncio.sleep(METRICS_RELAY_S)
+            ingest = self._ingest
+            if ingest is None or self._children is None:
+                return
+            if ingest.counters != last:
+                last = dict(ingest.counters)
+                self._send_status()
 
     def _send_status(self) -> None:
         """Tell the aggregator the process table and the supervisor's figures."""

@@ -1,0 +1,1 @@
+"""lucidd benchmarks, run as scripts (``python bench/bench.py``); helpers importable by tests."""
