@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -264,7 +265,8 @@ def test_sigterm_to_the_whole_process_group_is_an_orderly_stop(short_tmp: Path) 
     session = new_session_id()
     with DataClient(d.runtime_dir) as client:
         client.put(session, 0, b"before the group signal")
-    for proc in [psutil.Process(d.pid), *d.children()]:  # what killpg would reach
-        proc.send_signal(signal.SIGTERM)
+    for proc in [*d.children(), psutil.Process(d.pid)]:  # what killpg would reach
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGTERM)
     assert d.stop() == 0, d.log()
     assert "child_died" not in d.log()
