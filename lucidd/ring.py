@@ -90,7 +90,8 @@ def remove_stale_rings() -> list[str]:
         match = _RING_NAME.match(entry.name)
         if match is None or psutil.pid_exists(int(match.group(1))):
             continue
-        with contextlib.suppress(FileNotFoundError):
+        # Another user's segment (a different service account) is not ours to remove.
+        with contextlib.suppress(FileNotFoundError, PermissionError):
             entry.unlink()
             removed.append(entry.name)
     return removed
