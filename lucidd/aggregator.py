@@ -23,7 +23,7 @@ import uvloop
 
 from lucidd import ipc
 from lucidd import protocol as p
-from lucidd.channels import PipeReader, PipeWriter
+from lucidd.channels import PipeReader, PipeWriter, take_fd
 from lucidd.config import config_as_dict
 from lucidd.control import ControlProtocol
 from lucidd.errors import LucidError
@@ -51,13 +51,6 @@ AGGREGATOR_COUNTERS = (
 )
 
 
-def _take_fd(conn: Connection) -> int:
-    """Own a Connection's fd outright (the Connection object would close it when collected)."""
-    fd = os.dup(conn.fileno())
-    conn.close()
-    return fd
-
-
 class Aggregator:
     """State and loop of the aggregator process; implements ``control.ControlServices``."""
 
@@ -75,9 +68,9 @@ class Aggregator:
         self._ring = RingReader(spec.ring_name, spec.ring_size)
         self._control_sock = control_sock
         self._fds = (
-            _take_fd(from_supervisor),
-            _take_fd(to_supervisor),
-            [_take_fd(c) for c in from_workers],
+            take_fd(from_supervisor),
+            take_fd(to_supervisor),
+            [take_fd(c) for c in from_workers],
         )
         self._tokens = itertools.count(1)
         self._freezes: dict[int, asyncio.Future[None]] = {}

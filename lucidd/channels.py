@@ -14,12 +14,20 @@ import asyncio
 import os
 import struct
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import Any, Final
 
 import msgspec
 
 _LENGTH: Final = struct.Struct(">i")
 _READ_SIZE: Final = 1 << 20
+
+
+def take_fd(conn: Connection) -> int:
+    """Own a Connection's fd outright (the Connection object would close it when collected)."""
+    fd = os.dup(conn.fileno())
+    conn.close()
+    return fd
 
 
 class PipeReader:

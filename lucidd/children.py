@@ -24,13 +24,12 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
 from typing import Any, Final
 
 from lucidd import ipc
-from lucidd.channels import PipeReader, PipeWriter
+from lucidd.channels import PipeReader, PipeWriter, take_fd
 
 log = logging.getLogger("lucidd.children")
 
@@ -49,13 +48,6 @@ def _run_child(module: str, function: str, *args: Any) -> None:
     """Child entry point, named by strings so the supervisor never imports the child modules
     (the forkserver has them preloaded; the supervisor stays smaller)."""
     getattr(importlib.import_module(module), function)(*args)
-
-
-def take_fd(conn: Connection) -> int:
-    """Own a Connection's fd outright (the Connection object would close it when collected)."""
-    fd = os.dup(conn.fileno())
-    conn.close()
-    return fd
 
 
 @dataclass

@@ -284,18 +284,22 @@ class SessionLedger:
         stored = self.stored_leaf(sealed.index)
         if stored is not None:
             return stored
+        self._index_new(sealed)
+        return sealed.leaf_hash
+
+    def _index_new(self, sealed: ipc.Sealed) -> None:
+        """Index a record of a chunk not stored yet (the caller checked)."""
         self.index.put(sealed.index, _entry_of(sealed))
         self.plaintext_bytes += sealed.plaintext_length
         self._note_end(sealed.segment, sealed.offset + sealed.record_length)
         self._add_leaf(sealed.index, sealed.leaf_hash)
-        return sealed.leaf_hash
 
     def index_sealed(self, sealed: ipc.Sealed) -> None:
-        """:meth:`record_sealed` for a chunk already acknowledged: an index or Merkle write
-        that fails (disk full) is kept and retried on every :meth:`sync`, so the chunk is
-        indexed as soon as the disk allows."""
+        """Index a chunk just acknowledged as new (:meth:`stored_leaf` was None). An index or
+        Merkle write that fails (disk full) is kept and retried on every :meth:`sync`, so the
+        chunk is indexed as soon as the disk allows."""
         try:
-            self.record_sealed(sealed)
+            self._index_new(sealed)
         except (OSError, LucidError):
             self.unindexed[sealed.index] = sealed
 
