@@ -51,22 +51,37 @@ class PipeReader:
         self._on_eof = on_eof
         self._buffer = bytearray()
         self._closed = False
+        self._delivering = False
         os.set_blocking(fd, False)
         loop.add_reader(fd, self._on_readable)
 
-    def _on_readable(self) -> None:
+    def read_available(self) -> None:
+        """Deliver every message the pipe holds now, without waiting for the loop to say so.
+
+        Does nothing when called from inside this reader's own ``on_message``.
+        """
+        while not self._closed and not self._delivering and self._on_readable():
+            pass
+
+    def _on_readable(self) -> bool:
+        """Read once and deliver; False when the pipe held nothing (or reached EOF)."""
         try:
             data = os.read(self._fd, _READ_SIZE)
         except BlockingIOError:
-            return
+            return False
         except OSError:
             data = b""
         if not data:
             self.close()
             self._on_eof()
-            return
+            return False
         self._buffer += data
-        self._deliver()
+        self._delivering = True
+        try:
+            self._deliver()
+        finally:
+            self._delivering = False
+        return True
 
     def _deliver(self) -> None:
         buffer = self._buffer

@@ -6,17 +6,20 @@ the preloaded server shares the pages of cryptography and friends between all ch
 Each child's ``sentinel`` becomes readable when it exits; the loop watches the sentinels so a
 death is noticed at once, without polling.
 
-Pipes: every worker ``k`` has a *results pipe* to the aggregator that outlives both ends'
-processes. The supervisor keeps both of its ends, hands the write end to each incarnation of
-worker ``k`` and the read end to each incarnation of the aggregator, so either side can be
-replaced without the other noticing. Workers write at most ``PIPE_BUF`` bytes per message
-(atomic), so a worker killed mid-send never leaves half a message behind. The supervisor's own
-pipes to a child are new for every incarnation.
+Pipes: every worker ``k`` has a *results pipe* to the aggregator and an *acks pipe* to the
+supervisor, and both outlive the processes at their ends. The supervisor keeps both ends of the
+results pipe, hands the write end to each incarnation of worker ``k`` and the read end to each
+incarnation of the aggregator, so either side can be replaced without the other noticing; it
+reads the acks pipe itself, for as long as it runs. Workers write at most ``PIPE_BUF`` bytes per
+message (atomic), so a worker killed mid-send never leaves half a message behind. The
+supervisor's pipes to a child (a worker's inbox, the aggregator's two) are new for every
+incarnation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import logging
 import multiprocessing
@@ -24,6 +27,7 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
 from typing import Any, Final
@@ -70,7 +74,9 @@ class Children:
         worker_spec: Callable[[int], ipc.WorkerSpec],
         workers: int,
         control_sock: socket.socket,
+        *,
         on_death: Callable[[Child], None],
+        on_worker_batch: Callable[[ipc.SealedBatch], None],
     ) -> None:
         self._loop = loop
         self._ctx = forkserver_context()
@@ -78,6 +84,15 @@ class Children:
         self._control_sock = control_sock
         self._on_death = on_death
         self._results = [self._ctx.Pipe(duplex=False) for _ in range(workers)]
+        self._acks_w: list[Connection] = []
+        self._acks_r: list[PipeReader] = []
+        for _ in range(workers):
+            acks_r, acks_w = self._ctx.Pipe(duplex=False)
+            self._acks_w.append(acks_w)
+            decoder = ipc.decoder(ipc.WorkerToSupervisor)
+            self._acks_r.append(
+                PipeReader(loop, take_fd(acks_r), decoder, on_worker_batch, _never_eof)
+            )
         self.workers: list[Child | None] = [None] * workers
         self.aggregator: Child | None = None
         self._to_aggregator: PipeWriter | None = None
@@ -86,22 +101,31 @@ class Children:
 
     # -- spawning -----------------------------------------------------------------------
 
-    def spawn_worker(self, k: int) -> PipeWriter:
-        """Start (or replace) worker ``k``; returns the supervisor's end of its new inbox."""
+    def spawn_worker(self, k: int) -> tuple[PipeWriter, int]:
+        """Start (or replace) worker ``k``; returns the supervisor's end of its new inbox and
+        the worker's incarnation (how many times ``k`` was replaced before)."""
         inbox_r, inbox_w = self._ctx.Pipe(duplex=False)
         _, results_w = self._results[k]
+        previous = self.workers[k]
+        incarnation = previous.restarts + 1 if previous else 0
         process = self._ctx.Process(
             target=_run_child,
-            args=("lucidd.worker", "worker_main", self._worker_spec(k), inbox_r, results_w),
+            args=(
+                "lucidd.worker",
+                "worker_main",
+                dataclasses.replace(self._worker_spec(k), incarnation=incarnation),
+                inbox_r,
+                results_w,
+                self._acks_w[k],
+            ),
             name=f"lucidd-worker{k}",
         )
         process.start()
         inbox_r.close()
-        previous = self.workers[k]
-        child = Child(f"worker{k}", process, previous.restarts + 1 if previous else 0)
+        child = Child(f"worker{k}", process, incarnation)
         self.workers[k] = child
         self._watch(child)
-        return PipeWriter(self._loop, take_fd(inbox_w))
+        return PipeWriter(self._loop, take_fd(inbox_w)), incarnation
 
     def spawn_aggregator(
         self,
@@ -184,10 +208,18 @@ class Children:
         for results_r, results_w in self._results:
             results_r.close()
             results_w.close()
+        for acks_w in self._acks_w:
+            acks_w.close()
+        for reader in self._acks_r:
+            reader.close()
         if self._to_aggregator is not None:
             self._to_aggregator.close()
         if self._from_aggregator is not None:
             self._from_aggregator.close()
+
+
+def _never_eof() -> None:
+    """The supervisor holds every acks pipe's write end itself: no EOF while it runs."""
 
 
 def _join(process: BaseProcess) -> None:

@@ -26,6 +26,9 @@ class ControlServices(Protocol):
     ledger: Ledger
     default_compression: str
 
+    def catch_up(self) -> None:
+        """Take in every result the workers have sent, so an acked chunk is visible."""
+
     def config_dict(self) -> dict[str, Any]: ...
 
     def health(self) -> p.HealthReply: ...
@@ -59,6 +62,7 @@ async def handle_request(services: ControlServices, request: Any) -> p.Message:
     """One reply for one request; every failure becomes a typed ``Error``."""
     req: int = request.req
     try:
+        services.catch_up()
         handler = _HANDLERS[type(request)]
         return await handler(services, request)
     except LucidError as err:

@@ -98,6 +98,7 @@ class SessionGate:
 @dataclass
 class WorkerLink:
     writer: PipeWriter
+    incarnation: int = 0  # of the process behind ``writer`` (WorkerSpec.incarnation)
     outstanding: int = 0
     outstanding_bytes: int = 0
 
@@ -340,13 +341,6 @@ class Ingest:
         for token, (worker, orphans) in self._recoveries.items():
             sessions = sorted({chunk.session for chunk in orphans})
             self._to_aggregator(ipc.RecoverWorker(token, worker, sessions))
-        dispatched = [
-            ipc.ChunkRef(chunk.session, chunk.index)
-            for gate in self.gates.values()
-            for chunk in gate.in_flight.values()
-            if chunk.worker >= 0
-        ]
-        self._to_aggregator(ipc.Reconcile(next(self._tokens), dispatched))
 
     def merge_sessions(self, views: list[ipc.SessionView]) -> None:
         """Take a (new) aggregator's session table without losing what is in flight here."""
@@ -374,16 +368,40 @@ class Ingest:
 
     # -- outcomes -----------------------------------------------------------------------
 
+    def on_sealed_batch(self, batch: ipc.SealedBatch) -> None:
+        """A worker's group commit: ack its durable chunks, refuse its failed ones.
+
+        A message that a worker wrote just before it died and that is read after its death
+        was handled is ignored: the recovery scan (``worker_died``) acks every record that
+        worker made durable and re-dispatches the rest.
+        """
+        worker = batch.worker
+        if not 0 <= worker < len(self.workers):
+            return
+        if batch.incarnation != self.workers[worker].incarnation:
+            return
+        for sealed in batch.sealed:
+            chunk = self._take_from(worker, sealed.session, sealed.index)
+            if chunk is not None:
+                self._finish(chunk, None, sealed.leaf_hash)
+        if batch.sealed:
+            self.counters["stage_ack_seconds_total"] += (
+                (time.monotonic_ns() - batch.sent_ns) * len(batch.sealed) / 1e9
+            )
+        for failed in batch.failed:
+            chunk = self._take_from(worker, failed.session, failed.index)
+            if chunk is not None:
+                err = error_from_wire(
+                    failed.code, failed.message, session=failed.session, index=failed.index
+                )
+                self._finish(chunk, err)
+
     def on_outcomes(self, outcomes: ipc.Outcomes) -> None:
-        now = time.monotonic_ns()
+        """The verdict of a RecoverWorker scan."""
         for acked in outcomes.acked:
             chunk = self._take(acked.session, acked.index)
             if chunk is not None:
                 self._finish(chunk, None, acked.leaf_hash)
-        if outcomes.sent_ns and outcomes.acked:
-            self.counters["stage_ack_seconds_total"] += (
-                (now - outcomes.sent_ns) * len(outcomes.acked) / 1e9
-            )
         for failed in outcomes.failed:
             chunk = self._take(failed.session, failed.index)
             if chunk is not None:
@@ -411,6 +429,13 @@ class Ingest:
         else:
             err = None
         self._finish(chunk, err, result.leaf_hash)
+
+    def _take_from(self, worker: int, session: bytes, index: int) -> InFlight | None:
+        gate = self.gates.get(session)
+        chunk = gate.in_flight.get(index) if gate is not None else None
+        if chunk is None or chunk.worker != worker or chunk.kind != _SEAL:
+            return None
+        return self._take(session, index)
 
     def _take(self, session: bytes, index: int) -> InFlight | None:
         gate = self.gates.get(session)

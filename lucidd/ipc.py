@@ -39,6 +39,8 @@ class WorkerSpec:
     keyring_path: str
     ring_name: str
     ring_size: int
+    #: How many times worker ``worker_id`` was replaced before this one (0 for the first).
+    incarnation: int = 0
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ class Forget(IpcMessage, tag="forget", frozen=True):
 SupervisorToWorker = Seal | Forget
 
 
-# --- worker -> aggregator -----------------------------------------------------------------
+# --- worker -> aggregator and worker -> supervisor ----------------------------------------
 
 
 class Sealed(msgspec.Struct, frozen=True, array_like=True):
@@ -111,7 +113,13 @@ class StageTimes(msgspec.Struct, frozen=True, array_like=True):
 
 
 class SealedBatch(IpcMessage, tag="batch", frozen=True):
-    """The outcome of one group commit: every ``sealed`` record is fdatasync'd."""
+    """The outcome of one group commit: every ``sealed`` record is fdatasync'd.
+
+    The worker writes the same bytes twice: first to the aggregator (index and Merkle log),
+    then to the supervisor, which acknowledges the chunks from it. That order is the
+    read-your-writes promise: once a client holds an ack, the batch is already in the
+    aggregator's pipe, and the aggregator drains its pipes before it answers any request.
+    """
 
     worker: int
     sealed: list[Sealed]
@@ -119,6 +127,7 @@ class SealedBatch(IpcMessage, tag="batch", frozen=True):
     times: StageTimes
     plaintext_bytes: int = 0
     sent_ns: int = 0  # CLOCK_MONOTONIC when the worker sent it
+    incarnation: int = 0  # WorkerSpec.incarnation: a dead worker's late messages are ignored
 
 
 #: A pipe write of at most PIPE_BUF bytes is atomic (POSIX): a worker killed mid-send can never
@@ -127,6 +136,7 @@ class SealedBatch(IpcMessage, tag="batch", frozen=True):
 MAX_ATOMIC_MESSAGE: Final = 4096
 
 WorkerToAggregator = SealedBatch
+WorkerToSupervisor = SealedBatch
 
 
 # --- aggregator -> supervisor -------------------------------------------------------------
@@ -139,12 +149,14 @@ class Acked(msgspec.Struct, frozen=True, array_like=True):
 
 
 class Outcomes(IpcMessage, tag="outcomes", frozen=True):
-    """Acks (records durable) and failures for chunks the supervisor has in flight."""
+    """The reply to a :class:`RecoverWorker`: acks for what a dead worker made durable.
+
+    (Live workers acknowledge their own chunks: :class:`SealedBatch`.)
+    """
 
     acked: list[Acked]
     failed: list[Failed]
-    sent_ns: int = 0  # the worker's send time, for the ack-stage metric (0: not from a worker)
-    token: int = 0  # non-zero: the reply to a RecoverWorker or Reconcile request
+    token: int = 0
 
 
 class SessionView(msgspec.Struct, frozen=True, array_like=True):
@@ -240,11 +252,6 @@ class SupervisorStatus(IpcMessage, tag="status", frozen=True):
     metrics: dict[str, float]
 
 
-class ChunkRef(msgspec.Struct, frozen=True, array_like=True):
-    session: bytes
-    index: int
-
-
 class RecoverWorker(IpcMessage, tag="recover", frozen=True):
     """A worker died: index what it made durable in these sessions but never reported.
 
@@ -256,22 +263,12 @@ class RecoverWorker(IpcMessage, tag="recover", frozen=True):
     sessions: list[bytes]
 
 
-class Reconcile(IpcMessage, tag="reconcile", frozen=True):
-    """After an aggregator restart: which of these in-flight chunks are already stored?
-
-    Replied to with one ``Outcomes(token=token)`` acking the stored ones.
-    """
-
-    token: int
-    chunks: list[ChunkRef]
-
-
 class Shutdown(IpcMessage, tag="shutdown", frozen=True):
     """Sync every log and exit; sent after the workers drained."""
 
 
 SupervisorToAggregator = (
-    OpenRequest | Frozen | CompareRequest | SupervisorStatus | RecoverWorker | Reconcile | Shutdown
+    OpenRequest | Frozen | CompareRequest | SupervisorStatus | RecoverWorker | Shutdown
 )
 
 

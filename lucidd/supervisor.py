@@ -142,10 +142,17 @@ class Supervisor:
         def worker_spec(k: int) -> ipc.WorkerSpec:
             return ipc.WorkerSpec(k, config, keyring, ring.name, ring.size)
 
-        children = Children(loop, worker_spec, config.workers, control_sock, self._child_died)
+        children = Children(
+            loop,
+            worker_spec,
+            config.workers,
+            control_sock,
+            on_death=self._child_died,
+            on_worker_batch=self._on_worker,
+        )
         self._children = children
         self._aggregator_spec = ipc.AggregatorSpec(config, keyring, ring.name, ring.size)
-        links = [WorkerLink(children.spawn_worker(k)) for k in range(config.workers)]
+        links = [WorkerLink(*children.spawn_worker(k)) for k in range(config.workers)]
         ingest = Ingest(config, ring.buf, links, children.send_to_aggregator)
         self._ingest = ingest
         self._ready = loop.create_future()
@@ -321,6 +328,10 @@ class Supervisor:
                 ingest.merge_sessions(message.sessions)
                 log.info("event=aggregator_back sessions=%d", len(message.sessions))
 
+    def _on_worker(self, batch: ipc.SealedBatch) -> None:
+        if self._ingest is not None:
+            self._ingest.on_sealed_batch(batch)
+
     def _aggregator_eof(self) -> None:
         """The aggregator's pipe closed; its sentinel reports the death itself."""
 
@@ -334,13 +345,13 @@ class Supervisor:
         if ingest is None or children is None or self._stopping or self._stop.is_set():
             return
         if child.role == AGGREGATOR:
-            # Acks wait (clients see latency, not errors) until the new one has rebuilt its
-            # state from disk; every request the dead one may have swallowed is repeated.
+            # Workers keep acknowledging (their results wait in the pipes the new one
+            # inherits); every request the dead one may have swallowed is repeated.
             self._spawn_aggregator(repair=False)
             ingest.aggregator_replaced()
         else:
             k = int(child.role.removeprefix("worker"))
-            ingest.worker_died(k, WorkerLink(children.spawn_worker(k)))
+            ingest.worker_died(k, WorkerLink(*children.spawn_worker(k)))
         self._send_status()
 
 

@@ -3,7 +3,8 @@
 Blocks on its pipe from the supervisor. Each batch is what the pipe holds (up to
 ``batch_size`` descriptors or ``batch_bytes`` of payload): every chunk is sealed and appended to
 this worker's segment of its session, then one ``fdatasync`` per touched segment (group commit),
-then the whole batch's outcome goes to the aggregator. Exits when its pipe reaches EOF.
+then the whole batch's outcome goes to the aggregator and, right after, to the supervisor, which
+acknowledges it (see :class:`lucidd.ipc.SealedBatch`). Exits when its pipe reaches EOF.
 """
 
 from __future__ import annotations
@@ -45,12 +46,15 @@ class _Batch:
 class Worker:
     """The sealing loop of one worker process (one instance per process)."""
 
-    def __init__(self, spec: ipc.WorkerSpec, inbox: Connection, outbox: Connection) -> None:
+    def __init__(
+        self, spec: ipc.WorkerSpec, inbox: Connection, results: Connection, acks: Connection
+    ) -> None:
         self._spec = spec
         self._config = spec.config
         self._state_dir = Path(spec.config.state_dir)
         self._inbox = inbox
-        self._outbox = outbox
+        self._results = results
+        self._acks = acks
         self._keyring: Keyring = load_keyring(Path(spec.keyring_path))
         self._ring = RingReader(spec.ring_name, spec.ring_size)
         # Anonymous mmap: pages are touched only as far as the largest chunk sealed so far.
@@ -122,13 +126,25 @@ class Worker:
         times: ipc.StageTimes,
         plaintext_bytes: int,
     ) -> None:
-        """Report a group commit in messages of at most PIPE_BUF bytes (atomic writes)."""
+        """Report a group commit in messages of at most PIPE_BUF bytes (atomic writes).
+
+        Aggregator first, supervisor second: the ack must never overtake the index entry
+        (read-your-writes, :class:`lucidd.ipc.SealedBatch`).
+        """
+        spec = self._spec
         message = ipc.SealedBatch(
-            self._spec.worker_id, sealed, failed, times, plaintext_bytes, time.monotonic_ns()
+            spec.worker_id,
+            sealed,
+            failed,
+            times,
+            plaintext_bytes,
+            time.monotonic_ns(),
+            spec.incarnation,
         )
         data = self._encoder.encode(message)
         if len(data) + 4 <= ipc.MAX_ATOMIC_MESSAGE or len(sealed) + len(failed) <= 1:
-            self._outbox.send_bytes(data)
+            self._results.send_bytes(data)
+            self._acks.send_bytes(data)
             return
         half_sealed, half_failed = len(sealed) // 2, len(failed) // 2
         self._send(sealed[:half_sealed], failed[:half_failed], times, plaintext_bytes)
@@ -215,7 +231,13 @@ class Worker:
         writer = self._writers.get(session)
         if writer is None:
             paths = SessionPaths.of(self._state_dir, session)
-            writer = SegmentWriter(paths, self._spec.worker_id, self._config.segment_size)
+            writer = SegmentWriter(
+                paths,
+                self._spec.worker_id,
+                self._config.segment_size,
+                # Only records made durable can be dropped (dirty pages stay cached anyway).
+                drop_cache=self._config.durability == "fsync",
+            )
             self._writers[session] = writer
         return writer
 
@@ -235,11 +257,13 @@ def _payload_of(message: ipc.Seal | ipc.Forget) -> int:
     return message.length if isinstance(message, ipc.Seal) else 0
 
 
-def worker_main(spec: ipc.WorkerSpec, inbox: Connection, outbox: Connection) -> None:
+def worker_main(
+    spec: ipc.WorkerSpec, inbox: Connection, results: Connection, acks: Connection
+) -> None:
     """Entry point in the child process (started by the forkserver)."""
     die_with_parent()
     leave_shutdown_to_the_supervisor()
     try:
-        Worker(spec, inbox, outbox).run()
+        Worker(spec, inbox, results, acks).run()
     except (BrokenPipeError, msgspec.DecodeError):
         os._exit(1)

@@ -270,3 +270,55 @@ def test_sigterm_to_the_whole_process_group_is_an_orderly_stop(short_tmp: Path) 
             proc.send_signal(signal.SIGTERM)
     assert d.stop() == 0, d.log()
     assert "child_died" not in d.log()
+
+
+def test_an_acked_chunk_is_visible_to_the_very_next_control_request(daemon: Daemon) -> None:
+    """Workers ack straight to the supervisor; the aggregator indexes the same batch from its
+    own pipe. Read-your-writes must hold anyway: right after each ack, the chunk reads back,
+    has its proof, and counts in the session's size (16 clients keep every worker busy)."""
+    failures: list[str] = []
+
+    def client(seed: int) -> None:
+        rng = random.Random(seed)
+        with DataClient(daemon.runtime_dir) as data, ControlClient(daemon.runtime_dir) as ctl:
+            session = ctl.open_session(compression="off")
+            for index in range(40):
+                payload = rng.randbytes(rng.randrange(1, 20_000))
+                ack = data.put(session, index, payload)
+                if ctl.read_chunk(session, index).data != payload:
+                    failures.append(f"read {seed}/{index}")
+                proof = ctl.inclusion_proof(session, index)
+                if proof.leaf_hash != ack.leaf_hash or proof.size != index + 1:
+                    failures.append(f"proof {seed}/{index}: size {proof.size}")
+
+    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+
+
+def test_workers_ack_while_the_aggregator_is_stopped_and_reads_wait_for_it(
+    daemon: Daemon,
+) -> None:
+    """The ack path is supervisor → worker → supervisor: a frozen aggregator (SIGSTOP) delays
+    only control requests, and those see every chunk acked meanwhile once it runs again."""
+    with ControlClient(daemon.runtime_dir) as control:
+        session = control.open_session(compression="off")
+        aggregator = next(p.pid for p in control.health().processes if p.role == "aggregator")
+    payloads = [os.urandom(5000 + i) for i in range(30)]
+    os.kill(aggregator, signal.SIGSTOP)
+    try:
+        with DataClient(daemon.runtime_dir, timeout=20) as data:
+            acks = data.put_many(session, enumerate(payloads), window=8)
+        assert [a.index for a in acks] == list(range(30))
+    finally:
+        os.kill(aggregator, signal.SIGCONT)
+    with ControlClient(daemon.runtime_dir) as control:
+        assert control.info(session).size == 30
+        for index in (0, 17, 29):
+            assert control.read_chunk(session, index).data == payloads[index]
+        leaves = [a.leaf_hash for a in acks]
+        assert control.root(session).root == root_from_disk(daemon.state_dir, session, 30)
+        assert [control.inclusion_proof(session, i, 30).leaf_hash for i in range(30)] == leaves
