@@ -183,7 +183,7 @@ def started_daemon(
 
 def daemon_processes(runtime_dir: Path) -> list[psutil.Process]:
     """Every process of the daemon at ``runtime_dir``: those ``health`` lists, and their children
-    (the forkserver, the resource tracker). Empty if they cannot be inspected from here."""
+    (the forkserver). Empty if they cannot be inspected from here."""
     with ControlClient(runtime_dir) as control:
         pids = {status.pid for status in control.health().processes if status.alive}
     found: dict[int, psutil.Process] = {}
@@ -194,6 +194,79 @@ def daemon_processes(runtime_dir: Path) -> list[psutil.Process]:
             for child in proc.children(recursive=True):
                 found[child.pid] = child
     return list(found.values())
+
+
+# --- CPU per process role ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """CPU seconds (user + system) so far, per role: ``supervisor``, ``workers`` (all of
+    them), ``aggregator``, ``other`` (the forkserver) and ``client`` (this bench process)."""
+
+    seconds: dict[str, float]
+
+    def minus(self, earlier: CpuSample) -> dict[str, float]:
+        return {role: t - earlier.seconds.get(role, 0.0) for role, t in self.seconds.items()}
+
+
+def cpu_roles(runtime_dir: Path) -> dict[int, str]:
+    """pid -> role of every daemon process (``other`` for those health does not list)."""
+    with ControlClient(runtime_dir) as control:
+        listed = {status.pid: status.role for status in control.health().processes}
+    roles: dict[int, str] = {}
+    for proc in daemon_processes(runtime_dir):
+        role = listed.get(proc.pid, "other")
+        roles[proc.pid] = "workers" if role.startswith("worker") else role
+    return roles
+
+
+def sample_cpu(roles: dict[int, str]) -> CpuSample:
+    seconds = dict.fromkeys(("supervisor", "workers", "aggregator", "other"), 0.0)
+    for pid, role in roles.items():
+        with contextlib.suppress(psutil.Error):
+            times = psutil.Process(pid).cpu_times()
+            seconds[role] = seconds.get(role, 0.0) + times.user + times.system
+    own = os.times()
+    seconds["client"] = own.user + own.system
+    return CpuSample(seconds)
+
+
+def process_wakeup_us(rounds: int = 2000) -> float:
+    """Median one-way latency of a 1-byte pipe message to a process blocked in read(2).
+
+    The floor of every process hop on this machine: the receiver must be woken and scheduled
+    (on a VM, often an idle vCPU woken through the hypervisor). Half the median round trip.
+    """
+    ping_r, ping_w = os.pipe()
+    pong_r, pong_w = os.pipe()
+    echo = (
+        "import os,sys\n"
+        f"r,w={ping_r},{pong_w}\n"
+        "while True:\n"
+        "    b=os.read(r,1)\n"
+        "    if not b: break\n"
+        "    os.write(w,b)\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", echo], pass_fds=(ping_r, pong_w), close_fds=True
+    )
+    os.close(ping_r)
+    os.close(pong_w)
+    trips: list[int] = []
+    try:
+        for _ in range(rounds):
+            start = time.perf_counter_ns()
+            os.write(ping_w, b"x")
+            os.read(pong_r, 1)
+            trips.append(time.perf_counter_ns() - start)
+            time.sleep(0.0002)  # let both sides go idle, as between chunks sent one at a time
+    finally:
+        os.close(ping_w)
+        os.close(pong_r)
+        child.wait(STOP_TIMEOUT_S)
+    trips.sort()
+    return trips[len(trips) // 2] / 2 / 1000
 
 
 def _pss_ring(pid: int) -> int:

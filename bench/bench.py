@@ -52,7 +52,10 @@ from bench._daemon import (
     REPO_ROOT,
     SETTLE_TIMEOUT_S,
     MemoryWatch,
+    cpu_roles,
     daemon_processes,
+    process_wakeup_us,
+    sample_cpu,
     short_tmp,
     started_daemon,
 )
@@ -98,6 +101,10 @@ class Settings:
     throughput_min: int
     throughput_max: int
     window: int = 32
+    #: Chunks in flight per connection in the throughput runs. Deeper than ``window``: with 32
+    #: chunks of 64 KiB (2 MiB) in flight, one worker's group commit holds all of them and
+    #: nothing is sealed while it fsyncs; 128 keeps several workers' commits overlapping.
+    throughput_window: int = 128
     clients: int = 16
     #: Chunks per baseline group commit in the throughput runs (the pipeline's window).
     batch: int = 32
@@ -181,6 +188,8 @@ class Results:
     stages: list[dict[str, Any]] = field(default_factory=list)
     limits: list[dict[str, Any]] = field(default_factory=list)
     memory: dict[str, Any] = field(default_factory=dict)
+    #: CPU per chunk by process role in each lucidd throughput run.
+    cpu: list[dict[str, Any]] = field(default_factory=list)
     goals: list[dict[str, Any]] = field(default_factory=list)
     #: The latency histograms, for the plot.
     histograms: dict[LatencyKey, Histogram] = field(default_factory=dict)
@@ -194,6 +203,7 @@ class Results:
             "stages": self.stages,
             "limits": self.limits,
             "memory": self.memory,
+            "cpu": self.cpu,
             "goals": self.goals,
         }
 
@@ -429,15 +439,19 @@ def measure_throughput(
     settings: Settings, blob: bytes, target: Target, size: int, results: Results
 ) -> None:
     workload = baselines.Workload(blob, size, settings.throughput_count(size))
+    window = settings.throughput_window
     log(f"lucidd {target.workers}w: throughput {format_size(size)} x {workload.count}")
+    roles = cpu_roles(target.runtime_dir)
+    cpu_before = sample_cpu(roles)
     result = drive.throughput(
         target.runtime_dir,
         workload,
         target.warmup(settings),
         settings.throughput_clients,
-        settings.window,
+        window,
         settle_s=settings.settle_s,
     )
+    cpu = sample_cpu(roles).minus(cpu_before)
     results.add_throughput(
         LUCIDD,
         size,
@@ -445,16 +459,37 @@ def measure_throughput(
         result.seconds,
         result.chunks,
         clients=settings.throughput_clients,
-        window=settings.window,
+        window=window,
         durability=target.durability,
     )
     ident = {
         "chunk_size": size,
-        "in_flight": settings.window * settings.throughput_clients,
+        "in_flight": window * settings.throughput_clients,
         "clients": settings.throughput_clients,
         "durability": target.durability,
     }
     results.stages.append(_stage_row("throughput", ident, target.workers, result))
+    results.cpu.append(_cpu_row(ident, target.workers, result, cpu, target.warmup(settings)))
+
+
+def _cpu_row(
+    ident: dict[str, Any],
+    workers: int,
+    result: drive.RunResult,
+    cpu: dict[str, float],
+    warmup: int,
+) -> dict[str, Any]:
+    """CPU per chunk by role. The samples bracket the whole run, warm-up chunks and metric reads
+    included, so the CPU is divided by every chunk sent; utilization is of all cores over the
+    measured seconds (slightly high for the same reason)."""
+    chunks = result.chunks + warmup * ident["clients"]
+    cores = os.cpu_count() or 1
+    return {
+        **ident,
+        "workers": workers,
+        "us_per_chunk": {role: seconds * 1e6 / chunks for role, seconds in cpu.items()},
+        "utilization": sum(cpu.values()) / (result.seconds * cores) if result.seconds else None,
+    }
 
 
 def _stage_row(
@@ -486,6 +521,7 @@ def _memory_watch(runtime_dir: Path, workers: int, results: Results) -> Iterator
 
 def run(settings: Settings, runtime_dir: Path | None) -> Results:
     results = Results(machine_info(), _settings_json(settings))
+    results.machine["process_wakeup_us"] = process_wakeup_us()
     log(f"data: {format_size(settings.data_bytes)} of random bytes")
     blob = os.urandom(settings.data_bytes)
     folder = short_tmp("lbw-")
@@ -820,6 +856,37 @@ def _settle_note(settings: Settings) -> list[str]:
     ]
 
 
+_CPU_ROLES: Final = ("client", "supervisor", "workers", "aggregator", "other")
+
+
+def _cpu_lines(results: Results) -> list[str]:
+    wakeup = results.machine.get("process_wakeup_us")
+    lines = [
+        "CPU µs per chunk by process in the throughput runs (user + system; `client` is this "
+        "bench process), and how busy all cores were. At 1 in flight a chunk passes through "
+        "client, supervisor, worker, supervisor and client in turn: its latency over "
+        "`inprocess` is roughly their CPU per chunk outside the worker's seal and write, plus "
+        "four process wake-ups of "
+        + ("-" if wakeup is None else f"{wakeup:.0f} µs")
+        + " each here (median of a 1-byte pipe ping-pong).",
+        "",
+        "| workers | chunk | " + " | ".join(_CPU_ROLES) + " | total | cores busy |",
+        "|---:|---:|" + "---:|" * (len(_CPU_ROLES) + 2),
+    ]
+    for row in results.cpu:
+        us = row["us_per_chunk"]
+        cells = [_fmt(us.get(role), 1) for role in _CPU_ROLES]
+        busy = row["utilization"]
+        lines.append(
+            f"| {row['workers']} | {_size(row['chunk_size'])} | "
+            + " | ".join(cells)
+            + f" | {_fmt(sum(us.values()), 1)} | "
+            + ("-" if busy is None else f"{busy * 100:.0f} %")
+            + " |"
+        )
+    return lines
+
+
 def _memory_lines(results: Results) -> list[str]:
     m = results.memory
     if not m:
@@ -863,7 +930,7 @@ def markdown(results: Results, settings: Settings) -> str:
         f"Compression off. Durability `fsync`: acked after fdatasync (baselines: one fdatasync "
         f"per batch of {settings.batch} chunks for throughput, per chunk at 1 in flight); `os`: "
         "no fsync. Throughput drives lucidd with "
-        f"{settings.throughput_clients} client(s) x a window of {settings.window}."
+        f"{settings.throughput_clients} client(s) x a window of {settings.throughput_window}."
         + (
             " Daemon settings: " + ", ".join(f"`{n}={v}`" for n, v in settings.daemon) + "."
             if settings.daemon
@@ -883,6 +950,10 @@ def markdown(results: Results, settings: Settings) -> str:
         "",
         *_stages_table(results),
         *_settle_note(settings),
+        "",
+        "### What bounds it: CPU per chunk and process wake-ups",
+        "",
+        *_cpu_lines(results),
         "",
         "### Memory",
         "",
@@ -1101,6 +1172,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--throughput-min", type=int, help="fewest chunks per throughput run")
     parser.add_argument("--throughput-max", type=int, help="most chunks per throughput run")
     parser.add_argument("--window", type=int, help="chunks in flight when pipelined")
+    parser.add_argument(
+        "--throughput-window", type=int, help="chunks in flight per connection for throughput"
+    )
     parser.add_argument("--clients", type=int, help="concurrent clients (1 in flight each)")
     parser.add_argument("--batch", type=int, help="chunks per baseline group commit")
     parser.add_argument(
@@ -1141,6 +1215,7 @@ _OVERRIDES: Final = {
     "throughput_min": "throughput_min",
     "throughput_max": "throughput_max",
     "window": "window",
+    "throughput_window": "throughput_window",
     "clients": "clients",
     "batch": "batch",
     "throughput_clients": "throughput_clients",
