@@ -22,12 +22,13 @@ import re
 import struct
 import types
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
 import zstandard
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
@@ -319,9 +320,15 @@ def _gcm_open(key: bytes, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
 
 
 # --- sealing -------------------------------------------------------------------------------------
+#: Bytes :meth:`ChunkSealer.seal_streamed` encrypts per piece (and of the sealer's buffer it uses).
+STREAM_PIECE: Final = 256 * 1024
+AES_BLOCK_SIZE: Final = 16
+
+
 def sealer_buffer_size(max_plaintext: int) -> int:
-    """Bytes of output buffer a :class:`ChunkSealer` needs for chunks up to ``max_plaintext``."""
-    return compression_bound(max_plaintext) + RECORD_OVERHEAD
+    """Bytes of output buffer a :class:`ChunkSealer` needs for chunks up to ``max_plaintext``
+    (and at least what :meth:`ChunkSealer.seal_streamed` uses)."""
+    return max(compression_bound(max_plaintext) + RECORD_OVERHEAD, STREAM_PIECE + AES_BLOCK_SIZE)
 
 
 class ChunkSealer:
@@ -403,6 +410,60 @@ class ChunkSealer:
             nonce=nonce,
         )
 
+    def seal_streamed(
+        self,
+        secret: bytes,
+        session_id: bytes,
+        index: int,
+        plaintext: Buffer,
+        compression: Compression,
+        *,
+        sink: Callable[[memoryview], None],
+        nonce: bytes | None = None,
+    ) -> tuple[int, bytes]:
+        """Seal like :meth:`seal`, but hand the record to ``sink`` in pieces; return
+        ``(record_length, leaf_hash)``.
+
+        The pieces, in order, are exactly :meth:`seal`'s record; only ``STREAM_PIECE`` bytes of
+        this sealer's buffer are used, whatever the chunk's size, so a worker sealing 10 MiB
+        chunks keeps 256 KiB resident instead of 10 MiB. Each piece is a view valid only
+        during the ``sink`` call. Any plaintext size up to ``MAX_PLAINTEXT_SIZE`` is accepted.
+        """
+        size = len(plaintext)
+        if size > MAX_PLAINTEXT_SIZE:
+            raise ValueError("plaintext larger than MAX_PLAINTEXT_SIZE")
+        key = derive_chunk_key(secret, session_id, index)
+        codec, body = self._compress(plaintext, compression)
+        nonce = _nonce_or_random(nonce)
+        body_view = memoryview(body).cast("B")
+        header = _record_header(
+            key,
+            record_type=RecordType.DATA,
+            codec=codec,
+            session_id=session_id,
+            index=index,
+            plaintext_length=size,
+            body_length=body_view.nbytes,
+            nonce=nonce,
+        )
+        encryptor = Cipher(algorithms.AES(key), modes.GCM(nonce)).encryptor()
+        encryptor.authenticate_additional_data(header)
+        leaf = hashlib.sha256(LEAF_PREFIX)
+        leaf.update(header)
+        sink(memoryview(header))
+        # update_into wants room for len(data) + block size - 1 bytes (GCM returns len(data)).
+        out = self._view[: STREAM_PIECE + AES_BLOCK_SIZE - 1]
+        for start in range(0, body_view.nbytes, STREAM_PIECE):
+            count = encryptor.update_into(body_view[start : start + STREAM_PIECE], out)
+            piece = out[:count]
+            leaf.update(piece)
+            sink(piece)
+        encryptor.finalize()
+        tag = encryptor.tag
+        leaf.update(tag)
+        sink(memoryview(tag))
+        return HEADER_SIZE + body_view.nbytes + TAG_SIZE, leaf.digest()
+
     def _seal_body(
         self,
         key: bytes,
@@ -415,26 +476,20 @@ class ChunkSealer:
         body: Buffer,
         nonce: bytes | None,
     ) -> tuple[memoryview, bytes]:
-        if nonce is None:
-            nonce = os.urandom(NONCE_SIZE)
-        elif len(nonce) != NONCE_SIZE:
-            raise ValueError(f"nonce must be {NONCE_SIZE} bytes")
+        nonce = _nonce_or_random(nonce)
         body_length = len(body)
         end = HEADER_SIZE + body_length + TAG_SIZE
         if end > self._view.nbytes:  # cannot happen within compression_bound; a guard, not a path
             raise ValueError("compressed body exceeds the sealer's buffer")
-        header = _HEADER_STRUCT.pack(
-            MAGIC,
-            FORMAT_VERSION,
-            record_type,
-            codec,
-            SUITE_AES256GCM_HKDF_SHA256,
-            session_id,
-            index,
-            plaintext_length,
-            body_length,
-            nonce,
-            key_commitment(key),
+        header = _record_header(
+            key,
+            record_type=record_type,
+            codec=codec,
+            session_id=session_id,
+            index=index,
+            plaintext_length=plaintext_length,
+            body_length=body_length,
+            nonce=nonce,
         )
         view = self._view
         view[:HEADER_SIZE] = header
@@ -443,6 +498,40 @@ class ChunkSealer:
         leaf = hashlib.sha256(LEAF_PREFIX)
         leaf.update(record)
         return record, leaf.digest()
+
+
+def _nonce_or_random(nonce: bytes | None) -> bytes:
+    if nonce is None:
+        return os.urandom(NONCE_SIZE)
+    if len(nonce) != NONCE_SIZE:
+        raise ValueError(f"nonce must be {NONCE_SIZE} bytes")
+    return nonce
+
+
+def _record_header(
+    key: bytes,
+    *,
+    record_type: RecordType,
+    codec: Codec,
+    session_id: bytes,
+    index: int,
+    plaintext_length: int,
+    body_length: int,
+    nonce: bytes,
+) -> bytes:
+    return _HEADER_STRUCT.pack(
+        MAGIC,
+        FORMAT_VERSION,
+        record_type,
+        codec,
+        SUITE_AES256GCM_HKDF_SHA256,
+        session_id,
+        index,
+        plaintext_length,
+        body_length,
+        nonce,
+        key_commitment(key),
+    )
 
 
 def seal_chunk(

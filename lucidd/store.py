@@ -22,16 +22,17 @@ import shutil
 import struct
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 import msgspec
 
 from lucidd.crypto import HEADER_SIZE, RecordType, parse_header
 from lucidd.errors import FormatError, StorageError
 
+_T = TypeVar("_T")
 SESSIONS_DIR: Final = "sessions"
 META_FILE: Final = "meta"
 INDEX_FILE: Final = "index.bin"
@@ -347,25 +348,43 @@ class SegmentWriter:
 
     def append(self, record: memoryview) -> tuple[int, int]:
         """Write one record; returns (segment number, offset). Durable only after sync()."""
+        number, offset, _ = self.append_streamed(lambda sink: sink(record))
+        return number, offset
+
+    def append_streamed(
+        self, produce: Callable[[Callable[[memoryview], None]], _T]
+    ) -> tuple[int, int, _T]:
+        """Write one record that ``produce(sink)`` hands out in pieces, in order; returns
+        (segment number, offset, what ``produce`` returned). Durable only after sync().
+
+        If a write or ``produce`` itself fails, the partial record is cut off again so the
+        segment stays appendable (disk full is common and passes); if even that fails, this
+        segment is given up.
+        """
         if self._fd < 0 or self.size >= self._max_size:
             self._open_next()
         offset = self.size
-        view = record
-        try:
+        written = 0
+
+        def sink(piece: memoryview) -> None:
+            nonlocal written
+            view = piece
             while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-        except OSError:
-            # Cut a partly written record so the segment stays appendable (disk full is
-            # common and passes); if even that fails, this segment is given up.
+                count = os.write(self._fd, view)
+                view = view[count:]
+            written += len(piece)
+
+        try:
+            result = produce(sink)
+        except BaseException:
             try:
                 os.ftruncate(self._fd, offset)
             except OSError:
                 self.abandon()
             raise
-        self.size += len(record)
+        self.size += written
         self.dirty = True
-        return self.number, offset
+        return self.number, offset, result
 
     def sync(self) -> None:
         if self.dirty:

@@ -12,25 +12,38 @@ from __future__ import annotations
 import mmap
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 import msgspec
 
 from lucidd import ipc
-from lucidd.crypto import ChunkSealer, Keyring, sealer_buffer_size, unwrap_secret
+from lucidd.channels import InboxReader, take_fd
+from lucidd.crypto import (
+    STREAM_PIECE,
+    ChunkSealer,
+    Keyring,
+    sealer_buffer_size,
+    unwrap_secret,
+)
 from lucidd.errors import LucidError, UnknownSessionError
 from lucidd.keys import load_keyring
 from lucidd.procutil import die_with_parent, leave_shutdown_to_the_supervisor
 from lucidd.ring import RingReader
 from lucidd.store import SegmentWriter, SessionPaths, read_meta, segment_name, storage_error
 
-#: Sealer-buffer bytes a worker keeps resident when idle (chunks up to 1 MiB never refault).
-SEALER_KEEP_BYTES: Final = 1024 * 1024
-#: Seconds without work after which a worker gives back the rest of its sealer buffer.
-TRIM_IDLE_S: Final = 1.0
+#: Chunks larger than this are sealed in pieces straight into the segment file
+#: (``ChunkSealer.seal_streamed``), so no worker ever holds a record-sized buffer: ten workers
+#: sealing 1 MiB chunks kept 10 MiB resident, and 100 MB at 10 MiB chunks. Smaller ones are
+#: sealed whole into the sealer's buffer and written with one ``write``.
+STREAM_ABOVE: Final = STREAM_PIECE
+
+
+_A = TypeVar("_A")
+_R = TypeVar("_R")
 
 
 @dataclass
@@ -52,17 +65,16 @@ class Worker:
         self._spec = spec
         self._config = spec.config
         self._state_dir = Path(spec.config.state_dir)
-        self._inbox = inbox
+        self._inbox = InboxReader(take_fd(inbox))
         self._results = results
         self._acks = acks
         self._keyring: Keyring = load_keyring(Path(spec.keyring_path))
         self._ring = RingReader(spec.ring_name, spec.ring_size)
-        # Anonymous mmap: pages are touched only as far as the largest chunk sealed so far.
-        # Private (Python's default is MAP_SHARED, i.e. shmem): MADV_DONTNEED then frees them.
-        size = sealer_buffer_size(spec.config.max_chunk_size)
+        # Anonymous mmap rather than a bytearray: pages are touched only as far as the largest
+        # record sealed whole (a bytearray is zero-filled, so resident from the start).
+        size = sealer_buffer_size(STREAM_ABOVE)
         self._sealer_memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        self._sealer_touched = 0  # bytes of the sealer buffer used since the last trim
-        self._sealer = ChunkSealer(spec.config.max_chunk_size, memoryview(self._sealer_memory))
+        self._sealer = ChunkSealer(STREAM_ABOVE, memoryview(self._sealer_memory))
         self._secrets: dict[bytes, bytes] = {}
         self._writers: dict[bytes, SegmentWriter] = {}
         self._decoder = ipc.decoder(ipc.SupervisorToWorker)
@@ -70,39 +82,21 @@ class Worker:
 
     def run(self) -> None:
         while True:
-            if self._sealer_touched > SEALER_KEEP_BYTES and not self._inbox.poll(TRIM_IDLE_S):
-                self._trim_sealer()
-            try:
-                first = self._inbox.recv_bytes()
-            except EOFError:
+            first = self._inbox.next_frame(block=True)
+            if first is None:  # EOF: the supervisor closed this inbox
                 break
             self._process(self._drain(first))
         self._close()
-
-    def _trim_sealer(self) -> None:
-        """Idle after a large chunk: give back the sealer pages beyond SEALER_KEEP_BYTES.
-
-        A 10 MiB chunk leaves 10 MiB resident in every worker that sealed one (10 workers:
-        100 MB) for as long as the worker lives; the next such chunk refaults them (~1 ms).
-        """
-        self._sealer_memory.madvise(
-            mmap.MADV_DONTNEED, SEALER_KEEP_BYTES, len(self._sealer_memory) - SEALER_KEEP_BYTES
-        )
-        self._sealer_touched = 0
 
     def _drain(self, first: bytes) -> list[ipc.Seal | ipc.Forget]:
         """The first descriptor plus whatever the pipe holds now, within the batch bounds."""
         messages = [self._decoder.decode(first)]
         payload = _payload_of(messages[0])
-        while (
-            len(messages) < self._config.batch_size
-            and payload < self._config.batch_bytes
-            and self._inbox.poll(0)
-        ):
-            try:
-                message = self._decoder.decode(self._inbox.recv_bytes())
-            except EOFError:
+        while len(messages) < self._config.batch_size and payload < self._config.batch_bytes:
+            frame = self._inbox.next_frame(block=False)
+            if frame is None:
                 break
+            message = self._decoder.decode(frame)
             messages.append(message)
             payload += _payload_of(message)
         return messages
@@ -156,30 +150,33 @@ class Worker:
             batch.queue_wait_ns += max(0, t0 - seal.dispatched_ns)
         try:
             secret = self._secret_for(seal.session)
+            writer = self._writer_for(seal.session)
             payload = self._ring.payload(seal.offset, seal.length)
             try:
-                record, leaf = self._sealer.seal(
-                    secret,
-                    seal.session,
-                    seal.index,
-                    payload,
-                    seal.compression,  # type: ignore[arg-type]
-                )
+                if seal.length <= STREAM_ABOVE:
+                    record, leaf = self._sealer.seal(
+                        secret,
+                        seal.session,
+                        seal.index,
+                        payload,
+                        seal.compression,  # type: ignore[arg-type]
+                    )
+                    record_length = len(record)
+                    t1 = time.monotonic_ns()
+                    number, offset = _storage(writer.append, record)
+                    write_ns = time.monotonic_ns() - t1
+                else:
+                    number, offset, record_length, leaf, write_ns = self._seal_streamed(
+                        writer, secret, seal, payload
+                    )
             finally:
                 payload.release()
-            self._sealer_touched = max(self._sealer_touched, len(record))
-            t1 = time.monotonic_ns()
-            writer = self._writer_for(seal.session)
-            try:
-                number, offset = writer.append(record)
-            except OSError as exc:
-                raise storage_error(exc, "appending a record") from None
             t2 = time.monotonic_ns()
         except LucidError as err:
             batch.failed.append(ipc.Failed(seal.session, seal.index, err.code, err.message))
             return
-        batch.seal_ns += t1 - t0
-        batch.write_ns += t2 - t1
+        batch.seal_ns += t2 - t0 - write_ns
+        batch.write_ns += write_ns
         batch.plaintext_bytes += seal.length
         batch.sealed.append(
             ipc.Sealed(
@@ -188,10 +185,36 @@ class Worker:
                 leaf,
                 segment_name(self._spec.worker_id, number),
                 offset,
-                len(record),
+                record_length,
                 seal.length,
             )
         )
+
+    def _seal_streamed(
+        self, writer: SegmentWriter, secret: bytes, seal: ipc.Seal, payload: memoryview
+    ) -> tuple[int, int, int, bytes, int]:
+        """Seal a large chunk piece by piece into its segment; returns (segment number,
+        offset, record length, leaf hash, nanoseconds spent writing)."""
+        write_ns = 0
+
+        def produce(sink: Callable[[memoryview], None]) -> tuple[int, bytes]:
+            def timed_sink(piece: memoryview) -> None:
+                nonlocal write_ns
+                t = time.monotonic_ns()
+                sink(piece)
+                write_ns += time.monotonic_ns() - t
+
+            return self._sealer.seal_streamed(
+                secret,
+                seal.session,
+                seal.index,
+                payload,
+                seal.compression,  # type: ignore[arg-type]
+                sink=timed_sink,
+            )
+
+        number, offset, (record_length, leaf) = _storage(writer.append_streamed, produce)
+        return number, offset, record_length, leaf, write_ns
 
     def _commit(self, batch: _Batch) -> int:
         """Group commit: one fdatasync per touched segment; unsynced records become failures."""
@@ -251,6 +274,15 @@ class Worker:
         for writer in self._writers.values():
             writer.close()
         self._ring.close()
+        self._inbox.close()
+
+
+def _storage(append: Callable[[_A], _R], argument: _A) -> _R:
+    """Run a segment append; an OSError becomes the typed ``storage`` error."""
+    try:
+        return append(argument)
+    except OSError as exc:
+        raise storage_error(exc, "appending a record") from None
 
 
 def _payload_of(message: ipc.Seal | ipc.Forget) -> int:

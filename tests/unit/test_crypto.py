@@ -37,6 +37,7 @@ from lucidd.crypto import (
     NONCE_SIZE,
     RECORD_OVERHEAD,
     SESSION_ID_SIZE,
+    STREAM_PIECE,
     TAG_SIZE,
     WRAPPED_SECRET_SIZE,
     ChunkSealer,
@@ -377,6 +378,33 @@ def test_seal_reads_from_a_memoryview_slice_like_a_ring_slot() -> None:
     ring = bytearray(os.urandom(4096))
     record, _ = SEALER.seal(SECRET, SESSION, 0, memoryview(ring)[100:200], "off")
     assert open_record(SECRET, SESSION, 0, record) == bytes(ring[100:200])
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "size", [0, 1, STREAM_PIECE - 1, STREAM_PIECE, STREAM_PIECE + 1, 3 * STREAM_PIECE + 7]
+)
+def test_streamed_seal_hands_out_exactly_the_record_of_seal(mode: Compression, size: int) -> None:
+    """A worker streams large chunks to its segment; the bytes on disk and the leaf must be
+    those of the one-shot seal (same nonce), in pieces no larger than STREAM_PIECE."""
+    plaintext = os.urandom(size // 2) + bytes(size - size // 2)  # half random, half compressible
+    nonce = os.urandom(NONCE_SIZE)
+    pieces: list[bytes] = []
+    sealer = ChunkSealer(1024)  # far smaller than the chunk: streaming needs no record buffer
+    length, leaf = sealer.seal_streamed(
+        SECRET,
+        SESSION,
+        9,
+        memoryview(plaintext),
+        mode,
+        sink=lambda p: pieces.append(bytes(p)),
+        nonce=nonce,
+    )
+    record, expected_leaf = SEALER.seal(SECRET, SESSION, 9, plaintext, mode, nonce=nonce)
+    assert b"".join(pieces) == bytes(record)
+    assert (length, leaf) == (len(record), expected_leaf)
+    assert max(len(p) for p in pieces) <= STREAM_PIECE
+    assert open_record(SECRET, SESSION, 9, b"".join(pieces)) == plaintext
 
 
 def test_seal_chunk_returns_an_owned_copy_equal_to_the_sealer_view() -> None:

@@ -8,6 +8,7 @@ import ctypes.util
 import errno
 import mmap
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,31 @@ def test_a_failed_fdatasync_is_never_followed_by_a_false_success(
     assert (number, offset) == (1, 0)
     assert [f.stat().st_size for f in segments(paths)] == [100, 100]
     writer.close()
+
+
+def test_a_record_streamed_in_pieces_lands_whole_and_a_failed_one_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    paths = make_paths(tmp_path)
+    writer = SegmentWriter(paths, 0, 1 << 30)
+    writer.append(memoryview(b"a" * 10))
+    pieces = [b"b" * 7, b"c" * 5, b"d" * 3]
+
+    def produce(sink: Callable[[memoryview], None]) -> str:
+        for piece in pieces:
+            sink(memoryview(piece))
+        return "done"
+
+    assert writer.append_streamed(produce) == (0, 10, "done")
+
+    def fail_midway(sink: Callable[[memoryview], None]) -> str:
+        sink(memoryview(b"x" * 1000))
+        raise ValueError("the sealer gave up")
+
+    with pytest.raises(ValueError):
+        writer.append_streamed(fail_midway)
+    assert writer.append(memoryview(b"e")) == (0, 25)  # right behind the last whole record
+    writer.sync()
+    writer.close()
+    [segment] = segments(paths)
+    assert segment.read_bytes() == b"a" * 10 + b"".join(pieces) + b"e"
