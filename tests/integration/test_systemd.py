@@ -250,10 +250,12 @@ def notify_socket(short_tmp: Path) -> Iterator[NotifySocket]:
     sock.close()
 
 
-def _wait_for_path(path: Path, proc: subprocess.Popen[bytes]) -> None:
+def _wait_for_listening(path: Path, log: Path, proc: subprocess.Popen[bytes]) -> None:
+    """Until systemd-socket-activate says it listens on ``path``. (The socket file exists from
+    bind(2) on, a moment before listen(2): a connect in between is refused.)"""
     deadline = time.monotonic() + READY_TIMEOUT_S
-    while not path.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, f"{path} never appeared"
+    while f"Listening on {path} ".encode() not in log.read_bytes():
+        assert proc.poll() is None and time.monotonic() < deadline, f"{path} never listened"
         time.sleep(0.02)
 
 
@@ -278,7 +280,7 @@ def test_socket_activation_serves_a_put_and_a_root_on_the_inherited_sockets(
     log.close()
     try:
         for path in paths.values():
-            _wait_for_path(path, proc)
+            _wait_for_listening(path, short_tmp / "activate.log", proc)
         session = new_session_id()
         # The first connection makes systemd-socket-activate exec the daemon (same pid).
         with DataClient(path=paths["data"], timeout=READY_TIMEOUT_S) as data:
