@@ -43,6 +43,10 @@ from lucidd.store import storage_error
 log = logging.getLogger("lucidd.aggregator")
 
 SYNC_INTERVAL_S = 1.0
+#: The worker pipes are drained on every request and on a timer (see Aggregator.catch_up):
+#: every DRAIN_MIN_S while batches arrive, backing off to DRAIN_MAX_S while none do.
+DRAIN_MIN_S = 0.005
+DRAIN_MAX_S = 0.2
 #: Every figure the aggregator counts (present from the start, at 0).
 AGGREGATOR_COUNTERS = (
     "chunks_sealed_total",
@@ -97,7 +101,14 @@ class Aggregator:
         decode_sup = ipc.decoder(ipc.SupervisorToAggregator)
         PipeReader(loop, from_sup, decode_sup, self._on_supervisor, self._stop.set)
         self._from_workers = [
-            PipeReader(loop, fd, ipc.decoder(ipc.WorkerToAggregator), self._on_batch, _noop)
+            PipeReader(
+                loop,
+                fd,
+                ipc.decoder(ipc.WorkerToAggregator),
+                self._on_batch,
+                _noop,
+                watch=False,
+            )
             for fd in from_workers
         ]
         server = await loop.create_unix_server(
@@ -106,12 +117,23 @@ class Aggregator:
         self._send(ipc.AggregatorReady([s.view() for s in self.ledger]))
         log.info("event=aggregator_ready sessions=%d", len(self.ledger.sessions))
         syncer = asyncio.ensure_future(self._sync_periodically())
+        drainer = asyncio.ensure_future(self._drain_periodically())
         await self._stop.wait()
         syncer.cancel()
+        drainer.cancel()
         server.close()
         self.ledger.close()
         self._ring.close()
         log.info("event=aggregator_stopped")
+
+    async def _drain_periodically(self) -> None:
+        interval = DRAIN_MIN_S
+        while True:
+            await asyncio.sleep(interval)
+            before = self._counters["batches_total"]
+            self.catch_up()
+            busy = self._counters["batches_total"] != before
+            interval = DRAIN_MIN_S if busy else min(DRAIN_MAX_S, interval * 2)
 
     async def _sync_periodically(self) -> None:
         while True:
@@ -153,9 +175,11 @@ class Aggregator:
     def catch_up(self) -> None:
         """Index every batch the workers have written so far (read-your-writes).
 
-        A worker writes a batch here before it sends the ack; a request that arrives after the
-        ack is read after the batch only if the pipes are drained first: the loop does not
-        order the readiness of different fds.
+        A worker writes a batch here before it sends the ack, so a request that arrives after
+        the ack finds the batch in the pipe. The pipes are not watched by the loop: a batch
+        wakes nobody (the ack path has the cores to itself; measured at 64 KiB, 1 in flight,
+        p50 about 35 µs lower) and is indexed on the next request or drain tick, many batches
+        per wake-up under load.
         """
         for reader in self._from_workers:
             reader.read_available()

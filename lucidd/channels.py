@@ -38,6 +38,8 @@ class PipeReader:
     """Reads frames from a pipe fd and hands each decoded message to ``on_message``.
 
     ``on_eof`` runs once when the writer side is gone (its process died or closed it).
+    With ``watch=False`` the loop is not told about the fd: the owner reads it when it
+    chooses (:meth:`read_available`), and a writer's message wakes nobody.
     """
 
     def __init__(
@@ -47,6 +49,8 @@ class PipeReader:
         decoder: msgspec.msgpack.Decoder[Any],
         on_message: Callable[[Any], None],
         on_eof: Callable[[], None],
+        *,
+        watch: bool = True,
     ) -> None:
         self._loop = loop
         self._fd = fd
@@ -57,8 +61,10 @@ class PipeReader:
         self._chunk = bytearray(_READ_SIZE)
         self._closed = False
         self._delivering = False
+        self._watched = watch
         os.set_blocking(fd, False)
-        loop.add_reader(fd, self._on_readable)
+        if watch:
+            loop.add_reader(fd, self._on_readable)
 
     def read_available(self) -> None:
         """Deliver every message the pipe holds now, without waiting for the loop to say so.
@@ -108,7 +114,8 @@ class PipeReader:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._loop.remove_reader(self._fd)
+            if self._watched:
+                self._loop.remove_reader(self._fd)
             os.close(self._fd)
 
 

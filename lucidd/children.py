@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fcntl
 import importlib
 import logging
 import multiprocessing
@@ -100,6 +101,8 @@ class Children:
         self._control_sock = control_sock
         self._on_death = on_death
         self._results = [self._ctx.Pipe(duplex=False) for _ in range(workers)]
+        for results_r, _ in self._results:
+            _enlarge_pipe(results_r.fileno())
         self._acks_w: list[Connection] = []
         self._acks_r: list[PipeReader] = []
         for _ in range(workers):
@@ -232,6 +235,19 @@ class Children:
             self._to_aggregator.close()
         if self._from_aggregator is not None:
             self._from_aggregator.close()
+
+
+#: Results pipes are drained on a timer (aggregator.catch_up), not on every message: room for
+#: a few hundred batches keeps a worker from blocking while the aggregator is busy elsewhere.
+RESULTS_PIPE_BYTES: Final = 1024 * 1024
+
+
+def _enlarge_pipe(fd: int) -> None:
+    """Grow a pipe's buffer to RESULTS_PIPE_BYTES, or as far as fs.pipe-max-size allows."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, RESULTS_PIPE_BYTES)
+    except OSError:
+        log.warning("event=pipe_size_unchanged wanted=%d", RESULTS_PIPE_BYTES)
 
 
 def _never_eof() -> None:
