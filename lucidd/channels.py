@@ -181,13 +181,20 @@ class InboxReader:
 
 
 class PipeWriter:
-    """Writes frames to a pipe fd without blocking; queues what the pipe cannot take yet."""
+    """Writes frames to a pipe fd without blocking; queues what the pipe cannot take yet.
+
+    Messages sent during one pass of the event loop go out in one ``write`` at the end of it
+    (``call_soon``): one syscall, and one wake-up of the reader, for every chunk the
+    supervisor dispatched to a worker from one socket read.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
         self._loop = loop
         self._fd = fd
         self._encoder = msgspec.msgpack.Encoder()
         self._pending = bytearray()
+        self._waiting = False  # the pipe was full: add_writer is registered
+        self._scheduled = False  # a flush is queued with call_soon
         self._closed = False
         self.broken = False
         os.set_blocking(fd, False)
@@ -197,40 +204,49 @@ class PipeWriter:
         return len(self._pending)
 
     def send(self, message: Any) -> None:
-        """Queue one message; written now if the pipe has room. Dropped if the peer is gone."""
+        """Queue one message, written at the end of this loop pass (or once the pipe has room).
+        Dropped if the peer is gone."""
         if self._closed or self.broken:
             return
-        frame = bytearray(_LENGTH.size)
-        self._encoder.encode_into(message, frame, _LENGTH.size)
-        _LENGTH.pack_into(frame, 0, len(frame) - _LENGTH.size)
-        if self._pending:
-            self._pending += frame
-            return
-        self._write(frame)
+        pending = self._pending
+        start = len(pending)
+        self._encoder.encode_into(message, pending, start + _LENGTH.size)
+        _LENGTH.pack_into(pending, start, len(pending) - start - _LENGTH.size)
+        if not self._waiting and not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
 
-    def _write(self, data: bytes | bytearray) -> None:
+    def _flush(self) -> None:
+        self._scheduled = False
+        if not self._closed and not self._waiting and self._pending:
+            self._write()
+
+    def _write(self) -> None:
+        pending = self._pending
         try:
-            written = os.write(self._fd, data)
+            written = os.write(self._fd, pending)
         except BlockingIOError:
             written = 0
         except OSError:  # EPIPE: the reader died; supervision notices and replaces it
             self.broken = True
-            self._pending.clear()
+            pending.clear()
             return
-        if written < len(data):
-            # Nothing is pending and no writer is registered when _write runs.
-            self._pending = bytearray(memoryview(data)[written:])
+        del pending[:written]
+        if pending:
+            self._waiting = True
             self._loop.add_writer(self._fd, self._on_writable)
 
     def _on_writable(self) -> None:
-        data = self._pending
-        self._pending = bytearray()
         self._loop.remove_writer(self._fd)
-        self._write(data)
+        self._waiting = False
+        self._write()
 
     def close(self) -> None:
+        """Write what is queued if the pipe takes it now, then close."""
         if not self._closed:
-            self._closed = True
-            if self._pending:
+            if self._pending and not self._waiting and not self.broken:
+                self._write()
+            if self._waiting:
                 self._loop.remove_writer(self._fd)
+            self._closed = True
             os.close(self._fd)

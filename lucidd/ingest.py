@@ -542,6 +542,7 @@ class DataProtocol(asyncio.BufferedProtocol):
         self._discarding = False  # refused chunk whose payload is being skipped
         self._blocked_start: p.ChunkStart | None = None
         self._direct = False
+        self._replies: list[bytes] = []
 
     # -- asyncio callbacks --------------------------------------------------------------
 
@@ -675,16 +676,27 @@ class DataProtocol(asyncio.BufferedProtocol):
         """The stream cannot be parsed any more: reply once, then close this connection."""
         req = err.context.get("req")
         self.send(p.error_reply(req if isinstance(req, int) else 0, err))
-        if self._transport is not None:
-            self._transport.close()
+        self.close()
 
     # -- replies ------------------------------------------------------------------------
 
     def send(self, message: p.Message) -> None:
+        """Queue a reply; the replies of one loop pass go out in one write (a batch of acks
+        from a worker is one syscall and one wake-up of the client, not one per chunk)."""
         transport = self._transport
-        if transport is not None and not transport.is_closing():
-            transport.write(p.encode_frame(message))
+        if transport is None or transport.is_closing():
+            return
+        self._replies.append(p.encode_frame(message))
+        if len(self._replies) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_replies)
+
+    def _flush_replies(self) -> None:
+        replies, self._replies = self._replies, []
+        transport = self._transport
+        if replies and transport is not None and not transport.is_closing():
+            transport.write(replies[0] if len(replies) == 1 else b"".join(replies))
 
     def close(self) -> None:
         if self._transport is not None:
+            self._flush_replies()
             self._transport.close()
