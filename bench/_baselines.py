@@ -72,7 +72,9 @@ class Workload:
 
 
 class SegmentFile:
-    """An append-only file, as a worker's segment: ``O_APPEND`` writes, ``fdatasync`` on sync."""
+    """An append-only file, as a worker's segment: ``O_APPEND`` writes; on sync, ``fdatasync``
+    and then, like a worker (``lucidd.store.SegmentWriter``), the now clean pages are dropped
+    from the page cache."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -83,6 +85,7 @@ class SegmentFile:
 
     def sync(self) -> None:
         os.fdatasync(self.fd)
+        os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
     def close(self) -> None:
         if self.fd >= 0:
