@@ -183,18 +183,22 @@ class InboxReader:
 class PipeWriter:
     """Writes frames to a pipe fd without blocking; queues what the pipe cannot take yet.
 
-    Messages sent during one pass of the event loop go out in one ``write`` at the end of it
-    (``call_soon``): one syscall, and one wake-up of the reader, for every chunk the
-    supervisor dispatched to a worker from one socket read.
+    With ``coalesce``, the messages sent during one pass of the event loop go out in one
+    ``write`` at the end of it (``call_soon``): one syscall, and one wake-up of the reader, for
+    every chunk the supervisor dispatched to a worker from one socket read. Without it each
+    message is written at once, so it is ordered with what the sender writes to other
+    channels afterwards (the aggregator's thaw must reach the supervisor before the control
+    reply that follows it reaches the client).
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, *, coalesce: bool = False) -> None:
         self._loop = loop
         self._fd = fd
         self._encoder = msgspec.msgpack.Encoder()
         self._pending = bytearray()
         self._waiting = False  # the pipe was full: add_writer is registered
         self._scheduled = False  # a flush is queued with call_soon
+        self._coalesce = coalesce
         self._closed = False
         self.broken = False
         os.set_blocking(fd, False)
@@ -204,17 +208,21 @@ class PipeWriter:
         return len(self._pending)
 
     def send(self, message: Any) -> None:
-        """Queue one message, written at the end of this loop pass (or once the pipe has room).
-        Dropped if the peer is gone."""
+        """Queue one message: written now, or at the end of this loop pass with ``coalesce``
+        (either way later if the pipe is full). Dropped if the peer is gone."""
         if self._closed or self.broken:
             return
         pending = self._pending
         start = len(pending)
         self._encoder.encode_into(message, pending, start + _LENGTH.size)
         _LENGTH.pack_into(pending, start, len(pending) - start - _LENGTH.size)
-        if not self._waiting and not self._scheduled:
+        if self._waiting or self._scheduled:
+            return
+        if self._coalesce:
             self._scheduled = True
             self._loop.call_soon(self._flush)
+        else:
+            self._write()
 
     def _flush(self) -> None:
         self._scheduled = False

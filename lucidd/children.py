@@ -144,7 +144,8 @@ class Children:
         child = Child(f"worker{k}", process, incarnation)
         self.workers[k] = child
         self._watch(child)
-        return PipeWriter(self._loop, take_fd(inbox_w)), incarnation
+        # Dispatches coalesce: one write (and one wake-up) per worker per loop pass.
+        return PipeWriter(self._loop, take_fd(inbox_w), coalesce=True), incarnation
 
     def spawn_aggregator(
         self,

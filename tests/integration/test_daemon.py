@@ -322,3 +322,15 @@ def test_workers_ack_while_the_aggregator_is_stopped_and_reads_wait_for_it(
         leaves = [a.leaf_hash for a in acks]
         assert control.root(session).root == root_from_disk(daemon.state_dir, session, 30)
         assert [control.inclusion_proof(session, i, 30).leaf_hash for i in range(30)] == leaves
+
+
+def test_a_chunk_sent_right_after_a_failed_finalize_is_always_admitted(daemon: Daemon) -> None:
+    """The thaw of a failed finalize reaches the supervisor before the finalize's error reply
+    reaches the client, every time (50 sessions, no pause between reply and next chunk)."""
+    with DataClient(daemon.runtime_dir) as client, ControlClient(daemon.runtime_dir) as control:
+        for _ in range(50):
+            session = new_session_id()
+            client.put(session, 1, b"b")
+            with pytest.raises(IncompleteSessionError):
+                control.finalize(session)
+            client.put(session, 0, b"a")
