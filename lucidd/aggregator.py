@@ -340,7 +340,13 @@ def aggregator_main(
     leave_shutdown_to_the_supervisor()
     setup_logging("aggregator", spec.config.log_level)
     started = time.monotonic()
-    aggregator = Aggregator(spec, control_sock, from_supervisor, to_supervisor, from_workers)
-    log.info("event=ledger_loaded seconds=%.3f", time.monotonic() - started)
-    aggregator.recover(repair=spec.repair)
+    try:
+        aggregator = Aggregator(spec, control_sock, from_supervisor, to_supervisor, from_workers)
+        log.info("event=ledger_loaded seconds=%.3f", time.monotonic() - started)
+        aggregator.recover(repair=spec.repair)
+    except LucidError as err:
+        # A keyring that cannot open the stored sessions, a damaged state folder: say why
+        # and exit with the error's status (78 for configuration); the supervisor decides.
+        log.error("event=aggregator_start_failed code=%s error=%s", err.code, err.message)
+        os._exit(err.exit_code)
     uvloop.run(aggregator.run())

@@ -26,8 +26,9 @@ import logging
 import multiprocessing
 import os
 import socket
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
@@ -76,6 +77,7 @@ class Child:
     role: str
     process: BaseProcess
     restarts: int = 0
+    started: float = field(default_factory=time.monotonic)
 
     def info(self) -> ipc.ProcessInfo:
         alive = self.process.is_alive()

@@ -46,6 +46,12 @@ DRAIN_TIMEOUT_S: Final = 25.0  # inside systemd's TimeoutStopSec=30
 TIMEOUT_CHECK_S: Final = 0.5
 EXTEND_INTERVAL_S: Final = 5.0
 EXTEND_BY_S: Final = 15.0
+#: An aggregator that dies within RESPAWN_FAST_S of its start is replaced after a delay that
+#: doubles from RESPAWN_BASE_S up to RESPAWN_MAX_S, not in a tight loop.
+RESPAWN_FAST_S: Final = 2.0
+RESPAWN_BASE_S: Final = 0.1
+RESPAWN_MAX_S: Final = 5.0
+EX_CONFIG: Final = 78
 
 
 def keyring_path(config: Config, env: dict[str, str]) -> Path:
@@ -101,6 +107,7 @@ class Supervisor:
         self._aggregator_spec: ipc.AggregatorSpec | None = None
         self._stopping = False
         self._watchdog = Watchdog.from_env() if config.watchdog else None
+        self._aggregator_fast_deaths = 0
         self.exit_code = 0
 
     async def run(self) -> int:
@@ -328,6 +335,29 @@ class Supervisor:
                 ingest.merge_sessions(message.sessions)
                 log.info("event=aggregator_back sessions=%d", len(message.sessions))
 
+    def _replace_aggregator(self) -> None:
+        """Workers keep acknowledging meanwhile (their results wait in the pipes the new one
+        inherits); every request the dead one may have swallowed is repeated."""
+        ingest = self._ingest
+        if ingest is None or self._stopping or self._stop.is_set():
+            return
+        self._spawn_aggregator(repair=False)
+        ingest.aggregator_replaced()
+        self._send_status()
+
+    def _fail_start(self, code: int | None) -> None:
+        """The aggregator died before it had recovered the state folder: stop, don't loop.
+
+        Its own log line says why. Exit 78 when it did (a configuration error such as a
+        keyring that opens none of the sessions: systemd's RestartPreventExitStatus=78 keeps
+        it down); 1 otherwise, so systemd restarts the whole daemon.
+        """
+        log.error("event=start_failed role=aggregator exitcode=%s", code)
+        self.exit_code = EX_CONFIG if code == EX_CONFIG else 1
+        if self._ready is not None:
+            self._ready.cancel()
+        self._stop.set()
+
     def _on_worker(self, batch: ipc.SealedBatch) -> None:
         if self._ingest is not None:
             self._ingest.on_sealed_batch(batch)
@@ -345,13 +375,20 @@ class Supervisor:
         if ingest is None or children is None or self._stopping or self._stop.is_set():
             return
         if child.role == AGGREGATOR:
-            # Workers keep acknowledging (their results wait in the pipes the new one
-            # inherits); every request the dead one may have swallowed is repeated.
-            self._spawn_aggregator(repair=False)
-            ingest.aggregator_replaced()
-        else:
-            k = int(child.role.removeprefix("worker"))
-            ingest.worker_died(k, WorkerLink(*children.spawn_worker(k)))
+            if self._ready is not None and not self._ready.done():
+                self._fail_start(code)
+                return
+            lived = time.monotonic() - child.started
+            fast = self._aggregator_fast_deaths + 1 if lived < RESPAWN_FAST_S else 0
+            self._aggregator_fast_deaths = fast
+            delay = min(RESPAWN_MAX_S, RESPAWN_BASE_S * 2 ** (fast - 1)) if fast else 0.0
+            if delay:
+                log.warning("event=aggregator_respawn_delayed seconds=%.1f", delay)
+                asyncio.get_running_loop().call_later(delay, self._replace_aggregator)
+            else:
+                self._replace_aggregator()
+        k = int(child.role.removeprefix("worker"))
+        ingest.worker_died(k, WorkerLink(*children.spawn_worker(k)))
         self._send_status()
 
 

@@ -124,7 +124,10 @@ class Daemon:
     def kill_all(self) -> None:
         """SIGKILL the supervisor and every child (a crash of the whole daemon)."""
         assert self.proc is not None
-        procs = [psutil.Process(self.pid), *self.children()]
+        try:
+            procs = [psutil.Process(self.pid), *self.children()]
+        except psutil.NoSuchProcess:  # it has exited (and its children died with it)
+            procs = []
         for proc in procs:
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()

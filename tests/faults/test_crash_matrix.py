@@ -169,3 +169,26 @@ def test_kill_9_while_streaming_loses_no_acknowledged_chunk(fault: str, short_tm
     pid = d.pid
     assert d.stop() == 0, d.log()
     assert not any(str(pid) in name for name in ring_segments())
+
+
+def test_an_aggregator_that_keeps_dying_is_replaced_with_growing_delays(short_tmp: Path) -> None:
+    """Three kill -9 in a row, each right after the replacement came up: the supervisor
+    spaces the respawns out (no tight loop), and once one lives the daemon serves as before."""
+    d = Daemon(short_tmp, workers=2).start()
+    try:
+        session = os.urandom(16)
+        acks = [put_until_acked(session, [(0, b"before")], d.runtime_dir)[0]]
+        for _ in range(3):
+            os.kill(health_pids(d)["aggregator"], signal.SIGKILL)
+            time.sleep(0.3)  # health_pids waits for the replacement
+        acks.append(put_until_acked(session, [(1, b"after")], d.runtime_dir)[1])
+        pids = health_pids(d)
+        with ControlClient(d.runtime_dir) as control:
+            root = control.root(session)
+            rows = {p.role: p for p in control.health().processes}
+        assert rows["aggregator"].restarts == 3 and pids["aggregator"] == rows["aggregator"].pid
+        assert (root.size, root.root) == (2, root_of([a.leaf_hash for a in acks]))
+        log = d.log()
+        assert log.count("event=aggregator_respawn_delayed") >= 2
+    finally:
+        assert d.stop() == 0, d.log()

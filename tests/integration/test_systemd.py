@@ -411,12 +411,13 @@ class ImpatientDaemon(Daemon):
         super().wait_for(needle, min(timeout, self.ready_timeout))
 
 
-def test_a_recovery_whose_aggregator_keeps_dying_stops_extending_the_start_timeout(
+def test_a_recovery_whose_aggregator_cannot_open_the_sessions_stops_the_start_with_78(
     short_tmp: Path,
 ) -> None:
-    """A keyring that opens none of the stored sessions makes every aggregator die during
-    recovery: no READY=1, and no EXTEND_TIMEOUT_USEC= that would hold systemd's start open
-    for ever (``TimeoutStartSec=`` ends it, and the unit's restart limit stops the loop)."""
+    """A keyring that opens none of the stored sessions makes the aggregator fail its
+    recovery: the daemon says why and exits 78 at once (systemd's RestartPreventExitStatus=78
+    keeps it down), instead of respawning it in a loop with no READY=1, and it never sends
+    EXTEND_TIMEOUT_USEC= that would hold systemd's start open."""
     daemon = Daemon(short_tmp, workers=1).start()
     with DataClient(daemon.runtime_dir) as data:
         data.put(new_session_id(), 0, b"sealed under the first keyring")
@@ -426,9 +427,12 @@ def test_a_recovery_whose_aggregator_keeps_dying_stops_extending_the_start_timeo
     write_keyring(Keyring.generate(), keyring)
     restarted = ImpatientDaemon(short_tmp, workers=1, ready_timeout=EXTEND_INTERVAL_S * 2)
     try:
-        with pytest.raises(AssertionError, match="no READY=1"):
+        with pytest.raises(AssertionError, match="lucidd exited with 78"):
             restarted.start()
-        assert "event=child_died role=aggregator" in restarted.log()
+        log = restarted.log()
+        assert "event=aggregator_start_failed code=keyring" in log
+        assert "event=start_failed role=aggregator exitcode=78" in log
+        assert log.count("event=child_died role=aggregator") == 1  # no respawn loop
         assert not any("EXTEND_TIMEOUT_USEC=" in m for m in restarted.notifications)
     finally:
         restarted.kill_all()
