@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,10 +26,12 @@ from pathlib import Path
 
 import psutil
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._daemon import started_daemon
 from lucidd.client import DataClient, new_session_id
 from lucidd.config import parse_size
 from lucidd.crypto import ChunkSealer
-from tests.conftest import Daemon
 
 MiB = 1024 * 1024
 
@@ -95,12 +98,11 @@ def main() -> int:
     with data_file.open("wb") as f:
         for _ in range(0, size, 64 * MiB):
             f.write(os.urandom(min(64 * MiB, size - f.tell())))
-    (base / "d").mkdir()
-    d = Daemon(base / "d", workers=args.workers, env={"LUCIDD_COMPRESSION": "off"}).start()
-    try:
+    with started_daemon(args.workers, "fsync") as d:
+        assert d.proc is not None
         cmd = [sys.executable, "-m", "lucidd.cli", "--runtime-dir", str(d.runtime_dir)]
         cmd += ["--json", "put", str(data_file), "--chunk-size", "1MiB"]
-        with MemorySampler(d.pid) as memory:
+        with MemorySampler(d.proc.pid) as memory:
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             put_s = time.perf_counter() - t0
@@ -113,8 +115,6 @@ def main() -> int:
                 client.put(session, i, payload)
                 latencies.append(time.perf_counter_ns() - t0_ns)
         latencies = sorted(latencies[len(latencies) // 10 :])  # drop the warm-up tenth
-    finally:
-        d.stop()
     seal_1m = in_process_seal_us(MiB)
     seal_64k = in_process_seal_us(64 * 1024)
     rows = [
@@ -129,7 +129,7 @@ def main() -> int:
     print("| measure | value |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")
-    data_file.unlink()
+    shutil.rmtree(base, ignore_errors=True)
     return 0
 
 
