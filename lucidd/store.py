@@ -320,6 +320,7 @@ class SegmentWriter:
         self._drop_cache = drop_cache
         self._fd = -1
         self._synced = 0  # bytes of the current segment made durable by sync()
+        self._dropped = 0  # bytes of it dropped from the page cache by drop_synced()
         self._sync_failed = False  # an fdatasync failed: later ones prove nothing (fsyncgate)
         self.number = -1
         self.size = 0
@@ -330,6 +331,8 @@ class SegmentWriter:
             # Records already appended to the full segment are in this batch too: they must
             # be durable before the batch is reported, and sync() only sees the new segment.
             self.sync()
+            with contextlib.suppress(OSError):  # only a page-cache hint
+                self.drop_synced()
             os.close(self._fd)
             self._fd = -1
         numbers = [
@@ -344,6 +347,7 @@ class SegmentWriter:
         fsync_dir(self._paths.root)
         self.size = 0
         self._synced = 0
+        self._dropped = 0
         self._sync_failed = False
 
     def append(self, record: memoryview) -> tuple[int, int]:
@@ -396,11 +400,19 @@ class SegmentWriter:
                 self._sync_failed = True
                 raise
             self.dirty = False
-            if self._drop_cache:
-                os.posix_fadvise(
-                    self._fd, self._synced, self.size - self._synced, os.POSIX_FADV_DONTNEED
-                )
             self._synced = self.size
+
+    def drop_synced(self) -> None:
+        """With ``drop_cache``: drop what :meth:`sync` made durable from the page cache.
+
+        Separate from :meth:`sync` so a worker can send its acks first: the drop is work the
+        ack need not wait for.
+        """
+        if self._drop_cache and self._fd >= 0 and self._synced > self._dropped:
+            os.posix_fadvise(
+                self._fd, self._dropped, self._synced - self._dropped, os.POSIX_FADV_DONTNEED
+            )
+            self._dropped = self._synced
 
     def abandon(self) -> None:
         """After a failed write: never append behind a possibly torn tail; the next append

@@ -9,6 +9,7 @@ acknowledges it (see :class:`lucidd.ipc.SealedBatch`). Exits when its pipe reach
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import time
@@ -112,6 +113,9 @@ class Worker:
         if batch.sealed or batch.failed:
             times = ipc.StageTimes(batch.queue_wait_ns, batch.seal_ns, batch.write_ns, fsync_ns)
             self._send(batch.sealed, batch.failed, times, batch.plaintext_bytes)
+        for writer in self._writers.values():  # after the acks: they need not wait for it
+            with contextlib.suppress(OSError):  # only a page-cache hint
+                writer.drop_synced()
 
     def _send(
         self,

@@ -56,9 +56,14 @@ def test_sync_drops_the_durable_records_from_the_page_cache(tmp_path: Path) -> N
     [segment] = segments(paths)
     assert resident_pages(segment) > 0  # written, not yet durable: cached (dirty)
     writer.sync()
+    assert resident_pages(segment) > 0  # durable; dropped only when asked (after the acks)
+    writer.drop_synced()
     assert resident_pages(segment) == 0
     writer.append(memoryview(os.urandom(64 * 1024)))
+    writer.drop_synced()  # nothing synced since: nothing to drop, the new record stays
+    assert resident_pages(segment) > 0
     writer.sync()
+    writer.drop_synced()
     assert resident_pages(segment) == 0
     writer.close()
     assert segment.stat().st_size == 320 * 1024
@@ -69,6 +74,7 @@ def test_without_drop_cache_the_records_stay_cached(tmp_path: Path) -> None:
     writer = SegmentWriter(paths, 0, 1 << 30)
     writer.append(memoryview(os.urandom(256 * 1024)))
     writer.sync()
+    writer.drop_synced()
     [segment] = segments(paths)
     assert resident_pages(segment) == 256 * 1024 // PAGE
     writer.close()
@@ -77,13 +83,15 @@ def test_without_drop_cache_the_records_stay_cached(tmp_path: Path) -> None:
 def test_a_full_segment_is_made_durable_before_the_next_one_starts(tmp_path: Path) -> None:
     """Records of one batch can straddle a rollover; sync() must cover both segments.
 
-    The page-cache drop happens only after an fdatasync, so an empty cache proves the sync.
+    The page-cache drop covers only what an fdatasync made durable, so an empty cache proves
+    the sync (the full segment's drop comes with the rollover itself).
     """
     paths = make_paths(tmp_path)
     writer = SegmentWriter(paths, 3, 128 * 1024, drop_cache=True)
     for _ in range(3):
         writer.append(memoryview(os.urandom(100 * 1024)))
     writer.sync()
+    writer.drop_synced()
     files = segments(paths)
     assert [f.stat().st_size for f in files] == [200 * 1024, 100 * 1024]
     assert [resident_pages(f) for f in files] == [0, 0]
