@@ -72,6 +72,10 @@ def _run_child(module: str, function: str, *args: Any) -> None:
     getattr(importlib.import_module(module), function)(*args)
 
 
+def _nothing() -> None:
+    """A callback with nothing to do."""
+
+
 @dataclass
 class Child:
     role: str
@@ -115,6 +119,8 @@ class Children:
                 PipeReader(loop, take_fd(acks_r), decoder, on_worker_batch, _never_eof)
             )
         self.workers: list[Child | None] = [None] * workers
+        #: Workers whose replacement waits (respawn backoff): k -> (timer, inbox read end).
+        self._delayed: dict[int, tuple[asyncio.TimerHandle, Connection]] = {}
         self.aggregator: Child | None = None
         self._to_aggregator: PipeWriter | None = None
         self._from_aggregator: PipeReader | None = None
@@ -122,13 +128,38 @@ class Children:
 
     # -- spawning -----------------------------------------------------------------------
 
-    def spawn_worker(self, k: int) -> tuple[PipeWriter, int]:
-        """Start (or replace) worker ``k``; returns the supervisor's end of its new inbox and
-        the worker's incarnation (how many times ``k`` was replaced before)."""
+    def spawn_worker(
+        self, k: int, delay: float = 0.0, on_started: Callable[[], None] = _nothing
+    ) -> tuple[PipeWriter, int]:
+        """Start (or replace) worker ``k``, ``delay`` seconds from now; returns at once the
+        supervisor's end of its new inbox (messages sent meanwhile wait in the pipe) and the
+        worker's incarnation (how many times ``k`` was replaced before). ``on_started`` runs
+        once a delayed worker has started."""
         inbox_r, inbox_w = self._ctx.Pipe(duplex=False)
-        _, results_w = self._results[k]
         previous = self.workers[k]
         incarnation = previous.restarts + 1 if previous else 0
+        if delay > 0:
+            handle = self._loop.call_later(
+                delay, self._start_worker, k, inbox_r, incarnation, on_started
+            )
+            self._delayed[k] = (handle, inbox_r)
+        else:
+            self._start_worker(k, inbox_r, incarnation)
+        # Dispatches coalesce: one write (and one wake-up) per worker per loop pass.
+        return PipeWriter(self._loop, take_fd(inbox_w), coalesce=True), incarnation
+
+    def _start_worker(
+        self,
+        k: int,
+        inbox_r: Connection,
+        incarnation: int,
+        on_started: Callable[[], None] = _nothing,
+    ) -> None:
+        self._delayed.pop(k, None)
+        if self.stopping:
+            inbox_r.close()
+            return
+        _, results_w = self._results[k]
         process = self._ctx.Process(
             target=_run_child,
             args=(
@@ -146,8 +177,7 @@ class Children:
         child = Child(f"worker{k}", process, incarnation)
         self.workers[k] = child
         self._watch(child)
-        # Dispatches coalesce: one write (and one wake-up) per worker per loop pass.
-        return PipeWriter(self._loop, take_fd(inbox_w), coalesce=True), incarnation
+        on_started()
 
     def spawn_aggregator(
         self,
@@ -216,6 +246,10 @@ class Children:
         """Close the workers' inboxes (EOF: each finishes its batch and exits), then stop the
         aggregator once every worker is gone (it syncs every log), then reap everyone."""
         self.stopping = True
+        for handle, inbox_r in self._delayed.values():
+            handle.cancel()
+            inbox_r.close()
+        self._delayed.clear()
         for child in self.all():
             if child.process.sentinel is not None:
                 self._loop.remove_reader(child.process.sentinel)

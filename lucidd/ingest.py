@@ -101,6 +101,8 @@ class SessionGate:
 class WorkerLink:
     writer: PipeWriter
     incarnation: int = 0  # of the process behind ``writer`` (WorkerSpec.incarnation)
+    #: CLOCK_MONOTONIC seconds when its process starts (later than now: a delayed respawn).
+    ready_at: float = 0.0
     outstanding: int = 0
     outstanding_bytes: int = 0
 
@@ -256,8 +258,11 @@ class Ingest:
 
     def _dispatch(self, gate: SessionGate, chunk: InFlight, avoid: int = -1) -> None:
         workers = self.workers
-        # A dead worker's link is replaced at once (worker_died): every link is usable.
-        candidates = [i for i in range(len(workers)) if i != avoid] or [avoid]
+        # A dead worker's link is replaced at once (worker_died): every link takes messages,
+        # but one whose process starts later (respawn backoff) only when no other can.
+        now = time.monotonic()
+        others = [i for i in range(len(workers)) if i != avoid]
+        candidates = [i for i in others if workers[i].ready_at <= now] or others or [avoid]
         k = _pick_worker(workers, candidates, chunk.length)
         link = workers[k]
         link.outstanding += 1

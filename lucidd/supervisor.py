@@ -46,8 +46,8 @@ DRAIN_TIMEOUT_S: Final = 25.0  # inside systemd's TimeoutStopSec=30
 TIMEOUT_CHECK_S: Final = 0.5
 EXTEND_INTERVAL_S: Final = 5.0
 EXTEND_BY_S: Final = 15.0
-#: An aggregator that dies within RESPAWN_FAST_S of its start is replaced after a delay that
-#: doubles from RESPAWN_BASE_S up to RESPAWN_MAX_S, not in a tight loop.
+#: A child that dies within RESPAWN_FAST_S of its start is replaced after a delay that doubles
+#: from RESPAWN_BASE_S up to RESPAWN_MAX_S, not in a tight loop.
 RESPAWN_FAST_S: Final = 2.0
 RESPAWN_BASE_S: Final = 0.1
 RESPAWN_MAX_S: Final = 5.0
@@ -107,7 +107,7 @@ class Supervisor:
         self._aggregator_spec: ipc.AggregatorSpec | None = None
         self._stopping = False
         self._watchdog = Watchdog.from_env() if config.watchdog else None
-        self._aggregator_fast_deaths = 0
+        self._fast_deaths: dict[str, int] = {}  # role -> deaths in a row soon after start
         self.exit_code = 0
 
     async def run(self) -> int:
@@ -378,18 +378,28 @@ class Supervisor:
             if self._ready is not None and not self._ready.done():
                 self._fail_start(code)
                 return
-            lived = time.monotonic() - child.started
-            fast = self._aggregator_fast_deaths + 1 if lived < RESPAWN_FAST_S else 0
-            self._aggregator_fast_deaths = fast
-            delay = min(RESPAWN_MAX_S, RESPAWN_BASE_S * 2 ** (fast - 1)) if fast else 0.0
+            delay = self._respawn_delay(child)
             if delay:
-                log.warning("event=aggregator_respawn_delayed seconds=%.1f", delay)
                 asyncio.get_running_loop().call_later(delay, self._replace_aggregator)
             else:
                 self._replace_aggregator()
+            return
         k = int(child.role.removeprefix("worker"))
-        ingest.worker_died(k, WorkerLink(*children.spawn_worker(k)))
+        delay = self._respawn_delay(child)
+        # The health table changes again when a delayed replacement starts.
+        writer, incarnation = children.spawn_worker(k, delay, self._send_status)
+        ingest.worker_died(k, WorkerLink(writer, incarnation, ready_at=time.monotonic() + delay))
         self._send_status()
+
+    def _respawn_delay(self, child: Child) -> float:
+        """0 for a child that lived a while; growing delays for one that keeps dying young."""
+        lived = time.monotonic() - child.started
+        fast = self._fast_deaths.get(child.role, 0) + 1 if lived < RESPAWN_FAST_S else 0
+        self._fast_deaths[child.role] = fast
+        delay = min(RESPAWN_MAX_S, RESPAWN_BASE_S * 2 ** (fast - 1)) if fast else 0.0
+        if delay:
+            log.warning("event=respawn_delayed role=%s seconds=%.1f", child.role, delay)
+        return delay
 
 
 def serve(config: Config) -> int:

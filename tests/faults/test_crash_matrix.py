@@ -189,6 +189,33 @@ def test_an_aggregator_that_keeps_dying_is_replaced_with_growing_delays(short_tm
         assert rows["aggregator"].restarts == 3 and pids["aggregator"] == rows["aggregator"].pid
         assert (root.size, root.root) == (2, root_of([a.leaf_hash for a in acks]))
         log = d.log()
-        assert log.count("event=aggregator_respawn_delayed") >= 2
+        assert log.count("event=respawn_delayed role=aggregator") >= 2
+        assert "Traceback" not in log
+    finally:
+        assert d.stop() == 0, d.log()
+
+
+def test_a_worker_that_keeps_dying_is_replaced_with_growing_delays(short_tmp: Path) -> None:
+    """Worker 0 is killed three times right after each start while chunks stream in: its
+    replacements come after growing delays, meanwhile its slot gets no new chunks if another
+    worker can take them, and every chunk is acknowledged exactly once."""
+    d = Daemon(short_tmp, workers=2).start()
+    try:
+        rng = random.Random(5)
+        stream = Stream(d, rng)
+        stream.start()
+        for acked in (20, 40, 60):  # the kills land early in the stream, or after it
+            stream.wait_for_acks(acked)
+            os.kill(health_pids(d)["worker0"], signal.SIGKILL)
+            time.sleep(0.05)
+        stream.join()
+        check(d, stream)
+        log = d.log()
+        assert log.count("event=respawn_delayed role=worker0") >= 2
+        assert "Traceback" not in log
+        health_pids(d)  # until the last replacement, started after its delay, is up
+        with ControlClient(d.runtime_dir) as control:
+            rows = {p.role: p for p in control.health().processes}
+        assert rows["worker0"].restarts == 3 and rows["worker0"].alive
     finally:
         assert d.stop() == 0, d.log()
