@@ -5,7 +5,7 @@ Receives each worker's group-commit outcome, indexes the records, appends leaves
 from the state folder on start.
 
 Departure from DESIGN §2: the workers, not the aggregator, acknowledge chunks to the supervisor
-(one process hop fewer per chunk: measured below in ``bench/``). A worker writes each batch to
+(one process hop fewer per chunk; figures in docs/bench.md). A worker writes each batch to
 this process first and to the supervisor second, and this process drains its worker pipes
 (:meth:`Aggregator.catch_up`) before it serves any request, so a client that holds an ack and
 then asks about the chunk always finds it.

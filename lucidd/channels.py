@@ -27,6 +27,18 @@ _LENGTH: Final = struct.Struct(">i")
 _READ_SIZE: Final = 64 * 1024
 
 
+def _frame_at(buffer: bytearray, pos: int) -> tuple[int, int] | None:
+    """(start, end) of the body of the complete frame at ``pos``, or None if it is partial."""
+    available = len(buffer) - pos
+    if available < _LENGTH.size:
+        return None
+    (length,) = _LENGTH.unpack_from(buffer, pos)
+    start = pos + _LENGTH.size
+    if available - _LENGTH.size < length:
+        return None
+    return start, start + length
+
+
 def take_fd(conn: Connection) -> int:
     """Own a Connection's fd outright (the Connection object would close it when collected)."""
     fd = os.dup(conn.fileno())
@@ -97,14 +109,10 @@ class PipeReader:
     def _deliver(self) -> None:
         buffer = self._buffer
         pos = 0
-        end = len(buffer)
-        while end - pos >= _LENGTH.size:
-            (length,) = _LENGTH.unpack_from(buffer, pos)
-            if end - pos - _LENGTH.size < length:
-                break
-            start = pos + _LENGTH.size
-            message = self._decoder.decode(memoryview(buffer)[start : start + length])
-            pos = start + length
+        while (span := _frame_at(buffer, pos)) is not None:
+            start, pos = span
+            with memoryview(buffer) as view:
+                message = self._decoder.decode(view[start:pos])
             self._on_message(message)
             if self._closed:
                 return
@@ -120,29 +128,19 @@ class PipeReader:
 
 
 class InboxReader:
-    """The blocking end of a pipe for a worker: whole frames, many per ``read``.
+    """The blocking end of a pipe for a worker: whole messages, many per ``read``.
 
     ``multiprocessing.Connection.recv_bytes`` costs two reads per message and a worker needs a
     ``poll`` per message to know whether more wait; this reads whatever the pipe holds into a
-    buffer allocated once and hands out every complete frame in it.
+    buffer allocated once and decodes every complete frame in place.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, decoder: msgspec.msgpack.Decoder[Any]) -> None:
         self._fd = fd
+        self._decoder = decoder
         self._buffer = bytearray()
         self._chunk = bytearray(_READ_SIZE)
         self._pos = 0  # start of the first frame not yet handed out
-
-    def _complete_frame(self) -> tuple[int, int] | None:
-        """(start, end) of the next complete frame's body in the buffer, if there is one."""
-        available = len(self._buffer) - self._pos
-        if available < _LENGTH.size:
-            return None
-        (length,) = _LENGTH.unpack_from(self._buffer, self._pos)
-        start = self._pos + _LENGTH.size
-        if available - _LENGTH.size < length:
-            return None
-        return start, start + length
 
     def _fill(self) -> bool:
         """One read (blocking); False at EOF."""
@@ -155,23 +153,16 @@ class InboxReader:
         self._buffer += memoryview(self._chunk)[:count]
         return True
 
-    def wait(self, timeout: float) -> bool:
-        """True once a frame can be read without blocking; False after ``timeout`` seconds."""
-        if self._complete_frame() is not None:
-            return True
-        ready, _, _ = select.select([self._fd], [], [], timeout)
-        return bool(ready)
-
-    def next_frame(self, block: bool) -> bytes | None:
-        """The next frame's body. Blocking: waits for one (None at EOF). Not blocking: None
-        unless one is buffered or the pipe has bytes now (and at EOF)."""
+    def next_message(self, block: bool) -> Any:
+        """The next message. Blocking: waits for one (None at EOF). Not blocking: None unless
+        one is buffered or the pipe has bytes now (and at EOF)."""
         while True:
-            span = self._complete_frame()
+            span = _frame_at(self._buffer, self._pos)
             if span is not None:
-                start, end = span
-                self._pos = end
-                return bytes(self._buffer[start:end])
-            if not block and not self.wait(0):
+                start, self._pos = span
+                with memoryview(self._buffer) as view:
+                    return self._decoder.decode(view[start : self._pos])
+            if not block and not select.select([self._fd], [], [], 0)[0]:
                 return None
             if not self._fill():
                 return None

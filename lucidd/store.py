@@ -303,12 +303,12 @@ class SegmentWriter:
     Each worker process starts a fresh segment (the next number for its worker id), so it
     never appends behind a torn tail left by a predecessor that crashed mid-write.
 
-    With ``drop_cache``, :meth:`sync` also drops the records it made durable from the page
-    cache (``POSIX_FADV_DONTNEED``). Sealed records are written once and read rarely (reads,
-    resends, recovery), so caching them only crowds out other data; and new page-cache pages
-    are expensive where the host takes back free guest memory (a VM with free page reporting:
-    measured here, appending 1 MiB records with an fdatasync every 8 ran at 350-560 MiB/s
-    without the drop and 1300-1650 MiB/s with it, because dropped pages are reused hot).
+    With ``drop_cache``, :meth:`drop_synced` drops the records :meth:`sync` made durable from
+    the page cache (``POSIX_FADV_DONTNEED``). Sealed records are written once and read rarely
+    (reads, resends, recovery), so caching them only crowds out other data; and new page-cache
+    pages are expensive where the host takes back free guest memory (a VM with free page
+    reporting: measured here, appending 1 MiB records with an fdatasync every 8 ran at 350-560
+    MiB/s without the drop and 1300-1650 MiB/s with it, because dropped pages are reused hot).
     """
 
     def __init__(

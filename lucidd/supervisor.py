@@ -27,7 +27,7 @@ import uvloop
 from lucidd import ipc
 from lucidd.children import AGGREGATOR, Child, Children
 from lucidd.config import Config
-from lucidd.errors import ConfigError
+from lucidd.errors import EX_CONFIG, ConfigError
 from lucidd.ingest import DataProtocol, Ingest, WorkerLink
 from lucidd.keys import CREDENTIAL_NAME, resolve_keyring, state_keyring_path
 from lucidd.ring import Ring, remove_stale_rings, ring_name
@@ -51,7 +51,6 @@ EXTEND_BY_S: Final = 15.0
 RESPAWN_FAST_S: Final = 2.0
 RESPAWN_BASE_S: Final = 0.1
 RESPAWN_MAX_S: Final = 5.0
-EX_CONFIG: Final = 78
 
 
 def keyring_path(config: Config, env: dict[str, str]) -> Path:

@@ -66,7 +66,7 @@ class Worker:
         self._spec = spec
         self._config = spec.config
         self._state_dir = Path(spec.config.state_dir)
-        self._inbox = InboxReader(take_fd(inbox))
+        self._inbox = InboxReader(take_fd(inbox), ipc.decoder(ipc.SupervisorToWorker))
         self._results = results
         self._acks = acks
         self._keyring: Keyring = load_keyring(Path(spec.keyring_path))
@@ -78,26 +78,24 @@ class Worker:
         self._sealer = ChunkSealer(STREAM_ABOVE, memoryview(self._sealer_memory))
         self._secrets: dict[bytes, bytes] = {}
         self._writers: dict[bytes, SegmentWriter] = {}
-        self._decoder = ipc.decoder(ipc.SupervisorToWorker)
         self._encoder = ipc.encoder()
 
     def run(self) -> None:
         while True:
-            first = self._inbox.next_frame(block=True)
+            first = self._inbox.next_message(block=True)
             if first is None:  # EOF: the supervisor closed this inbox
                 break
             self._process(self._drain(first))
         self._close()
 
-    def _drain(self, first: bytes) -> list[ipc.Seal | ipc.Forget]:
+    def _drain(self, first: ipc.Seal | ipc.Forget) -> list[ipc.Seal | ipc.Forget]:
         """The first descriptor plus whatever the pipe holds now, within the batch bounds."""
-        messages = [self._decoder.decode(first)]
-        payload = _payload_of(messages[0])
+        messages = [first]
+        payload = _payload_of(first)
         while len(messages) < self._config.batch_size and payload < self._config.batch_bytes:
-            frame = self._inbox.next_frame(block=False)
-            if frame is None:
+            message = self._inbox.next_message(block=False)
+            if message is None:
                 break
-            message = self._decoder.decode(frame)
             messages.append(message)
             payload += _payload_of(message)
         return messages
