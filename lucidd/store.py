@@ -307,8 +307,9 @@ class SegmentWriter:
     the page cache (``POSIX_FADV_DONTNEED``). Sealed records are written once and read rarely
     (reads, resends, recovery), so caching them only crowds out other data; and new page-cache
     pages are expensive where the host takes back free guest memory (a VM with free page
-    reporting: measured here, appending 1 MiB records with an fdatasync every 8 ran at 350-560
-    MiB/s without the drop and 1300-1650 MiB/s with it, because dropped pages are reused hot).
+    reporting: ``python bench/probes.py pagecache`` appends 1 MiB records with an fdatasync
+    every 8 at 330-560 MiB/s without the drop and 1170-1650 MiB/s with it here, because
+    dropped pages are reused hot).
     """
 
     def __init__(
