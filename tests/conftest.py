@@ -22,6 +22,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.users import NO_USERS_REASON, HostUser, HostUsers, make_host_users
+
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 40.0
 
@@ -29,8 +31,16 @@ STOP_TIMEOUT_S = 40.0
 class Daemon:
     """A running ``lucidd serve`` process and its folders."""
 
-    def __init__(self, base: Path, workers: int, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        base: Path,
+        workers: int,
+        env: dict[str, str] | None = None,
+        user: HostUser | None = None,
+    ) -> None:
         self.base = base
+        #: Run as this throw-away user (tests/users.py) instead of the test's own uid.
+        self.user = user
         self.state_dir = base / "state"
         self.runtime_dir = base / "run"
         self.workers = workers
@@ -53,6 +63,11 @@ class Daemon:
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify.bind(str(notify_path))
         self._notify.settimeout(0.2)
+        if self.user is not None:
+            # The daemon's folders are its own; clients reach base/run through base (0711).
+            os.chown(self.base, self.user.uid, self.user.gid)
+            os.chmod(self.base, 0o711)
+            os.chown(notify_path, self.user.uid, self.user.gid)
         env = dict(os.environ)
         env.update(self.extra_env)
         env["NOTIFY_SOCKET"] = str(notify_path)
@@ -68,6 +83,9 @@ class Daemon:
             "--workers",
             str(self.workers),
         ]
+        if self.user is not None:
+            # setpriv execs, so self.proc.pid stays the supervisor's pid.
+            cmd = self.user.command(cmd)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
         log.close()
@@ -169,6 +187,39 @@ def make_daemon(short_tmp: Path) -> Iterator[Callable[..., Daemon]]:
         base = short_tmp / f"d{len(started)}"
         base.mkdir()
         d = Daemon(base, workers=workers, env=env).start()
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        if d.proc is not None and d.proc.poll() is None:
+            assert d.stop() == 0, d.log()
+
+
+@pytest.fixture(scope="session")
+def host_users() -> Iterator[HostUsers]:
+    """Throw-away users and groups (root only; tests/users.py), shared by the whole run."""
+    if NO_USERS_REASON is not None:
+        pytest.skip(NO_USERS_REASON)
+    with make_host_users() as users:
+        yield users
+
+
+@pytest.fixture
+def user_daemon(short_tmp: Path, host_users: HostUsers) -> Iterator[Callable[..., Daemon]]:
+    """Start a daemon as ``host_users.daemon`` with extra ``LUCIDD_*`` settings (root only).
+
+    Its runtime folder is group-accessible to ``host_users.group``; each daemon is stopped
+    (exit 0) afterwards.
+    """
+    os.chmod(short_tmp, 0o711)
+    started: list[Daemon] = []
+
+    def start(workers: int = 2, **settings: object) -> Daemon:
+        env = {f"LUCIDD_{k.upper()}": str(v) for k, v in settings.items()}
+        base = short_tmp / f"u{len(started)}"
+        base.mkdir()
+        d = Daemon(base, workers=workers, env=env, user=host_users.daemon).start()
         started.append(d)
         return d
 
