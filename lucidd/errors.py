@@ -164,6 +164,36 @@ class RequestTimeoutError(LucidError):
     retryable = True
 
 
+class ForbiddenError(LucidError):
+    """The caller may not touch that session; says nothing about whether it exists."""
+
+    code = "forbidden"
+    exit_code = EX_NOPERM
+
+
+class UntrustedSocketError(LucidError):
+    """Client side: the socket's folder or the peer behind it is not the daemon's (squatting)."""
+
+    code = "untrusted_socket"
+    exit_code = EX_NOPERM
+
+
+class PayloadTimeoutError(LucidError):
+    """A chunk's payload stopped arriving for ``payload_timeout``: dropped, connection closed."""
+
+    code = "payload_timeout"
+    exit_code = EX_TEMPFAIL
+    retryable = True
+
+
+class IdleTimeoutError(LucidError):
+    """The connection sent nothing and waited for nothing for ``idle_timeout``: closed."""
+
+    code = "idle_timeout"
+    exit_code = EX_TEMPFAIL
+    retryable = True
+
+
 class UnavailableError(LucidError):
     """The daemon is not running or its socket cannot be reached (client side only)."""
 
@@ -190,6 +220,10 @@ _ALL: tuple[type[LucidError], ...] = (
     BusyError,
     StorageError,
     RequestTimeoutError,
+    ForbiddenError,
+    UntrustedSocketError,
+    PayloadTimeoutError,
+    IdleTimeoutError,
     UnavailableError,
 )
 
