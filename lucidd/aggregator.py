@@ -36,6 +36,7 @@ from lucidd.errors import LucidError
 from lucidd.keys import load_keyring
 from lucidd.ledger import Ledger, SessionLedger
 from lucidd.logs import setup_logging
+from lucidd.peers import access_policy
 from lucidd.procutil import die_with_parent, leave_shutdown_to_the_supervisor
 from lucidd.ring import RingReader
 from lucidd.store import storage_error
@@ -74,6 +75,7 @@ class Aggregator:
     ) -> None:
         self.config = spec.config
         self.default_compression = spec.config.compression
+        self.policy = access_policy(spec.config.admin_group)
         self.ledger = Ledger(Path(spec.config.state_dir), load_keyring(Path(spec.keyring_path)))
         self._ring = RingReader(spec.ring_name, spec.ring_size)
         self._control_sock = control_sock
@@ -250,11 +252,13 @@ class Aggregator:
     def _open_implicitly(self, request: ipc.OpenRequest) -> None:
         try:
             try:
-                session = self.ledger.open(request.session, request.compression)
+                session = self.ledger.open(request.session, request.compression, request.owner_uid)
             except OSError as exc:
                 raise storage_error(exc, "opening a session") from None
         except LucidError as err:
-            view = ipc.SessionView(request.session, "error", request.compression, 0, 0, [])
+            view = ipc.SessionView(
+                request.session, "error", request.compression, 0, 0, [], request.owner_uid
+            )
             self._send(ipc.SessionChanged(view, error=f"{err.code}: {err.message}"))
             return
         self._send(ipc.SessionChanged(session.view()))

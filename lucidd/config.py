@@ -82,6 +82,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     keyring: str = ""
     log_level: str = "info"
     watchdog: bool = True
+    #: Members of this group (a name or a gid) may touch every session, like root; empty: none.
+    admin_group: str = ""
 
     @property
     def slots(self) -> int:

@@ -12,9 +12,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
 
+from lucidd import ipc
 from lucidd import protocol as p
-from lucidd.errors import BadFrameError, BadRequestError, LucidError
+from lucidd.access import AccessPolicy, Peer
+from lucidd.errors import BadRequestError, LucidError
 from lucidd.ledger import Ledger, SessionLedger
+from lucidd.peers import peer_of
 from lucidd.store import storage_error
 
 log = logging.getLogger("lucidd.control")
@@ -25,6 +28,7 @@ class ControlServices(Protocol):
 
     ledger: Ledger
     default_compression: str
+    policy: AccessPolicy
 
     def catch_up(self) -> None:
         """Take in every result the workers have sent, so an acked chunk is visible."""
@@ -55,16 +59,26 @@ def _summary(session: SessionLedger) -> p.SessionSummary:
         chunks=session.chunks,
         plaintext_bytes=session.plaintext_bytes,
         compression=session.meta.compression,
+        owner_uid=session.owner_uid,
     )
 
 
-async def handle_request(services: ControlServices, request: Any) -> p.Message:
-    """One reply for one request; every failure becomes a typed ``Error``."""
+def _session(s: ControlServices, peer: Peer, session_id: bytes) -> SessionLedger:
+    """The session if ``peer`` may touch it; else one refusal for "not yours" and "none"."""
+    session = s.ledger.sessions.get(session_id)
+    s.policy.check(peer, session_id, session.owner_uid if session is not None else None)
+    assert session is not None
+    return session
+
+
+async def handle_request(services: ControlServices, request: Any, peer: Peer) -> p.Message:
+    """One reply for one request from ``peer``; every failure becomes a typed ``Error``."""
     req: int = request.req
     try:
+        p.check_control_request(request)
         services.catch_up()
         handler = _HANDLERS[type(request)]
-        return await handler(services, request)
+        return await handler(services, request, peer)
     except LucidError as err:
         return p.error_reply(req, err)
     except OSError as exc:  # disk full, I/O error: typed, and the daemon keeps serving
@@ -74,45 +88,48 @@ async def handle_request(services: ControlServices, request: Any) -> p.Message:
         return p.Error(req=req, code="internal", message="internal error; see the daemon log")
 
 
-async def _health(s: ControlServices, r: p.Health) -> p.Message:
+async def _health(s: ControlServices, r: p.Health, peer: Peer) -> p.Message:
     reply = s.health()
     return p.HealthReply(
         req=r.req, status=reply.status, processes=reply.processes, sessions=len(s.ledger.sessions)
     )
 
 
-async def _metrics(s: ControlServices, r: p.Metrics) -> p.Message:
+async def _metrics(s: ControlServices, r: p.Metrics, peer: Peer) -> p.Message:
     return p.MetricsReply(req=r.req, metrics=s.metrics())
 
 
-async def _config(s: ControlServices, r: p.GetConfig) -> p.Message:
+async def _config(s: ControlServices, r: p.GetConfig, peer: Peer) -> p.Message:
     return p.ConfigReply(req=r.req, config=s.config_dict())
 
 
-async def _open(s: ControlServices, r: p.OpenSession) -> p.Message:
-    if r.session is not None and len(r.session) != p.SESSION_ID_SIZE:
-        raise BadFrameError("session id must be 16 bytes")
-    session = s.ledger.open(r.session, r.compression or s.default_compression)
+async def _open(s: ControlServices, r: p.OpenSession, peer: Peer) -> p.Message:
+    if r.session is not None:
+        existing = s.ledger.sessions.get(r.session)
+        if existing is not None and not s.policy.may_touch(peer, existing.owner_uid):
+            raise s.policy.refusal(peer, r.session, exists=True)
+    session = s.ledger.open(r.session, r.compression or s.default_compression, peer.uid)
     s.session_changed(session)
     return p.SessionOpened(req=r.req, session=session.session_id)
 
 
-async def _sessions(s: ControlServices, r: p.ListSessions) -> p.Message:
-    return p.SessionListReply(req=r.req, sessions=[_summary(x) for x in s.ledger])
+async def _sessions(s: ControlServices, r: p.ListSessions, peer: Peer) -> p.Message:
+    visible = [x for x in s.ledger if s.policy.may_touch(peer, x.owner_uid)]
+    return p.SessionListReply(req=r.req, sessions=[_summary(x) for x in visible])
 
 
-async def _info(s: ControlServices, r: p.SessionInfo) -> p.Message:
-    return p.SessionInfoReply(req=r.req, info=_summary(s.ledger.get(r.session)))
+async def _info(s: ControlServices, r: p.SessionInfo, peer: Peer) -> p.Message:
+    return p.SessionInfoReply(req=r.req, info=_summary(_session(s, peer, r.session)))
 
 
-async def _root(s: ControlServices, r: p.GetRoot) -> p.Message:
-    session = s.ledger.get(r.session)
+async def _root(s: ControlServices, r: p.GetRoot, peer: Peer) -> p.Message:
+    session = _session(s, peer, r.session)
     size = session.check_size(r.size)
     return p.RootReply(req=r.req, session=r.session, size=size, root=session.merkle.root(size))
 
 
-async def _proof(s: ControlServices, r: p.GetInclusionProof) -> p.Message:
-    session = s.ledger.get(r.session)
+async def _proof(s: ControlServices, r: p.GetInclusionProof, peer: Peer) -> p.Message:
+    session = _session(s, peer, r.session)
     size = session.check_size(r.size)
     if not 0 <= r.index < size:
         raise BadRequestError(
@@ -129,8 +146,8 @@ async def _proof(s: ControlServices, r: p.GetInclusionProof) -> p.Message:
     )
 
 
-async def _consistency(s: ControlServices, r: p.GetConsistencyProof) -> p.Message:
-    session = s.ledger.get(r.session)
+async def _consistency(s: ControlServices, r: p.GetConsistencyProof, peer: Peer) -> p.Message:
+    session = _session(s, peer, r.session)
     size2 = session.check_size(r.size2)
     size1 = session.check_size(r.size1)
     if size1 > size2:
@@ -146,10 +163,13 @@ async def _consistency(s: ControlServices, r: p.GetConsistencyProof) -> p.Messag
     )
 
 
-async def _finalize(s: ControlServices, r: p.Finalize) -> p.Message:
-    session = s.ledger.get(r.session)
+async def _finalize(s: ControlServices, r: p.Finalize, peer: Peer) -> p.Message:
+    _session(s, peer, r.session)
     async with s.session_lock(r.session):
-        if session.state != "finalized":
+        # Looked up again under the lock: a shred that held it may have removed the session.
+        session = _session(s, peer, r.session)
+        already = session.state == ipc.SESSION_FINALIZED
+        if not already:
             await s.freeze(r.session)
             try:
                 checkpoint = session.finalize(s.ledger.keyring)
@@ -165,25 +185,35 @@ async def _finalize(s: ControlServices, r: p.Finalize) -> p.Message:
         size=checkpoint.size,
         root=checkpoint.root,
         checkpoint=checkpoint.encode(),
+        already_finalized=already,
     )
 
 
-async def _read(s: ControlServices, r: p.ReadChunk) -> p.Message:
-    session = s.ledger.get(r.session)
+async def _read(s: ControlServices, r: p.ReadChunk, peer: Peer) -> p.Message:
+    session = _session(s, peer, r.session)
     plaintext, record = session.read_chunk(s.ledger.keyring, r.index)
     return p.ChunkReply(req=r.req, session=r.session, index=r.index, data=plaintext, record=record)
 
 
-async def _shred(s: ControlServices, r: p.Shred) -> p.Message:
-    s.ledger.get(r.session)
+async def _shred(s: ControlServices, r: p.Shred, peer: Peer) -> p.Message:
+    _session(s, peer, r.session)
     async with s.session_lock(r.session):
+        # Looked up again under the lock: another shred may have finished meanwhile.
+        session = _session(s, peer, r.session)
         await s.freeze(r.session)
         s.ledger.shred(r.session)
         s.session_shredded(r.session)
+    log.warning(
+        "event=session_shredded session=%s owner_uid=%d by_uid=%d by_pid=%d",
+        session.paths.root.name,
+        session.owner_uid,
+        peer.uid,
+        peer.pid,
+    )
     return p.ShredReply(req=r.req, session=r.session)
 
 
-_Handler = Callable[[ControlServices, Any], Awaitable[p.Message]]
+_Handler = Callable[[ControlServices, Any, Peer], Awaitable[p.Message]]
 _HANDLERS: dict[type, _Handler] = {
     p.Health: _health,
     p.Metrics: _metrics,
@@ -208,10 +238,16 @@ class ControlProtocol(asyncio.Protocol):
         self._decoder = p.control_request_decoder()
         self._transport: asyncio.Transport | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._peer = Peer(pid=0, uid=-1, gid=-1)  # set by connection_made
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
+        try:
+            self._peer = peer_of(transport.get_extra_info("socket"))
+        except OSError as exc:  # the peer is already gone: nothing to serve
+            log.info("event=control_peer_unknown errno=%s", exc.errno)
+            transport.close()
 
     def data_received(self, data: bytes) -> None:
         self._decoder.receive_data(data)
@@ -230,7 +266,7 @@ class ControlProtocol(asyncio.Protocol):
                 task.add_done_callback(self._tasks.discard)
 
     async def _serve(self, request: Any) -> None:
-        reply = await handle_request(self._services, request)
+        reply = await handle_request(self._services, request, self._peer)
         self._send(reply)
 
     def _send(self, reply: p.Message) -> None:

@@ -24,6 +24,7 @@ from typing import Any, Final, cast
 
 from lucidd import ipc
 from lucidd import protocol as p
+from lucidd.access import AccessPolicy, Peer
 from lucidd.channels import PipeWriter
 from lucidd.config import Config
 from lucidd.errors import (
@@ -36,6 +37,7 @@ from lucidd.errors import (
     SessionFullError,
     error_from_wire,
 )
+from lucidd.peers import peer_of
 from lucidd.slots import SlotAllocator, SlotRun
 
 log = logging.getLogger("lucidd.ingest")
@@ -47,6 +49,8 @@ SCRATCH_SIZE: Final = 64 * 1024
 MAX_ATTEMPTS: Final = 2
 #: How many payload bytes a worker is given before the next worker is used (see _pick_worker).
 PACK_BYTES: Final = 2 * 1024 * 1024
+#: A gate's state between a new id's first chunk and the aggregator's answer.
+SESSION_OPENING: Final = "opening"
 _SEAL: Final = "seal"
 _COMPARE: Final = "compare"
 
@@ -75,6 +79,7 @@ class SessionGate:
     session: bytes
     state: str
     compression: str
+    owner_uid: int
     plaintext_bytes: int = 0
     prefix: int = 0
     above: set[int] = field(default_factory=set)
@@ -120,8 +125,10 @@ class Ingest:
         ring: memoryview,
         workers: list[WorkerLink],
         to_aggregator: Callable[[Any], None],
+        policy: AccessPolicy,
     ) -> None:
         self.config = config
+        self.policy = policy
         self.ring = ring
         self.workers = workers
         self._to_aggregator = to_aggregator
@@ -156,7 +163,7 @@ class Ingest:
                 link.writer.send(ipc.Forget(view.session))
             return
         if message.error:
-            if gate is not None and gate.state == "opening":
+            if gate is not None and gate.state == SESSION_OPENING:
                 del self.gates[view.session]
                 code, _, text = message.error.partition(": ")
                 for chunk in gate.waiting_for_open:
@@ -165,13 +172,20 @@ class Ingest:
         if gate is None:
             self.gates[view.session] = _gate_from_view(view)
             return
-        was_opening = gate.state == "opening"
+        was_opening = gate.state == SESSION_OPENING
         gate.state = view.state
         gate.compression = view.compression
+        gate.owner_uid = view.owner_uid
         if was_opening:
+            # The id may have existed already (opened on the control socket meanwhile):
+            # admission assumed the first writer owns it, so check every waiting chunk again.
             waiting, gate.waiting_for_open = gate.waiting_for_open, []
             for chunk in waiting:
-                self._dispatch(gate, chunk)
+                if self.policy.may_touch(chunk.conn.peer, gate.owner_uid):
+                    self._dispatch(gate, chunk)
+                else:
+                    refusal = self.policy.refusal(chunk.conn.peer, gate.session, exists=True)
+                    self._finish(chunk, refusal)
 
     def on_freeze(self, request: ipc.FreezeRequest) -> None:
         gate = self.gates.get(request.session)
@@ -199,11 +213,16 @@ class Ingest:
         """Admit a chunk or raise its typed refusal; raises _Wait for backpressure."""
         if self.draining:
             raise BusyError("daemon is shutting down", session=start.session, index=start.index)
+        peer = conn.peer
         gate = self.gates.get(start.session)
         if gate is None:
-            gate = SessionGate(start.session, "opening", self.config.compression)
+            # The first chunk of a new id opens the session, owned by its sender.
+            compression = self.config.compression
+            gate = SessionGate(start.session, SESSION_OPENING, compression, peer.uid)
             self.gates[start.session] = gate
-            self._to_aggregator(ipc.OpenRequest(start.session, self.config.compression))
+            self._to_aggregator(ipc.OpenRequest(start.session, compression, peer.uid))
+        elif not self.policy.may_touch(peer, gate.owner_uid):
+            raise self.policy.refusal(peer, start.session, exists=True)
         context = {"session": start.session, "index": start.index}
         if gate.state == ipc.SESSION_FINALIZED:
             raise SessionFinalizedError("session is finalized", **context)
@@ -251,7 +270,7 @@ class Ingest:
                     token, chunk.session, chunk.index, chunk.run.offset, chunk.length
                 )
             )
-        elif gate.state == "opening":
+        elif gate.state == SESSION_OPENING:
             gate.waiting_for_open.append(chunk)
         else:
             self._dispatch(gate, chunk)
@@ -337,8 +356,8 @@ class Ingest:
         for gate in self.gates.values():
             gate.frozen = False  # the control request that froze it died with the aggregator
             gate.freeze_tokens.clear()
-            if gate.state == "opening":
-                self._to_aggregator(ipc.OpenRequest(gate.session, gate.compression))
+            if gate.state == SESSION_OPENING:
+                self._to_aggregator(ipc.OpenRequest(gate.session, gate.compression, gate.owner_uid))
         for token, chunk in self._compares.items():
             self._to_aggregator(
                 ipc.CompareRequest(
@@ -358,6 +377,7 @@ class Ingest:
                 continue
             gate.state = view.state
             gate.compression = view.compression
+            gate.owner_uid = view.owner_uid
             for index in range(gate.prefix, view.prefix):
                 gate.mark_stored(index)
             for index in view.above:
@@ -527,6 +547,7 @@ def _gate_from_view(view: ipc.SessionView) -> SessionGate:
         view.session,
         view.state,
         view.compression,
+        view.owner_uid,
         view.plaintext_bytes,
         view.prefix,
         set(view.above),
@@ -548,12 +569,20 @@ class DataProtocol(asyncio.BufferedProtocol):
         self._blocked_start: p.ChunkStart | None = None
         self._direct = False
         self._replies: list[bytes] = []
+        self.peer = Peer(pid=0, uid=-1, gid=-1)  # set by connection_made
 
     # -- asyncio callbacks --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
+        try:
+            self.peer = peer_of(transport.get_extra_info("socket"))
+        except OSError as exc:  # the peer is already gone: nothing to serve
+            log.info("event=data_peer_unknown errno=%s", exc.errno)
+            self._transport = None
+            transport.close()
+            return
         self._ingest.connections.add(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:

@@ -171,6 +171,7 @@ class SessionView(msgspec.Struct, frozen=True, array_like=True):
     plaintext_bytes: int
     prefix: int
     above: list[int]
+    owner_uid: int = -1  # access.LEGACY_OWNER
 
 
 class SessionChanged(IpcMessage, tag="session", frozen=True):
@@ -218,10 +219,15 @@ AggregatorToSupervisor = (
 
 
 class OpenRequest(IpcMessage, tag="open", frozen=True):
-    """Open a session implicitly (its first chunk arrived on the data socket)."""
+    """Open a session implicitly (its first chunk arrived on the data socket).
+
+    ``owner_uid`` is the data connection's peer uid; for an id that exists already the
+    aggregator answers with the stored session (and its owner), and admission decides.
+    """
 
     session: bytes
     compression: str
+    owner_uid: int
 
 
 class Frozen(IpcMessage, tag="frozen", frozen=True):

@@ -14,6 +14,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
+
 from lucidd import ipc
 from lucidd.crypto import (
     COMPRESSIONS,
@@ -256,6 +258,10 @@ class SessionLedger:
         return self.meta.state
 
     @property
+    def owner_uid(self) -> int:
+        return self.meta.owner_uid
+
+    @property
     def chunks(self) -> int:
         return self.merkle.size + len(self.window)
 
@@ -272,6 +278,7 @@ class SessionLedger:
             self.plaintext_bytes,
             self.merkle.size,
             self.window.held_indices(),
+            self.meta.owner_uid,
         )
 
     def record_sealed(self, sealed: ipc.Sealed) -> bytes:
@@ -405,14 +412,7 @@ class SessionLedger:
 
 
 def _replace_state(meta: SessionMeta, state: str) -> SessionMeta:
-    return SessionMeta(
-        version=meta.version,
-        session=meta.session,
-        wrapped_secret=meta.wrapped_secret,
-        compression=meta.compression,
-        state=state,
-        created_ns=meta.created_ns,
-    )
+    return msgspec.structs.replace(meta, state=state)
 
 
 class Ledger:
@@ -436,8 +436,12 @@ class Ledger:
             )
         return session
 
-    def open(self, session_id: bytes | None, compression: str) -> SessionLedger:
-        """Create a session (idempotent for an existing id). Durable when it returns."""
+    def open(self, session_id: bytes | None, compression: str, owner_uid: int) -> SessionLedger:
+        """Create a session owned by ``owner_uid``; durable when it returns.
+
+        An existing id returns that session as it is (whoever owns it): the caller checks
+        whether the peer may use it.
+        """
         if compression not in COMPRESSIONS:
             raise BadRequestError(
                 f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}"
@@ -452,7 +456,7 @@ class Ledger:
         secret = new_session_secret()
         wrapped = wrap_secret(self.keyring, session_id, secret)
         paths = SessionPaths.of(self.state_dir, session_id)
-        meta = new_meta(session_id, wrapped, compression, ipc.SESSION_OPEN)
+        meta = new_meta(session_id, wrapped, compression, ipc.SESSION_OPEN, owner_uid)
         create_session_dir(paths, meta)
         session = SessionLedger(session_id, paths, meta)
         self.sessions[session_id] = session

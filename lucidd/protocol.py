@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import msgspec
 
-from lucidd.errors import BadFrameError, LucidError, TooLargeError
+from lucidd.errors import BadFrameError, BadRequestError, LucidError, TooLargeError
 
 LENGTH_PREFIX: Final = struct.Struct(">I")
 LENGTH_PREFIX_SIZE: Final = LENGTH_PREFIX.size
@@ -197,6 +197,7 @@ class SessionSummary(msgspec.Struct, frozen=True):
     chunks: int
     plaintext_bytes: int
     compression: str
+    owner_uid: int = -1
 
 
 class SessionOpened(Message, tag="opened", frozen=True):
@@ -240,6 +241,8 @@ class FinalizeReply(Message, tag="finalize_reply", frozen=True):
     size: int
     root: bytes
     checkpoint: bytes
+    #: True when the session had been finalized before this request (the same checkpoint).
+    already_finalized: bool = False
 
 
 class ChunkReply(Message, tag="chunk_reply", frozen=True):
@@ -294,6 +297,27 @@ def error_reply(req: int, err: LucidError) -> Error:
         session=session if isinstance(session, bytes) else None,
         index=index if isinstance(index, int) else None,
     )
+
+
+#: Fields of control requests that hold a chunk index or a tree size.
+_INDEX_FIELDS: Final = ("index", "size", "size1", "size2")
+
+
+def check_control_request(request: Message) -> None:
+    """Refuse arguments no session could satisfy, before any handler looks them up.
+
+    A well-framed request with a session id of the wrong length or an index or size outside
+    ``0..MAX_INDEX`` is a :class:`~lucidd.errors.BadRequestError` (the connection stays open).
+    """
+    session = getattr(request, "session", None)
+    if isinstance(session, bytes) and len(session) != SESSION_ID_SIZE:
+        raise BadRequestError(
+            f"session id must be {SESSION_ID_SIZE} bytes, got {len(session)}", req=request.req
+        )
+    for name in _INDEX_FIELDS:
+        value = getattr(request, name, None)
+        if isinstance(value, int) and not 0 <= value <= MAX_INDEX:
+            raise BadRequestError(f"{name} {value} is out of range 0..{MAX_INDEX}", req=request.req)
 
 
 # --- decoding ---------------------------------------------------------------------------

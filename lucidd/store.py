@@ -29,6 +29,7 @@ from typing import Final, TypeVar
 
 import msgspec
 
+from lucidd.access import LEGACY_OWNER
 from lucidd.crypto import HEADER_SIZE, RecordType, parse_header
 from lucidd.errors import FormatError, StorageError
 
@@ -99,6 +100,8 @@ class SessionMeta(msgspec.Struct, frozen=True, kw_only=True):
     compression: str
     state: str
     created_ns: int
+    #: The uid that opened the session (access.LEGACY_OWNER for sessions older than owners).
+    owner_uid: int = LEGACY_OWNER
 
 
 _meta_encoder = msgspec.msgpack.Encoder()
@@ -138,13 +141,16 @@ class SessionPaths:
         return sorted(p.name for p in self.root.iterdir() if _SEGMENT_NAME.match(p.name))
 
 
-def new_meta(session_id: bytes, wrapped_secret: bytes, compression: str, state: str) -> SessionMeta:
+def new_meta(
+    session_id: bytes, wrapped_secret: bytes, compression: str, state: str, owner_uid: int
+) -> SessionMeta:
     return SessionMeta(
         session=session_id,
         wrapped_secret=wrapped_secret,
         compression=compression,
         state=state,
         created_ns=time.time_ns(),
+        owner_uid=owner_uid,
     )
 
 

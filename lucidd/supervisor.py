@@ -30,6 +30,7 @@ from lucidd.config import Config
 from lucidd.errors import EX_CONFIG, ConfigError
 from lucidd.ingest import DataProtocol, Ingest, WorkerLink
 from lucidd.keys import CREDENTIAL_NAME, resolve_keyring, state_keyring_path
+from lucidd.peers import access_policy
 from lucidd.ring import Ring, remove_stale_rings, ring_name
 from lucidd.systemd import Watchdog, listen_fds, notify
 
@@ -111,6 +112,7 @@ class Supervisor:
 
     async def run(self) -> int:
         config = self.config
+        access_policy(config.admin_group)  # an unknown admin_group stops the start (exit 78)
         env = dict(os.environ)
         Path(config.state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         runtime = Path(config.runtime_dir)
@@ -159,7 +161,8 @@ class Supervisor:
         self._children = children
         self._aggregator_spec = ipc.AggregatorSpec(config, keyring, ring.name, ring.size)
         links = [WorkerLink(*children.spawn_worker(k)) for k in range(config.workers)]
-        ingest = Ingest(config, ring.buf, links, children.send_to_aggregator)
+        policy = access_policy(config.admin_group)
+        ingest = Ingest(config, ring.buf, links, children.send_to_aggregator, policy)
         self._ingest = ingest
         self._ready = loop.create_future()
         self._spawn_aggregator(repair=True)

@@ -65,6 +65,7 @@ def test_defaults_equal_the_spec() -> None:
         "keyring": "",
         "log_level": "info",
         "watchdog": True,
+        "admin_group": "",
     }
 
 

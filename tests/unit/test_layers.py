@@ -30,6 +30,7 @@ LAYERS: Mapping[str, int] = {
     "slots": 1,
     "reorder": 1,
     "ipc": 1,
+    "access": 1,  # who may touch a session (the policy; credentials come from peers)
     # 2: I/O parts.
     "store": 2,
     "keys": 2,
@@ -40,6 +41,7 @@ LAYERS: Mapping[str, int] = {
     "merkle_store": 2,
     "ledger": 2,  # the aggregator's book of sessions (merkle, index, reorder over store)
     "logs": 2,  # logging set-up shared by every process
+    "peers": 2,  # SO_PEERCRED / SO_PEERGROUPS of a connection, the admin group
     "procutil": 2,  # process-level helpers of the children (parent-death signal, ...)
     # 3: process parts.
     "ingest": 3,
