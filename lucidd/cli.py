@@ -26,6 +26,7 @@ import itertools
 import json
 import math
 import os
+import pwd
 import sys
 import tempfile
 import time
@@ -154,7 +155,19 @@ def _summary_json(summary: SessionSummary) -> dict[str, Any]:
         "chunks": summary.chunks,
         "plaintext_bytes": summary.plaintext_bytes,
         "compression": summary.compression,
+        "owner_uid": summary.owner_uid,
+        "owner": _user_name(summary.owner_uid),
     }
+
+
+def _user_name(uid: int) -> str:
+    """The owner as people read it (the uid where the host has no such user)."""
+    if uid < 0:
+        return "(daemon)"  # recorded before sessions had owners: the privileged only
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def _human_lines(obj: dict[str, Any], indent: str = "") -> Iterator[str]:
@@ -324,10 +337,13 @@ def _cmd_config(args: argparse.Namespace, out: _Output) -> int:
 def _cmd_sessions(args: argparse.Namespace, out: _Output) -> int:
     with _control(args) as control:
         sessions = control.sessions()
-    header = f"{'SESSION':<36}  {'STATE':<10} {'SIZE':>10} {'CHUNKS':>10} {'BYTES':>14} COMPRESSION"
+    header = (
+        f"{'SESSION':<36}  {'STATE':<10} {'SIZE':>10} {'CHUNKS':>10} {'BYTES':>14} "
+        f"{'COMPRESSION':<11} OWNER"
+    )
     human = [header] + [
         f"{format_session_id(s.session):<36}  {s.state:<10} {s.size:>10} {s.chunks:>10} "
-        f"{s.plaintext_bytes:>14} {s.compression}"
+        f"{s.plaintext_bytes:>14} {s.compression:<11} {_user_name(s.owner_uid)}"
         for s in sessions
     ]
     out.result({"sessions": [_summary_json(s) for s in sessions]}, human)
@@ -464,14 +480,17 @@ def _cmd_consistency(args: argparse.Namespace, out: _Output) -> int:
 def _cmd_finalize(args: argparse.Namespace, out: _Output) -> int:
     with _control(args) as control:
         final = control.finalize(args.session)
-    out.result(
-        {
-            "session": format_session_id(final.session),
-            "size": final.size,
-            "root": _hex(final.root),
-            "checkpoint": final.checkpoint.decode(),
-        }
-    )
+    result = {
+        "session": format_session_id(final.session),
+        "size": final.size,
+        "root": _hex(final.root),
+        "checkpoint": final.checkpoint.decode(),
+        "already_finalized": final.already_finalized,
+    }
+    human = list(_human_lines(result))
+    if final.already_finalized:
+        human.append("note: the session was already finalized; this is its checkpoint")
+    out.result(result, human)
     return EX_OK
 
 

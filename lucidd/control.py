@@ -15,12 +15,14 @@ from typing import Any, Protocol, cast
 from lucidd import ipc
 from lucidd import protocol as p
 from lucidd.access import AccessPolicy, Peer
-from lucidd.errors import BadRequestError, LucidError
+from lucidd.errors import BadRequestError, InternalError, LucidError
 from lucidd.ledger import Ledger, SessionLedger
+from lucidd.logs import ClientErrorLog
 from lucidd.peers import peer_of
 from lucidd.store import storage_error
 
 log = logging.getLogger("lucidd.control")
+_client_errors = ClientErrorLog(log)
 
 
 class ControlServices(Protocol):
@@ -239,6 +241,7 @@ class ControlProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._peer = Peer(pid=0, uid=-1, gid=-1)  # set by connection_made
+        self._error_logged = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -255,6 +258,7 @@ class ControlProtocol(asyncio.Protocol):
             try:
                 event = self._decoder.next_event()
             except LucidError as err:
+                self._note_client_error(err.code, err.message)
                 self._send(p.error_reply(_req_of(err), err))
                 self._close()
                 return
@@ -267,7 +271,15 @@ class ControlProtocol(asyncio.Protocol):
 
     async def _serve(self, request: Any) -> None:
         reply = await handle_request(self._services, request, self._peer)
+        if isinstance(reply, p.Error) and reply.code != InternalError.code:
+            self._note_client_error(reply.code, reply.message)
         self._send(reply)
+
+    def _note_client_error(self, code: str, message: str) -> None:
+        """Log this connection's first refusal (rate-limited across connections)."""
+        if not self._error_logged:
+            self._error_logged = True
+            _client_errors.report(self._peer.uid, self._peer.pid, code, message)
 
     def _send(self, reply: p.Message) -> None:
         if self._transport is not None and not self._transport.is_closing():

@@ -37,10 +37,12 @@ from lucidd.errors import (
     SessionFullError,
     error_from_wire,
 )
+from lucidd.logs import ClientErrorLog
 from lucidd.peers import peer_of
 from lucidd.slots import SlotAllocator, SlotRun
 
 log = logging.getLogger("lucidd.ingest")
+_client_errors = ClientErrorLog(log)
 
 #: Per-connection buffer for headers and small payloads (big payloads go straight to the ring).
 #: Resident for each connection's lifetime: 16 connections at 256 KiB were 4 MiB of the peak.
@@ -570,6 +572,7 @@ class DataProtocol(asyncio.BufferedProtocol):
         self._direct = False
         self._replies: list[bytes] = []
         self.peer = Peer(pid=0, uid=-1, gid=-1)  # set by connection_made
+        self._error_logged = False
 
     # -- asyncio callbacks --------------------------------------------------------------
 
@@ -676,6 +679,7 @@ class DataProtocol(asyncio.BufferedProtocol):
                 self._transport.pause_reading()
         except LucidError as err:
             self._discarding = True
+            self._note_client_error(err)
             self.send(p.error_reply(start.req, err))
 
     def retry_admission(self) -> bool:
@@ -709,8 +713,15 @@ class DataProtocol(asyncio.BufferedProtocol):
     def _fail_stream(self, err: LucidError) -> None:
         """The stream cannot be parsed any more: reply once, then close this connection."""
         req = err.context.get("req")
+        self._note_client_error(err)
         self.send(p.error_reply(req if isinstance(req, int) else 0, err))
         self.close()
+
+    def _note_client_error(self, err: LucidError) -> None:
+        """Log this connection's first refusal (rate-limited across connections)."""
+        if not self._error_logged:
+            self._error_logged = True
+            _client_errors.report(self.peer.uid, self.peer.pid, err.code, err.message)
 
     # -- replies ------------------------------------------------------------------------
 

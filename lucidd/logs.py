@@ -13,8 +13,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Final
+
+#: Client-caused errors logged by one process: a burst, then this many a second.
+CLIENT_ERRORS_BURST: Final = 20
+CLIENT_ERRORS_PER_SECOND: Final = 1.0
 
 _PRIORITY: Final = {
     logging.DEBUG: 7,
@@ -66,3 +71,46 @@ def setup_logging(role: str, level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+class ClientErrorLog:
+    """Errors a client caused (bad frames, refusals), logged without letting clients flood.
+
+    Each connection reports at most its first error (the caller keeps that flag), and the
+    whole process logs at most ``burst`` such lines and then ``per_second``; lines dropped by
+    the limit are counted and the next line logged says how many. A hostile client that sends
+    a million bad frames costs one line, not a million.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        per_second: float = CLIENT_ERRORS_PER_SECOND,
+        burst: int = CLIENT_ERRORS_BURST,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._rate = per_second
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._clock = clock
+        self._last = clock()
+        self.suppressed = 0
+
+    def report(self, uid: int, pid: int, code: str, message: str) -> None:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens < 1:
+            self.suppressed += 1
+            return
+        self._tokens -= 1
+        suppressed, self.suppressed = self.suppressed, 0
+        self._logger.info(
+            "event=client_error uid=%d pid=%d code=%s suppressed=%d detail=%s",
+            uid,
+            pid,
+            code,
+            suppressed,
+            " ".join(message.split())[:200],
+        )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import grp
 import os
+import pwd
 import socket
 import struct
 from typing import Final, Protocol
@@ -19,9 +20,9 @@ from lucidd.errors import ConfigError
 _UCRED: Final = struct.Struct("3i")
 #: ``socket.SO_PEERGROUPS`` is missing from Python 3.11's module; the Linux value.
 SO_PEERGROUPS: Final = getattr(socket, "SO_PEERGROUPS", 59)
-#: NGROUPS_MAX on Linux is 65536; a client in more groups than this reads as in none.
-_MAX_GROUPS: Final = 65536
 _GID_SIZE: Final = 4
+#: CPython's getsockopt takes at most 1024 bytes: 256 groups (more fall back to /etc/group).
+_MAX_GROUPS_BYTES: Final = 1024
 
 
 class _SockOpts(Protocol):
@@ -33,13 +34,21 @@ def peer_of(sock: _SockOpts) -> Peer:
     pid, uid, gid = _UCRED.unpack(
         sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     )
+    return Peer(pid, uid, gid, _peer_groups(sock, uid, gid))
+
+
+def _peer_groups(sock: _SockOpts, uid: int, gid: int) -> frozenset[int]:
     try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, _MAX_GROUPS * _GID_SIZE)
-    except OSError:  # an old kernel: membership in the admin group is then by primary gid only
-        raw = b""
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, _MAX_GROUPS_BYTES)
+    except OSError:
+        # More groups than one getsockopt can return (ERANGE), or an old kernel: the group
+        # database's view of the user instead.
+        try:
+            return frozenset(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
+        except KeyError:
+            return frozenset()
     count = len(raw) // _GID_SIZE
-    groups = frozenset(struct.unpack(f"{count}I", raw[: count * _GID_SIZE]))
-    return Peer(pid, uid, gid, groups)
+    return frozenset(struct.unpack(f"{count}I", raw[: count * _GID_SIZE]))
 
 
 def access_policy(admin_group: str) -> AccessPolicy:

@@ -34,6 +34,8 @@ from lucidd.crypto import HEADER_SIZE, RecordType, parse_header
 from lucidd.errors import FormatError, StorageError
 
 _T = TypeVar("_T")
+#: File offsets are signed 64-bit; indices whose entry would lie past that are never stored.
+_MAX_OFF_T: Final = 2**63 - 1
 SESSIONS_DIR: Final = "sessions"
 META_FILE: Final = "meta"
 INDEX_FILE: Final = "index.bin"
@@ -223,6 +225,9 @@ class IndexEntry:
         return segment_name(self.worker, self.segment_number)
 
 
+_MAX_INDEXED: Final = _MAX_OFF_T // INDEX_ENTRY_SIZE
+
+
 class ChunkIndex:
     """``index.bin``: entry ``i`` at byte ``i * INDEX_ENTRY_SIZE`` (sparse while out of order).
 
@@ -246,6 +251,8 @@ class ChunkIndex:
         os.pwrite(self._fd, data, index * INDEX_ENTRY_SIZE)
 
     def get(self, index: int) -> IndexEntry | None:
+        if not 0 <= index < _MAX_INDEXED:  # its offset would not fit off_t: never stored
+            return None
         data = os.pread(self._fd, INDEX_ENTRY_SIZE, index * INDEX_ENTRY_SIZE)
         if len(data) < INDEX_ENTRY_SIZE:
             return None

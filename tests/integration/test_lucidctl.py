@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -199,6 +200,8 @@ def test_open_with_zstd_is_listed_and_described(daemon: Daemon) -> None:
         "chunks": 0,
         "plaintext_bytes": 0,
         "compression": "zstd",
+        "owner_uid": os.geteuid(),
+        "owner": pwd.getpwuid(os.geteuid()).pw_name,
     }
     assert ctl(daemon, "--json", "sessions").ok() == {"sessions": [expected]}
     assert ctl(daemon, "--json", "info", session).ok() == expected
