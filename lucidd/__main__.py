@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from lucidd import __version__
 from lucidd.config import load_config, resolve_dirs, unknown_env_settings
 from lucidd.crypto import Keyring
 from lucidd.errors import EX_CONFIG, LucidError
@@ -25,6 +26,7 @@ DEFAULT_CONFIG_FILE = Path("/etc/lucidd/lucidd.toml")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lucidd", description="lucidd: seal streams of chunks")
+    parser.add_argument("--version", action="version", version=f"lucidd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the daemon in the foreground")
     serve.add_argument("--config", type=Path, help="TOML config file")

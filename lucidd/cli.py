@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import itertools
 import json
 import math
 import os
 import pwd
+import shlex
+import stat
 import sys
 import tempfile
 import time
@@ -35,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Final, NoReturn
 
-from lucidd import crypto, merkle
+from lucidd import __version__, crypto, merkle
 from lucidd.client import (
     DEFAULT_TIMEOUT,
     DEFAULT_WINDOW,
@@ -60,6 +63,8 @@ from lucidd.errors import (
     IncompleteSessionError,
     InternalError,
     LucidError,
+    SessionFinalizedError,
+    TooLargeError,
     UnknownSessionError,
 )
 
@@ -157,7 +162,23 @@ def _summary_json(summary: SessionSummary) -> dict[str, Any]:
         "compression": summary.compression,
         "owner_uid": summary.owner_uid,
         "owner": _user_name(summary.owner_uid),
+        "created": _iso_time(summary.created_ns),
+        "label": summary.label,
+        "chunk_size": summary.chunk_size,
+        "stored_bytes": summary.stored_bytes,
+        # plaintext / stored: above 1 when compression saved space (headers and tags cost).
+        "compression_ratio": (
+            round(summary.plaintext_bytes / summary.stored_bytes, 3)
+            if summary.stored_bytes
+            else None
+        ),
     }
+
+
+def _iso_time(ns: int) -> str | None:
+    if not ns:
+        return None
+    return datetime.datetime.fromtimestamp(ns / 1e9, datetime.UTC).isoformat(timespec="seconds")
 
 
 def _user_name(uid: int) -> str:
@@ -204,13 +225,18 @@ class _Output:
                 sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
-    def failure(self, code: str, message: str, exit_code: int) -> int:
-        """Report a failure (stderr line, and the JSON error object); return ``exit_code``."""
+    def failure(
+        self, code: str, message: str, exit_code: int, context: dict[str, Any] | None = None
+    ) -> int:
+        """Report a failure (stderr line, and the JSON error object); return ``exit_code``.
+
+        ``context`` adds fields to the JSON error object (an interrupted put's resume command).
+        """
         one_line = " ".join(message.split())
         sys.stderr.write(f"{PROG}: {code}: {one_line}\n")
         sys.stderr.flush()
         if self.json_mode:
-            error = {"code": code, "message": one_line, "exit_code": exit_code}
+            error = {"code": code, "message": one_line, "exit_code": exit_code, **(context or {})}
             with contextlib.suppress(OSError, ValueError):
                 self.result({"error": error})
         return exit_code
@@ -218,12 +244,18 @@ class _Output:
 
 @dataclass
 class _Progress:
-    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal.
+
+    With ``total`` (bytes, when known) it shows the percentage, the rate and the time left.
+    """
 
     enabled: bool
+    verb: str = "put"
+    total: int | None = None
     chunks: int = 0
     nbytes: int = 0
     _drawn: float = field(default=0.0)
+    _started: float = field(default_factory=time.monotonic)
 
     def add(self, nbytes: int) -> None:
         self.chunks += 1
@@ -234,9 +266,21 @@ class _Progress:
             self._draw()
 
     def _draw(self) -> None:
-        mib = self.nbytes / MiB
-        sys.stderr.write(f"\r{PROG} put: {self.chunks} chunks, {mib:.1f} MiB stored")
+        sys.stderr.write(f"\r{PROG} {self.verb}: {self.line()}\x1b[K")
         sys.stderr.flush()
+
+    def line(self) -> str:
+        done = f"{self.chunks} chunks, {self.nbytes / MiB:.1f}"
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        rate = self.nbytes / elapsed
+        if not self.total:
+            return f"{done} MiB, {rate / MiB:.1f} MiB/s"
+        percent = 100.0 * self.nbytes / self.total
+        left = (self.total - self.nbytes) / rate if rate else math.inf
+        eta = f"{left:.0f} s left" if math.isfinite(left) else "time left unknown"
+        return (
+            f"{done} of {self.total / MiB:.1f} MiB ({percent:.0f} %), {rate / MiB:.1f} MiB/s, {eta}"
+        )
 
     def done(self) -> None:
         if self.enabled and self.chunks:
@@ -338,12 +382,13 @@ def _cmd_sessions(args: argparse.Namespace, out: _Output) -> int:
     with _control(args) as control:
         sessions = control.sessions()
     header = (
-        f"{'SESSION':<36}  {'STATE':<10} {'SIZE':>10} {'CHUNKS':>10} {'BYTES':>14} "
-        f"{'COMPRESSION':<11} OWNER"
+        f"{'SESSION':<36}  {'CREATED':<25} {'STATE':<10} {'CHUNKS':>8} {'BYTES':>14} "
+        f"{'STORED':>14} {'OWNER':<12} LABEL"
     )
     human = [header] + [
-        f"{format_session_id(s.session):<36}  {s.state:<10} {s.size:>10} {s.chunks:>10} "
-        f"{s.plaintext_bytes:>14} {s.compression:<11} {_user_name(s.owner_uid)}"
+        f"{format_session_id(s.session):<36}  {_iso_time(s.created_ns) or '-':<25} "
+        f"{s.state:<10} {s.chunks:>8} {s.plaintext_bytes:>14} {s.stored_bytes:>14} "
+        f"{_user_name(s.owner_uid):<12} {s.label}"
         for s in sessions
     ]
     out.result({"sessions": [_summary_json(s) for s in sessions]}, human)
@@ -359,81 +404,201 @@ def _cmd_info(args: argparse.Namespace, out: _Output) -> int:
 
 def _cmd_open(args: argparse.Namespace, out: _Output) -> int:
     with _control(args) as control:
-        session = control.open_session(args.compression)
+        session = control.open_session(args.compression, label=args.label)
     text = format_session_id(session)
     out.result({"session": text}, [text])
     return EX_OK
 
 
-def _start_index(args: argparse.Namespace) -> tuple[bytes, int]:
-    """The session to append to and its first free index, opening the session if needed."""
+@dataclass(frozen=True)
+class _PutPlan:
+    """Where a put goes: the session, its first index, and whether this put created it."""
+
+    session: bytes
+    start: int
+    created: bool
+    chunk_size: int
+
+
+def _plan_put(args: argparse.Namespace) -> _PutPlan:
+    """Check the arguments against the daemon, then find or open the session.
+
+    Nothing is opened before every check passed, so a put that cannot run leaves no empty
+    session behind.
+    """
     with _control(args) as control:
+        max_chunk = int(control.config().get("max_chunk_size", 0))
         if args.session is None:
-            return control.open_session(args.compression), 0
+            if args.resume:
+                raise BadRequestError("put --resume needs --session ID (the session to resume)")
+            chunk_size = _chosen_chunk_size(args, 0, max_chunk)
+            session = control.open_session(
+                args.compression, label=args.label, chunk_size=chunk_size
+            )
+            return _PutPlan(session, 0, True, chunk_size)
         try:
             summary = control.info(args.session)
-        except UnknownSessionError:
-            return control.open_session(args.compression, args.session), 0
-    if summary.chunks != summary.size:
+        except UnknownSessionError as err:
+            if not args.create:
+                raise UnknownSessionError(
+                    f"{err.message}; add --create to open a new session with this id",
+                    session=args.session,
+                ) from None
+            chunk_size = _chosen_chunk_size(args, 0, max_chunk)
+            session = control.open_session(
+                args.compression, args.session, label=args.label, chunk_size=chunk_size
+            )
+            return _PutPlan(session, 0, True, chunk_size)
+        chunk_size = _chosen_chunk_size(args, summary.chunk_size, max_chunk)
+        _check_existing(args, summary)
+        if not summary.chunk_size:
+            control.open_session(session=args.session, chunk_size=chunk_size)  # record it
+    return _PutPlan(args.session, 0 if args.resume else summary.chunks, False, chunk_size)
+
+
+def _chosen_chunk_size(args: argparse.Namespace, recorded: int, max_chunk: int) -> int:
+    """--chunk-size, else the session's recorded one, else the default; checked first."""
+    if args.chunk_size is not None and recorded and args.chunk_size != recorded:
+        raise BadRequestError(
+            f"session {format_session_id(args.session)} was written with --chunk-size "
+            f"{recorded}, not {args.chunk_size}: leave --chunk-size out to use {recorded}"
+        )
+    chunk_size = int(args.chunk_size or recorded or DEFAULT_CHUNK_SIZE)
+    if max_chunk and chunk_size > max_chunk:
+        raise TooLargeError(
+            f"--chunk-size {chunk_size} ({format_size(chunk_size)}) exceeds the daemon's "
+            f"max_chunk_size of {max_chunk} ({format_size(max_chunk)})"
+        )
+    return chunk_size
+
+
+def _check_existing(args: argparse.Namespace, summary: SessionSummary) -> None:
+    name = format_session_id(args.session)
+    if args.compression is not None and args.compression != summary.compression:
+        raise BadRequestError(
+            f"session {name} exists with compression {summary.compression}; "
+            "--compression applies to new sessions only"
+        )
+    if summary.state != "open":
+        raise SessionFinalizedError(f"session {name} is {summary.state}: it takes no chunks")
+    if not args.resume and summary.chunks != summary.size:
         # Chunks stored past a gap (or still in flight): counting them gives an index that
         # collides with one of them, after storing some of the input at wrong indices.
         raise IncompleteSessionError(
-            f"session {format_session_id(args.session)} has {summary.chunks} chunks but a "
-            f"contiguous log of {summary.size}: put --session appends only after a log "
-            "without gaps or chunks in flight"
+            f"session {name} has {summary.chunks} chunks but a contiguous log of "
+            f"{summary.size}: resend the whole input with --resume to fill the gaps"
         )
-    if args.compression is not None and args.compression != summary.compression:
-        raise BadRequestError(
-            f"session {format_session_id(args.session)} exists with compression "
-            f"{summary.compression}; --compression applies to new sessions only"
-        )
-    return args.session, summary.chunks
+
+
+@dataclass
+class _PutState:
+    """How far a put got (what an interrupted put reports)."""
+
+    acked: int = 0
 
 
 def _cmd_put(args: argparse.Namespace, out: _Output) -> int:
     with _input_file(args.file) as source:
-        session, start = _start_index(args)  # after the input opened: no empty session on typos
-        return _put(args, out, source, session, start)
+        plan = _plan_put(args)  # after the input opened: no session for a missing file
+        state = _PutState()
+        try:
+            return _put(args, out, source, plan, state)
+        except LucidError as err:
+            return _put_interrupted(args, out, plan, state, err)
 
 
 def _put(
-    args: argparse.Namespace, out: _Output, source: IO[bytes], session: bytes, start: int
+    args: argparse.Namespace, out: _Output, source: IO[bytes], plan: _PutPlan, state: _PutState
 ) -> int:
-    """Send ``source`` as chunks ``start, start+1, ...`` of ``session``; print the result."""
-    progress = _Progress(enabled=sys.stderr.isatty())
+    """Send ``source`` as chunks ``start, start+1, ...`` of the session; print the result.
+
+    With --resume every chunk is sent from index 0: the daemon compares a resent chunk with
+    the stored one and acknowledges it again (never storing it twice), stores what is
+    missing, and refuses a chunk that differs (``duplicate_index`` naming it).
+    """
+    progress = _Progress(sys.stderr.isatty(), "put", _input_size(source, args.resume))
     lengths: dict[int, int] = {}
+    sent = 0
 
     def pieces() -> Iterator[tuple[int, bytes]]:
-        index = start
-        while piece := source.read(args.chunk_size):
+        nonlocal sent
+        index = plan.start
+        while piece := source.read(plan.chunk_size):
             lengths[index] = len(piece)
             yield index, piece
             index += 1
+            sent += 1
 
     def on_ack(ack: Ack) -> None:
         progress.add(lengths.pop(ack.index, 0))
 
     try:
         with DataClient(args.runtime_dir, timeout=args.timeout) as data:
-            acks = data.put_many(session, pieces(), window=args.window, on_ack=on_ack)
+            acks = data.put_many(plan.session, pieces(), window=args.window, on_ack=on_ack)
     finally:
         progress.done()
+        state.acked = progress.chunks
     with _control(args) as control:
-        root = control.root(session)
+        if args.resume:
+            held = control.info(plan.session).chunks
+            if held != plan.start + sent:
+                raise IncompleteSessionError(
+                    f"session {format_session_id(plan.session)} holds {held} chunks but the "
+                    f"input has {sent}: it is not this input (or more was appended to it)"
+                )
+        root = control.root(plan.session)
         result: dict[str, Any] = {
-            "session": format_session_id(session),
+            "session": format_session_id(plan.session),
             "chunks": len(acks),
             "bytes": progress.nbytes,
             "size": root.size,
             "root": _hex(root.root),
         }
         if args.finalize:
-            final = control.finalize(session)
+            final = control.finalize(plan.session)
             result.update(
                 size=final.size, root=_hex(final.root), checkpoint=final.checkpoint.decode()
             )
     out.result(result)
     return EX_OK
+
+
+def _input_size(source: IO[bytes], resume: bool) -> int | None:
+    """The bytes a put will send, when the input is a regular file (for the progress bar)."""
+    try:
+        st = os.fstat(source.fileno())
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return st.st_size - (0 if resume else source.tell())
+
+
+def _put_interrupted(
+    args: argparse.Namespace, out: _Output, plan: _PutPlan, state: _PutState, err: LucidError
+) -> int:
+    """Say how to finish the job: the session, what was acknowledged, the resume command."""
+    acked = state.acked
+    if plan.created and acked == 0 and not err.retryable:
+        # Nothing of this put is stored and the same put cannot succeed: leave no empty
+        # session behind (a retryable failure keeps it, for the resume command below).
+        with contextlib.suppress(LucidError), _control(args) as control:
+            control.shred(plan.session)
+        return out.failure(err.code, err.message, err.exit_code)
+    name = format_session_id(plan.session)
+    source = "-" if args.file == "-" else shlex.quote(args.file)
+    command = f"{PROG} put {source} --session {name} --resume --chunk-size {plan.chunk_size}"
+    if args.runtime_dir is not None:
+        command += f" --runtime-dir {shlex.quote(str(args.runtime_dir))}"
+    note = (
+        f"{PROG}: put interrupted: session {name}, {plan.start + acked} chunks acknowledged"
+        f" ({acked} by this put); resume with: {command}"
+    )
+    if args.file == "-":
+        note += " (with the same bytes on stdin again, from the start)"
+    sys.stderr.write(note + "\n")
+    context = {"session": name, "acked": plan.start + acked, "resume": command}
+    return out.failure(err.code, err.message, err.exit_code, context)
 
 
 def _cmd_root(args: argparse.Namespace, out: _Output) -> int:
@@ -503,12 +668,20 @@ def _cmd_get(args: argparse.Namespace, out: _Output) -> int:
     _require_output_for_json(args)
     nbytes = 0
     with _control(args) as control:
-        size = control.info(args.session).size
-        with _output_file(args.output) as sink:
-            for index in range(size):
-                data = control.read_chunk(args.session, index).data
-                sink.write(data)
-                nbytes += len(data)
+        info = control.info(args.session)
+        size = info.size
+        # Drawn only on a terminal that is not also the data's destination.
+        to_terminal = args.output in (None, "-") and sys.stdout.isatty()
+        progress = _Progress(sys.stderr.isatty() and not to_terminal, "get", info.plaintext_bytes)
+        try:
+            with _output_file(args.output) as sink:
+                for index in range(size):
+                    data = control.read_chunk(args.session, index).data
+                    sink.write(data)
+                    nbytes += len(data)
+                    progress.add(len(data))
+        finally:
+            progress.done()
     if args.output not in (None, "-"):
         out.result({"session": format_session_id(args.session), "chunks": size, "bytes": nbytes})
     return EX_OK
@@ -535,6 +708,17 @@ def _cmd_record(args: argparse.Namespace, out: _Output) -> int:
 
 
 def _cmd_shred(args: argparse.Namespace, out: _Output) -> int:
+    name = format_session_id(args.session)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise BadRequestError(
+                f"shred destroys session {name} for good; confirm with --yes (no terminal to ask)"
+            )
+        sys.stderr.write(f"{PROG}: shred session {name}? Its chunks can never be read again. ")
+        sys.stderr.write("Type the session id to confirm: ")
+        sys.stderr.flush()
+        if sys.stdin.readline().strip().lower() != name:
+            raise BadRequestError(f"not confirmed; session {name} was left as it is")
     with _control(args) as control:
         control.shred(args.session)
     out.result({"session": format_session_id(args.session), "shredded": True})
@@ -682,11 +866,18 @@ def _verify(args: argparse.Namespace) -> tuple[_Proof, merkle.Checkpoint, str]:
         proof.leaf_hash, proof.index, proof.size, proof.path, checkpoint.root
     ):
         raise _InvalidError("the inclusion proof does not lead to the checkpoint's root")
-    source = "record" if args.record is not None else "leaf hash"
-    reason = (
-        f"{source} of chunk {proof.index} is leaf {proof.index} of the checkpointed tree of "
-        f"size {checkpoint.size} of session {format_session_id(proof.session)}"
+    tree = (
+        f"leaf {proof.index} of the checkpointed tree of size {checkpoint.size} of session "
+        f"{format_session_id(proof.session)}"
     )
+    if args.record is None and args.leaf_hash is None:
+        reason = (
+            f"the proof's own leaf hash is {tree}; no data was checked (give --record FILE "
+            "or --leaf-hash HEX to check a chunk)"
+        )
+    else:
+        source = "record" if args.record is not None else "leaf hash"
+        reason = f"{source} of chunk {proof.index} is {tree}"
     return proof, checkpoint, reason
 
 
@@ -754,6 +945,7 @@ def _build_parser() -> _Parser:
         description="Control and query lucidd; verify proofs offline.",
     )
     _add_global_options(parser, top=True)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
@@ -778,6 +970,7 @@ def _build_parser() -> _Parser:
 
     sub = command("open", _cmd_open, "open a new session and print its id")
     sub.add_argument("--compression", choices=COMPRESSION_CHOICES)
+    sub.add_argument("--label", metavar="TEXT", help="a note shown by sessions and info")
 
     sub = command("put", _cmd_put, "store a file as the chunks of a session")
     sub.add_argument("file", metavar="FILE", help="the file to send, or - for stdin")
@@ -785,15 +978,28 @@ def _build_parser() -> _Parser:
         "--session",
         type=_session_arg,
         metavar="ID",
-        help="append to this session (from its chunk count; opened if unknown)",
+        help="append to this session (after its stored chunks); it must exist unless --create",
+    )
+    sub.add_argument(
+        "--create",
+        action="store_true",
+        help="with --session: open the session with that id if there is none",
+    )
+    sub.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --session: send the whole input again; stored chunks are compared and "
+        "acknowledged again, missing ones stored (after any crash)",
     )
     sub.add_argument(
         "--chunk-size",
         type=_size_arg,
-        default=DEFAULT_CHUNK_SIZE,
+        default=None,
         metavar="BYTES",
-        help="bytes per chunk, e.g. 65536 or 64KiB (default 1MiB)",
+        help="bytes per chunk, e.g. 65536 or 64KiB (default: the session's recorded size, "
+        "else 1MiB)",
     )
+    sub.add_argument("--label", metavar="TEXT", help="a note for a new session (sessions, info)")
     sub.add_argument(
         "--compression",
         choices=COMPRESSION_CHOICES,
@@ -854,6 +1060,9 @@ def _build_parser() -> _Parser:
 
     sub = command("shred", _cmd_shred, "crypto-shred a session (irreversible)")
     session(sub)
+    sub.add_argument(
+        "--yes", action="store_true", help="do not ask (needed when stdin is not a terminal)"
+    )
     return parser
 
 

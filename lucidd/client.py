@@ -123,6 +123,8 @@ __all__ = [
     "parse_session_id",
 ]
 
+SessionRef: TypeAlias = bytes | str
+"""A session id: its 16 bytes, or the canonical UUID string ``lucidctl`` prints."""
 Buffer: TypeAlias = bytes | bytearray | memoryview
 """A payload: anything with the buffer protocol (``collections.abc.Buffer`` is 3.12+)."""
 
@@ -238,9 +240,15 @@ def _unavailable(path: Path, exc: OSError) -> UnavailableError:
     )
 
 
-def _check_session_arg(session: bytes) -> None:
+def _session_bytes(session: SessionRef) -> bytes:
+    """A session id as its 16 bytes, given as those bytes or as the UUID text lucidctl prints."""
+    if isinstance(session, str):
+        return parse_session_id(session)
     if not isinstance(session, bytes) or len(session) != SESSION_ID_SIZE:
-        raise ValueError(f"session must be {SESSION_ID_SIZE} bytes (see parse_session_id)")
+        raise ValueError(
+            f"session must be {SESSION_ID_SIZE} bytes or a UUID string (see parse_session_id)"
+        )
+    return session
 
 
 def _check_index_arg(name: str, value: int) -> None:
@@ -387,13 +395,13 @@ class DataCore(_Core[ChunkResult]):
     def is_pending(self, req: int) -> bool:
         return req in self._pending
 
-    def chunk(self, session: bytes, index: int, length: int) -> tuple[int, bytes]:
+    def chunk(self, session: SessionRef, index: int, length: int) -> tuple[int, bytes]:
         """Register one chunk; return its request id and the ``Chunk`` frame to send.
 
         ValueError for a session that is not 16 bytes or an index or length out of range;
         UnavailableError once the core is broken.
         """
-        _check_session_arg(session)
+        session = _session_bytes(session)
         _check_index_arg("index", index)
         _check_index_arg("length", length)
         req = self._next_req()
@@ -402,13 +410,13 @@ class DataCore(_Core[ChunkResult]):
         self._count += 1
         return req, frame
 
-    def batch(self, session: bytes, items: Sequence[tuple[int, int]]) -> tuple[int, bytes]:
+    def batch(self, session: SessionRef, items: Sequence[tuple[int, int]]) -> tuple[int, bytes]:
         """Register a batch of ``(index, length)`` items; return its req and ``Batch`` frame.
 
         The payloads follow the frame concatenated in the order of ``items``. ValueError for
         an empty batch or a repeated index (its replies could not be told apart).
         """
-        _check_session_arg(session)
+        session = _session_bytes(session)
         if not items:
             raise ValueError("a batch needs at least one chunk")
         indices = [index for index, _ in items]
@@ -694,13 +702,13 @@ class DataClient:
         self._core = DataCore()
         self._link = _SyncLink(self.path, timeout, self._core)
 
-    def put(self, session: bytes, index: int, payload: Buffer) -> Ack:
+    def put(self, session: SessionRef, index: int, payload: Buffer) -> Ack:
         """Send one chunk and wait for its ack (the record is durable when this returns)."""
         return self.put_many(session, ((index, payload),), window=1)[0]
 
     def put_many(
         self,
-        session: bytes,
+        session: SessionRef,
         chunks: Iterable[tuple[int, Buffer]],
         window: int = DEFAULT_WINDOW,
         *,
@@ -738,7 +746,7 @@ class DataClient:
             raise
         return collector.result(keys)
 
-    def put_batch(self, session: bytes, chunks: Sequence[tuple[int, Buffer]]) -> list[Ack]:
+    def put_batch(self, session: SessionRef, chunks: Sequence[tuple[int, Buffer]]) -> list[Ack]:
         """Send ``(index, payload)`` chunks in one ``Batch`` frame; acks in the given order.
 
         Each item is answered on its own; once all are, the first error (if any) is raised.
@@ -779,7 +787,7 @@ RESEND_BACKOFF_MAX_S: Final = 2.0
 
 
 def put_until_acked(
-    session: bytes,
+    session: SessionRef,
     chunks: Iterable[tuple[int, Buffer]],
     runtime_dir: str | os.PathLike[str] | None = None,
     *,
@@ -821,9 +829,20 @@ def put_until_acked(
     return acks
 
 
-def _sid(session: bytes) -> bytes:
-    _check_session_arg(session)
-    return session
+def _sid(session: SessionRef) -> bytes:
+    return _session_bytes(session)
+
+
+def _open_request(
+    compression: str | None, session: SessionRef | None, label: str | None, chunk_size: int | None
+) -> OpenSession:
+    return OpenSession(
+        req=0,
+        compression=compression,
+        session=None if session is None else _sid(session),
+        label=label,
+        chunk_size=chunk_size,
+    )
 
 
 def _expect(outcome: Message | LucidError, reply_type: type[R]) -> R:
@@ -880,51 +899,59 @@ class ControlClient:
         """The daemon's effective configuration (never secrets)."""
         return self._call(GetConfig(req=0), ConfigReply).config
 
-    def open_session(self, compression: str | None = None, session: bytes | None = None) -> bytes:
+    def open_session(
+        self,
+        compression: str | None = None,
+        session: SessionRef | None = None,
+        *,
+        label: str | None = None,
+        chunk_size: int | None = None,
+    ) -> bytes:
         """Open a session and return its id (the daemon picks one unless ``session`` is given).
 
         ``compression`` is ``auto``, ``zstd``, ``zlib`` or ``off`` (None: the daemon's default).
+        ``label`` is a note shown by ``sessions``/``info``; ``chunk_size`` records the size the
+        session is written in (for an existing session that has none yet, it is recorded; one
+        that differs is ``bad_request``).
         """
-        request = OpenSession(
-            req=0, compression=compression, session=None if session is None else _sid(session)
-        )
+        request = _open_request(compression, session, label, chunk_size)
         return self._call(request, SessionOpened).session
 
     def sessions(self) -> list[SessionSummary]:
         """Every session the daemon holds."""
         return self._call(ListSessions(req=0), SessionListReply).sessions
 
-    def info(self, session: bytes) -> SessionSummary:
+    def info(self, session: SessionRef) -> SessionSummary:
         """One session's summary (UnknownSessionError if there is none)."""
         return self._call(SessionInfo(req=0, session=_sid(session)), SessionInfoReply).info
 
-    def root(self, session: bytes, size: int | None = None) -> RootReply:
+    def root(self, session: SessionRef, size: int | None = None) -> RootReply:
         """The Merkle root of the session's first ``size`` leaves (default: all of them)."""
         return self._call(GetRoot(req=0, session=_sid(session), size=size), RootReply)
 
     def inclusion_proof(
-        self, session: bytes, index: int, size: int | None = None
+        self, session: SessionRef, index: int, size: int | None = None
     ) -> InclusionProofReply:
         """The RFC 9162 inclusion proof of leaf ``index`` in the tree of ``size`` leaves."""
         request = GetInclusionProof(req=0, session=_sid(session), index=index, size=size)
         return self._call(request, InclusionProofReply)
 
     def consistency_proof(
-        self, session: bytes, size1: int, size2: int | None = None
+        self, session: SessionRef, size1: int, size2: int | None = None
     ) -> ConsistencyProofReply:
         """The RFC 9162 consistency proof from tree size ``size1`` to ``size2`` (default: all)."""
         request = GetConsistencyProof(req=0, session=_sid(session), size1=size1, size2=size2)
         return self._call(request, ConsistencyProofReply)
 
-    def finalize(self, session: bytes) -> FinalizeReply:
+    def finalize(self, session: SessionRef) -> FinalizeReply:
         """Write the session's FINAL record; it accepts no chunk afterwards."""
         return self._call(Finalize(req=0, session=_sid(session)), FinalizeReply)
 
-    def read_chunk(self, session: bytes, index: int) -> ChunkReply:
+    def read_chunk(self, session: SessionRef, index: int) -> ChunkReply:
         """Decrypt one stored chunk: its plaintext and its sealed record."""
         return self._call(ReadChunk(req=0, session=_sid(session), index=index), ChunkReply)
 
-    def shred(self, session: bytes) -> None:
+    def shred(self, session: SessionRef) -> None:
         """Crypto-shred the session: its secret is deleted, its records become unreadable."""
         self._call(Shred(req=0, session=_sid(session)), ShredReply)
 
@@ -1092,7 +1119,7 @@ class AsyncDataClient:
         return cls(_AsyncLink(socket_path, timeout, core, streams), core)
 
     async def _start(
-        self, session: bytes, index: int, payload: Buffer
+        self, session: SessionRef, index: int, payload: Buffer
     ) -> tuple[Key, asyncio.Future[Any]]:
         view = _flat(payload)
         req, header = self._core.chunk(session, index, view.nbytes)
@@ -1100,7 +1127,7 @@ class AsyncDataClient:
         await self._link.send((header, view))
         return (req, index), future
 
-    async def put(self, session: bytes, index: int, payload: Buffer) -> Ack:
+    async def put(self, session: SessionRef, index: int, payload: Buffer) -> Ack:
         """Send one chunk and wait for its ack (the record is durable when this returns)."""
         _, future = await self._start(session, index, payload)
         ack: Ack = await self._link.wait(future)
@@ -1108,7 +1135,7 @@ class AsyncDataClient:
 
     async def put_many(
         self,
-        session: bytes,
+        session: SessionRef,
         chunks: Iterable[tuple[int, Buffer]],
         window: int = DEFAULT_WINDOW,
         *,
@@ -1147,7 +1174,9 @@ class AsyncDataClient:
                 raise exc
             collector.record(key, exc if isinstance(exc, LucidError) else future.result())
 
-    async def put_batch(self, session: bytes, chunks: Sequence[tuple[int, Buffer]]) -> list[Ack]:
+    async def put_batch(
+        self, session: SessionRef, chunks: Sequence[tuple[int, Buffer]]
+    ) -> list[Ack]:
         """As :meth:`DataClient.put_batch`: one ``Batch`` frame, acks in the given order."""
         views = [(index, _flat(payload)) for index, payload in chunks]
         req, header = self._core.batch(session, [(index, view.nbytes) for index, view in views])
@@ -1227,51 +1256,54 @@ class AsyncControlClient:
         return (await self._call(GetConfig(req=0), ConfigReply)).config
 
     async def open_session(
-        self, compression: str | None = None, session: bytes | None = None
+        self,
+        compression: str | None = None,
+        session: SessionRef | None = None,
+        *,
+        label: str | None = None,
+        chunk_size: int | None = None,
     ) -> bytes:
         """As :meth:`ControlClient.open_session`."""
-        request = OpenSession(
-            req=0, compression=compression, session=None if session is None else _sid(session)
-        )
+        request = _open_request(compression, session, label, chunk_size)
         return (await self._call(request, SessionOpened)).session
 
     async def sessions(self) -> list[SessionSummary]:
         """Every session the daemon holds."""
         return (await self._call(ListSessions(req=0), SessionListReply)).sessions
 
-    async def info(self, session: bytes) -> SessionSummary:
+    async def info(self, session: SessionRef) -> SessionSummary:
         """One session's summary (UnknownSessionError if there is none)."""
         request = SessionInfo(req=0, session=_sid(session))
         return (await self._call(request, SessionInfoReply)).info
 
-    async def root(self, session: bytes, size: int | None = None) -> RootReply:
+    async def root(self, session: SessionRef, size: int | None = None) -> RootReply:
         """As :meth:`ControlClient.root`."""
         return await self._call(GetRoot(req=0, session=_sid(session), size=size), RootReply)
 
     async def inclusion_proof(
-        self, session: bytes, index: int, size: int | None = None
+        self, session: SessionRef, index: int, size: int | None = None
     ) -> InclusionProofReply:
         """As :meth:`ControlClient.inclusion_proof`."""
         request = GetInclusionProof(req=0, session=_sid(session), index=index, size=size)
         return await self._call(request, InclusionProofReply)
 
     async def consistency_proof(
-        self, session: bytes, size1: int, size2: int | None = None
+        self, session: SessionRef, size1: int, size2: int | None = None
     ) -> ConsistencyProofReply:
         """As :meth:`ControlClient.consistency_proof`."""
         request = GetConsistencyProof(req=0, session=_sid(session), size1=size1, size2=size2)
         return await self._call(request, ConsistencyProofReply)
 
-    async def finalize(self, session: bytes) -> FinalizeReply:
+    async def finalize(self, session: SessionRef) -> FinalizeReply:
         """As :meth:`ControlClient.finalize`."""
         return await self._call(Finalize(req=0, session=_sid(session)), FinalizeReply)
 
-    async def read_chunk(self, session: bytes, index: int) -> ChunkReply:
+    async def read_chunk(self, session: SessionRef, index: int) -> ChunkReply:
         """As :meth:`ControlClient.read_chunk`."""
         request = ReadChunk(req=0, session=_sid(session), index=index)
         return await self._call(request, ChunkReply)
 
-    async def shred(self, session: bytes) -> None:
+    async def shred(self, session: SessionRef) -> None:
         """As :meth:`ControlClient.shred`."""
         await self._call(Shred(req=0, session=_sid(session)), ShredReply)
 

@@ -62,6 +62,10 @@ def _summary(session: SessionLedger) -> p.SessionSummary:
         plaintext_bytes=session.plaintext_bytes,
         compression=session.meta.compression,
         owner_uid=session.owner_uid,
+        created_ns=session.meta.created_ns,
+        label=session.meta.label,
+        chunk_size=session.meta.chunk_size,
+        stored_bytes=session.stored_bytes(),
     )
 
 
@@ -108,15 +112,28 @@ async def _config(s: ControlServices, r: p.GetConfig, peer: Peer) -> p.Message:
 async def _open(s: ControlServices, r: p.OpenSession, peer: Peer) -> p.Message:
     if r.session is not None:
         existing = s.ledger.sessions.get(r.session)
-        if existing is not None and not s.policy.may_touch(peer, existing.owner_uid):
-            raise s.policy.refusal(peer, r.session, exists=True)
-    session = s.ledger.open(r.session, r.compression or s.default_compression, peer.uid)
+        if existing is not None:
+            if not s.policy.may_touch(peer, existing.owner_uid):
+                raise s.policy.refusal(peer, r.session, exists=True)
+            if r.chunk_size:
+                existing.record_chunk_size(r.chunk_size)
+            return p.SessionOpened(req=r.req, session=existing.session_id)
+    session = s.ledger.open(
+        r.session,
+        r.compression or s.default_compression,
+        peer.uid,
+        label=r.label or "",
+        chunk_size=r.chunk_size or 0,
+    )
     s.session_changed(session)
     return p.SessionOpened(req=r.req, session=session.session_id)
 
 
 async def _sessions(s: ControlServices, r: p.ListSessions, peer: Peer) -> p.Message:
-    visible = [x for x in s.ledger if s.policy.may_touch(peer, x.owner_uid)]
+    visible = sorted(
+        (x for x in s.ledger if s.policy.may_touch(peer, x.owner_uid)),
+        key=lambda x: x.meta.created_ns,
+    )
     return p.SessionListReply(req=r.req, sessions=[_summary(x) for x in visible])
 
 

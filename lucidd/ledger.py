@@ -261,6 +261,29 @@ class SessionLedger:
     def owner_uid(self) -> int:
         return self.meta.owner_uid
 
+    def stored_bytes(self) -> int:
+        """Bytes of this session's segment files (what its sealed records take on disk)."""
+        total = 0
+        for name in self.paths.segments():
+            with contextlib.suppress(FileNotFoundError):
+                total += self.paths.segment(name).stat().st_size
+        return total
+
+    def record_chunk_size(self, chunk_size: int) -> None:
+        """Record the chunk size of the first put; a different one later is refused."""
+        recorded = self.meta.chunk_size
+        if recorded == chunk_size:
+            return
+        if recorded:
+            raise BadRequestError(
+                f"session {uuid.UUID(bytes=self.session_id)} is written in chunks of "
+                f"{recorded} bytes, not {chunk_size}",
+                session=self.session_id,
+            )
+        meta = msgspec.structs.replace(self.meta, chunk_size=chunk_size)
+        write_meta(self.paths, meta)
+        self.meta = meta
+
     @property
     def chunks(self) -> int:
         return self.merkle.size + len(self.window)
@@ -436,7 +459,14 @@ class Ledger:
             )
         return session
 
-    def open(self, session_id: bytes | None, compression: str, owner_uid: int) -> SessionLedger:
+    def open(
+        self,
+        session_id: bytes | None,
+        compression: str,
+        owner_uid: int,
+        label: str = "",
+        chunk_size: int = 0,
+    ) -> SessionLedger:
         """Create a session owned by ``owner_uid``; durable when it returns.
 
         An existing id returns that session as it is (whoever owns it): the caller checks
@@ -456,7 +486,15 @@ class Ledger:
         secret = new_session_secret()
         wrapped = wrap_secret(self.keyring, session_id, secret)
         paths = SessionPaths.of(self.state_dir, session_id)
-        meta = new_meta(session_id, wrapped, compression, ipc.SESSION_OPEN, owner_uid)
+        meta = new_meta(
+            session_id,
+            wrapped,
+            compression,
+            ipc.SESSION_OPEN,
+            owner_uid,
+            label=label,
+            chunk_size=chunk_size,
+        )
         create_session_dir(paths, meta)
         session = SessionLedger(session_id, paths, meta)
         self.sessions[session_id] = session

@@ -109,6 +109,10 @@ class OpenSession(Message, tag="open", frozen=True):
 
     compression: str | None = None
     session: bytes | None = None
+    #: A note people choose (shown by ``sessions``/``info``), at most MAX_LABEL_SIZE bytes.
+    label: str | None = None
+    #: The chunk size the session is written in (recorded once; resumes must match it).
+    chunk_size: int | None = None
 
 
 class ListSessions(Message, tag="sessions", frozen=True):
@@ -198,6 +202,12 @@ class SessionSummary(msgspec.Struct, frozen=True):
     plaintext_bytes: int
     compression: str
     owner_uid: int = -1
+    #: When it was opened (Unix time, nanoseconds), its label and recorded chunk size (0: none).
+    created_ns: int = 0
+    label: str = ""
+    chunk_size: int = 0
+    #: Bytes of its segment files on disk (sealed records: compressed, plus headers and tags).
+    stored_bytes: int = 0
 
 
 class SessionOpened(Message, tag="opened", frozen=True):
@@ -301,6 +311,8 @@ def error_reply(req: int, err: LucidError) -> Error:
 
 #: Fields of control requests that hold a chunk index or a tree size.
 _INDEX_FIELDS: Final = ("index", "size", "size1", "size2")
+#: Bound on a session's label (UTF-8 bytes).
+MAX_LABEL_SIZE: Final = 256
 
 
 def check_control_request(request: Message) -> None:
@@ -318,6 +330,11 @@ def check_control_request(request: Message) -> None:
         value = getattr(request, name, None)
         if isinstance(value, int) and not 0 <= value <= MAX_INDEX:
             raise BadRequestError(f"{name} {value} is out of range 0..{MAX_INDEX}", req=request.req)
+    if isinstance(request, OpenSession):
+        if request.label is not None and len(request.label.encode()) > MAX_LABEL_SIZE:
+            raise BadRequestError(f"label is longer than {MAX_LABEL_SIZE} bytes", req=request.req)
+        if request.chunk_size is not None and not 1 <= request.chunk_size <= MAX_INDEX:
+            raise BadRequestError(f"chunk_size {request.chunk_size} is out of range")
 
 
 # --- decoding ---------------------------------------------------------------------------

@@ -104,6 +104,9 @@ class SessionMeta(msgspec.Struct, frozen=True, kw_only=True):
     created_ns: int
     #: The uid that opened the session (access.LEGACY_OWNER for sessions older than owners).
     owner_uid: int = LEGACY_OWNER
+    label: str = ""
+    #: The chunk size of the first put (0: not recorded); resumes must use the same.
+    chunk_size: int = 0
 
 
 _meta_encoder = msgspec.msgpack.Encoder()
@@ -144,7 +147,14 @@ class SessionPaths:
 
 
 def new_meta(
-    session_id: bytes, wrapped_secret: bytes, compression: str, state: str, owner_uid: int
+    session_id: bytes,
+    wrapped_secret: bytes,
+    compression: str,
+    state: str,
+    owner_uid: int,
+    *,
+    label: str = "",
+    chunk_size: int = 0,
 ) -> SessionMeta:
     return SessionMeta(
         session=session_id,
@@ -153,6 +163,8 @@ def new_meta(
         state=state,
         created_ns=time.time_ns(),
         owner_uid=owner_uid,
+        label=label,
+        chunk_size=chunk_size,
     )
 
 

@@ -84,7 +84,7 @@ def test_another_user_can_neither_see_nor_touch_a_session(
             ("record", target, "0", "-o", "/dev/null"),
             ("get", target, "-o", "/dev/null"),
             ("finalize", target),
-            ("shred", target),
+            ("shred", target, "--yes"),
         ):
             refusals.add((args[0], assert_forbidden(ctl(bob, daemon, *args), target)))
     # One wording per command whether the session exists or not: nothing leaks.
@@ -166,7 +166,7 @@ def test_admin_group_root_and_the_daemon_may_touch_every_session(
     missing = ctl(host_users.admin, daemon, "info", str(uuid.uuid4()))
     assert missing.returncode == EX_NOINPUT, missing.stderr.decode()
     assert missing.stderr.decode().startswith("lucidctl: unknown_session: ")
-    shred = ctl(host_users.admin, daemon, "--json", "shred", session)
+    shred = ctl(host_users.admin, daemon, "--json", "shred", session, "--yes")
     assert shred.returncode == 0, shred.stderr.decode()
     assert f"event=session_shredded session={session}" in daemon.log()
     assert f"by_uid={host_users.admin.uid}" in daemon.log()

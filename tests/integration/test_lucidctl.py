@@ -9,6 +9,7 @@ from the bytes (leaf hashes, roots, proofs).
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import math
@@ -18,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,8 +204,16 @@ def test_open_with_zstd_is_listed_and_described(daemon: Daemon) -> None:
         "compression": "zstd",
         "owner_uid": os.geteuid(),
         "owner": pwd.getpwuid(os.geteuid()).pw_name,
+        "label": "",
+        "chunk_size": 0,
+        "stored_bytes": 0,
+        "compression_ratio": None,
     }
-    assert ctl(daemon, "--json", "sessions").ok() == {"sessions": [expected]}
+    listed = ctl(daemon, "--json", "sessions").ok()
+    created = listed["sessions"][0]["created"]
+    assert abs(datetime.datetime.fromisoformat(created).timestamp() - time.time()) < 3600
+    expected["created"] = created
+    assert listed == {"sessions": [expected]}
     assert ctl(daemon, "--json", "info", session).ok() == expected
     # an upper-case id names the same session
     assert ctl(daemon, "--json", "info", session.upper()).ok() == expected
@@ -518,7 +528,10 @@ def test_shred_makes_the_session_unknown(daemon: Daemon, short_tmp: Path) -> Non
     path, _ = random_file(short_tmp, "s.bin", 2 * CHUNK_SIZE)
     session = put_file(daemon, path)["session"]
     kept = put_file(daemon, path)["session"]
-    assert ctl(daemon, "--json", "shred", session).ok() == {"session": session, "shredded": True}
+    assert ctl(daemon, "--json", "shred", session, "--yes").ok() == {
+        "session": session,
+        "shredded": True,
+    }
 
     root = ctl(daemon, "root", session)
     root.assert_failed("unknown_session", EX_NOINPUT)
@@ -529,7 +542,7 @@ def test_shred_makes_the_session_unknown(daemon: Daemon, short_tmp: Path) -> Non
     assert not copy.exists()
     listed = ctl(daemon, "--json", "sessions").ok()["sessions"]
     assert [s["session"] for s in listed] == [kept]
-    ctl(daemon, "--json", "shred", session).assert_failed("unknown_session", EX_NOINPUT)
+    ctl(daemon, "--json", "shred", session, "--yes").assert_failed("unknown_session", EX_NOINPUT)
 
 
 @pytest.mark.parametrize(
