@@ -5,7 +5,9 @@ Each trial streams three sessions from three clients that use the library's rese
 the kill took it down, lets the clients finish, and then checks the promise of an ack: every
 acknowledged chunk reads back to its bytes under the very leaf hash its ack named, every
 session holds exactly the chunks meant (no gap, no duplicate), and each root equals the root
-recomputed from the record files on disk.
+recomputed from the record files on disk. Alongside, a ``lucidctl put`` of a file runs
+through each fault and is then finished with ``lucidctl put --resume``: the session must hold
+the file byte for byte, each chunk once, under the root of its records.
 
 (A run without faults would give the same plaintexts but other roots: every seal draws a fresh
 random nonce, so "the same root as a fault-free run" is checked as the same chunk sequence.)
@@ -13,11 +15,15 @@ random nonce, so "the same root as a fault-free run" is checked as the same chun
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -117,6 +123,65 @@ def inject(fault: str, d: Daemon, rng: random.Random) -> None:
         d.start()
 
 
+class CliPut:
+    """A ``lucidctl put`` of a file running through the fault, then finished with --resume."""
+
+    CHUNK = 16 * 1024
+
+    def __init__(self, d: Daemon, folder: Path, rng: random.Random) -> None:
+        self.daemon = d
+        self.path = folder / f"put-{rng.randrange(2**32):08x}.bin"
+        self.data = rng.randbytes(rng.randrange(40, 80) * self.CHUNK + rng.randrange(self.CHUNK))
+        self.path.write_bytes(self.data)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _argv(self, *args: str) -> list[str]:
+        runtime = ["--runtime-dir", str(self.daemon.runtime_dir)]
+        return [
+            sys.executable,
+            "-m",
+            "lucidd.cli",
+            *runtime,
+            "--json",
+            "put",
+            str(self.path),
+            *args,
+        ]
+
+    def start(self) -> None:
+        argv = self._argv("--chunk-size", str(self.CHUNK), "--window", "2")
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def resume(self) -> str:
+        """Wait for the interrupted (or finished) put; resume it; return the session id."""
+        assert self.proc is not None
+        stdout, stderr = self.proc.communicate(timeout=120)
+        assert b"Traceback" not in stderr, stderr
+        outcome = json.loads(stdout)
+        session = outcome.get("session") or outcome["error"].get("session")
+        if session is None:  # killed before it opened a session: nothing to resume
+            argv = self._argv("--chunk-size", str(self.CHUNK))
+        else:
+            argv = self._argv("--session", session, "--resume")
+        done = subprocess.run(argv, capture_output=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr.decode()
+        return str(json.loads(done.stdout)["session"])
+
+    def check(self, session: str) -> None:
+        """The session holds the file, each chunk a record on disk, the records' root."""
+        sid = uuid.UUID(session).bytes
+        chunks = -(-len(self.data) // self.CHUNK)
+        on_disk = all_records_on_disk(self.daemon.state_dir, sid)
+        assert sorted(on_disk) == list(range(chunks))
+        with ControlClient(self.daemon.runtime_dir) as control:
+            served = [control.read_chunk(sid, i) for i in range(chunks)]
+            root = control.root(sid)
+        assert b"".join(chunk.data for chunk in served) == self.data
+        assert all(chunk.record in on_disk[chunk.index] for chunk in served)
+        assert root.size == chunks
+        assert root_of([leaf_hash(chunk.record) for chunk in served]) == root.root
+
+
 def check(d: Daemon, stream: Stream) -> None:
     with ControlClient(d.runtime_dir) as control:
         for session in stream.sessions:
@@ -148,12 +213,15 @@ def test_kill_9_while_streaming_loses_no_acknowledged_chunk(fault: str, short_tm
     try:
         for _ in range(TRIALS):
             stream = Stream(d, rng)
+            cli_put = CliPut(d, short_tmp, rng)
             stream.start()
+            cli_put.start()
             stream.wait_for_acks(rng.randrange(10, SESSIONS * CHUNKS // 2))
             acked_before_fault += len(stream.acks)
             inject(fault, d, rng)
             stream.join()
             check(d, stream)
+            cli_put.check(cli_put.resume())
             acked_total += len(stream.acks)
             if fault in ("supervisor", "group"):
                 # a crashed run's ring segment is gone once the new daemon is up
