@@ -13,6 +13,7 @@ import contextlib
 import mmap
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -41,6 +42,10 @@ from lucidd.store import SegmentWriter, SessionPaths, read_meta, segment_name, s
 #: sealing 1 MiB chunks kept 10 MiB resident, and 100 MB at 10 MiB chunks. Smaller ones are
 #: sealed whole into the sealer's buffer and written with one ``write``.
 STREAM_ABOVE: Final = STREAM_PIECE
+#: Open segment files a worker keeps (one per recently used session; the rest are closed).
+MAX_OPEN_SEGMENTS: Final = 32
+#: Unwrapped session secrets a worker keeps (32 bytes each, plus the dict's overhead).
+MAX_CACHED_SECRETS: Final = 4096
 
 
 _A = TypeVar("_A")
@@ -76,8 +81,10 @@ class Worker:
         size = sealer_buffer_size(STREAM_ABOVE)
         self._sealer_memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self._sealer = ChunkSealer(STREAM_ABOVE, memoryview(self._sealer_memory))
-        self._secrets: dict[bytes, bytes] = {}
-        self._writers: dict[bytes, SegmentWriter] = {}
+        # Both are caches, least recently used first: a worker's open files stay bounded
+        # however many sessions the host sees in its lifetime.
+        self._secrets: OrderedDict[bytes, bytes] = OrderedDict()
+        self._writers: OrderedDict[bytes, SegmentWriter] = OrderedDict()
         self._encoder = ipc.encoder()
 
     def run(self) -> None:
@@ -114,6 +121,16 @@ class Worker:
         for writer in self._writers.values():  # after the acks: they need not wait for it
             with contextlib.suppress(OSError):  # only a page-cache hint
                 writer.drop_synced()
+        self._evict()
+
+    def _evict(self) -> None:
+        """Close the least recently used segments beyond the cache's bound (after the commit,
+        so each is synced; a session that comes back gets a new segment file)."""
+        while len(self._writers) > MAX_OPEN_SEGMENTS:
+            _, writer = self._writers.popitem(last=False)
+            writer.close()
+        while len(self._secrets) > MAX_CACHED_SECRETS:
+            self._secrets.popitem(last=False)
 
     def _send(
         self,
@@ -242,7 +259,9 @@ class Worker:
 
     def _secret_for(self, session: bytes) -> bytes:
         secret = self._secrets.get(session)
-        if secret is None:
+        if secret is not None:
+            self._secrets.move_to_end(session)
+        else:
             paths = SessionPaths.of(self._state_dir, session)
             try:
                 meta = read_meta(paths)
@@ -254,7 +273,9 @@ class Worker:
 
     def _writer_for(self, session: bytes) -> SegmentWriter:
         writer = self._writers.get(session)
-        if writer is None:
+        if writer is not None:
+            self._writers.move_to_end(session)
+        else:
             paths = SessionPaths.of(self._state_dir, session)
             writer = SegmentWriter(
                 paths,
