@@ -24,13 +24,21 @@ from typing import Final
 
 from lucidd.errors import ConfigError
 
-__all__ = ["RUNTIME_DIR_MODE", "STATE_DIR_MODE", "check_own_folder", "ensure_own_folder"]
+__all__ = [
+    "PRIVATE_RUNTIME_DIR_MODE",
+    "RUNTIME_DIR_MODE",
+    "STATE_DIR_MODE",
+    "check_own_folder",
+    "ensure_own_folder",
+]
 
 #: The state folder holds the sessions and the keyring: the daemon's alone.
 STATE_DIR_MODE: Final = 0o700
 #: The runtime folder holds the sockets: the daemon's group may enter it to reach them (the
 #: sockets' own mode, 0660, says who may connect).
 RUNTIME_DIR_MODE: Final = 0o750
+#: ``/tmp/lucidd-<uid>`` serves one user's own daemon: no group has business there.
+PRIVATE_RUNTIME_DIR_MODE: Final = 0o700
 #: Write permission for group or others: whoever has it can replace a folder's entries.
 GROUP_OTHER_WRITE: Final = stat.S_IWGRP | stat.S_IWOTH
 

@@ -28,10 +28,15 @@ import uvloop
 
 from lucidd import ipc
 from lucidd.children import AGGREGATOR, Child, Children
-from lucidd.config import Config
+from lucidd.config import Config, fallback_runtime_dir
 from lucidd.errors import EX_CONFIG, ConfigError
 from lucidd.fds import fd_budget, fds_needed, open_fd_count, raise_nofile_limit
-from lucidd.folders import RUNTIME_DIR_MODE, STATE_DIR_MODE, ensure_own_folder
+from lucidd.folders import (
+    PRIVATE_RUNTIME_DIR_MODE,
+    RUNTIME_DIR_MODE,
+    STATE_DIR_MODE,
+    ensure_own_folder,
+)
 from lucidd.ingest import DataProtocol, Ingest, WorkerLink
 from lucidd.keys import CREDENTIAL_NAME, resolve_keyring, state_keyring_path
 from lucidd.procutil import keep_keys_out_of_dumps
@@ -127,7 +132,9 @@ class Supervisor:
         keep_keys_out_of_dumps()  # before the keyring is read
         ensure_own_folder(Path(config.state_dir), STATE_DIR_MODE, "state folder")
         runtime = Path(config.runtime_dir)
-        ensure_own_folder(runtime, RUNTIME_DIR_MODE, "runtime folder")
+        private = config.runtime_dir == fallback_runtime_dir(os.getuid())
+        mode = PRIVATE_RUNTIME_DIR_MODE if private else RUNTIME_DIR_MODE
+        ensure_own_folder(runtime, mode, "runtime folder")
         keyring = str(keyring_path(config, env))
         for name in remove_stale_rings():
             log.warning("event=stale_ring_removed name=%s", name)
