@@ -8,16 +8,20 @@ Two ways to starve the supervisor, both on the real daemon:
   once, and the reserve lets a respawn through at once;
 - the supervisor's soft limit lowered under it (``prlimit``) to 3, below every descriptor it
   holds, the reserve included: the respawn fails, is retried, health says why, the other
-  worker keeps acknowledging, and once the limit is back the worker returns and health is ok.
+  worker keeps acknowledging, and once the limit is back the worker returns and health is ok;
+  the same for the aggregator (acks keep coming meanwhile: workers ack to the supervisor).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -81,8 +85,17 @@ def idle_connections(path: Path, count: int) -> Iterator[list[socket.socket]]:
             sock.close()
 
 
+def lucidctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "lucidd.cli", "--runtime-dir", str(daemon.runtime_dir), *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=WAIT_S, check=False)
+
+
+def full_log(daemon: Daemon) -> str:
+    return daemon.log_path.read_text(errors="replace")
+
+
 def no_traceback(daemon: Daemon) -> None:
-    text = daemon.log_path.read_text(errors="replace")
+    text = full_log(daemon)
     assert "Traceback" not in text, text[-5000:]
 
 
@@ -159,13 +172,47 @@ def test_a_respawn_that_cannot_get_descriptors_is_retried_and_health_says_why(
                 assert good.put(session, index, PAYLOAD).index == index
             pid, alive, _ = role(control.health(), "worker1")
             assert (pid, alive) == (old, False)  # still the dead one: the respawn cannot start
+            shown = lucidctl(daemon, "health")
+            assert shown.returncode == 0, shown.stderr
+            assert "status: degraded" in shown.stdout
+            assert "degraded: worker1: cannot start a process (Too many open files)" in shown.stdout
         finally:
             resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (soft, hard))
         wait_until("worker1 back and health ok", lambda: back_and_ok(control, "worker1", old))
         assert control.health().reasons == []
+        assert json.loads(lucidctl(daemon, "--json", "health").stdout)["reasons"] == []
         for index in range(21, 31):
             assert good.put(session, index, PAYLOAD).index == index
         assert control.info(session).chunks == 31
-    log = daemon.log_path.read_text(errors="replace")
+    log = full_log(daemon)
     assert "event=spawn_failed role=worker1" in log and "event=spawn_recovered role=worker1" in log
+    no_traceback(daemon)
+
+
+def test_an_aggregator_that_cannot_be_restarted_is_retried_while_acks_keep_coming(
+    daemon: Daemon,
+) -> None:
+    session = new_session_id()
+    soft, hard = resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE)
+    with DataClient(daemon.runtime_dir) as good:
+        good.put(session, 0, PAYLOAD)
+        with ControlClient(daemon.runtime_dir) as control:
+            old, _, _ = role(control.health(), "aggregator")
+        resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (3, hard))
+        try:
+            os.kill(old, signal.SIGKILL)
+            wait_until(
+                "a failed aggregator spawn",
+                lambda: "event=spawn_failed role=aggregator" in full_log(daemon),
+            )
+            for index in range(1, 11):  # workers ack to the supervisor directly
+                assert good.put(session, index, PAYLOAD).index == index
+        finally:
+            resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (soft, hard))
+        with ControlClient(daemon.runtime_dir) as control:
+            wait_until(
+                "the aggregator back and health ok", lambda: back_and_ok(control, "aggregator", old)
+            )
+            assert control.info(session).chunks == 11
+    assert "event=spawn_recovered role=aggregator" in full_log(daemon)
     no_traceback(daemon)
