@@ -36,7 +36,7 @@ __all__ = [
 
 #: stdio, the two listening sockets, the notify socket, the event loop's own (epoll, signal
 #: pipe, timers), the forkserver's socket and alive pipe, the aggregator's two pipes, sentinel
-#: and process handle; rounded up (measured 27 with the reserve excluded).
+#: and process handle; rounded up (measured 22 with the reserve excluded).
 BASE_FDS: Final = 40
 #: Per worker: both ends of its results and acks pipes (held across incarnations), its inbox,
 #: its sentinel and process handle (measured 7).
