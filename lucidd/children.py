@@ -77,10 +77,6 @@ def _nothing() -> None:
     """A callback with nothing to do."""
 
 
-def _no_retry(_k: int, exc: OSError) -> None:
-    raise exc
-
-
 @dataclass
 class Child:
     role: str
@@ -105,7 +101,7 @@ class Children:
         *,
         on_death: Callable[[Child], None],
         on_worker_batch: Callable[[ipc.SealedBatch], None],
-        on_start_failed: Callable[[int, OSError], None] = _no_retry,
+        on_start_failed: Callable[[int, OSError], None],
     ) -> None:
         self._loop = loop
         self._ctx = forkserver_context()

@@ -122,7 +122,8 @@ class Supervisor:
         self._watchdog = Watchdog.from_env() if config.watchdog else None
         self._fast_deaths: dict[str, int] = {}  # role -> deaths in a row soon after start
         self._spawn_failures: dict[str, int] = {}  # role -> failed spawns in a row
-        #: Why health is degraded, by role ("worker1: respawn failed: ..."), for the aggregator.
+        #: Why health is degraded, by role ("worker1: cannot start a process (...); retrying"),
+        #: relayed to the aggregator with every status.
         self._reasons: dict[str, str] = {}
         self.exit_code = 0
 
