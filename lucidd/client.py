@@ -22,6 +22,11 @@ waiting fails (:class:`~lucidd.errors.UnavailableError`, or
 ``UnavailableError``; make a new client. Chunks in flight on a broken connection may or may not
 be stored: resend them (a resend of a stored chunk with the same bytes is acknowledged again
 and never sealed twice, DESIGN §2). Clients are not thread-safe.
+
+Trust (issue 10, ``docs/security.md``): every front end checks the socket's folder before it
+connects and the peer's uid right after (:func:`trusted_peer_uids`, :func:`check_peer`), and
+raises :class:`~lucidd.errors.UntrustedSocketError` before sending a byte to a socket another
+user may have planted.
 """
 
 from __future__ import annotations
