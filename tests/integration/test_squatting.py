@@ -8,6 +8,7 @@ it counts the connections and bytes it receives, so the tests can prove that not
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from lucidd.errors import EX_CONFIG, EX_NOPERM
+from lucidd.client import AsyncControlClient, AsyncDataClient, ControlClient, DataClient
+from lucidd.errors import EX_CONFIG, EX_NOPERM, UntrustedSocketError
 from tests.users import HostUser, HostUsers
 
 #: Bounds a wait for the fake server to start or to take a probe (never asserted on).
@@ -261,3 +263,31 @@ def test_lucidctl_refuses_a_peer_of_another_uid_in_a_good_folder(
         # Connected (that is how the peer is known), then closed without a byte.
         assert server.settled_counts("control.sock")[1] == 0
         assert server.settled_counts("data.sock")[1] == 0
+
+
+def test_every_client_front_end_refuses_a_peer_of_another_uid(
+    host_users: HostUsers, shared_tmp: Path
+) -> None:
+    """Blocking and asyncio, data and control: one check, before any byte (run as root, whose
+    clients trust root, themselves and the named folder's owner, alice; the peer is bob)."""
+    alice, bob = host_users.alice, host_users.bob
+    folder = folder_of(bob, shared_tmp / "run", 0o755)
+    records = folder_of(bob, shared_tmp / "records", 0o755)
+
+    async def connect_async() -> list[str]:
+        refusals = []
+        for front in (AsyncDataClient, AsyncControlClient):
+            with pytest.raises(UntrustedSocketError) as info:
+                await front.connect(folder)
+            refusals.append(info.value.message)
+        return refusals
+
+    with fake_server(bob, folder, records) as server:
+        os.chown(folder, alice.uid, alice.gid)
+        refusals = asyncio.run(connect_async())
+        for sync_front in (DataClient, ControlClient):
+            with pytest.raises(UntrustedSocketError) as info:
+                sync_front(folder)
+            refusals.append(info.value.message)
+        assert all(f"runs as uid {bob.uid}" in message for message in refusals), refusals
+        assert server.settled_counts("data.sock") == (4, 0)  # 2 each, then closed silently
