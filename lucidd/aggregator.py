@@ -37,7 +37,11 @@ from lucidd.keys import load_keyring
 from lucidd.ledger import Ledger, SessionLedger
 from lucidd.logs import setup_logging
 from lucidd.peers import access_policy
-from lucidd.procutil import die_with_parent, leave_shutdown_to_the_supervisor
+from lucidd.procutil import (
+    die_with_parent,
+    keep_keys_out_of_dumps,
+    leave_shutdown_to_the_supervisor,
+)
 from lucidd.ring import RingReader
 from lucidd.store import storage_error
 
@@ -88,6 +92,7 @@ class Aggregator:
         self._freezes: dict[int, asyncio.Future[None]] = {}
         self._locks: dict[bytes, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._processes: list[ipc.ProcessInfo] = []
+        self._reasons: list[str] = []
         self._supervisor_metrics: dict[str, float] = {}
         self._counters: dict[str, float] = dict.fromkeys(AGGREGATOR_COUNTERS, 0.0)
         self._stop = asyncio.Event()
@@ -224,6 +229,7 @@ class Aggregator:
         elif isinstance(message, ipc.SupervisorStatus):
             self._processes = message.processes
             self._supervisor_metrics = message.metrics
+            self._reasons = message.reasons
         elif isinstance(message, ipc.RecoverWorker):
             self._send(self._recover_worker(message))
         elif isinstance(message, ipc.Shutdown):
@@ -290,8 +296,16 @@ class Aggregator:
             p.ProcessStatus(r.role, r.pid, r.alive, _rss(r.pid) if r.alive else 0, r.restarts)
             for r in rows
         ]
-        healthy = bool(self._processes) and all(r.alive for r in rows)
-        return p.HealthReply(req=0, status="ok" if healthy else "degraded", processes=statuses)
+        reasons = list(self._reasons)
+        if not self._processes:
+            reasons.append("the supervisor has not reported yet")
+        reasons += [f"{r.role}: not running" for r in rows if not r.alive]
+        return p.HealthReply(
+            req=0,
+            status="degraded" if reasons else "ok",
+            processes=statuses,
+            reasons=reasons,
+        )
 
     def metrics(self) -> dict[str, float]:
         merged = dict(self._supervisor_metrics)
@@ -340,6 +354,7 @@ def aggregator_main(
     from_workers: list[Connection],
 ) -> None:
     """Entry point in the child process (started by the forkserver)."""
+    keep_keys_out_of_dumps()  # it loads the keyring
     die_with_parent()
     leave_shutdown_to_the_supervisor()
     setup_logging("aggregator", spec.config.log_level)

@@ -37,6 +37,7 @@ from typing import Any, Final
 
 from lucidd import ipc
 from lucidd.channels import PipeReader, PipeWriter, take_fd
+from lucidd.fds import FdReserve
 
 log = logging.getLogger("lucidd.children")
 
@@ -100,9 +101,14 @@ class Children:
         *,
         on_death: Callable[[Child], None],
         on_worker_batch: Callable[[ipc.SealedBatch], None],
+        on_start_failed: Callable[[int, OSError], None],
     ) -> None:
         self._loop = loop
         self._ctx = forkserver_context()
+        #: Released around every spawn: a respawn finds descriptors even when clients or
+        #: anything else took the rest (fds.py).
+        self.reserve = FdReserve()
+        self._on_start_failed = on_start_failed
         self._worker_spec = worker_spec
         self._control_sock = control_sock
         self._on_death = on_death
@@ -134,19 +140,47 @@ class Children:
         """Start (or replace) worker ``k``, ``delay`` seconds from now; returns at once the
         supervisor's end of its new inbox (messages sent meanwhile wait in the pipe) and the
         worker's incarnation (how many times ``k`` was replaced before). ``on_started`` runs
-        once a delayed worker has started."""
-        inbox_r, inbox_w = self._ctx.Pipe(duplex=False)
+        once the worker has started (at once, or after ``delay``).
+
+        Raises OSError (EMFILE, EAGAIN, ...) if the pipe or an immediate start fails; nothing
+        is left behind then. A delayed start that fails calls ``on_start_failed(k, error)``
+        instead: the inbox returned is then closed, and retrying is the caller's decision.
+        """
         previous = self.workers[k]
         incarnation = previous.restarts + 1 if previous else 0
+        with self.reserve.released():
+            inbox_r, inbox_w = self._ctx.Pipe(duplex=False)
+            try:
+                # Dispatches coalesce: one write (and one wake-up) per worker per loop pass.
+                writer = PipeWriter(self._loop, take_fd(inbox_w), coalesce=True)
+            except OSError:
+                inbox_r.close()
+                inbox_w.close()
+                raise
+            if delay <= 0:
+                try:
+                    self._start_worker(k, inbox_r, incarnation, on_started)
+                except OSError:
+                    inbox_r.close()
+                    writer.close()
+                    raise
         if delay > 0:
             handle = self._loop.call_later(
-                delay, self._start_worker, k, inbox_r, incarnation, on_started
+                delay, self._start_delayed, k, inbox_r, incarnation, on_started
             )
             self._delayed[k] = (handle, inbox_r)
-        else:
-            self._start_worker(k, inbox_r, incarnation)
-        # Dispatches coalesce: one write (and one wake-up) per worker per loop pass.
-        return PipeWriter(self._loop, take_fd(inbox_w), coalesce=True), incarnation
+        return writer, incarnation
+
+    def _start_delayed(
+        self, k: int, inbox_r: Connection, incarnation: int, on_started: Callable[[], None]
+    ) -> None:
+        self._delayed.pop(k, None)
+        try:
+            with self.reserve.released():
+                self._start_worker(k, inbox_r, incarnation, on_started)
+        except OSError as exc:
+            inbox_r.close()
+            self._on_start_failed(k, exc)
 
     def _start_worker(
         self,
@@ -155,7 +189,6 @@ class Children:
         incarnation: int,
         on_started: Callable[[], None] = _nothing,
     ) -> None:
-        self._delayed.pop(k, None)
         if self.stopping:
             inbox_r.close()
             return
@@ -172,7 +205,7 @@ class Children:
             ),
             name=f"lucidd-worker{k}",
         )
-        process.start()
+        process.start()  # OSError (EMFILE, EAGAIN): the caller keeps inbox_r
         inbox_r.close()
         child = Child(f"worker{k}", process, incarnation)
         self.workers[k] = child
@@ -185,9 +218,29 @@ class Children:
         on_message: Callable[[Any], None],
         on_eof: Callable[[], None],
     ) -> None:
-        """Start (or replace) the aggregator with fresh pipes to and from the supervisor."""
-        to_r, to_w = self._ctx.Pipe(duplex=False)
-        from_r, from_w = self._ctx.Pipe(duplex=False)
+        """Start (or replace) the aggregator with fresh pipes to and from the supervisor.
+
+        Raises OSError (EMFILE, EAGAIN, ...) if that fails; the old pipes are then untouched.
+        """
+        with self.reserve.released():
+            self._spawn_aggregator(spec, on_message, on_eof)
+
+    def _spawn_aggregator(
+        self,
+        spec: ipc.AggregatorSpec,
+        on_message: Callable[[Any], None],
+        on_eof: Callable[[], None],
+    ) -> None:
+        pipes: list[Connection] = []
+        try:
+            to_r, to_w = self._ctx.Pipe(duplex=False)
+            pipes += (to_r, to_w)
+            from_r, from_w = self._ctx.Pipe(duplex=False)
+            pipes += (from_r, from_w)
+        except OSError:
+            for conn in pipes:
+                conn.close()
+            raise
         process = self._ctx.Process(
             target=_run_child,
             args=(
@@ -201,7 +254,12 @@ class Children:
             ),
             name="lucidd-aggregator",
         )
-        process.start()
+        try:
+            process.start()
+        except OSError:
+            for conn in pipes:
+                conn.close()
+            raise
         to_r.close()
         from_w.close()
         if self._to_aggregator is not None:
@@ -272,6 +330,7 @@ class Children:
             self._to_aggregator.close()
         if self._from_aggregator is not None:
             self._from_aggregator.close()
+        self.reserve.close()
 
 
 #: Results pipes are drained on a timer (aggregator.catch_up), not on every message: room for

@@ -351,13 +351,20 @@ def _cmd_health(args: argparse.Namespace, out: _Output) -> int:
         for p in health.processes
     ]
     human = [f"status: {health.status}", f"sessions: {health.sessions}"]
+    human += [f"degraded: {reason}" for reason in health.reasons]
     human += [
         f"{p.role:<12} pid {p.pid:<8} {'alive' if p.alive else 'DEAD':<5} "
         f"rss {format_size(p.rss_bytes):>10}  restarts {p.restarts}"
         for p in health.processes
     ]
     out.result(
-        {"status": health.status, "sessions": health.sessions, "processes": processes}, human
+        {
+            "status": health.status,
+            "sessions": health.sessions,
+            "reasons": health.reasons,
+            "processes": processes,
+        },
+        human,
     )
     return EX_OK
 

@@ -22,6 +22,11 @@ waiting fails (:class:`~lucidd.errors.UnavailableError`, or
 ``UnavailableError``; make a new client. Chunks in flight on a broken connection may or may not
 be stored: resend them (a resend of a stored chunk with the same bytes is acknowledged again
 and never sealed twice, DESIGN §2). Clients are not thread-safe.
+
+Trust (issue 10, ``docs/security.md``): every front end checks the socket's folder before it
+connects and the peer's uid right after (:func:`trusted_peer_uids`, :func:`check_peer`), and
+raises :class:`~lucidd.errors.UntrustedSocketError` before sending a byte to a socket another
+user may have planted.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ import itertools
 import os
 import re
 import socket
+import stat
+import struct
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -49,6 +56,7 @@ from lucidd.errors import (
     LucidError,
     RequestTimeoutError,
     UnavailableError,
+    UntrustedSocketError,
     error_from_wire,
 )
 from lucidd.protocol import (
@@ -117,10 +125,12 @@ __all__ = [
     "RootReply",
     "SessionIdError",
     "SessionSummary",
+    "check_peer",
     "default_runtime_dir",
     "format_session_id",
     "new_session_id",
     "parse_session_id",
+    "trusted_peer_uids",
 ]
 
 SessionRef: TypeAlias = bytes | str
@@ -144,6 +154,11 @@ MAX_CONTROL_REPLY_FRAME: Final = 1 << 30
 FIRST_REQ: Final = 1
 #: Buffers per ``sendmsg`` call (POSIX ``IOV_MAX``; Linux has 1024).
 IOV_MAX: Final = 1024
+#: Whoever may write a folder could have put a socket of theirs in it.
+GROUP_OTHER_WRITE: Final = stat.S_IWGRP | stat.S_IWOTH
+ROOT_UID: Final = 0
+#: ``struct ucred`` as ``SO_PEERCRED`` returns it: pid, uid, gid.
+UCRED: Final = struct.Struct("3i")
 #: What every "cannot reach the daemon" message ends with.
 START_HINT: Final = "is lucidd running? start it with `lucidd serve`"
 
@@ -231,6 +246,60 @@ def _socket_path(name: str, runtime_dir: str | os.PathLike[str] | None, path: ob
             raise TypeError("path must be a str or a path")
         return Path(path)
     return Path(runtime_dir) / name if runtime_dir is not None else default_runtime_dir() / name
+
+
+def _named_explicitly(runtime_dir: object, path: object) -> bool:
+    """Did the caller say where the daemon is (an argument, or ``$LUCIDD_RUNTIME_DIR``)?"""
+    return path is not None or runtime_dir is not None or _absolute_env(RUNTIME_DIR_ENV) is not None
+
+
+def trusted_peer_uids(socket_path: Path, explicit: bool) -> frozenset[int]:
+    """Check the socket's folder before connecting; return the uids the daemon may run as.
+
+    The daemon should run as this client's uid or as root; and, when the folder was named
+    explicitly (``explicit``: a ``runtime_dir``/``path`` argument or ``$LUCIDD_RUNTIME_DIR``),
+    as that folder's owner (a system daemon's ``/run/lucidd``). The folder must be owned by
+    one of them and be writable by no one else: otherwise another user may have created it
+    (``/tmp/lucidd-<uid>`` before the daemon did) and put a socket of theirs in it, to collect
+    what the client sends. Raises :class:`UntrustedSocketError` (exit 77) then, and
+    :class:`UnavailableError` when the folder cannot be inspected. Sends nothing.
+    """
+    folder = socket_path.parent
+    try:
+        st = os.stat(folder)
+    except OSError as exc:
+        raise _unavailable(socket_path, exc) from None
+    trusted = {os.getuid(), ROOT_UID}
+    if explicit:
+        trusted.add(st.st_uid)
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid not in trusted or mode & GROUP_OTHER_WRITE:
+        why = "is writable by group or others" if st.st_uid in trusted else "is not ours"
+        raise UntrustedSocketError(
+            f"refusing {socket_path}: its folder {folder} (owner uid {st.st_uid}, mode "
+            f"{mode:04o}) {why}; expected a folder of uid {sorted(trusted)} that only its "
+            "owner can write: someone else may have created it (remove it, or pass the "
+            "daemon's --runtime-dir)",
+            path=str(folder),
+            uid=st.st_uid,
+            mode=mode,
+        )
+    return frozenset(trusted)
+
+
+def check_peer(sock: socket.socket, socket_path: Path, trusted: frozenset[int]) -> None:
+    """After connecting and before sending: the process behind the socket (``SO_PEERCRED``,
+    the uid that listened) must run as one of ``trusted``; else UntrustedSocketError."""
+    _pid, uid, _gid = UCRED.unpack(
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED.size)
+    )
+    if uid not in trusted:
+        raise UntrustedSocketError(
+            f"refusing {socket_path}: the process serving it runs as uid {uid}, not as "
+            f"uid {sorted(trusted)} the daemon should run as; nothing was sent",
+            path=str(socket_path),
+            uid=uid,
+        )
 
 
 def _unavailable(path: Path, exc: OSError) -> UnavailableError:
@@ -573,10 +642,13 @@ def _send_all(sock: socket.socket, buffers: Sequence[Buffer]) -> None:
 class _SyncLink(Generic[ResultT]):
     """One blocking connection driving a core; every failure comes back as results."""
 
-    def __init__(self, path: Path, timeout: float | None, core: _Core[ResultT]) -> None:
+    def __init__(
+        self, path: Path, timeout: float | None, core: _Core[ResultT], explicit: bool
+    ) -> None:
         self.path = path
         self.timeout = timeout
         self.core = core
+        trusted = trusted_peer_uids(path, explicit)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(timeout)
@@ -584,6 +656,11 @@ class _SyncLink(Generic[ResultT]):
         except OSError as exc:
             sock.close()
             raise _unavailable(path, exc) from None
+        try:
+            check_peer(sock, path, trusted)
+        except UntrustedSocketError:
+            sock.close()
+            raise
         self._sock: socket.socket | None = sock
 
     def _closed_results(self) -> list[ResultT]:
@@ -700,7 +777,8 @@ class DataClient:
     ) -> None:
         self.path = _socket_path(DATA_SOCKET_NAME, runtime_dir, path)
         self._core = DataCore()
-        self._link = _SyncLink(self.path, timeout, self._core)
+        explicit = _named_explicitly(runtime_dir, path)
+        self._link = _SyncLink(self.path, timeout, self._core, explicit)
 
     def put(self, session: SessionRef, index: int, payload: Buffer) -> Ack:
         """Send one chunk and wait for its ack (the record is durable when this returns)."""
@@ -871,7 +949,8 @@ class ControlClient:
     ) -> None:
         self.path = _socket_path(CONTROL_SOCKET_NAME, runtime_dir, path)
         self._core = ControlCore()
-        self._link = _SyncLink(self.path, timeout, self._core)
+        explicit = _named_explicitly(runtime_dir, path)
+        self._link = _SyncLink(self.path, timeout, self._core, explicit)
 
     def _call(self, request: Message, reply_type: type[R]) -> R:
         req, frame = self._core.request(request)
@@ -982,17 +1061,25 @@ def _consume_exception(future: asyncio.Future[Any]) -> None:
 
 
 async def _open_unix(
-    path: Path, timeout: float | None
+    path: Path, timeout: float | None, explicit: bool
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect as :class:`_SyncLink` does: folder checked first, the peer before any send."""
+    trusted = trusted_peer_uids(path, explicit)
     try:
         async with asyncio.timeout(timeout):
-            return await asyncio.open_unix_connection(str(path))
+            reader, writer = await asyncio.open_unix_connection(str(path))
     except TimeoutError:
         raise UnavailableError(
             f"cannot connect to lucidd at {path}: timed out; {START_HINT}", path=str(path)
         ) from None
     except OSError as exc:
         raise _unavailable(path, exc) from None
+    try:
+        check_peer(writer.get_extra_info("socket"), path, trusted)
+    except UntrustedSocketError:
+        writer.close()
+        raise
+    return reader, writer
 
 
 class _AsyncLink(Generic[ResultT]):
@@ -1114,7 +1201,7 @@ class AsyncDataClient:
     ) -> AsyncDataClient:
         """Connect to the data socket (UnavailableError if it cannot be reached)."""
         socket_path = _socket_path(DATA_SOCKET_NAME, runtime_dir, path)
-        streams = await _open_unix(socket_path, timeout)
+        streams = await _open_unix(socket_path, timeout, _named_explicitly(runtime_dir, path))
         core = DataCore()
         return cls(_AsyncLink(socket_path, timeout, core, streams), core)
 
@@ -1229,7 +1316,7 @@ class AsyncControlClient:
     ) -> AsyncControlClient:
         """Connect to the control socket (UnavailableError if it cannot be reached)."""
         socket_path = _socket_path(CONTROL_SOCKET_NAME, runtime_dir, path)
-        streams = await _open_unix(socket_path, timeout)
+        streams = await _open_unix(socket_path, timeout, _named_explicitly(runtime_dir, path))
         core = ControlCore()
         return cls(_AsyncLink(socket_path, timeout, core, streams), core)
 

@@ -431,6 +431,12 @@ def default_runtime_dir(env: Mapping[str, str], uid: int) -> str:
     xdg = _env_dir(env, "XDG_RUNTIME_DIR")
     if xdg is not None:
         return posixpath.join(xdg, "lucidd")
+    return fallback_runtime_dir(uid)
+
+
+def fallback_runtime_dir(uid: int) -> str:
+    """The runtime folder of last resort, ``/tmp/lucidd-<uid>``: in a folder everyone can
+    write, so the daemon makes it 0700 and never trusts one it finds (lucidd.folders)."""
     return f"/tmp/lucidd-{uid}"
 
 

@@ -97,7 +97,11 @@ async def handle_request(services: ControlServices, request: Any, peer: Peer) ->
 async def _health(s: ControlServices, r: p.Health, peer: Peer) -> p.Message:
     reply = s.health()
     return p.HealthReply(
-        req=r.req, status=reply.status, processes=reply.processes, sessions=len(s.ledger.sessions)
+        req=r.req,
+        status=reply.status,
+        processes=reply.processes,
+        sessions=len(s.ledger.sessions),
+        reasons=reply.reasons,
     )
 
 

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -104,9 +105,15 @@ class SessionGate:
             self.above.add(index)
 
 
+#: The incarnation of a slot with no process: no worker's batch matches it.
+NO_INCARNATION: Final = -1
+
+
 @dataclass
 class WorkerLink:
-    writer: PipeWriter
+    #: None while the slot has no process and no inbox (its respawn failed and is retried):
+    #: such a slot is given no chunks.
+    writer: PipeWriter | None
     incarnation: int = 0  # of the process behind ``writer`` (WorkerSpec.incarnation)
     #: CLOCK_MONOTONIC seconds when its process starts (later than now: a delayed respawn).
     ready_at: float = 0.0
@@ -144,12 +151,18 @@ class Ingest:
         self._recoveries: dict[int, tuple[int, list[InFlight]]] = {}
         self._tokens = itertools.count(1)
         self.connections: set[DataProtocol] = set()
+        #: Connections beyond this are closed as soon as they are accepted, so that clients
+        #: never take the descriptors the supervisor keeps for itself (fds.fd_budget).
+        self.connection_limit = sys.maxsize
+        #: Chunks that found no worker slot with an inbox; dispatched when one is back.
+        self._parked: list[InFlight] = []
         self.counters: dict[str, float] = {
             "chunks_received_total": 0.0,
             "chunks_acked_total": 0.0,
             "chunks_refused_total": 0.0,
             "bytes_received_total": 0.0,
             "backpressure_pauses_total": 0.0,
+            "connections_refused_total": 0.0,
             "stage_ack_seconds_total": 0.0,
         }
         self.drained = asyncio.Event()
@@ -162,7 +175,8 @@ class Ingest:
         if view.state == ipc.SESSION_SHREDDED:
             self.gates.pop(view.session, None)
             for link in self.workers:
-                link.writer.send(ipc.Forget(view.session))
+                if link.writer is not None:
+                    link.writer.send(ipc.Forget(view.session))
             return
         if message.error:
             if gate is not None and gate.state == SESSION_OPENING:
@@ -279,13 +293,19 @@ class Ingest:
 
     def _dispatch(self, gate: SessionGate, chunk: InFlight, avoid: int = -1) -> None:
         workers = self.workers
-        # A dead worker's link is replaced at once (worker_died): every link takes messages,
-        # but one whose process starts later (respawn backoff) only when no other can.
+        # Every link with an inbox takes messages, but one whose process starts later
+        # (respawn backoff) only when no other can; a slot without an inbox takes none.
+        usable = [i for i in range(len(workers)) if workers[i].writer is not None]
+        if not usable:
+            chunk.worker = -1
+            self._parked.append(chunk)
+            return
         now = time.monotonic()
-        others = [i for i in range(len(workers)) if i != avoid]
-        candidates = [i for i in others if workers[i].ready_at <= now] or others or [avoid]
+        others = [i for i in usable if i != avoid]
+        candidates = [i for i in others if workers[i].ready_at <= now] or others or usable
         k = _pick_worker(workers, candidates, chunk.length)
         link = workers[k]
+        assert link.writer is not None
         link.outstanding += 1
         link.outstanding_bytes += chunk.length
         chunk.worker = k
@@ -301,16 +321,47 @@ class Ingest:
             )
         )
 
-    def worker_died(self, worker: int, replacement: WorkerLink) -> None:
+    def worker_died(self, worker: int) -> None:
         """A worker died: first learn what it made durable, then re-dispatch the rest.
 
         Its chunks' bytes are still in the ring. Re-sealing a chunk the dead worker had
         already written would leave two records of one index, so the aggregator first scans
         that worker's segments (``RecoverWorker``); the reply acks what it found, and only the
-        chunks still unacknowledged then go to a live worker (:meth:`_recovered`).
+        chunks still unacknowledged then go to a live worker (:meth:`_recovered`). The slot
+        takes no chunks until :meth:`worker_link` gives it a new inbox.
         """
-        self.workers[worker].writer.close()
-        self.workers[worker] = replacement
+        orphans = self._detach(worker)
+        token = next(self._tokens)
+        self._recoveries[token] = (worker, orphans)
+        sessions = sorted({chunk.session for chunk in orphans})
+        self._to_aggregator(ipc.RecoverWorker(token, worker, sessions))
+
+    def worker_not_started(self, worker: int) -> None:
+        """A (delayed) respawn failed: its inbox is gone, and no process ever read it, so the
+        chunks sent to it go to another worker at once."""
+        for chunk in self._detach(worker):
+            gate = self.gates.get(chunk.session)
+            if gate is not None and gate.in_flight.get(chunk.index) is chunk:
+                self._dispatch(gate, chunk)
+
+    def worker_link(self, worker: int, link: WorkerLink) -> None:
+        """Give slot ``worker`` the inbox of its new process (which may start later)."""
+        old = self.workers[worker].writer
+        if old is not None:
+            old.close()
+        self.workers[worker] = link
+        parked, self._parked = self._parked, []
+        for chunk in parked:
+            gate = self.gates.get(chunk.session)
+            if gate is not None and gate.in_flight.get(chunk.index) is chunk:
+                self._dispatch(gate, chunk)
+
+    def _detach(self, worker: int) -> list[InFlight]:
+        """Close slot ``worker``'s inbox; return its chunks, now dispatched to nobody."""
+        old = self.workers[worker].writer
+        if old is not None:
+            old.close()
+        self.workers[worker] = WorkerLink(None, NO_INCARNATION)
         orphans = [
             chunk
             for gate in self.gates.values()
@@ -319,10 +370,7 @@ class Ingest:
         ]
         for chunk in orphans:
             chunk.worker = -1
-        token = next(self._tokens)
-        self._recoveries[token] = (worker, orphans)
-        sessions = sorted({chunk.session for chunk in orphans})
-        self._to_aggregator(ipc.RecoverWorker(token, worker, sessions))
+        return orphans
 
     def _recovered(self, worker: int, orphans: list[InFlight]) -> None:
         for chunk in orphans:
@@ -579,6 +627,13 @@ class DataProtocol(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
+        ingest = self._ingest
+        if len(ingest.connections) >= ingest.connection_limit:
+            # Past the descriptor budget: give the descriptor back now. The client sees the
+            # connection closed (it may retry later); the daemon keeps its reserve.
+            ingest.counters["connections_refused_total"] += 1
+            self._transport.abort()
+            return
         try:
             self.peer = peer_of(transport.get_extra_info("socket"))
         except OSError as exc:  # the peer is already gone: nothing to serve
@@ -586,7 +641,7 @@ class DataProtocol(asyncio.BufferedProtocol):
             self._transport = None
             transport.close()
             return
-        self._ingest.connections.add(self)
+        ingest.connections.add(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         current = self._current

@@ -256,6 +256,9 @@ class SupervisorStatus(IpcMessage, tag="status", frozen=True):
 
     processes: list[ProcessInfo]
     metrics: dict[str, float]
+    #: Why the daemon is degraded beyond the table (a child that cannot be started), one line
+    #: each; empty when nothing is wrong.
+    reasons: list[str] = []
 
 
 class RecoverWorker(IpcMessage, tag="recover", frozen=True):

@@ -6,9 +6,13 @@ on first start. Keys are never read from the environment or argv; the caller pas
 credentials directory it took from the environment at the edge.
 
 A keyring file is refused unless it is a regular file (not a symlink) owned by the effective
-uid with no group or other permission bits, in a folder that neither group nor others can
-write. Errors are :class:`~lucidd.errors.KeyringError` naming the path, the problem and the fix;
-they never contain key material. The text format itself belongs to :mod:`lucidd.crypto`.
+uid with no group or other permission bits and a single hard link, in a folder owned by the
+effective uid (or root: systemd's credentials folder, ``/etc/lucidd``) that neither group nor
+others can write. A second link would be a name for the keys outside that folder (made before
+the file was ours to guard, or in a folder someone else controls); a folder of another user's
+could have its keyring swapped. Errors are :class:`~lucidd.errors.KeyringError` naming the
+path, the problem and the fix; they never contain key material. The text format itself
+belongs to :mod:`lucidd.crypto`.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ KEYRING_FILE_MODE: Final = 0o600
 KEYRING_DIR_MODE: Final = 0o700
 _GROUP_OTHER_BITS: Final = 0o077
 _GROUP_OTHER_WRITE: Final = 0o022
+_ROOT_UID: Final = 0
 MAX_KEYRING_FILE_SIZE: Final = 256 * 1024
 """Far above 1024 keys (~80 bytes a line); a bound on what a bad path can make us read."""
 _TEMP_SUFFIX_BYTES: Final = 8
@@ -57,6 +62,13 @@ def _check_parent(path: Path) -> None:
         raise KeyringError(
             f"cannot inspect keyring folder {parent}: {exc.strerror}", path=str(parent)
         ) from None
+    euid = os.geteuid()
+    if st.st_uid not in (euid, _ROOT_UID):
+        raise KeyringError(
+            f"keyring folder {parent} is owned by uid {st.st_uid}, not by lucidd's uid {euid} "
+            f"(or root); fix with: chown {euid} {parent}, or move the keyring",
+            path=str(parent),
+        )
     if st.st_mode & _GROUP_OTHER_WRITE:
         raise KeyringError(
             f"keyring folder {parent} is writable by group or others "
@@ -73,6 +85,13 @@ def _check_file(path: Path, st: os.stat_result) -> None:
         raise KeyringError(
             f"keyring {path} is owned by uid {st.st_uid}, not by lucidd's uid {euid}; "
             f"fix with: chown {euid} {path}",
+            path=str(path),
+        )
+    if st.st_nlink > 1:
+        raise KeyringError(
+            f"keyring {path} has {st.st_nlink} hard links; another name for it may be "
+            f"readable elsewhere: fix with: cp -p {path} {path}.new && mv {path}.new {path} "
+            "(then remove the other names)",
             path=str(path),
         )
     mode = stat.S_IMODE(st.st_mode)
@@ -102,8 +121,9 @@ def load_keyring(path: Path) -> Keyring:
 
     Opens with ``O_NOFOLLOW`` and checks the open descriptor (``fstat``), so a symlink or a file
     swapped after a check cannot be read. Raises :class:`KeyringError` if the file is missing, a
-    symlink, not regular, not owned by the effective uid, has any group/other mode bit, lies in
-    a group/other-writable folder, or is malformed.
+    symlink, not regular, not owned by the effective uid, has any group/other mode bit or more
+    than one hard link, lies in a folder not ours (nor root's) or group/other-writable, or is
+    malformed.
     """
     _check_parent(path)
     try:

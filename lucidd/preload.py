@@ -20,6 +20,7 @@ import lucidd.aggregator
 import lucidd.children  # holds the children's entry point, _run_child
 import lucidd.worker
 from lucidd.crypto import STREAM_PIECE, ChunkSealer
+from lucidd.procutil import keep_keys_out_of_dumps
 
 __all__ = ["lucidd"]
 
@@ -38,5 +39,8 @@ def _warm_up_crypto() -> None:
 
 
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
+# The forkserver holds no key, but it was exec'd (dumpable again) and its children start as
+# its copies: undumpable from their first instruction, before their own call makes sure.
+keep_keys_out_of_dumps()
 _warm_up_crypto()
 gc.freeze()

@@ -184,6 +184,9 @@ class HealthReply(Message, tag="health_reply", frozen=True):
     status: str
     processes: list[ProcessStatus]
     sessions: int = 0
+    #: Why ``status`` is "degraded", one line each ("worker1: cannot start a process (Too many
+    #: open files); retrying"); a reply without it (an older daemon) decodes as [].
+    reasons: list[str] = []
 
 
 class MetricsReply(Message, tag="metrics_reply", frozen=True):

@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gc
 import logging
 import os
+import resource
 import signal
 import socket
 import stat
@@ -26,11 +28,19 @@ import uvloop
 
 from lucidd import ipc
 from lucidd.children import AGGREGATOR, Child, Children
-from lucidd.config import Config
+from lucidd.config import Config, fallback_runtime_dir
 from lucidd.errors import EX_CONFIG, ConfigError
+from lucidd.fds import fd_budget, fds_needed, open_fd_count, raise_nofile_limit
+from lucidd.folders import (
+    PRIVATE_RUNTIME_DIR_MODE,
+    RUNTIME_DIR_MODE,
+    STATE_DIR_MODE,
+    ensure_own_folder,
+)
 from lucidd.ingest import DataProtocol, Ingest, WorkerLink
 from lucidd.keys import CREDENTIAL_NAME, resolve_keyring, state_keyring_path
 from lucidd.peers import access_policy
+from lucidd.procutil import keep_keys_out_of_dumps
 from lucidd.ring import Ring, remove_stale_rings, ring_name
 from lucidd.systemd import Watchdog, listen_fds, notify
 
@@ -52,6 +62,10 @@ EXTEND_BY_S: Final = 15.0
 RESPAWN_FAST_S: Final = 2.0
 RESPAWN_BASE_S: Final = 0.1
 RESPAWN_MAX_S: Final = 5.0
+#: A spawn that failed (EMFILE, EAGAIN, ...) is retried after a delay that doubles from
+#: SPAWN_RETRY_BASE_S up to SPAWN_RETRY_MAX_S while it keeps failing.
+SPAWN_RETRY_BASE_S: Final = 0.1
+SPAWN_RETRY_MAX_S: Final = 2.0
 
 
 def keyring_path(config: Config, env: dict[str, str]) -> Path:
@@ -108,15 +122,22 @@ class Supervisor:
         self._stopping = False
         self._watchdog = Watchdog.from_env() if config.watchdog else None
         self._fast_deaths: dict[str, int] = {}  # role -> deaths in a row soon after start
+        self._spawn_failures: dict[str, int] = {}  # role -> failed spawns in a row
+        #: Why health is degraded, by role ("worker1: cannot start a process (...); retrying"),
+        #: relayed to the aggregator with every status.
+        self._reasons: dict[str, str] = {}
         self.exit_code = 0
 
     async def run(self) -> int:
         config = self.config
         access_policy(config.admin_group)  # an unknown admin_group stops the start (exit 78)
         env = dict(os.environ)
-        Path(config.state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        keep_keys_out_of_dumps()  # before the keyring is read
+        ensure_own_folder(Path(config.state_dir), STATE_DIR_MODE, "state folder")
         runtime = Path(config.runtime_dir)
-        runtime.mkdir(mode=0o750, parents=True, exist_ok=True)
+        private = config.runtime_dir == fallback_runtime_dir(os.getuid())
+        mode = PRIVATE_RUNTIME_DIR_MODE if private else RUNTIME_DIR_MODE
+        ensure_own_folder(runtime, mode, "runtime folder")
         keyring = str(keyring_path(config, env))
         for name in remove_stale_rings():
             log.warning("event=stale_ring_removed name=%s", name)
@@ -157,12 +178,14 @@ class Supervisor:
             control_sock,
             on_death=self._child_died,
             on_worker_batch=self._on_worker,
+            on_start_failed=self._worker_start_failed,
         )
         self._children = children
         self._aggregator_spec = ipc.AggregatorSpec(config, keyring, ring.name, ring.size)
         links = [WorkerLink(*children.spawn_worker(k)) for k in range(config.workers)]
         policy = access_policy(config.admin_group)
         ingest = Ingest(config, ring.buf, links, children.send_to_aggregator, policy)
+        ingest.connection_limit = self._connection_limit()
         self._ingest = ingest
         self._ready = loop.create_future()
         self._spawn_aggregator(repair=True)
@@ -197,6 +220,29 @@ class Supervisor:
                 task.cancel()
         await self._shutdown(server)
 
+    def _connection_limit(self) -> int:
+        """Data connections allowed at once: what the descriptor limit leaves after the
+        supervisor's own needs (fds.fd_budget). Logged, with what is open now."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        workers = self.config.workers
+        budget = fd_budget(soft, workers)
+        log.info(
+            "event=fd_budget nofile=%d hard=%d reserved=%d open=%d connections=%d",
+            soft,
+            hard,
+            fds_needed(workers),
+            open_fd_count(),
+            budget,
+        )
+        if budget == 0:
+            log.warning(
+                "event=fd_limit_low nofile=%d needed=%d detail=no data connection can be "
+                "accepted; raise LimitNOFILE= (ulimit -n)",
+                soft,
+                fds_needed(workers),
+            )
+        return budget
+
     def _spawn_aggregator(self, repair: bool) -> None:
         assert self._children is not None and self._aggregator_spec is not None
         spec = dataclasses.replace(self._aggregator_spec, repair=repair)
@@ -230,7 +276,7 @@ class Supervisor:
         for conn in list(ingest.connections):
             conn.close()
         await asyncio.sleep(0)
-        await children.stop([link.writer for link in ingest.workers])
+        await children.stop([link.writer for link in ingest.workers if link.writer is not None])
         log.info("event=stopped exit_code=%d", self.exit_code)
 
     def _cleanup(self, ring: Ring) -> None:
@@ -297,7 +343,10 @@ class Supervisor:
         )
         aggregator = children.aggregator
         metrics["aggregator_restarts_total"] = float(aggregator.restarts if aggregator else 0)
-        children.send_to_aggregator(ipc.SupervisorStatus(children.process_table(), metrics))
+        reasons = [self._reasons[role] for role in sorted(self._reasons)]
+        children.send_to_aggregator(
+            ipc.SupervisorStatus(children.process_table(), metrics, reasons)
+        )
 
     async def _police_timeouts(self) -> None:
         """Kill a worker stuck on a chunk for longer than ``worker_timeout``."""
@@ -339,11 +388,18 @@ class Supervisor:
 
     def _replace_aggregator(self) -> None:
         """Workers keep acknowledging meanwhile (their results wait in the pipes the new one
-        inherits); every request the dead one may have swallowed is repeated."""
+        inherits); every request the dead one may have swallowed is repeated. A spawn that
+        fails is retried (with a growing delay) until one works."""
         ingest = self._ingest
         if ingest is None or self._stopping or self._stop.is_set():
             return
-        self._spawn_aggregator(repair=False)
+        try:
+            self._spawn_aggregator(repair=False)
+        except OSError as exc:
+            retry = self._spawn_failed(AGGREGATOR, exc)
+            asyncio.get_running_loop().call_later(retry, self._replace_aggregator)
+            return
+        self._spawned(AGGREGATOR)
         ingest.aggregator_replaced()
         self._send_status()
 
@@ -387,11 +443,63 @@ class Supervisor:
                 self._replace_aggregator()
             return
         k = int(child.role.removeprefix("worker"))
-        delay = self._respawn_delay(child)
-        # The health table changes again when a delayed replacement starts.
-        writer, incarnation = children.spawn_worker(k, delay, self._send_status)
-        ingest.worker_died(k, WorkerLink(writer, incarnation, ready_at=time.monotonic() + delay))
+        ingest.worker_died(k)
+        self._respawn_worker(k, self._respawn_delay(child))
+
+    def _respawn_worker(self, k: int, delay: float) -> None:
+        """Replace worker ``k`` (``delay`` seconds from now); its slot takes chunks again
+        from then. A spawn that fails is retried with a growing delay, and meanwhile the slot
+        takes no chunks and health says why."""
+        ingest = self._ingest
+        children = self._children
+        if ingest is None or children is None or self._stopping or self._stop.is_set():
+            return
+        started = functools.partial(self._worker_started, k)
+        try:
+            writer, incarnation = children.spawn_worker(k, delay, started)
+        except OSError as exc:
+            self._worker_start_failed(k, exc)
+            return
+        ready_at = time.monotonic() + delay if delay > 0 else 0.0
+        ingest.worker_link(k, WorkerLink(writer, incarnation, ready_at=ready_at))
         self._send_status()
+
+    def _worker_started(self, k: int) -> None:
+        self._spawned(f"worker{k}")
+        if self._ingest is not None:
+            self._ingest.workers[k].ready_at = 0.0  # up: a candidate like any other
+        self._send_status()  # the health table changed
+
+    def _worker_start_failed(self, k: int, exc: OSError) -> None:
+        ingest = self._ingest
+        if ingest is None or self._stopping or self._stop.is_set():
+            return
+        ingest.worker_not_started(k)
+        retry = self._spawn_failed(f"worker{k}", exc)
+        asyncio.get_running_loop().call_later(retry, self._respawn_worker, k, 0.0)
+
+    def _spawn_failed(self, role: str, exc: OSError) -> float:
+        """Log a failed spawn, say it in health, and return the delay before the next try."""
+        failures = self._spawn_failures.get(role, 0) + 1
+        self._spawn_failures[role] = failures
+        retry = min(SPAWN_RETRY_MAX_S, SPAWN_RETRY_BASE_S * 2.0 ** (failures - 1))
+        reason = exc.strerror or type(exc).__name__
+        log.error(
+            "event=spawn_failed role=%s errno=%s error=%r attempt=%d retry_s=%.1f",
+            role,
+            exc.errno,
+            reason,
+            failures,
+            retry,
+        )
+        self._reasons[role] = f"{role}: cannot start a process ({reason}); retrying"
+        self._send_status()
+        return retry
+
+    def _spawned(self, role: str) -> None:
+        if self._spawn_failures.pop(role, 0):
+            log.info("event=spawn_recovered role=%s", role)
+        self._reasons.pop(role, None)
 
     def _respawn_delay(self, child: Child) -> float:
         """0 for a child that lived a while; growing delays for one that keeps dying young."""
@@ -406,9 +514,21 @@ class Supervisor:
 
 def serve(config: Config) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the process exit code."""
+    _raise_nofile_limit()
     if config.durability != "fsync":
         log.warning(
             "event=durability_os detail=acks are sent after write(2) without fdatasync; "
             "acknowledged chunks can be lost on power failure"
         )
     return uvloop.run(Supervisor(config).run())
+
+
+def _raise_nofile_limit() -> None:
+    """Take every descriptor the hard limit allows (children inherit it); log the change."""
+    try:
+        old, new = raise_nofile_limit()
+    except OSError as exc:  # a seccomp filter (SystemCallFilter=~@resources): LimitNOFILE=
+        log.warning("event=nofile_unchanged error=%r", exc.strerror)
+        return
+    if old != new:
+        log.info("event=nofile_raised from=%d to=%d", old, new)

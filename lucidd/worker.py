@@ -33,7 +33,11 @@ from lucidd.crypto import (
 )
 from lucidd.errors import LucidError, UnknownSessionError
 from lucidd.keys import load_keyring
-from lucidd.procutil import die_with_parent, leave_shutdown_to_the_supervisor
+from lucidd.procutil import (
+    die_with_parent,
+    keep_keys_out_of_dumps,
+    leave_shutdown_to_the_supervisor,
+)
 from lucidd.ring import RingReader
 from lucidd.store import SegmentWriter, SessionPaths, read_meta, segment_name, storage_error
 
@@ -316,6 +320,7 @@ def worker_main(
     spec: ipc.WorkerSpec, inbox: Connection, results: Connection, acks: Connection
 ) -> None:
     """Entry point in the child process (started by the forkserver)."""
+    keep_keys_out_of_dumps()  # it loads the keyring
     die_with_parent()
     leave_shutdown_to_the_supervisor()
     try:

@@ -37,8 +37,11 @@ class Daemon:
         workers: int,
         env: dict[str, str] | None = None,
         user: HostUser | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         self.base = base
+        #: Runs in the daemon's process before exec (set a resource limit, ...).
+        self.preexec_fn = preexec_fn
         #: Run as this throw-away user (tests/users.py) instead of the test's own uid.
         self.user = user
         self.state_dir = base / "state"
@@ -87,7 +90,14 @@ class Daemon:
             # setpriv execs, so self.proc.pid stays the supervisor's pid.
             cmd = self.user.command(cmd)
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
+        # preexec_fn is unsafe with threads in the parent; tests start daemons from one thread.
+        self.proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=log,
+            stderr=log,
+            preexec_fn=self.preexec_fn,  # noqa: PLW1509
+        )
         log.close()
         self.wait_for("READY=1", READY_TIMEOUT_S)
         return self

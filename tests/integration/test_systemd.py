@@ -24,8 +24,10 @@ from pathlib import Path
 import pytest
 
 from lucidd.client import ControlClient, DataClient, new_session_id
+from lucidd.config import RANGES
 from lucidd.crypto import Keyring
 from lucidd.errors import EX_CONFIG
+from lucidd.fds import fd_budget
 from lucidd.keys import CREDENTIAL_NAME, write_keyring
 from lucidd.logs import JournalFormatter, journal_priority, stderr_is_journal
 from lucidd.supervisor import (
@@ -43,6 +45,7 @@ SERVICE = UNITS / "lucidd.service"
 SOCKETS = {"data": UNITS / "lucidd.socket", "control": UNITS / "lucidd-control.socket"}
 SOCKET_FILES = {"data": DATA_SOCKET, "control": CONTROL_SOCKET}
 MAX_EXPOSURE = 1.0  # systemd-analyze security: up to 1.0 is "SAFE"
+MAX_WORKERS = int(RANGES["workers"][1] or 0)
 WATCHDOG_USEC = 400_000  # pings every 0.2 s
 WATCH_S = 2.0
 # What the test's environment may need to pass through systemd-socket-activate, which gives
@@ -156,6 +159,9 @@ def test_units_keep_the_daemons_contract() -> None:
     assert one(service, "Service", "RuntimeDirectory") == "lucidd"
     assert one(service, "Service", "RuntimeDirectoryPreserve") == "yes"
     assert one(service, "Service", "ConfigurationDirectory") == "lucidd"
+    # Never wedged by descriptors, keys never in a core file (issue 10).
+    assert fd_budget(int(one(service, "Service", "LimitNOFILE")), MAX_WORKERS) >= 60_000
+    assert one(service, "Service", "LimitCORE") == "0"
     group = one(service, "Service", "Group")
     for name, path in SOCKETS.items():
         unit = parse_unit(path)

@@ -214,3 +214,27 @@ def test_resolve_refuses_a_symlinked_credential(tmp_path: Path) -> None:
     (creds / CREDENTIAL_NAME).symlink_to(target)
     with pytest.raises(KeyringError, match="symlink"):
         resolve_keyring(tmp_path / "state", None, str(creds))
+
+
+def test_a_keyring_with_a_second_hard_link_is_refused(
+    keyring_file: tuple[Path, Keyring], tmp_path: Path
+) -> None:
+    path, _ = keyring_file
+    other = tmp_path / "elsewhere"
+    os.link(path, other)
+    with pytest.raises(KeyringError, match="2 hard links") as info:
+        load_keyring(path)
+    assert str(path) in info.value.message
+    other.unlink()
+    load_keyring(path)  # one name again: accepted
+
+
+def test_a_keyring_folder_owned_by_another_uid_is_refused(
+    keyring_file: tuple[Path, Keyring],
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("chown to another uid needs root")
+    path, _ = keyring_file
+    os.chown(path.parent, FOREIGN_UID, -1)
+    with pytest.raises(KeyringError, match=f"folder {path.parent} is owned by uid {FOREIGN_UID}"):
+        load_keyring(path)

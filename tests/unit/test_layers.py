@@ -42,7 +42,9 @@ LAYERS: Mapping[str, int] = {
     "ledger": 2,  # the aggregator's book of sessions (merkle, index, reorder over store)
     "logs": 2,  # logging set-up shared by every process
     "peers": 2,  # SO_PEERCRED / SO_PEERGROUPS of a connection, the admin group
-    "procutil": 2,  # process-level helpers of the children (parent-death signal, ...)
+    "procutil": 2,  # process-level helpers (parent-death signal, undumpable, ...)
+    "folders": 2,  # the daemon's own folders: exact modes, refuse squatted ones
+    "fds": 2,  # descriptor limit, reserve and the connection budget
     # 3: process parts.
     "ingest": 3,
     "children": 3,
