@@ -17,12 +17,13 @@ folder the administrator made 0755 stays so.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 from pathlib import Path
 from typing import Final
 
-from lucidd.errors import ConfigError
+from lucidd.errors import BusyError, ConfigError
 
 __all__ = [
     "PRIVATE_RUNTIME_DIR_MODE",
@@ -30,6 +31,7 @@ __all__ = [
     "STATE_DIR_MODE",
     "check_own_folder",
     "ensure_own_folder",
+    "lock_state_folder",
 ]
 
 #: The state folder holds the sessions and the keyring: the daemon's alone.
@@ -97,3 +99,37 @@ def check_own_folder(path: Path, what: str) -> os.stat_result:
         uid=st.st_uid,
         mode=mode,
     )
+
+
+#: The lock file of a state folder (DESIGN §10: one daemon per state folder).
+STATE_LOCK_FILE: Final = "lucidd.lock"
+
+
+def lock_state_folder(state_dir: Path) -> int:
+    """Take the state folder for this process; returns the descriptor that holds the lock.
+
+    An exclusive ``flock`` on ``<state>/lucidd.lock``, held for the process's lifetime (the
+    kernel drops it when the process dies, ``kill -9`` included, so no stale lock survives a
+    crash). The file holds the holder's pid, for the message a second daemon prints: it exits
+    75 (:class:`~lucidd.errors.BusyError`) naming the folder and that pid, before it touches
+    anything else. Two daemons on one folder would append to the same sessions' files.
+    """
+    path = state_dir / STATE_LOCK_FILE
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(path, flags, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise BusyError(
+            f"state folder {state_dir} is in use by another lucidd (pid {holder}); "
+            "one daemon per state folder",
+            path=str(state_dir),
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

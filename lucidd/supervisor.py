@@ -36,6 +36,7 @@ from lucidd.folders import (
     RUNTIME_DIR_MODE,
     STATE_DIR_MODE,
     ensure_own_folder,
+    lock_state_folder,
 )
 from lucidd.ingest import DataProtocol, Ingest, WorkerLink
 from lucidd.keys import CREDENTIAL_NAME, resolve_keyring, state_keyring_path
@@ -122,6 +123,7 @@ class Supervisor:
         self._stopping = False
         self._watchdog = Watchdog.from_env() if config.watchdog else None
         self._fast_deaths: dict[str, int] = {}  # role -> deaths in a row soon after start
+        self._state_lock = -1  # the flock on the state folder (folders.lock_state_folder)
         self._spawn_failures: dict[str, int] = {}  # role -> failed spawns in a row
         #: Why health is degraded, by role ("worker1: cannot start a process (...); retrying"),
         #: relayed to the aggregator with every status.
@@ -134,6 +136,7 @@ class Supervisor:
         env = dict(os.environ)
         keep_keys_out_of_dumps()  # before the keyring is read
         ensure_own_folder(Path(config.state_dir), STATE_DIR_MODE, "state folder")
+        self._state_lock = lock_state_folder(Path(config.state_dir))  # held until exit
         runtime = Path(config.runtime_dir)
         private = config.runtime_dir == fallback_runtime_dir(os.getuid())
         mode = PRIVATE_RUNTIME_DIR_MODE if private else RUNTIME_DIR_MODE

@@ -29,6 +29,7 @@ from tests.integration.test_lucidctl import (
 )
 
 CHUNK = 64 * KiB
+EX_TEMPFAIL = 75
 
 
 def get_bytes(daemon: Daemon, session: str) -> bytes:
@@ -192,3 +193,36 @@ def test_version_flags() -> None:
         result = subprocess.run([sys.executable, *argv], capture_output=True, check=False)
         assert result.returncode == 0
         assert result.stdout.decode().split()[1][0].isdigit()
+
+
+def test_a_second_daemon_on_the_same_state_folder_exits_75_naming_the_holder(
+    daemon: Daemon, short_tmp: Path
+) -> None:
+    other_runtime = short_tmp / "run2"
+    second = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lucidd",
+            "serve",
+            "--state-dir",
+            str(daemon.state_dir),
+            "--runtime-dir",
+            str(other_runtime),
+            "--workers",
+            "1",
+        ],
+        capture_output=True,
+        timeout=CLI_TIMEOUT_S,
+        check=False,
+    )
+    assert second.returncode == EX_TEMPFAIL, second.stderr
+    message = second.stderr.decode()
+    assert str(daemon.state_dir) in message and f"pid {daemon.pid}" in message, message
+    assert "Traceback" not in message
+    assert not (other_runtime / "data.sock").exists()
+    # The first daemon is untouched, and after a kill -9 the lock is free again.
+    assert ctl(daemon, "--json", "health").ok()["status"] == "ok"
+    daemon.kill_all()
+    daemon.start()
+    assert ctl(daemon, "--json", "health").ok()["status"] == "ok"
