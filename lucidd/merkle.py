@@ -406,13 +406,15 @@ class _LevelFiles:
 
     Node ``j`` of level ``k`` sits at byte ``32 * j``. Files are only appended to, except that
     recovery truncates them. Knows nothing about trees; :class:`MerkleLog` decides what to write.
+    Descriptors are a cache: :meth:`release` closes them all and the next use reopens what it
+    needs, so a host with many sessions holds files open only for the ones in use.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         os.makedirs(self.path, mode=_DIR_MODE, exist_ok=True)
-        self._dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self._fds: list[int] = []
+        self._dir_fd = -1
+        self._fds: list[int] = []  # per level; -1 while released
         self.counts: list[int] = []
         """Whole nodes in each level file, as far as this object has written or truncated."""
         try:
@@ -427,28 +429,40 @@ class _LevelFiles:
             self.close()
             raise
 
+    def _dir(self) -> int:
+        if self._dir_fd < 0:
+            self._dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return self._dir_fd
+
     def _open_level(self, level: int) -> None:
         while len(self._fds) <= level:
             k = len(self._fds)
-            fd = os.open(_level_file(k), _OPEN_FLAGS, _FILE_MODE, dir_fd=self._dir_fd)
+            fd = os.open(_level_file(k), _OPEN_FLAGS, _FILE_MODE, dir_fd=self._dir())
             self._fds.append(fd)
             self.counts.append(os.fstat(fd).st_size // HASH_SIZE)
+
+    def _fd(self, level: int) -> int:
+        fd = self._fds[level]
+        if fd < 0:
+            fd = os.open(_level_file(level), _OPEN_FLAGS, _FILE_MODE, dir_fd=self._dir())
+            self._fds[level] = fd
+        return fd
 
     def levels(self) -> int:
         return len(self._fds)
 
     def raw_size(self, level: int) -> int:
-        return os.fstat(self._fds[level]).st_size
+        return os.fstat(self._fd(level)).st_size
 
     def read(self, level: int, index: int) -> bytes:
-        data = os.pread(self._fds[level], HASH_SIZE, index * HASH_SIZE)
+        data = os.pread(self._fd(level), HASH_SIZE, index * HASH_SIZE)
         if len(data) != HASH_SIZE:
             raise StorageError(f"{_level_file(level)} is shorter than node {index}")
         return data
 
     def read_range(self, level: int, start: int, stop: int) -> bytes:
         want = (stop - start) * HASH_SIZE
-        data = os.pread(self._fds[level], want, start * HASH_SIZE)
+        data = os.pread(self._fd(level), want, start * HASH_SIZE)
         if len(data) != want:
             raise StorageError(f"{_level_file(level)} is shorter than node {stop - 1}")
         return data
@@ -456,25 +470,26 @@ class _LevelFiles:
     def append(self, level: int, data: Buffer) -> None:
         """Append whole nodes with ``os.write`` (page cache only: durable after ``datasync``)."""
         self._open_level(level)
+        fd = self._fd(level)
         view = memoryview(data)
         while view:
-            written = os.write(self._fds[level], view)
+            written = os.write(fd, view)
             view = view[written:]
         self.counts[level] += len(data) // HASH_SIZE
 
     def truncate(self, level: int, count: int) -> None:
         """Cut level ``level`` to ``count`` whole nodes (also drops a torn partial node)."""
         if self.raw_size(level) != count * HASH_SIZE:
-            os.ftruncate(self._fds[level], count * HASH_SIZE)
+            os.ftruncate(self._fd(level), count * HASH_SIZE)
         self.counts[level] = count
 
     def datasync(self, levels: Iterable[int]) -> None:
         for level in levels:
-            os.fdatasync(self._fds[level])
+            os.fdatasync(self._fd(level))
 
     def read_state(self) -> bytes | None:
         try:
-            fd = os.open(STATE_FILE, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir_fd)
+            fd = os.open(STATE_FILE, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir())
         except FileNotFoundError:
             return None
         try:
@@ -488,11 +503,12 @@ class _LevelFiles:
 
         The folder fsync also makes durable the entries of level files created since.
         """
+        dir_fd = self._dir()
         fd = os.open(
             _STATE_TMP,
             os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
             _FILE_MODE,
-            dir_fd=self._dir_fd,
+            dir_fd=dir_fd,
         )
         try:
             view = memoryview(data)
@@ -501,16 +517,26 @@ class _LevelFiles:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(_STATE_TMP, STATE_FILE, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
-        os.fsync(self._dir_fd)
+        os.rename(_STATE_TMP, STATE_FILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.fsync(dir_fd)
 
-    def close(self) -> None:
-        fds, self._fds = self._fds, []
-        for fd in fds:
-            os.close(fd)
+    def release(self) -> None:
+        """Close every descriptor; the next use reopens what it needs.
+
+        Only after a successful ``datasync``: a write-back error is reported to descriptors
+        open when it happened, so one reopened later would not see it.
+        """
+        for level, fd in enumerate(self._fds):
+            if fd >= 0:
+                os.close(fd)
+                self._fds[level] = -1
         if self._dir_fd >= 0:
             os.close(self._dir_fd)
             self._dir_fd = -1
+
+    def close(self) -> None:
+        self.release()
+        self._fds = []
 
 
 # --------------------------------------------------------------------------------------------
@@ -738,6 +764,16 @@ class MerkleLog:
 
     def _state(self) -> _State:
         return _State(self._size, self.root(), tuple(self._stack))
+
+    def release_files(self) -> None:
+        """:meth:`sync`, then close every descriptor; later calls reopen what they need.
+
+        For a cache of open logs (many sessions, few in use). The log stays usable.
+        """
+        if self._files is None or self._closed:
+            return
+        self.sync()
+        self._files.release()
 
     def close(self) -> None:
         """:meth:`sync` (unless broken), then release the files. Idempotent."""

@@ -26,6 +26,7 @@ from lucidd.merkle import (
     LEAVES_FILE,
     STATE_FILE,
     MerkleLog,
+    leaf_hash,
     root_of,
     verify_consistency,
     verify_inclusion,
@@ -363,3 +364,35 @@ def test_closed_log_refuses_calls_and_requests_are_checked(tmp_path: Path) -> No
         log.append(bytes(HASH_SIZE))
     with MerkleLog.open(tmp_path) as log:
         assert log.size == 5  # close() synced
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_released_files_close_every_descriptor_and_reopen_on_use(tmp_path: Path) -> None:
+    """A cache of open logs: release_files leaves no descriptor, and the log keeps working."""
+    leaves = [leaf_hash(i.to_bytes(4, "big")) for i in range(1000)]
+    before = _open_fds()
+    log = MerkleLog.open(tmp_path / "log")
+    for leaf in leaves[:600]:
+        log.append(leaf)
+    assert _open_fds() > before
+    log.release_files()
+    assert _open_fds() == before
+    # Reads reopen what they need; appends and syncs keep working across releases.
+    assert log.root() == root_of(leaves[:600])
+    assert merkle.verify_inclusion(
+        leaves[17], 17, 600, log.inclusion_proof(17), root_of(leaves[:600])
+    )
+    for leaf in leaves[600:]:
+        log.append(leaf)
+    log.release_files()
+    assert _open_fds() == before
+    log.close()
+    again = MerkleLog.open(tmp_path / "log")
+    try:
+        assert again.size == 1000
+        assert again.root() == root_of(leaves)
+    finally:
+        again.close()
