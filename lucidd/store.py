@@ -243,12 +243,23 @@ _MAX_INDEXED: Final = _MAX_OFF_T // INDEX_ENTRY_SIZE
 class ChunkIndex:
     """``index.bin``: entry ``i`` at byte ``i * INDEX_ENTRY_SIZE`` (sparse while out of order).
 
-    Written without fsync: the records are durable, and the index is rebuilt from them.
+    Written without fsync: the records are durable, and the index is rebuilt from them. The
+    descriptor is a cache: :meth:`release` closes it and the next use reopens the file.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._descriptor = -1
+        self._open()
+
+    def _open(self) -> int:
+        if self._descriptor < 0:
+            self._descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return self._descriptor
+
+    @property
+    def _fd(self) -> int:
+        return self._open()
 
     def put(self, index: int, entry: IndexEntry) -> None:
         data = _INDEX_ENTRY.pack(
@@ -292,8 +303,14 @@ class ChunkIndex:
         """Forget every entry (before a rebuild from the records)."""
         os.ftruncate(self._fd, 0)
 
+    def release(self) -> None:
+        """Close the descriptor (the next use reopens the file)."""
+        if self._descriptor >= 0:
+            os.close(self._descriptor)
+            self._descriptor = -1
+
     def close(self) -> None:
-        os.close(self._fd)
+        self.release()
 
 
 def _unpack_entry(data: bytes, offset: int) -> IndexEntry | None:
