@@ -303,18 +303,19 @@ class SessionLedger:
     def _rebuild(self, keyring: Keyring, repair: bool) -> list[tuple[str, str]]:
         """Rebuild the index and the Merkle log from the records and the old log's leaves.
 
-        The old log is kept up to its last leaf that an authentic record confirms, as long
-        as no authentic record contradicts it: its leaves were acknowledged (and may be
-        anchored), so a chunk whose record is gone keeps its leaf and is noted missing
-        instead of shifting every later chunk out of the log. Past that, the log is rebuilt
-        from the records alone. For an index with several authentic records (a chunk sealed
-        twice) the one whose leaf the old log holds wins, else the one the old index named.
+        The old log is kept up to its last leaf that an authentic record (or the old index)
+        confirms, as long as no authentic record contradicts it: its leaves were acknowledged
+        (and may be anchored), so a chunk whose record is gone keeps its leaf and is noted
+        missing instead of shifting every later chunk out of the log. Past that, the log is
+        rebuilt from the records alone. For an index with several authentic records (a chunk
+        sealed twice) the one the old index named wins, else the one whose leaf the old log
+        holds (within the kept prefix only records with the kept leaf are candidates).
         """
         repairs: list[tuple[str, str]] = []
         old_index = dict(self.index.scan())
         old_leaves = [self.merkle.leaf(i) for i in range(self.merkle.size)]
         found = self._authentic_records(keyring, repair, repairs)
-        kept = _confirmed_prefix(old_leaves, found)
+        kept = _confirmed_prefix(old_leaves, found, old_index)
         self.merkle.close()
         shutil.rmtree(self.paths.merkle, ignore_errors=True)
         self.merkle = MerkleLog.open(self.paths.merkle)
@@ -766,15 +767,24 @@ class Ledger:
             session.close()
 
 
-def _confirmed_prefix(old_leaves: list[bytes], found: dict[int, list[IndexEntry]]) -> int:
-    """How many leaves of the old log a rebuild keeps: up to the last one an authentic record
-    confirms, and never past the first one an authentic record contradicts (then the old log
-    is not trusted from there on: the records are the truth)."""
+def _confirmed_prefix(
+    old_leaves: list[bytes],
+    found: dict[int, list[IndexEntry]],
+    old_index: dict[int, IndexEntry],
+) -> int:
+    """How many leaves of the old log a rebuild keeps: up to the last one confirmed, by an
+    authentic record or by the old index naming the same leaf (the chunk was indexed, so
+    acknowledged, and its record is gone since), and never past the first one an authentic
+    record contradicts (the old log is not trusted from there on: the records are the
+    truth). Leaves past the last confirmed one (garbage appended to the log's files) go."""
     kept = 0
     for index, leaf in enumerate(old_leaves):
         candidates = found.get(index)
         if candidates is None:
-            continue  # its record is gone, or the log holds garbage here: decided below
+            indexed = old_index.get(index)
+            if indexed is not None and indexed.leaf_hash == leaf:
+                kept = index + 1
+            continue
         if not any(entry.leaf_hash == leaf for entry in candidates):
             break
         kept = index + 1

@@ -15,9 +15,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import psutil
 import pytest
@@ -37,8 +39,12 @@ class Daemon:
         workers: int,
         env: dict[str, str] | None = None,
         user: HostUser | None = None,
+        fsize_limit: int | None = None,
     ) -> None:
         self.base = base
+        #: RLIMIT_FSIZE for the daemon (DESIGN §9: writes past it fail with EFBIG, as on a
+        #: full disk). Its output then goes through a pipe, which the limit does not cover.
+        self.fsize_limit = fsize_limit
         #: Run as this throw-away user (tests/users.py) instead of the test's own uid.
         self.user = user
         self.state_dir = base / "state"
@@ -87,8 +93,16 @@ class Daemon:
             # setpriv execs, so self.proc.pid stays the supervisor's pid.
             cmd = self.user.command(cmd)
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
-        log.close()
+        if self.fsize_limit is None:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
+            log.close()
+        else:
+            # prlimit(1) sets the limit and execs: self.proc.pid stays the supervisor's pid.
+            cmd = ["prlimit", f"--fsize={self.fsize_limit}", "--", *cmd]
+            self.proc = subprocess.Popen(
+                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+            threading.Thread(target=_copy_output, args=(self.proc, log), daemon=True).start()
         self.wait_for("READY=1", READY_TIMEOUT_S)
         return self
 
@@ -154,6 +168,14 @@ class Daemon:
         if self._notify is not None:
             self._notify.close()
             self._notify = None
+
+
+def _copy_output(proc: subprocess.Popen[bytes], log: BinaryIO) -> None:
+    assert proc.stdout is not None
+    with log:
+        while data := os.read(proc.stdout.fileno(), 65536):
+            log.write(data)
+            log.flush()
 
 
 def ring_segments() -> set[str]:
