@@ -142,6 +142,8 @@ async def _config(s: ControlServices, r: p.GetConfig, peer: Peer) -> p.Message:
 
 async def _open(s: ControlServices, r: p.OpenSession, peer: Peer) -> p.Message:
     if r.session is not None:
+        if r.session in s.ledger.unreadable:
+            _session(s, peer, r.session)  # refused: damaged, or forbidden to the unprivileged
         existing = s.ledger.sessions.get(r.session)
         if existing is not None and not s.policy.may_touch(peer, existing.owner_uid):
             raise s.policy.refusal(peer, r.session, exists=True)

@@ -135,23 +135,36 @@ class SessionLedger:
     def _find_cut_segments(self) -> None:
         """Note as missing every indexed chunk whose segment is now shorter than the indexed
         end (cut, or removed). Cheap: one ``stat`` per segment; the index is read only when
-        a segment is short."""
+        a segment is short. The segment's end then moves back to its last intact record (a
+        removed one is forgotten), so the rest of a cut segment is scanned and quarantined
+        like a torn tail, and a new segment that reuses a removed one's name is read from 0.
+        The missing chunks are kept in the ledger state."""
         short: dict[str, int] = {}
         for name, end in self.segment_ends.items():
             try:
                 size = self.paths.segment(name).stat().st_size
             except FileNotFoundError:
-                size = 0
+                size = -1
             if size < end:
                 short[name] = size
         if not short:
             return
+        intact = dict.fromkeys(short, 0)
         for index, entry in self.index.scan():
-            size = short.get(entry.segment, -1)
-            cut = size >= 0 and entry.offset + entry.record_length > size
-            if cut and index not in self.missing:
-                self.missing[index] = entry.leaf_hash
-                self.dirty = True
+            cut_at = short.get(entry.segment)
+            if cut_at is None:
+                continue
+            end = entry.offset + entry.record_length
+            if end > cut_at:
+                self.missing.setdefault(index, entry.leaf_hash)
+            else:
+                intact[entry.segment] = max(intact[entry.segment], end)
+        for name, size in short.items():
+            if size < 0:
+                del self.segment_ends[name]
+            else:
+                self.segment_ends[name] = intact[name]
+        self.dirty = True
 
     @property
     def damaged(self) -> bool:
@@ -259,9 +272,13 @@ class SessionLedger:
                 continue
             sync_file(path)  # a worker may have written it without syncing yet
             scan = scan_segment(path, start, authenticate)
+            # Without repair the end stays before the first damaged range, so that the next
+            # start scans it again and quarantines it (the records behind it are indexed now).
+            stop = scan.damaged[0].offset if scan.damaged and not repair else scan.size
             for found, plaintext_length in scan.records:
                 leaf = leaf_hash(found.record)
-                self._note_end(name, found.offset + len(found.record))
+                if found.offset < stop:
+                    self._note_end(name, found.offset + len(found.record))
                 entry = IndexEntry(
                     owner, number, found.offset, len(found.record), leaf, plaintext_length
                 )

@@ -227,6 +227,53 @@ def test_a_cut_segment_makes_the_session_damaged_and_check_lists_exactly_the_los
             assert (code, result["bad"]) == (EX_DATAERR, sorted(lost))
             [listed] = control.sessions()
             assert listed.damaged and listed.missing == sorted(lost)
+            assert info.quarantined == 1  # the cut record's remains, as a torn tail
+    finally:
+        assert d.stop() == 0, d.log()
+    [tail] = read_quarantine(paths)
+    assert (tail.segment, tail.offset, tail.length, tail.tail) == (
+        segment.name,
+        mine[3][0],
+        10,
+        True,
+    )
+    assert segment.stat().st_size == cut
+    d.start()  # the next start finds nothing new and forgets nothing
+    try:
+        with ControlClient(d.runtime_dir) as control:
+            info = control.info(session)
+            assert (info.missing, info.quarantined) == (sorted(lost), 1)
+            assert_all_but_readable(control, session, payloads, lost)
+    finally:
+        assert d.stop() == 0, d.log()
+    assert log_count(d, "event=segment_quarantined") == 1
+
+
+def test_a_removed_segment_leaves_its_chunks_missing_and_the_session_writable(
+    stored: tuple[Daemon, bytes, list[bytes], bytes],
+) -> None:
+    d, session, payloads, root = stored
+    paths = SessionPaths.of(d.state_dir, session)
+    segment = paths.segment(paths.segments()[0])
+    lost = {i for i in range(CHUNKS) if locate(d.state_dir, session, i)[0] == segment}
+    segment.unlink()
+    d.start()
+    try:
+        with ControlClient(d.runtime_dir) as control:
+            info = control.info(session)
+            assert (info.damaged, info.missing) == (True, sorted(lost))
+            assert control.root(session).root == root
+            assert_all_but_readable(control, session, payloads, lost)
+        with DataClient(d.runtime_dir) as client:
+            client.put(session, CHUNKS, b"after the loss")
+    finally:
+        assert d.stop() == 0, d.log()
+    d.start()
+    try:
+        with ControlClient(d.runtime_dir) as control:
+            assert control.info(session).missing == sorted(lost)
+            assert control.read_chunk(session, CHUNKS).data == b"after the loss"
+            assert_all_but_readable(control, session, payloads, lost)
     finally:
         assert d.stop() == 0, d.log()
 
