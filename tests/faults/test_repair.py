@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from lucidd import cli
@@ -26,7 +27,9 @@ from lucidd.store import (
     QUARANTINE_DIR,
     QUARANTINE_LIST_FILE,
     SessionPaths,
+    read_meta,
     read_quarantine,
+    write_meta,
 )
 from tests.conftest import Daemon
 
@@ -284,14 +287,19 @@ def test_a_session_with_damaged_meta_is_refused_while_another_is_fully_served(
     d = Daemon(short_tmp / "d", workers=2)
     d.base.mkdir()
     d.start()
-    broken, healthy = new_session_id(), new_session_id()
+    broken, locked, healthy = new_session_id(), new_session_id(), new_session_id()
     try:
         with DataClient(d.runtime_dir) as client:
-            for session in (broken, healthy):
+            for session in (broken, locked, healthy):
                 client.put_many(session, [(i, b"chunk %d" % i) for i in range(3)])
     finally:
         assert d.stop() == 0, d.log()
     SessionPaths.of(d.state_dir, broken).meta.write_bytes(b"\x93not a session's metadata")
+    locked_paths = SessionPaths.of(d.state_dir, locked)
+    meta = read_meta(locked_paths)
+    wrapped = bytearray(meta.wrapped_secret)
+    wrapped[-1] ^= 0x01  # the keyring can no longer unwrap this one session's secret
+    write_meta(locked_paths, msgspec.structs.replace(meta, wrapped_secret=bytes(wrapped)))
     d.start()
     try:
         with DataClient(d.runtime_dir) as client:
@@ -309,15 +317,20 @@ def test_a_session_with_damaged_meta_is_refused_while_another_is_fully_served(
             assert "metadata" in refused.value.message
             with pytest.raises(DamagedSessionError):
                 control.read_chunk(broken, 0)
+            with pytest.raises(DamagedSessionError) as refused:
+                control.read_chunk(locked, 0)
+            assert "secret" in refused.value.message
             listed = {s.session: s for s in control.sessions()}
-            assert (listed[broken].state, listed[broken].damaged) == ("damaged", True)
+            for session in (broken, locked):
+                assert (listed[session].state, listed[session].damaged) == ("damaged", True)
             assert not listed[healthy].damaged
             health = control.health()
             assert (health.status, health.sessions, health.damaged_sessions) == (
                 "degraded",
+                3,
                 2,
-                1,
             )
+            assert control.metrics()["sessions_damaged"] == 2
         code, result = lucidctl(capsys, d, "info", str(uuid.UUID(bytes=broken)))
         assert (code, result["error"]["code"]) == (EX_DATAERR, "damaged")
     finally:

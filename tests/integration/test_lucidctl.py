@@ -202,6 +202,10 @@ def test_open_with_zstd_is_listed_and_described(daemon: Daemon) -> None:
         "compression": "zstd",
         "owner_uid": os.geteuid(),
         "owner": pwd.getpwuid(os.geteuid()).pw_name,
+        "damaged": False,
+        "missing": [],
+        "quarantined": 0,
+        "problem": "",
     }
     assert ctl(daemon, "--json", "sessions").ok() == {"sessions": [expected]}
     assert ctl(daemon, "--json", "info", session).ok() == expected
