@@ -375,8 +375,16 @@ class SessionLedger:
         """Index an authentic record found on disk; True if it is a chunk new to the ledger.
 
         The index keeps the record already named for an index (a duplicate is ignored); a
-        lost index entry is restored only for the record whose leaf the Merkle log holds.
+        lost index entry is restored only for the record whose leaf the Merkle log holds. The
+        record of a missing chunk that is back (a segment restored from a backup) heals it:
+        it is indexed again and no longer missing (its bytes were counted all along).
         """
+        if index in self.missing:
+            if self.missing[index] == entry.leaf_hash:
+                self._put_entry(index, entry)
+                del self.missing[index]
+                self.dirty = True
+            return False
         if self._indexed(index) is not None:
             return False
         if index < self.merkle.size:

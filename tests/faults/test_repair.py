@@ -211,6 +211,7 @@ def test_a_cut_segment_makes_the_session_damaged_and_check_lists_exactly_the_los
     d, session, payloads, _ = stored
     paths = SessionPaths.of(d.state_dir, session)
     segment = max((paths.segment(n) for n in paths.segments()), key=lambda p: p.stat().st_size)
+    original = segment.read_bytes()
     records = [locate(d.state_dir, session, i) for i in range(CHUNKS)]
     mine = sorted((off, i) for i, (path, off, _) in enumerate(records) if path == segment)
     cut = mine[3][0] + 10  # inside this segment's fourth record
@@ -250,6 +251,17 @@ def test_a_cut_segment_makes_the_session_damaged_and_check_lists_exactly_the_los
     finally:
         assert d.stop() == 0, d.log()
     assert log_count(d, "event=segment_quarantined") == 1
+
+    segment.write_bytes(original)  # the segment comes back from a backup: the session heals
+    d.start()
+    try:
+        with ControlClient(d.runtime_dir) as control:
+            info = control.info(session)
+            assert (info.damaged, info.missing, info.quarantined) == (False, [], 1)
+            assert_all_but_readable(control, session, payloads, set())
+            assert control.health().damaged_sessions == 0
+    finally:
+        assert d.stop() == 0, d.log()
 
 
 def test_a_removed_segment_leaves_its_chunks_missing_and_the_session_writable(
