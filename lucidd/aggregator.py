@@ -167,18 +167,16 @@ class Aggregator:
         started = time.monotonic()
         records = 0
         for name in self.ledger.unreadable:
-            error = self.ledger.damaged_error(name)
-            log.error("event=session_damaged session=%s error=%s", _sid(name), error)
+            damaged = self.ledger.damaged_error(name)
+            log.error("event=session_damaged session=%s error=%s", _sid(name), damaged)
         for session in self.ledger:
             where = session.paths.root.name
             try:
                 acked, repairs = session.recover_segments(self.ledger.keyring, repair=repair)
-            except OSError as exc:
-                log.error(
-                    "event=recovery_failed session=%s error=%s",
-                    where,
-                    storage_error(exc, "recovery"),
-                )
+            except (OSError, LucidError) as exc:
+                # An I/O error reading its files: logged; the session serves what is indexed.
+                error = storage_error(exc, "recovery") if isinstance(exc, OSError) else exc
+                log.error("event=recovery_failed session=%s error=%s", where, error)
                 continue
             records += len(acked)
             for event, details in repairs:

@@ -128,7 +128,7 @@ class SessionLedger:
         for index, entry in self.index.scan(size):
             self.plaintext_bytes += entry.plaintext_length
             if index >= self.window.next_index:
-                self._add_leaf(index, entry.leaf_hash)
+                self._add_recovered_leaf(index, entry.leaf_hash)
             self._note_end(entry.segment, entry.offset + entry.record_length)
         self._find_cut_segments()
 
@@ -180,6 +180,15 @@ class SessionLedger:
         ready = self.window.add(index, leaf)
         if ready:
             self.merkle.extend(ready)
+            self.dirty = True
+
+    def _add_recovered_leaf(self, index: int, leaf: bytes) -> None:
+        """:meth:`_add_leaf` for recovery, which must not stop half-way: a log write that
+        fails (disk full) leaves the log broken, and :meth:`sync` reopens it and re-appends
+        the leaves from the index (and :attr:`missing`) once the disk allows."""
+        try:
+            self._add_leaf(index, leaf)
+        except StorageError:
             self.dirty = True
 
     def stored_leaf(self, index: int) -> bytes | None:
@@ -352,13 +361,13 @@ class SessionLedger:
                 self.missing[index] = leaf
                 old = old_index.get(index)
                 self.plaintext_bytes += old.plaintext_length if old is not None else 0
-            self._add_leaf(index, leaf)
+            self._add_recovered_leaf(index, leaf)
         for index in sorted(i for i in found if i >= kept):
             old_leaf = old_leaves[index] if index < len(old_leaves) else None
             entry = _choose(found[index], old_index.get(index), old_leaf)
             self._put_entry(index, entry)
             self.plaintext_bytes += entry.plaintext_length
-            self._add_leaf(index, entry.leaf_hash)
+            self._add_recovered_leaf(index, entry.leaf_hash)
         lost = [i for i in old_index if i not in found]
         repairs.append(
             (
@@ -394,7 +403,7 @@ class SessionLedger:
             return False
         self._put_entry(index, entry)
         self.plaintext_bytes += entry.plaintext_length
-        self._add_leaf(index, entry.leaf_hash)
+        self._add_recovered_leaf(index, entry.leaf_hash)
         return True
 
     @property
