@@ -16,7 +16,7 @@ from lucidd import ipc
 from lucidd import protocol as p
 from lucidd.access import LEGACY_OWNER, AccessPolicy, Peer
 from lucidd.errors import BadRequestError, InternalError, LucidError
-from lucidd.ledger import Ledger, SessionLedger, scrub
+from lucidd.ledger import Ledger, SessionLedger, quarantine_records, scrub
 from lucidd.logs import ClientErrorLog
 from lucidd.peers import peer_of
 from lucidd.store import storage_error
@@ -257,7 +257,8 @@ async def _shred(s: ControlServices, r: p.Shred, peer: Peer) -> p.Message:
 async def _check(s: ControlServices, r: p.Check, peer: Peer) -> p.Message:
     """Scrub: the records are read in a worker thread, so the loop keeps serving; the leaves
     are read on the loop in slices (the log has one writer). Holding the session's lock keeps
-    a shred from closing its files meanwhile. Chunks found gone become ``missing``."""
+    a shred from closing its files meanwhile. Chunks found gone become ``missing``; records
+    found unauthentic are copied to the quarantine as well."""
     _session(s, peer, r.session)
     async with s.session_lock(r.session):
         session = _session(s, peer, r.session)
@@ -270,6 +271,12 @@ async def _check(s: ControlServices, r: p.Check, peer: Peer) -> p.Message:
         secret = session.secret(s.ledger.keyring)
         result = await asyncio.to_thread(scrub, session.paths, secret, session.session_id, targets)
         session.note_gone(result.gone)
+        if result.unauthentic:  # copied aside like recovery does (the lock keeps one writer)
+            session.quarantine, lines = await asyncio.to_thread(
+                quarantine_records, session.paths, session.quarantine, result.unauthentic
+            )
+            for event, details in lines:
+                log.warning("event=%s session=%s %s", event, session.paths.root.name, details)
     if result.bad:
         log.warning(
             "event=check_failed session=%s checked=%d bad=%d first_bad=%d",

@@ -48,11 +48,13 @@ from lucidd.errors import (
 from lucidd.merkle import Checkpoint, MerkleLog, leaf_hash
 from lucidd.reorder import ReorderWindow
 from lucidd.store import (
+    DAMAGE_UNAUTHENTIC,
     QUARANTINE_DIR,
     ChunkIndex,
     DamagedRange,
     IndexEntry,
     LedgerState,
+    QuarantinedRange,
     ScannedRecord,
     SessionMeta,
     SessionPaths,
@@ -225,30 +227,8 @@ class SessionLedger:
         return authenticate
 
     def _quarantine(self, segment: str, damaged: list[DamagedRange]) -> list[tuple[str, str]]:
-        """Copy each damaged range not quarantined before aside; returns log lines for the
-        new ones only (a restart finds the same ranges again: recovery is idempotent). A copy
-        that fails (disk full) is logged and tried again at the next start; the bytes stay in
-        the segment meanwhile."""
-        lines: list[tuple[str, str]] = []
-        known = {(q.segment, q.offset) for q in self.quarantine}
-        for bad in damaged:
-            if (segment, bad.offset) in known:
-                continue
-            where = f"segment={segment} offset={bad.offset} length={bad.length}"
-            try:
-                kept = quarantine_range(self.paths, segment, bad)
-                self.quarantine.append(kept)
-                write_quarantine(self.paths, self.quarantine)
-            except OSError as exc:
-                lines.append(("quarantine_failed", f"{where} error={storage_error(exc, 'copy')}"))
-                continue
-            lines.append(
-                (
-                    "segment_quarantined",
-                    f"{where} reason={bad.reason} tail={int(bad.tail)} "
-                    f"file={QUARANTINE_DIR}/{kept.file}",
-                )
-            )
+        """Copy each damaged range not quarantined before aside (:func:`quarantine_ranges`)."""
+        self.quarantine, lines = quarantine_ranges(self.paths, self.quarantine, segment, damaged)
         return lines
 
     def recover_segments(
@@ -634,6 +614,53 @@ class ScrubResult:
     bad: list[int]
     #: Those whose record is gone or not authentic (not a passing I/O error), with the leaf.
     gone: dict[int, bytes]
+    #: Records read whole that fail authentication or do not hash to their leaf.
+    unauthentic: list[IndexEntry]
+
+
+def quarantine_ranges(
+    paths: SessionPaths, known: list[QuarantinedRange], segment: str, damaged: list[DamagedRange]
+) -> tuple[list[QuarantinedRange], list[tuple[str, str]]]:
+    """Copy each damaged range of ``segment`` not in ``known`` to the quarantine and list it
+    (durable when it returns); returns the new list and (event, details) log lines for the new
+    ranges only, so that a range found again (every restart finds the same ones) is neither
+    copied nor logged twice. A copy that fails (disk full) is logged and left for a later
+    attempt; the bytes stay in the segment meanwhile. File I/O only: callable off the loop."""
+    ranges = list(known)
+    lines: list[tuple[str, str]] = []
+    seen = {(q.segment, q.offset) for q in ranges}
+    for bad in damaged:
+        if (segment, bad.offset) in seen:
+            continue
+        where = f"segment={segment} offset={bad.offset} length={bad.length}"
+        try:
+            kept = quarantine_range(paths, segment, bad)
+            ranges.append(kept)
+            seen.add((segment, bad.offset))
+            write_quarantine(paths, ranges)
+        except OSError as exc:
+            lines.append(("quarantine_failed", f"{where} error={storage_error(exc, 'copy')}"))
+            continue
+        lines.append(
+            (
+                "segment_quarantined",
+                f"{where} reason={bad.reason} tail={int(bad.tail)} "
+                f"file={QUARANTINE_DIR}/{kept.file}",
+            )
+        )
+    return ranges, lines
+
+
+def quarantine_records(
+    paths: SessionPaths, known: list[QuarantinedRange], entries: list[IndexEntry]
+) -> tuple[list[QuarantinedRange], list[tuple[str, str]]]:
+    """:func:`quarantine_ranges` for indexed records a scrub found unauthentic."""
+    ranges, lines = list(known), []
+    for entry in entries:
+        damaged = DamagedRange(entry.offset, entry.record_length, DAMAGE_UNAUTHENTIC, False)
+        ranges, more = quarantine_ranges(paths, ranges, entry.segment, [damaged])
+        lines += more
+    return ranges, lines
 
 
 def scrub(
@@ -643,23 +670,31 @@ def scrub(
     safe in a worker thread while the loop keeps serving)."""
     bad: list[int] = []
     gone: dict[int, bytes] = {}
+    unauthentic: list[IndexEntry] = []
     for target in targets:
         entry = target.entry
         try:
             if entry is None:
                 raise FormatError("the record is gone")
             record = read_record(paths, entry)
-            open_record(secret, session_id, target.index, record)
-            if leaf_hash(record) != target.leaf_hash:
-                raise IntegrityError("the record does not hash to its leaf")
         except StorageError as err:
             bad.append(target.index)
             if err.context.get("errno") == errno.ENOENT:  # its segment file is gone
                 gone[target.index] = target.leaf_hash
+            continue
+        except LucidError:  # gone, or cut short
+            bad.append(target.index)
+            gone[target.index] = target.leaf_hash
+            continue
+        try:
+            open_record(secret, session_id, target.index, record)
+            if leaf_hash(record) != target.leaf_hash:
+                raise IntegrityError("the record does not hash to its leaf")
         except LucidError:
             bad.append(target.index)
             gone[target.index] = target.leaf_hash
-    return ScrubResult(bad, gone)
+            unauthentic.append(entry)
+    return ScrubResult(bad, gone, unauthentic)
 
 
 def damaged_view(session_id: bytes) -> ipc.SessionView:

@@ -180,11 +180,13 @@ def test_a_flipped_ciphertext_bit_is_found_by_check_and_quarantined_by_a_rebuild
                 control.read_chunk(session, 7)
             code, result = lucidctl(capsys, d, "check", str(uuid.UUID(bytes=session)))
             assert (code, result["bad"]) == (EX_DATAERR, [7])
-            info = control.info(session)  # the scrub made it known
-            assert (info.damaged, info.missing) == (True, [7])
+            info = control.info(session)  # the scrub made it known, and copied it aside
+            assert (info.damaged, info.missing, info.quarantined) == (True, [7], 1)
             assert_all_but_readable(control, session, payloads, {7})
     finally:
         assert d.stop() == 0, d.log()
+    copies = quarantine_files(paths)
+    assert copies[f"{segment.name}-{offset}"] == segment.read_bytes()[offset : offset + length]
 
     (paths.root / LEDGER_STATE_FILE).unlink()  # a rebuild reads every record again
     d.start()
@@ -196,13 +198,15 @@ def test_a_flipped_ciphertext_bit_is_found_by_check_and_quarantined_by_a_rebuild
             assert_all_but_readable(control, session, payloads, {7})
     finally:
         assert d.stop() == 0, d.log()
-    [entry] = read_quarantine(paths)
+    [entry] = read_quarantine(paths)  # the rebuild found the same range: not copied again
     assert (entry.offset, entry.length, entry.reason, entry.tail) == (
         offset,
         length,
         DAMAGE_UNAUTHENTIC,
         False,
     )
+    assert quarantine_files(paths) == copies
+    assert log_count(d, "event=segment_quarantined") == 1
 
 
 def test_a_cut_segment_makes_the_session_damaged_and_check_lists_exactly_the_lost_chunks(
