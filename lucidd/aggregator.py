@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from collections import defaultdict
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -121,7 +122,7 @@ class Aggregator:
         server = await loop.create_unix_server(
             lambda: ControlProtocol(self), sock=self._control_sock
         )
-        self._send(ipc.AggregatorReady([s.view() for s in self.ledger]))
+        self._send(ipc.AggregatorReady(self.ledger.views()))
         log.info("event=aggregator_ready sessions=%d", len(self.ledger.sessions))
         syncer = asyncio.ensure_future(self._sync_periodically())
         drainer = asyncio.ensure_future(self._drain_periodically())
@@ -163,18 +164,43 @@ class Aggregator:
     # -- from workers -------------------------------------------------------------------
 
     def recover(self, repair: bool) -> None:
-        """Index what the segments hold beyond the last sync (crash recovery), then sync."""
+        """Index what the segments hold beyond the last sync (crash recovery), then sync.
+
+        A sync that fails here (disk full, an I/O error) is logged and left to the periodic
+        sync, which retries every tick: the daemon starts and serves what it recovered.
+        """
         started = time.monotonic()
         records = 0
+        for name in self.ledger.unreadable:
+            damaged = self.ledger.damaged_error(name)
+            log.error("event=session_damaged session=%s error=%s", _sid(name), damaged)
         for session in self.ledger:
-            acked, repairs = session.recover_segments(self.ledger.keyring, repair=repair)
+            where = session.paths.root.name
+            try:
+                acked, repairs = session.recover_segments(self.ledger.keyring, repair=repair)
+            except (OSError, LucidError) as exc:
+                # An I/O error reading its files: logged; the session serves what is indexed.
+                error = storage_error(exc, "recovery") if isinstance(exc, OSError) else exc
+                log.error("event=recovery_failed session=%s error=%s", where, error)
+                continue
             records += len(acked)
-            for line in repairs:
-                log.warning("event=segment_repaired session=%s %s", session.paths.root.name, line)
-            session.sync()
+            for event, details in repairs:
+                log.warning("event=%s session=%s %s", event, where, details)
+            if session.damaged:
+                log.warning(
+                    "event=session_damaged session=%s missing=%d quarantined=%d",
+                    where,
+                    len(session.missing),
+                    len(session.quarantine),
+                )
+            try:
+                session.sync()
+            except (OSError, LucidError) as exc:
+                log.error("event=ledger_sync_failed session=%s error=%s", where, exc)
         log.info(
-            "event=recovered sessions=%d records_indexed=%d seconds=%.3f",
-            len(self.ledger.sessions),
+            "event=recovered sessions=%d damaged=%d records_indexed=%d seconds=%.3f",
+            len(self.ledger.sessions) + len(self.ledger.unreadable),
+            self.ledger.damaged_count,
             records,
             time.monotonic() - started,
         )
@@ -300,17 +326,22 @@ class Aggregator:
         if not self._processes:
             reasons.append("the supervisor has not reported yet")
         reasons += [f"{r.role}: not running" for r in rows if not r.alive]
+        damaged = self.ledger.damaged_count
+        if damaged:
+            reasons.append(f"{damaged} damaged session(s): see lucidctl sessions, lucidctl check")
         return p.HealthReply(
             req=0,
             status="degraded" if reasons else "ok",
             processes=statuses,
             reasons=reasons,
+            damaged_sessions=damaged,
         )
 
     def metrics(self) -> dict[str, float]:
         merged = dict(self._supervisor_metrics)
         merged.update(self._counters)
-        merged["sessions"] = float(len(self.ledger.sessions))
+        merged["sessions"] = float(len(self.ledger.sessions) + len(self.ledger.unreadable))
+        merged["sessions_damaged"] = float(self.ledger.damaged_count)
         return merged
 
     def session_lock(self, session_id: bytes) -> asyncio.Lock:
@@ -333,6 +364,10 @@ class Aggregator:
         view = ipc.SessionView(session_id, ipc.SESSION_SHREDDED, "", 0, 0, [])
         self._send(ipc.SessionChanged(view))
         self._locks.pop(session_id, None)
+
+
+def _sid(session_id: bytes) -> str:
+    return str(uuid.UUID(bytes=session_id))
 
 
 def _rss(pid: int) -> int:

@@ -172,6 +172,10 @@ def _summary_json(summary: SessionSummary) -> dict[str, Any]:
             if summary.stored_bytes
             else None
         ),
+        "damaged": summary.damaged,
+        "missing": list(summary.missing),
+        "quarantined": summary.quarantined,
+        "problem": summary.problem,
     }
 
 
@@ -350,7 +354,11 @@ def _cmd_health(args: argparse.Namespace, out: _Output) -> int:
         }
         for p in health.processes
     ]
-    human = [f"status: {health.status}", f"sessions: {health.sessions}"]
+    human = [
+        f"status: {health.status}",
+        f"sessions: {health.sessions}",
+        f"damaged sessions: {health.damaged_sessions}",
+    ]
     human += [f"degraded: {reason}" for reason in health.reasons]
     human += [
         f"{p.role:<12} pid {p.pid:<8} {'alive' if p.alive else 'DEAD':<5} "
@@ -362,6 +370,7 @@ def _cmd_health(args: argparse.Namespace, out: _Output) -> int:
             "status": health.status,
             "sessions": health.sessions,
             "reasons": health.reasons,
+            "damaged_sessions": health.damaged_sessions,
             "processes": processes,
         },
         human,
@@ -390,16 +399,44 @@ def _cmd_sessions(args: argparse.Namespace, out: _Output) -> int:
         sessions = control.sessions()
     header = (
         f"{'SESSION':<36}  {'CREATED':<25} {'STATE':<10} {'CHUNKS':>8} {'BYTES':>14} "
-        f"{'STORED':>14} {'OWNER':<12} LABEL"
+        f"{'STORED':>14} {'OWNER':<12} {'LABEL':<16} DAMAGED"
     )
     human = [header] + [
         f"{format_session_id(s.session):<36}  {_iso_time(s.created_ns) or '-':<25} "
         f"{s.state:<10} {s.chunks:>8} {s.plaintext_bytes:>14} {s.stored_bytes:>14} "
-        f"{_user_name(s.owner_uid):<12} {s.label}"
+        f"{_user_name(s.owner_uid):<12} {s.label:<16} {_damage_cell(s)}"
         for s in sessions
     ]
     out.result({"sessions": [_summary_json(s) for s in sessions]}, human)
     return EX_OK
+
+
+def _damage_cell(summary: SessionSummary) -> str:
+    if not summary.damaged:
+        return "no"
+    return f"YES: {summary.problem}" if summary.problem else "YES"
+
+
+def _cmd_check(args: argparse.Namespace, out: _Output) -> int:
+    """Scrub a session; exit 0 only when every chunk is present and authentic, else 65."""
+    with _control(args) as control:
+        reply = control.check(args.session)
+    result = {
+        "session": format_session_id(reply.session),
+        "size": reply.size,
+        "checked": reply.checked,
+        "bad": list(reply.bad),
+        "ok": not reply.bad,
+    }
+    human = [
+        f"session: {result['session']}",
+        f"checked: {reply.checked} chunk(s) (log size {reply.size})",
+        "result: ok" if not reply.bad else f"result: DAMAGED, {len(reply.bad)} bad chunk(s)",
+    ]
+    if reply.bad:
+        human.append("bad chunks: " + " ".join(str(i) for i in reply.bad))
+    out.result(result, human)
+    return EX_OK if not reply.bad else EX_DATAERR
 
 
 def _cmd_info(args: argparse.Namespace, out: _Output) -> int:
@@ -1064,6 +1101,14 @@ def _build_parser() -> _Parser:
     leaf = sub.add_mutually_exclusive_group()
     leaf.add_argument("--record", metavar="FILE", help="the sealed record (lucidctl record)")
     leaf.add_argument("--leaf-hash", metavar="HEX", help="the leaf hash to expect")
+
+    sub = command(
+        "check",
+        _cmd_check,
+        "scrub a session: read and authenticate every chunk, compare with the log "
+        "(exit 65 and the bad chunks when any fails)",
+    )
+    session(sub)
 
     sub = command("shred", _cmd_shred, "crypto-shred a session (irreversible)")
     session(sub)

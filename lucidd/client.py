@@ -64,6 +64,8 @@ from lucidd.protocol import (
     SESSION_ID_SIZE,
     Ack,
     Batch,
+    Check,
+    CheckReply,
     Chunk,
     ChunkReply,
     ConfigReply,
@@ -110,6 +112,7 @@ __all__ = [
     "AsyncControlClient",
     "AsyncDataClient",
     "Buffer",
+    "CheckReply",
     "ChunkReply",
     "ChunkResult",
     "ConsistencyProofReply",
@@ -180,6 +183,7 @@ _REPLY_TYPE: Final[dict[type[Message], type[Message]]] = {
     Finalize: FinalizeReply,
     ReadChunk: ChunkReply,
     Shred: ShredReply,
+    Check: CheckReply,
 }
 
 R = TypeVar("R", bound=Message)
@@ -1034,6 +1038,11 @@ class ControlClient:
         """Crypto-shred the session: its secret is deleted, its records become unreadable."""
         self._call(Shred(req=0, session=_sid(session)), ShredReply)
 
+    def check(self, session: bytes) -> CheckReply:
+        """Scrub the session: every chunk's record is read, authenticated and compared with
+        its leaf in the log; ``bad`` lists the chunks that fail (empty: intact)."""
+        return self._call(Check(req=0, session=_sid(session)), CheckReply)
+
     def close(self) -> None:
         """Close the connection (idempotent)."""
         self._link.close()
@@ -1393,6 +1402,10 @@ class AsyncControlClient:
     async def shred(self, session: SessionRef) -> None:
         """As :meth:`ControlClient.shred`."""
         await self._call(Shred(req=0, session=_sid(session)), ShredReply)
+
+    async def check(self, session: bytes) -> CheckReply:
+        """As :meth:`ControlClient.check`."""
+        return await self._call(Check(req=0, session=_sid(session)), CheckReply)
 
     async def close(self) -> None:
         """Close the connection; calls still waiting fail with UnavailableError."""

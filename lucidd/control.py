@@ -14,9 +14,9 @@ from typing import Any, Protocol, cast
 
 from lucidd import ipc
 from lucidd import protocol as p
-from lucidd.access import AccessPolicy, Peer
+from lucidd.access import LEGACY_OWNER, AccessPolicy, Peer
 from lucidd.errors import BadRequestError, InternalError, LucidError
-from lucidd.ledger import Ledger, SessionLedger
+from lucidd.ledger import Ledger, SessionLedger, quarantine_records, scrub
 from lucidd.logs import ClientErrorLog
 from lucidd.peers import peer_of
 from lucidd.store import storage_error
@@ -53,6 +53,10 @@ class ControlServices(Protocol):
     def session_shredded(self, session_id: bytes) -> None: ...
 
 
+#: Chunks whose leaves a check reads from the log per loop iteration (then it yields).
+CHECK_SLICE = 4096
+
+
 def _summary(session: SessionLedger) -> p.SessionSummary:
     return p.SessionSummary(
         session=session.session_id,
@@ -66,12 +70,39 @@ def _summary(session: SessionLedger) -> p.SessionSummary:
         label=session.meta.label,
         chunk_size=session.meta.chunk_size,
         stored_bytes=session.stored_bytes(),
+        damaged=session.damaged,
+        missing=sorted(session.missing),
+        quarantined=len(session.quarantine),
+        problem=session.problem(),
+    )
+
+
+def _unreadable_summary(session_id: bytes, problem: str) -> p.SessionSummary:
+    return p.SessionSummary(
+        session=session_id,
+        state=ipc.SESSION_DAMAGED,
+        size=0,
+        chunks=0,
+        plaintext_bytes=0,
+        compression="",
+        owner_uid=LEGACY_OWNER,
+        damaged=True,
+        problem=problem,
     )
 
 
 def _session(s: ControlServices, peer: Peer, session_id: bytes) -> SessionLedger:
-    """The session if ``peer`` may touch it; else one refusal for "not yours" and "none"."""
+    """The session if ``peer`` may touch it; else one refusal for "not yours" and "none".
+
+    A session that cannot be loaded (unreadable metadata or secret) has no known owner: the
+    privileged are told it is ``damaged``, anyone else gets the usual refusal.
+    """
     session = s.ledger.sessions.get(session_id)
+    if session is None:
+        damaged = s.ledger.damaged_error(session_id)
+        if damaged is not None:
+            s.policy.check(peer, session_id, LEGACY_OWNER)
+            raise damaged
     s.policy.check(peer, session_id, session.owner_uid if session is not None else None)
     assert session is not None
     return session
@@ -100,8 +131,9 @@ async def _health(s: ControlServices, r: p.Health, peer: Peer) -> p.Message:
         req=r.req,
         status=reply.status,
         processes=reply.processes,
-        sessions=len(s.ledger.sessions),
+        sessions=len(s.ledger.sessions) + len(s.ledger.unreadable),
         reasons=reply.reasons,
+        damaged_sessions=reply.damaged_sessions,
     )
 
 
@@ -115,6 +147,8 @@ async def _config(s: ControlServices, r: p.GetConfig, peer: Peer) -> p.Message:
 
 async def _open(s: ControlServices, r: p.OpenSession, peer: Peer) -> p.Message:
     if r.session is not None:
+        if r.session in s.ledger.unreadable:
+            _session(s, peer, r.session)  # refused: damaged, or forbidden to the unprivileged
         existing = s.ledger.sessions.get(r.session)
         if existing is not None:
             if not s.policy.may_touch(peer, existing.owner_uid):
@@ -134,11 +168,14 @@ async def _open(s: ControlServices, r: p.OpenSession, peer: Peer) -> p.Message:
 
 
 async def _sessions(s: ControlServices, r: p.ListSessions, peer: Peer) -> p.Message:
-    visible = sorted(
+    readable = sorted(
         (x for x in s.ledger if s.policy.may_touch(peer, x.owner_uid)),
         key=lambda x: x.meta.created_ns,
     )
-    return p.SessionListReply(req=r.req, sessions=[_summary(x) for x in visible])
+    visible = [_summary(x) for x in readable]
+    if s.policy.may_touch(peer, LEGACY_OWNER):
+        visible += [_unreadable_summary(i, why) for i, why in s.ledger.unreadable.items()]
+    return p.SessionListReply(req=r.req, sessions=visible)
 
 
 async def _info(s: ControlServices, r: p.SessionInfo, peer: Peer) -> p.Message:
@@ -236,6 +273,42 @@ async def _shred(s: ControlServices, r: p.Shred, peer: Peer) -> p.Message:
     return p.ShredReply(req=r.req, session=r.session)
 
 
+async def _check(s: ControlServices, r: p.Check, peer: Peer) -> p.Message:
+    """Scrub: the records are read in a worker thread, so the loop keeps serving; the leaves
+    are read on the loop in slices (the log has one writer). Holding the session's lock keeps
+    a shred from closing its files meanwhile. Chunks found gone become ``missing``; records
+    found unauthentic are copied to the quarantine as well."""
+    _session(s, peer, r.session)
+    async with s.session_lock(r.session):
+        session = _session(s, peer, r.session)
+        size = session.merkle.size
+        targets = []
+        for start in range(0, size, CHECK_SLICE):
+            targets += session.scrub_targets(start, min(size, start + CHECK_SLICE))
+            await asyncio.sleep(0)
+        targets += session.window_targets()
+        secret = session.secret(s.ledger.keyring)
+        result = await asyncio.to_thread(scrub, session.paths, secret, session.session_id, targets)
+        session.note_gone(result.gone)
+        if result.unauthentic:  # copied aside like recovery does (the lock keeps one writer)
+            session.quarantine, lines = await asyncio.to_thread(
+                quarantine_records, session.paths, session.quarantine, result.unauthentic
+            )
+            for event, details in lines:
+                log.warning("event=%s session=%s %s", event, session.paths.root.name, details)
+    if result.bad:
+        log.warning(
+            "event=check_failed session=%s checked=%d bad=%d first_bad=%d",
+            session.paths.root.name,
+            len(targets),
+            len(result.bad),
+            result.bad[0],
+        )
+    return p.CheckReply(
+        req=r.req, session=r.session, size=size, checked=len(targets), bad=result.bad
+    )
+
+
 _Handler = Callable[[ControlServices, Any, Peer], Awaitable[p.Message]]
 _HANDLERS: dict[type, _Handler] = {
     p.Health: _health,
@@ -250,6 +323,7 @@ _HANDLERS: dict[type, _Handler] = {
     p.Finalize: _finalize,
     p.ReadChunk: _read,
     p.Shred: _shred,
+    p.Check: _check,
 }
 
 

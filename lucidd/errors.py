@@ -111,6 +111,15 @@ class NotFoundError(LucidError):
     exit_code = EX_NOINPUT
 
 
+class DamagedSessionError(LucidError):
+    """The session's files are damaged: its metadata or secret cannot be read (every request
+    naming it is refused), or the record of the requested chunk is gone (quarantined, or its
+    segment cut). ``lucidctl check`` exits with this status when a scrub finds bad chunks."""
+
+    code = "damaged"
+    exit_code = EX_DATAERR
+
+
 class SessionFinalizedError(LucidError):
     """The session is finalized and accepts no more chunks."""
 
@@ -213,6 +222,7 @@ _ALL: tuple[type[LucidError], ...] = (
     TooLargeError,
     UnknownSessionError,
     NotFoundError,
+    DamagedSessionError,
     SessionFinalizedError,
     DuplicateIndexError,
     SessionFullError,

@@ -30,6 +30,7 @@ from lucidd.channels import PipeWriter
 from lucidd.config import Config
 from lucidd.errors import (
     BusyError,
+    DamagedSessionError,
     DuplicateIndexError,
     InternalError,
     LucidError,
@@ -242,6 +243,10 @@ class Ingest:
         context = {"session": start.session, "index": start.index}
         if gate.state == ipc.SESSION_FINALIZED:
             raise SessionFinalizedError("session is finalized", **context)
+        if gate.state == ipc.SESSION_DAMAGED:
+            raise DamagedSessionError(
+                "session is damaged: its metadata or secret cannot be read", **context
+            )
         if gate.frozen:
             raise BusyError("session is being finalized or shredded", **context)
         if start.index in gate.in_flight:

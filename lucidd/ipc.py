@@ -21,6 +21,8 @@ SESSION_OPEN: Final = "open"
 SESSION_FINALIZING: Final = "finalizing"
 SESSION_FINALIZED: Final = "finalized"
 SESSION_SHREDDED: Final = "shredded"
+#: The session's metadata or secret cannot be read: every request naming it is refused.
+SESSION_DAMAGED: Final = "damaged"
 
 
 class IpcMessage(msgspec.Struct, frozen=True, tag_field="t", array_like=True):

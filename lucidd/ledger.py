@@ -9,14 +9,17 @@ files from the records (the recovery scan).
 from __future__ import annotations
 
 import contextlib
+import errno
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 
 from lucidd import ipc
+from lucidd.access import LEGACY_OWNER
 from lucidd.crypto import (
     COMPRESSIONS,
     SESSION_ID_SIZE,
@@ -30,35 +33,48 @@ from lucidd.crypto import (
 )
 from lucidd.errors import (
     BadRequestError,
+    DamagedSessionError,
+    FormatError,
     IncompleteSessionError,
+    IntegrityError,
     InternalError,
+    KeyringError,
     LucidError,
     NotFoundError,
     SessionFinalizedError,
+    StorageError,
     UnknownSessionError,
 )
 from lucidd.merkle import Checkpoint, MerkleLog, leaf_hash
 from lucidd.reorder import ReorderWindow
 from lucidd.store import (
+    DAMAGE_UNAUTHENTIC,
+    QUARANTINE_DIR,
     ChunkIndex,
+    DamagedRange,
     IndexEntry,
     LedgerState,
+    QuarantinedRange,
+    ScannedRecord,
     SessionMeta,
     SessionPaths,
     create_session_dir,
     list_session_dirs,
     new_meta,
     parse_segment_name,
+    quarantine_range,
     read_ledger_state,
     read_meta,
+    read_quarantine,
     read_record,
     scan_segment,
     shred_session,
+    storage_error,
     sync_file,
-    truncate_file,
     write_atomically,
     write_ledger_state,
     write_meta,
+    write_quarantine,
 )
 
 
@@ -85,16 +101,27 @@ class SessionLedger:
         self.full_rescan = False
         #: Acknowledged records whose indexing failed (disk full); retried on every sync.
         self.unindexed: dict[int, ipc.Sealed] = {}
+        #: Index entries found by recovery whose write failed (disk full); retried on sync.
+        self._unwritten: dict[int, IndexEntry] = {}
+        #: Chunks in the log or the window whose record is gone, with their leaf hash.
+        self.missing: dict[int, bytes] = {}
+        #: Damaged segment ranges copied aside (``<session>/quarantine/``).
+        self.quarantine = read_quarantine(paths)
         self._load()
 
     def _load(self) -> None:
         """Rebuild memory from the files: the ledger state says how much needs no rescan."""
         state = read_ledger_state(self.paths)
         size = self.merkle.size
-        index_intact = size == 0 or self.index.get(size - 1) is not None
+        index_intact = (
+            size == 0
+            or self.index.get(size - 1) is not None
+            or (state is not None and size - 1 in state.missing)
+        )
         if state is not None and state.merkle_size == size and index_intact:
             self.plaintext_bytes = state.prefix_bytes
             self.segment_ends = dict(state.segments)
+            self.missing = dict(state.missing)
         elif size or self.paths.segments() or self.paths.index.stat().st_size:
             # No usable state (a crash before the first sync, or damaged files): the next
             # recovery scan rebuilds the index and the Merkle log from the records.
@@ -103,8 +130,49 @@ class SessionLedger:
         for index, entry in self.index.scan(size):
             self.plaintext_bytes += entry.plaintext_length
             if index >= self.window.next_index:
-                self._add_leaf(index, entry.leaf_hash)
+                self._add_recovered_leaf(index, entry.leaf_hash)
             self._note_end(entry.segment, entry.offset + entry.record_length)
+        self._find_cut_segments()
+
+    def _find_cut_segments(self) -> None:
+        """Note as missing every indexed chunk whose segment is now shorter than the indexed
+        end (cut, or removed). Cheap: one ``stat`` per segment; the index is read only when
+        a segment is short. The segment's end then moves back to its last intact record (a
+        removed one is forgotten), so the rest of a cut segment is scanned and quarantined
+        like a torn tail, and a new segment that reuses a removed one's name is read from 0.
+        The missing chunks are kept in the ledger state."""
+        short: dict[str, int] = {}
+        for name, end in self.segment_ends.items():
+            try:
+                size = self.paths.segment(name).stat().st_size
+            except FileNotFoundError:
+                size = -1
+            if size < end:
+                short[name] = size
+        if not short:
+            return
+        intact = dict.fromkeys(short, 0)
+        for index, entry in self.index.scan():
+            cut_at = short.get(entry.segment)
+            if cut_at is None:
+                continue
+            end = entry.offset + entry.record_length
+            if end > cut_at:
+                self.missing.setdefault(index, entry.leaf_hash)
+            else:
+                intact[entry.segment] = max(intact[entry.segment], end)
+        for name, size in short.items():
+            if size < 0:
+                del self.segment_ends[name]
+            else:
+                self.segment_ends[name] = intact[name]
+        self.dirty = True
+
+    @property
+    def damaged(self) -> bool:
+        """Chunks of the log whose record is gone, or damage inside a segment (not only a
+        torn tail, which a crash mid-write leaves and which held no acknowledged record)."""
+        return bool(self.missing) or any(not q.tail for q in self.quarantine)
 
     def _note_end(self, segment: str, end: int) -> None:
         if end > self.segment_ends.get(segment, 0):
@@ -116,6 +184,15 @@ class SessionLedger:
             self.merkle.extend(ready)
             self.dirty = True
 
+    def _add_recovered_leaf(self, index: int, leaf: bytes) -> None:
+        """:meth:`_add_leaf` for recovery, which must not stop half-way: a log write that
+        fails (disk full) leaves the log broken, and :meth:`sync` reopens it and re-appends
+        the leaves from the index (and :attr:`missing`) once the disk allows."""
+        try:
+            self._add_leaf(index, leaf)
+        except StorageError:
+            self.dirty = True
+
     def stored_leaf(self, index: int) -> bytes | None:
         """The leaf hash of chunk ``index`` if it is stored, else None."""
         if index in self.unindexed:
@@ -123,113 +200,161 @@ class SessionLedger:
         if index < self.merkle.size:
             return self.merkle.leaf(index)
         if index in self.window:
-            entry = self.index.get(index)
+            entry = self._indexed(index)
             return entry.leaf_hash if entry is not None else None
         return None
 
+    def _indexed(self, index: int) -> IndexEntry | None:
+        """The index entry of ``index``, counting entries whose write still waits."""
+        waiting = self._unwritten.get(index)
+        return waiting if waiting is not None else self.index.get(index)
+
+    def _put_entry(self, index: int, entry: IndexEntry) -> None:
+        """Index a record found by recovery; a failed write (disk full) is kept in memory and
+        retried on every :meth:`sync`, so recovery never stops half-way."""
+        try:
+            self.index.put(index, entry)
+        except OSError:
+            self._unwritten[index] = entry
+
+    def _authenticator(self, secret: bytes) -> Callable[[ScannedRecord], int | None]:
+        def authenticate(found: ScannedRecord) -> int | None:
+            try:
+                return len(open_record(secret, self.session_id, found.index, found.record))
+            except LucidError:
+                return None
+
+        return authenticate
+
+    def _quarantine(self, segment: str, damaged: list[DamagedRange]) -> list[tuple[str, str]]:
+        """Copy each damaged range not quarantined before aside (:func:`quarantine_ranges`)."""
+        self.quarantine, lines = quarantine_ranges(self.paths, self.quarantine, segment, damaged)
+        return lines
+
     def recover_segments(
         self, keyring: Keyring, worker: int | None = None, *, repair: bool
-    ) -> tuple[list[ipc.Acked], list[str]]:
+    ) -> tuple[list[ipc.Acked], list[tuple[str, str]]]:
         """Index every authentic record past the indexed part of the segments.
 
         ``worker`` limits the scan to one worker's files (it died). Every file is fsynced
-        before it is read, since an ack must only ever follow durability. With ``repair``
-        (at start-up, when no worker runs) a torn or garbage tail is cut off. Returns the acks
-        for newly indexed records and one line per repair, for the log.
+        before it is read, since an ack must only ever follow durability. A range that holds
+        no authentic record (garbage, a record that fails authentication, a torn tail) is
+        skipped and the scan resynchronizes on the next authentic record behind it; with
+        ``repair`` (at start-up) such a range is also copied to the quarantine. No segment is
+        ever cut: a torn tail is harmless where it is, because no writer appends to a segment
+        of an earlier process (each worker opens a new file, ``O_EXCL``), so nothing is ever
+        written behind it. Returns the acks for newly indexed records and (event, details)
+        lines for the log.
         """
         if self.full_rescan:
             return [], self._rebuild(keyring, repair=repair)
         acked: list[ipc.Acked] = []
-        repairs: list[str] = []
-        secret = self.secret(keyring)
+        repairs: list[tuple[str, str]] = []
+        authenticate = self._authenticator(self.secret(keyring))
         for name in self.paths.segments():
             owner, number = parse_segment_name(name)
             if worker is not None and owner != worker:
                 continue
             path = self.paths.segment(name)
-            start = 0 if self.full_rescan else self.segment_ends.get(name, 0)
+            start = self.segment_ends.get(name, 0)
             if path.stat().st_size <= start:
                 continue
             sync_file(path)  # a worker may have written it without syncing yet
-            records, end, size = scan_segment(path, start)
-            for found in records:
-                try:
-                    plaintext = open_record(secret, self.session_id, found.index, found.record)
-                except LucidError:
-                    end = found.offset  # stop at the first record that fails authentication
-                    break
+            scan = scan_segment(path, start, authenticate)
+            # Without repair the end stays before the first damaged range, so that the next
+            # start scans it again and quarantines it (the records behind it are indexed now).
+            stop = scan.damaged[0].offset if scan.damaged and not repair else scan.size
+            for found, plaintext_length in scan.records:
                 leaf = leaf_hash(found.record)
-                self._note_end(name, found.offset + len(found.record))
+                if found.offset < stop:
+                    self._note_end(name, found.offset + len(found.record))
                 entry = IndexEntry(
-                    owner, number, found.offset, len(found.record), leaf, len(plaintext)
+                    owner, number, found.offset, len(found.record), leaf, plaintext_length
                 )
                 if self._restore_entry(found.index, entry):
                     acked.append(ipc.Acked(self.session_id, found.index, leaf))
-            if repair and end < size:
-                truncate_file(path, end)
-                repairs.append(f"segment={name} cut_bytes={size - end} at={end}")
-        if acked or self.full_rescan:
+            if repair:
+                repairs += self._quarantine(name, scan.damaged)
+        if acked:
             self.dirty = True
-        self.full_rescan = False
         return acked, repairs
 
     def _authentic_records(
-        self, keyring: Keyring, repair: bool, repairs: list[str]
+        self, keyring: Keyring, repair: bool, repairs: list[tuple[str, str]]
     ) -> dict[int, list[IndexEntry]]:
-        """Every authentic record of every segment, by chunk index (torn tails cut if asked)."""
-        secret = self.secret(keyring)
+        """Every authentic record of every segment, by chunk index (damage quarantined if
+        ``repair``)."""
+        authenticate = self._authenticator(self.secret(keyring))
         found: dict[int, list[IndexEntry]] = {}
         for name in self.paths.segments():
             owner, number = parse_segment_name(name)
             path = self.paths.segment(name)
-            records, end, size = scan_segment(path, 0)
-            for record in records:
-                try:
-                    plaintext = open_record(secret, self.session_id, record.index, record.record)
-                except LucidError:
-                    end = record.offset
-                    break
+            sync_file(path)  # trust nothing a dead worker may not have made durable
+            scan = scan_segment(path, 0, authenticate)
+            for record, plaintext_length in scan.records:
                 entry = IndexEntry(
                     owner,
                     number,
                     record.offset,
                     len(record.record),
                     leaf_hash(record.record),
-                    len(plaintext),
+                    plaintext_length,
                 )
                 found.setdefault(record.index, []).append(entry)
                 self._note_end(name, record.offset + len(record.record))
-            if repair and end < size:
-                truncate_file(path, end)
-                repairs.append(f"segment={name} cut_bytes={size - end} at={end}")
+            if repair:
+                repairs += self._quarantine(name, scan.damaged)
         return found
 
-    def _rebuild(self, keyring: Keyring, repair: bool) -> list[str]:
-        """Rebuild the index and the Merkle log from the records, the only truth.
+    def _rebuild(self, keyring: Keyring, repair: bool) -> list[tuple[str, str]]:
+        """Rebuild the index and the Merkle log from the records and the old log's leaves.
 
-        For an index with several authentic records (a chunk sealed twice) the one the old
-        index named wins, else the one whose leaf the old Merkle log holds, so that acks
-        already given keep naming the leaf in the tree.
+        The old log is kept up to its last leaf that an authentic record (or the old index)
+        confirms, as long as no authentic record contradicts it: its leaves were acknowledged
+        (and may be anchored), so a chunk whose record is gone keeps its leaf and is noted
+        missing instead of shifting every later chunk out of the log. Past that, the log is
+        rebuilt from the records alone. For an index with several authentic records (a chunk
+        sealed twice) the one the old index named wins, else the one whose leaf the old log
+        holds (within the kept prefix only records with the kept leaf are candidates).
         """
-        repairs: list[str] = []
+        repairs: list[tuple[str, str]] = []
         old_index = dict(self.index.scan())
-        old_leaves = {i: self.merkle.leaf(i) for i in range(self.merkle.size)}
+        old_leaves = [self.merkle.leaf(i) for i in range(self.merkle.size)]
         found = self._authentic_records(keyring, repair, repairs)
+        kept = _confirmed_prefix(old_leaves, found, old_index)
         self.merkle.close()
         shutil.rmtree(self.paths.merkle, ignore_errors=True)
         self.merkle = MerkleLog.open(self.paths.merkle)
         self.index.truncate()
+        self._unwritten.clear()
         self.window = ReorderWindow(0)
         self.plaintext_bytes = 0
-        for index in sorted(found):
-            entry = _choose(found[index], old_index.get(index), old_leaves.get(index))
-            self.index.put(index, entry)
+        self.missing = {}
+        for index in range(kept):
+            leaf = old_leaves[index]
+            matching = [e for e in found.get(index, []) if e.leaf_hash == leaf]
+            if matching:
+                entry = _choose(matching, old_index.get(index), leaf)
+                self._put_entry(index, entry)
+                self.plaintext_bytes += entry.plaintext_length
+            else:
+                self.missing[index] = leaf
+                old = old_index.get(index)
+                self.plaintext_bytes += old.plaintext_length if old is not None else 0
+            self._add_recovered_leaf(index, leaf)
+        for index in sorted(i for i in found if i >= kept):
+            old_leaf = old_leaves[index] if index < len(old_leaves) else None
+            entry = _choose(found[index], old_index.get(index), old_leaf)
+            self._put_entry(index, entry)
             self.plaintext_bytes += entry.plaintext_length
-            self._add_leaf(index, entry.leaf_hash)
+            self._add_recovered_leaf(index, entry.leaf_hash)
         lost = [i for i in old_index if i not in found]
         repairs.append(
-            f"rebuilt_from_records chunks={len(found)} size={self.merkle.size} "
-            f"indexed_but_missing={len(lost)}"
+            (
+                "ledger_rebuilt",
+                f"chunks={len(found)} size={self.merkle.size} kept_leaves={kept} "
+                f"missing={len(self.missing)} indexed_but_gone={len(lost)}",
+            )
         )
         self.full_rescan = False
         self.dirty = True
@@ -239,18 +364,26 @@ class SessionLedger:
         """Index an authentic record found on disk; True if it is a chunk new to the ledger.
 
         The index keeps the record already named for an index (a duplicate is ignored); a
-        lost index entry is restored only for the record whose leaf the Merkle log holds.
+        lost index entry is restored only for the record whose leaf the Merkle log holds. The
+        record of a missing chunk that is back (a segment restored from a backup) heals it:
+        it is indexed again and no longer missing (its bytes were counted all along).
         """
-        if self.index.get(index) is not None:
+        if index in self.missing:
+            if self.missing[index] == entry.leaf_hash:
+                self._put_entry(index, entry)
+                del self.missing[index]
+                self.dirty = True
+            return False
+        if self._indexed(index) is not None:
             return False
         if index < self.merkle.size:
             if self.merkle.leaf(index) == entry.leaf_hash:
-                self.index.put(index, entry)
+                self._put_entry(index, entry)
                 self.plaintext_bytes += entry.plaintext_length
             return False
-        self.index.put(index, entry)
+        self._put_entry(index, entry)
         self.plaintext_bytes += entry.plaintext_length
-        self._add_leaf(index, entry.leaf_hash)
+        self._add_recovered_leaf(index, entry.leaf_hash)
         return True
 
     @property
@@ -337,7 +470,15 @@ class SessionLedger:
         waiting = self.unindexed.get(index)
         if waiting is not None:
             return _entry_of(waiting)
-        entry = self.index.get(index) if index >= 0 else None
+        if index in self.missing:
+            raise DamagedSessionError(
+                f"chunk {index} of session {uuid.UUID(bytes=self.session_id)} is damaged: its "
+                "record is gone (it failed authentication and was quarantined, or its segment "
+                "was cut); its leaf stays in the log",
+                session=self.session_id,
+                index=index,
+            )
+        entry = self._indexed(index) if index >= 0 else None
         if entry is None:
             raise NotFoundError(
                 f"chunk {index} is not stored", session=self.session_id, index=index
@@ -350,6 +491,48 @@ class SessionLedger:
         record = read_record(self.paths, entry)
         plaintext = open_record(self.secret(keyring), self.session_id, index, record)
         return plaintext, record
+
+    def scrub_targets(self, start: int, stop: int) -> list[ScrubTarget]:
+        """What :func:`scrub` reads for chunks ``start..stop-1`` of the log: each one's leaf
+        in the log and where its record lives (None: gone). Call on the loop, in slices."""
+        return [
+            ScrubTarget(index, self.merkle.leaf(index), self._entry_or_none(index))
+            for index in range(start, stop)
+        ]
+
+    def window_targets(self) -> list[ScrubTarget]:
+        """Like :meth:`scrub_targets` for the chunks stored past the log (reorder window)."""
+        targets = []
+        for index in self.window.held_indices():
+            entry = self._entry_or_none(index)
+            leaf = entry.leaf_hash if entry is not None else self.missing.get(index, b"")
+            targets.append(ScrubTarget(index, leaf, entry))
+        return targets
+
+    def _entry_or_none(self, index: int) -> IndexEntry | None:
+        if index in self.missing:
+            return None
+        waiting = self.unindexed.get(index)
+        return _entry_of(waiting) if waiting is not None else self._indexed(index)
+
+    def note_gone(self, gone: dict[int, bytes]) -> None:
+        """A scrub found these chunks' records gone or unauthentic: from now on they are
+        missing (reads refused as ``damaged``; their leaves stay in the log). Durable at the
+        next sync."""
+        new = {index: leaf for index, leaf in gone.items() if index not in self.missing}
+        if new:
+            self.missing.update(new)
+            self.dirty = True
+
+    def problem(self) -> str:
+        """What is damaged, in words ("" when nothing is)."""
+        parts = []
+        if self.missing:
+            parts.append(f"{len(self.missing)} chunk(s) whose record is gone")
+        inside = sum(1 for q in self.quarantine if not q.tail)
+        if inside:
+            parts.append(f"{inside} damaged segment range(s) quarantined")
+        return "; ".join(parts)
 
     def checkpoint(self, size: int | None = None) -> Checkpoint:
         size = self.merkle.size if size is None else size
@@ -398,18 +581,22 @@ class SessionLedger:
         for index, sealed in list(self.unindexed.items()):
             self.record_sealed(sealed)  # raises again while the disk is full
             del self.unindexed[index]
+        for index, unwritten in list(self._unwritten.items()):
+            self.index.put(index, unwritten)  # raises again while the disk is full
+            del self._unwritten[index]
         if self.dirty:
             self.index.sync()
             self.merkle.sync()
             prefix_bytes = self.plaintext_bytes - sum(
                 entry.plaintext_length
                 for index in self.window.held_indices()
-                if (entry := self.index.get(index)) is not None
+                if (entry := self._indexed(index)) is not None
             )
             state = LedgerState(
                 merkle_size=self.merkle.size,
                 prefix_bytes=prefix_bytes,
                 segments=dict(self.segment_ends),
+                missing=dict(self.missing),
             )
             write_ledger_state(self.paths, state)
             self.dirty = False
@@ -421,10 +608,11 @@ class SessionLedger:
             self.merkle.close()
         self.merkle = MerkleLog.open(self.paths.merkle)
         for index in range(self.merkle.size, self.window.next_index):
-            entry = self.index.get(index)
-            if entry is None:
+            entry = self._indexed(index)
+            leaf = entry.leaf_hash if entry is not None else self.missing.get(index)
+            if leaf is None:
                 raise InternalError(f"index entry {index} missing below the reorder window")
-            self.merkle.append(entry.leaf_hash)
+            self.merkle.append(leaf)
         self.dirty = True
 
     def close(self) -> None:
@@ -432,6 +620,109 @@ class SessionLedger:
             self.sync()
         self.merkle.close()
         self.index.close()
+
+
+@dataclass(frozen=True, slots=True)
+class ScrubTarget:
+    """One chunk for :func:`scrub`: its leaf in the log and its index entry (None: gone)."""
+
+    index: int
+    leaf_hash: bytes
+    entry: IndexEntry | None
+
+
+@dataclass(frozen=True)
+class ScrubResult:
+    #: Every chunk that failed, in order.
+    bad: list[int]
+    #: Those whose record is gone or not authentic (not a passing I/O error), with the leaf.
+    gone: dict[int, bytes]
+    #: Records read whole that fail authentication or do not hash to their leaf.
+    unauthentic: list[IndexEntry]
+
+
+def quarantine_ranges(
+    paths: SessionPaths, known: list[QuarantinedRange], segment: str, damaged: list[DamagedRange]
+) -> tuple[list[QuarantinedRange], list[tuple[str, str]]]:
+    """Copy each damaged range of ``segment`` not in ``known`` to the quarantine and list it
+    (durable when it returns); returns the new list and (event, details) log lines for the new
+    ranges only, so that a range found again (every restart finds the same ones) is neither
+    copied nor logged twice. A copy that fails (disk full) is logged and left for a later
+    attempt; the bytes stay in the segment meanwhile. File I/O only: callable off the loop."""
+    ranges = list(known)
+    lines: list[tuple[str, str]] = []
+    seen = {(q.segment, q.offset) for q in ranges}
+    for bad in damaged:
+        if (segment, bad.offset) in seen:
+            continue
+        where = f"segment={segment} offset={bad.offset} length={bad.length}"
+        try:
+            kept = quarantine_range(paths, segment, bad)
+            ranges.append(kept)
+            seen.add((segment, bad.offset))
+            write_quarantine(paths, ranges)
+        except OSError as exc:
+            lines.append(("quarantine_failed", f"{where} error={storage_error(exc, 'copy')}"))
+            continue
+        lines.append(
+            (
+                "segment_quarantined",
+                f"{where} reason={bad.reason} tail={int(bad.tail)} "
+                f"file={QUARANTINE_DIR}/{kept.file}",
+            )
+        )
+    return ranges, lines
+
+
+def quarantine_records(
+    paths: SessionPaths, known: list[QuarantinedRange], entries: list[IndexEntry]
+) -> tuple[list[QuarantinedRange], list[tuple[str, str]]]:
+    """:func:`quarantine_ranges` for indexed records a scrub found unauthentic."""
+    ranges, lines = list(known), []
+    for entry in entries:
+        damaged = DamagedRange(entry.offset, entry.record_length, DAMAGE_UNAUTHENTIC, False)
+        ranges, more = quarantine_ranges(paths, ranges, entry.segment, [damaged])
+        lines += more
+    return ranges, lines
+
+
+def scrub(
+    paths: SessionPaths, secret: bytes, session_id: bytes, targets: list[ScrubTarget]
+) -> ScrubResult:
+    """Read, authenticate and hash every target's record (blocking file I/O, no shared state:
+    safe in a worker thread while the loop keeps serving)."""
+    bad: list[int] = []
+    gone: dict[int, bytes] = {}
+    unauthentic: list[IndexEntry] = []
+    for target in targets:
+        entry = target.entry
+        try:
+            if entry is None:
+                raise FormatError("the record is gone")
+            record = read_record(paths, entry)
+        except StorageError as err:
+            bad.append(target.index)
+            if err.context.get("errno") == errno.ENOENT:  # its segment file is gone
+                gone[target.index] = target.leaf_hash
+            continue
+        except LucidError:  # gone, or cut short
+            bad.append(target.index)
+            gone[target.index] = target.leaf_hash
+            continue
+        try:
+            open_record(secret, session_id, target.index, record)
+            if leaf_hash(record) != target.leaf_hash:
+                raise IntegrityError("the record does not hash to its leaf")
+        except LucidError:
+            bad.append(target.index)
+            gone[target.index] = target.leaf_hash
+            unauthentic.append(entry)
+    return ScrubResult(bad, gone, unauthentic)
+
+
+def damaged_view(session_id: bytes) -> ipc.SessionView:
+    """The supervisor's view of a session that cannot be loaded: admission refuses it."""
+    return ipc.SessionView(session_id, ipc.SESSION_DAMAGED, "", 0, 0, [], LEGACY_OWNER)
 
 
 def _replace_state(meta: SessionMeta, state: str) -> SessionMeta:
@@ -442,18 +733,75 @@ class Ledger:
     """Every session of one state folder."""
 
     def __init__(self, state_dir: Path, keyring: Keyring) -> None:
+        """Load every session folder. One whose metadata cannot be read or decoded, or whose
+        secret the keyring cannot unwrap, is kept aside in :attr:`unreadable` (every request
+        naming it is refused as ``damaged``) and the others are served. Only a keyring that
+        opens none of the sessions with readable metadata stops the start (KeyringError, a
+        configuration error: exit 78)."""
         self.state_dir = state_dir
         self.keyring = keyring
         self.sessions: dict[bytes, SessionLedger] = {}
+        #: Session id -> what is wrong with it, for the sessions that cannot be loaded.
+        self.unreadable: dict[bytes, str] = {}
+        readable = 0
+        refused: list[LucidError] = []
         for session_id, paths in list_session_dirs(state_dir):
-            self.sessions[session_id] = SessionLedger(session_id, paths, read_meta(paths))
+            try:
+                meta = read_meta(paths)
+            except (OSError, LucidError) as exc:
+                self.unreadable[session_id] = f"its metadata cannot be read: {exc}"
+                continue
+            readable += 1
+            try:
+                secret = unwrap_secret(keyring, session_id, meta.wrapped_secret)
+            except LucidError as err:
+                self.unreadable[session_id] = (
+                    f"its secret cannot be unwrapped: {err.code}: {err.message}"
+                )
+                refused.append(err)
+                continue
+            try:
+                session = SessionLedger(session_id, paths, meta)
+            except (OSError, LucidError) as exc:
+                self.unreadable[session_id] = f"its files cannot be opened: {exc}"
+                continue
+            session._secret = secret
+            self.sessions[session_id] = session
+        if refused and len(refused) == readable:
+            first = refused[0]
+            raise KeyringError(
+                f"the keyring opens none of the {readable} stored session(s) "
+                f"({first.code}: {first.message})"
+            )
 
     def __iter__(self) -> Iterator[SessionLedger]:
         return iter(self.sessions.values())
 
+    def damaged_error(self, session_id: bytes) -> DamagedSessionError | None:
+        """The refusal for a session that cannot be loaded, None for any other id."""
+        problem = self.unreadable.get(session_id)
+        if problem is None:
+            return None
+        return DamagedSessionError(
+            f"session {uuid.UUID(bytes=session_id)} is damaged: {problem}", session=session_id
+        )
+
+    def views(self) -> list[ipc.SessionView]:
+        """What the supervisor admits by: every session, the unreadable ones as damaged."""
+        views = [session.view() for session in self.sessions.values()]
+        views += [damaged_view(session_id) for session_id in self.unreadable]
+        return views
+
+    @property
+    def damaged_count(self) -> int:
+        return len(self.unreadable) + sum(1 for s in self.sessions.values() if s.damaged)
+
     def get(self, session_id: bytes) -> SessionLedger:
         session = self.sessions.get(session_id)
         if session is None:
+            damaged = self.damaged_error(session_id)
+            if damaged is not None:
+                raise damaged
             raise UnknownSessionError(
                 f"no session {uuid.UUID(bytes=session_id)}", session=session_id
             )
@@ -481,6 +829,9 @@ class Ledger:
         existing = self.sessions.get(session_id)
         if existing is not None:
             return existing
+        damaged = self.damaged_error(session_id)
+        if damaged is not None:
+            raise damaged
         if len(session_id) != SESSION_ID_SIZE:
             raise BadRequestError("session id must be 16 bytes")
         secret = new_session_secret()
@@ -521,6 +872,30 @@ class Ledger:
     def close(self) -> None:
         for session in self.sessions.values():
             session.close()
+
+
+def _confirmed_prefix(
+    old_leaves: list[bytes],
+    found: dict[int, list[IndexEntry]],
+    old_index: dict[int, IndexEntry],
+) -> int:
+    """How many leaves of the old log a rebuild keeps: up to the last one confirmed, by an
+    authentic record or by the old index naming the same leaf (the chunk was indexed, so
+    acknowledged, and its record is gone since), and never past the first one an authentic
+    record contradicts (the old log is not trusted from there on: the records are the
+    truth). Leaves past the last confirmed one (garbage appended to the log's files) go."""
+    kept = 0
+    for index, leaf in enumerate(old_leaves):
+        candidates = found.get(index)
+        if candidates is None:
+            indexed = old_index.get(index)
+            if indexed is not None and indexed.leaf_hash == leaf:
+                kept = index + 1
+            continue
+        if not any(entry.leaf_hash == leaf for entry in candidates):
+            break
+        kept = index + 1
+    return kept
 
 
 def _choose(

@@ -153,6 +153,13 @@ class Shred(Message, tag="shred", frozen=True):
     session: bytes
 
 
+class Check(Message, tag="check", frozen=True):
+    """Scrub a session: read and authenticate every chunk's record, compare its leaf with the
+    Merkle log (answered with :class:`CheckReply`)."""
+
+    session: bytes
+
+
 ControlRequest = (
     Health
     | Metrics
@@ -166,6 +173,7 @@ ControlRequest = (
     | Finalize
     | ReadChunk
     | Shred
+    | Check
 )
 
 
@@ -181,12 +189,16 @@ class ProcessStatus(msgspec.Struct, frozen=True):
 
 
 class HealthReply(Message, tag="health_reply", frozen=True):
+    """``status`` is ``ok`` only when every process is alive and no session is damaged."""
+
     status: str
     processes: list[ProcessStatus]
     sessions: int = 0
     #: Why ``status`` is "degraded", one line each ("worker1: cannot start a process (Too many
     #: open files); retrying"); a reply without it (an older daemon) decodes as [].
     reasons: list[str] = []
+    #: Sessions that are damaged (SessionSummary.damaged).
+    damaged_sessions: int = 0
 
 
 class MetricsReply(Message, tag="metrics_reply", frozen=True):
@@ -211,6 +223,15 @@ class SessionSummary(msgspec.Struct, frozen=True):
     chunk_size: int = 0
     #: Bytes of its segment files on disk (sealed records: compressed, plus headers and tags).
     stored_bytes: int = 0
+    #: Chunks of the log whose record is gone, damage inside a segment, or (state
+    #: ``damaged``) metadata or a secret that cannot be read.
+    damaged: bool = False
+    #: The chunks whose record is gone (reading them is refused as ``damaged``).
+    missing: list[int] = []
+    #: Segment ranges copied to the quarantine (torn tails included).
+    quarantined: int = 0
+    #: What is wrong, in words ("" when nothing is).
+    problem: str = ""
 
 
 class SessionOpened(Message, tag="opened", frozen=True):
@@ -269,6 +290,17 @@ class ShredReply(Message, tag="shred_reply", frozen=True):
     session: bytes
 
 
+class CheckReply(Message, tag="check_reply", frozen=True):
+    """``checked`` chunks were read (the ``size`` of the log and those stored past it);
+    ``bad`` lists, in order, those whose record is gone, fails authentication or does not
+    hash to its leaf in the log. The session is intact when ``bad`` is empty."""
+
+    session: bytes
+    size: int
+    checked: int
+    bad: list[int] = []
+
+
 ControlReply = (
     HealthReply
     | MetricsReply
@@ -282,6 +314,7 @@ ControlReply = (
     | FinalizeReply
     | ChunkReply
     | ShredReply
+    | CheckReply
     | Error
 )
 

@@ -6,6 +6,8 @@
 <state>/sessions/<uuid>/index.bin     fixed-width IndexEntry per chunk index
 <state>/sessions/<uuid>/merkle/       the session's MerkleLog
 <state>/sessions/<uuid>/final         the FINAL record, once finalized
+<state>/sessions/<uuid>/ledger.state  LedgerState: what the last aggregator sync made durable
+<state>/sessions/<uuid>/quarantine/   copies of damaged segment ranges, and their ``list``
 ```
 Records are the truth: they are self-describing and authenticated, so the index and the Merkle
 log can always be rebuilt from the segments. Segment files have one writer each (a worker
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import re
 import shutil
@@ -30,7 +33,7 @@ from typing import Final, TypeVar
 import msgspec
 
 from lucidd.access import LEGACY_OWNER
-from lucidd.crypto import HEADER_SIZE, RecordType, parse_header
+from lucidd.crypto import HEADER_SIZE, MAGIC, RecordType, parse_header
 from lucidd.errors import FormatError, StorageError
 
 _T = TypeVar("_T")
@@ -85,12 +88,21 @@ def write_atomically(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, data)
+        _write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte or raise: a short write (a file-size limit, a nearly full disk) is
+    retried, so the error of the next attempt (EFBIG, ENOSPC) surfaces instead of a file
+    that is silently cut."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 class SessionMeta(msgspec.Struct, frozen=True, kw_only=True):
@@ -481,34 +493,108 @@ class ScannedRecord:
     record: bytes
 
 
-def scan_segment(path: Path, start: int) -> tuple[list[ScannedRecord], int, int]:
-    """Read the records of a segment from ``start`` until the data stops making sense.
+#: Why a byte range of a segment is not an authentic record (QuarantinedRange.reason).
+DAMAGE_UNFRAMEABLE: Final = "unframeable"  # no parsable DATA header there (garbage, bit rot)
+DAMAGE_UNAUTHENTIC: Final = "unauthentic"  # frames as a record but fails authentication
+DAMAGE_TORN: Final = "torn"  # a record cut short by the end of the file
+#: Bytes read at a time while searching for the next record after damage.
+_RESYNC_BLOCK: Final = 1 << 20
 
-    Returns (records, end, file_size): ``end`` is just past the last well-framed record; a
-    torn or garbage tail lies between ``end`` and ``file_size``. Callers authenticate each
-    record before trusting it (a zero-filled or forged tail can still frame correctly).
+
+@dataclass(frozen=True, slots=True)
+class DamagedRange:
+    """Bytes of a segment that hold no authentic record."""
+
+    offset: int
+    length: int
+    reason: str
+    #: No authentic record follows in the segment: most likely the torn tail of a crash.
+    tail: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentScan:
+    """What :func:`scan_segment` found: authentic records (with their plaintext length, as
+    the authenticator returned it) and the damaged ranges between and after them."""
+
+    records: list[tuple[ScannedRecord, int]]
+    damaged: list[DamagedRange]
+    size: int
+
+
+def scan_segment(
+    path: Path, start: int, authenticate: Callable[[ScannedRecord], int | None]
+) -> SegmentScan:
+    """Every authentic record of a segment from ``start`` on, resynchronizing after damage.
+
+    ``authenticate`` returns a record's plaintext length, or None when it fails
+    authentication. Where the bytes stop making sense (no parsable header, a record that does
+    not authenticate, one cut off by the end of the file), the scan searches forward for the
+    next header magic whose record parses and authenticates, so one damaged record never
+    hides the authentic ones behind it; the bytes skipped are reported as a
+    :class:`DamagedRange`. Reads only: nothing here ever cuts or rewrites a segment.
     """
-    records: list[ScannedRecord] = []
+    records: list[tuple[ScannedRecord, int]] = []
+    damaged: list[DamagedRange] = []
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
         position = start
-        while position + HEADER_SIZE <= size:
-            head = os.pread(fd, HEADER_SIZE, position)
-            try:
-                header = parse_header(head)
-            except FormatError:
-                break
-            if header.record_type != RecordType.DATA or position + header.record_length > size:
-                break
-            record = os.pread(fd, header.record_length, position)
-            if len(record) != header.record_length:
-                break
-            records.append(ScannedRecord(position, header.index, record))
-            position += header.record_length
+        bad_from: int | None = None
+        reason = ""
+        while position < size:
+            framed = _frame_at(fd, position, size)
+            plaintext_length = authenticate(framed) if isinstance(framed, ScannedRecord) else None
+            if isinstance(framed, ScannedRecord) and plaintext_length is not None:
+                if bad_from is not None:
+                    damaged.append(DamagedRange(bad_from, position - bad_from, reason, False))
+                    bad_from = None
+                records.append((framed, plaintext_length))
+                position += len(framed.record)
+                continue
+            if bad_from is None:
+                bad_from = position
+                reason = framed if isinstance(framed, str) else DAMAGE_UNAUTHENTIC
+            position = _next_magic(fd, position + 1, size)
+        if bad_from is not None:
+            damaged.append(DamagedRange(bad_from, size - bad_from, reason, True))
     finally:
         os.close(fd)
-    return records, position, size
+    return SegmentScan(records, damaged, size)
+
+
+def _frame_at(fd: int, position: int, size: int) -> ScannedRecord | str:
+    """The well-framed DATA record at ``position``, or why there is none (a DAMAGE_ reason)."""
+    if position + HEADER_SIZE > size:
+        return DAMAGE_TORN
+    try:
+        header = parse_header(os.pread(fd, HEADER_SIZE, position))
+    except FormatError:
+        return DAMAGE_UNFRAMEABLE
+    if header.record_type != RecordType.DATA:
+        return DAMAGE_UNFRAMEABLE
+    if position + header.record_length > size:
+        return DAMAGE_TORN
+    record = os.pread(fd, header.record_length, position)
+    if len(record) != header.record_length:
+        return DAMAGE_TORN
+    return ScannedRecord(position, header.index, record)
+
+
+def _next_magic(fd: int, position: int, size: int) -> int:
+    """The offset of the next header magic at or after ``position`` (``size`` if none)."""
+    overlap = len(MAGIC) - 1
+    while position < size:
+        block = os.pread(fd, _RESYNC_BLOCK, position)
+        if not block:
+            break
+        found = block.find(MAGIC)
+        if found >= 0:
+            return position + found
+        if len(block) <= overlap:
+            break
+        position += len(block) - overlap
+    return size
 
 
 def sync_file(path: Path) -> None:
@@ -520,13 +606,114 @@ def sync_file(path: Path) -> None:
         os.close(fd)
 
 
-def truncate_file(path: Path, size: int) -> None:
-    fd = os.open(path, os.O_WRONLY)
+# --- quarantine -----------------------------------------------------------------------------
+
+QUARANTINE_DIR: Final = "quarantine"
+QUARANTINE_LIST_FILE: Final = "list"
+_COPY_BLOCK: Final = 1 << 20
+
+
+class QuarantinedRange(msgspec.Struct, frozen=True, kw_only=True):
+    """A byte range of a segment that holds no authentic record, copied aside.
+
+    ``file`` is the copy's name in ``<session>/quarantine/``. The segment itself keeps the
+    bytes too: recovery never cuts a segment.
+    """
+
+    segment: str
+    offset: int
+    length: int
+    reason: str
+    tail: bool = False
+    file: str
+
+
+class QuarantineList(msgspec.Struct, frozen=True, kw_only=True):
+    """``<session>/quarantine/list``: every range quarantined so far (atomically replaced)."""
+
+    version: int = 1
+    ranges: list[QuarantinedRange] = []
+
+
+_quarantine_encoder = msgspec.msgpack.Encoder()
+_quarantine_decoder = msgspec.msgpack.Decoder(QuarantineList)
+
+
+def read_quarantine(paths: SessionPaths) -> list[QuarantinedRange]:
+    """The quarantined ranges ([] when none; an unreadable list is rebuilt by the next scan,
+    which finds the copies already there)."""
     try:
-        os.ftruncate(fd, size)
-        os.fsync(fd)
+        data = (paths.root / QUARANTINE_DIR / QUARANTINE_LIST_FILE).read_bytes()
+        return list(_quarantine_decoder.decode(data).ranges)
+    except (FileNotFoundError, NotADirectoryError, msgspec.DecodeError):
+        return []
+
+
+def write_quarantine(paths: SessionPaths, ranges: list[QuarantinedRange]) -> None:
+    """Replace the quarantine list; durable when it returns."""
+    data = _quarantine_encoder.encode(QuarantineList(ranges=ranges))
+    write_atomically(paths.root / QUARANTINE_DIR / QUARANTINE_LIST_FILE, data)
+
+
+def quarantine_range(paths: SessionPaths, segment: str, damaged: DamagedRange) -> QuarantinedRange:
+    """Copy a damaged range of ``segment`` to ``quarantine/<segment>-<offset>``, create-only.
+
+    The copy is written under a temporary name, fsynced, then linked to its final name (a
+    link never replaces a file) and the folder fsynced: durable when it returns. A copy left
+    by an earlier attempt with the same bytes is reused; one with other bytes is kept and this
+    copy gets the next free ``.<n>`` suffix. The caller records the range in the list.
+    """
+    folder = paths.root / QUARANTINE_DIR
+    if not folder.is_dir():
+        folder.mkdir(mode=0o700, exist_ok=True)
+        fsync_dir(paths.root)
+    base = f"{segment}-{damaged.offset}"
+    tmp = folder / f".{base}.tmp"
+    _copy_range(paths.segment(segment), damaged.offset, damaged.length, tmp)
+    try:
+        for attempt in itertools.count():
+            name = base if attempt == 0 else f"{base}.{attempt}"
+            try:
+                os.link(tmp, folder / name)
+                break
+            except FileExistsError:
+                if _same_bytes(folder / name, tmp):
+                    break
+        fsync_dir(folder)
     finally:
-        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return QuarantinedRange(
+        segment=segment,
+        offset=damaged.offset,
+        length=damaged.length,
+        reason=damaged.reason,
+        tail=damaged.tail,
+        file=name,
+    )
+
+
+def _copy_range(source: Path, offset: int, length: int, target: Path) -> None:
+    src = os.open(source, os.O_RDONLY)
+    try:
+        dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            done = 0
+            while done < length:
+                block = os.pread(src, min(_COPY_BLOCK, length - done), offset + done)
+                if not block:
+                    raise OSError(errno.EIO, "segment shrank while being quarantined")
+                _write_all(dst, block)
+                done += len(block)
+            os.fsync(dst)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
 
 
 class LedgerState(msgspec.Struct, frozen=True, kw_only=True):
@@ -534,12 +721,16 @@ class LedgerState(msgspec.Struct, frozen=True, kw_only=True):
 
     ``merkle_size`` leaves were synced; ``prefix_bytes`` is the plaintext total of chunks
     below it; ``segments`` maps each segment file to the offset below which every record is
-    in the index.
+    in the index or lies in a quarantined range.
     """
 
     merkle_size: int
     prefix_bytes: int
     segments: dict[str, int]
+    #: Chunks of the log (or the reorder window) whose record is gone, with their leaf hash:
+    #: the record failed authentication, or its segment was cut or removed. Reads of them
+    #: are refused as ``damaged``; their leaves stay in the log.
+    missing: dict[int, bytes] = {}
 
 
 LEDGER_STATE_FILE: Final = "ledger.state"

@@ -15,9 +15,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import psutil
 import pytest
@@ -36,12 +38,17 @@ class Daemon:
         base: Path,
         workers: int,
         env: dict[str, str] | None = None,
+        *,
         user: HostUser | None = None,
         preexec_fn: Callable[[], None] | None = None,
+        fsize_limit: int | None = None,
     ) -> None:
         self.base = base
         #: Runs in the daemon's process before exec (set a resource limit, ...).
         self.preexec_fn = preexec_fn
+        #: RLIMIT_FSIZE for the daemon (DESIGN §9: writes past it fail with EFBIG, as on a
+        #: full disk). Its output then goes through a pipe, which the limit does not cover.
+        self.fsize_limit = fsize_limit
         #: Run as this throw-away user (tests/users.py) instead of the test's own uid.
         self.user = user
         self.state_dir = base / "state"
@@ -90,15 +97,28 @@ class Daemon:
             # setpriv execs, so self.proc.pid stays the supervisor's pid.
             cmd = self.user.command(cmd)
         log = self.log_path.open("ab")
-        # preexec_fn is unsafe with threads in the parent; tests start daemons from one thread.
-        self.proc = subprocess.Popen(
-            cmd,
-            env=env,
-            stdout=log,
-            stderr=log,
-            preexec_fn=self.preexec_fn,  # noqa: PLW1509
-        )
-        log.close()
+        if self.fsize_limit is None:
+            # preexec_fn is unsafe with threads in the parent; tests start daemons from one
+            # thread.
+            self.proc = subprocess.Popen(
+                cmd,
+                env=env,
+                stdout=log,
+                stderr=log,
+                preexec_fn=self.preexec_fn,  # noqa: PLW1509
+            )
+            log.close()
+        else:
+            # prlimit(1) sets the limit and execs: self.proc.pid stays the supervisor's pid.
+            cmd = ["prlimit", f"--fsize={self.fsize_limit}", "--", *cmd]
+            self.proc = subprocess.Popen(
+                cmd,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                preexec_fn=self.preexec_fn,  # noqa: PLW1509
+            )
+            threading.Thread(target=_copy_output, args=(self.proc, log), daemon=True).start()
         self.wait_for("READY=1", READY_TIMEOUT_S)
         return self
 
@@ -164,6 +184,14 @@ class Daemon:
         if self._notify is not None:
             self._notify.close()
             self._notify = None
+
+
+def _copy_output(proc: subprocess.Popen[bytes], log: BinaryIO) -> None:
+    assert proc.stdout is not None
+    with log:
+        while data := os.read(proc.stdout.fileno(), 65536):
+            log.write(data)
+            log.flush()
 
 
 def ring_segments() -> set[str]:

@@ -208,6 +208,10 @@ def test_open_with_zstd_is_listed_and_described(daemon: Daemon) -> None:
         "chunk_size": 0,
         "stored_bytes": 0,
         "compression_ratio": None,
+        "damaged": False,
+        "missing": [],
+        "quarantined": 0,
+        "problem": "",
     }
     listed = ctl(daemon, "--json", "sessions").ok()
     created = listed["sessions"][0]["created"]

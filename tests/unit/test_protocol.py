@@ -158,6 +158,7 @@ CONTROL_REQUESTS: list[p.Message] = [
     p.Finalize(req=14, session=SID),
     p.ReadChunk(req=15, session=SID, index=0),
     p.Shred(req=16, session=SID),
+    p.Check(req=17, session=SID),
 ]
 
 CONTROL_REPLIES: list[p.Message] = [
@@ -187,6 +188,24 @@ CONTROL_REPLIES: list[p.Message] = [
     p.ChunkReply(req=12, session=SID, index=0, data=b"plain"),
     p.ChunkReply(req=13, session=SID, index=1, data=b"", record=b"LUCD..."),
     p.ShredReply(req=14, session=SID),
+    p.CheckReply(req=16, session=SID, size=3, checked=3, bad=[1]),
+    p.CheckReply(req=17, session=SID, size=0, checked=0),
+    p.HealthReply(req=18, status="degraded", processes=[], sessions=2, damaged_sessions=1),
+    p.SessionInfoReply(
+        req=19,
+        info=p.SessionSummary(
+            session=SID,
+            state="open",
+            size=3,
+            chunks=3,
+            plaintext_bytes=9,
+            compression="auto",
+            damaged=True,
+            missing=[1],
+            quarantined=2,
+            problem="1 chunk(s) whose record is gone",
+        ),
+    ),
     p.Error(req=15, code="unknown_session", message="no such session", session=SID),
 ]
 
