@@ -156,6 +156,7 @@ class Aggregator:
                         session.paths.root.name,
                         exc,
                     )
+            self.ledger.release_idle()
 
     def _send(self, message: Any) -> None:
         assert self._to_supervisor is not None
@@ -197,6 +198,7 @@ class Aggregator:
                 session.sync()
             except (OSError, LucidError) as exc:
                 log.error("event=ledger_sync_failed session=%s error=%s", where, exc)
+            self.ledger.release_idle()
         log.info(
             "event=recovered sessions=%d damaged=%d records_indexed=%d seconds=%.3f",
             len(self.ledger.sessions) + len(self.ledger.unreadable),

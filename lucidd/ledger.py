@@ -12,9 +12,11 @@ import contextlib
 import errno
 import shutil
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import msgspec
 
@@ -77,6 +79,15 @@ from lucidd.store import (
     write_quarantine,
 )
 
+#: The aggregator keeps the files of at most this many sessions open (the rest are closed and
+#: reopened on use), holding at most MAX_OPEN_DESCRIPTORS: a session's log holds one
+#: descriptor per tree level (21 at a million chunks) plus its folder and its index.
+MAX_OPEN_SESSIONS: Final = 64
+MAX_OPEN_DESCRIPTORS: Final = 384
+#: Below this many sessions in use, counting their descriptors is not worth it (each holds at
+#: most 66 at 2**63 chunks, so 4 of them stay far below MAX_OPEN_DESCRIPTORS).
+MIN_SESSIONS_TO_COUNT: Final = 4
+
 
 def checkpoint_origin(session_id: bytes) -> str:
     return f"lucidd/{uuid.UUID(bytes=session_id)}"
@@ -89,8 +100,10 @@ class SessionLedger:
         self.session_id = session_id
         self.paths = paths
         self.meta = meta
-        self.merkle = MerkleLog.open(paths.merkle)
-        self.index = ChunkIndex(paths.index)
+        #: Called on every use of the session's files (the ledger's cache of open files).
+        self.on_use: Callable[[SessionLedger], None] | None = None
+        self._merkle = MerkleLog.open(paths.merkle)
+        self._index = ChunkIndex(paths.index)
         self.window = ReorderWindow(self.merkle.size)
         self.plaintext_bytes = 0
         self.dirty = False
@@ -575,31 +588,66 @@ class SessionLedger:
         """Make the index, the Merkle log and the ledger state durable (records already are).
 
         Order matters: the state may only describe what the index and the log hold durably.
+        A clean session is not a use of its files (the periodic sync visits every session).
         """
-        if self.merkle.broken:
+        if not (self.dirty or self.unindexed or self._unwritten or self._merkle.broken):
+            return
+        if self._merkle.broken:
             self.reopen_merkle()
         for index, sealed in list(self.unindexed.items()):
             self.record_sealed(sealed)  # raises again while the disk is full
             del self.unindexed[index]
         for index, unwritten in list(self._unwritten.items()):
-            self.index.put(index, unwritten)  # raises again while the disk is full
+            self._index.put(index, unwritten)  # raises again while the disk is full
             del self._unwritten[index]
         if self.dirty:
-            self.index.sync()
-            self.merkle.sync()
+            self._index.sync()
+            self._merkle.sync()
             prefix_bytes = self.plaintext_bytes - sum(
                 entry.plaintext_length
                 for index in self.window.held_indices()
                 if (entry := self._indexed(index)) is not None
             )
             state = LedgerState(
-                merkle_size=self.merkle.size,
+                merkle_size=self._merkle.size,
                 prefix_bytes=prefix_bytes,
                 segments=dict(self.segment_ends),
                 missing=dict(self.missing),
             )
             write_ledger_state(self.paths, state)
             self.dirty = False
+
+    # The files are a cache (Ledger.release_idle): every use goes through these properties.
+
+    @property
+    def merkle(self) -> MerkleLog:
+        if self.on_use is not None:
+            self.on_use(self)
+        return self._merkle
+
+    @merkle.setter
+    def merkle(self, log: MerkleLog) -> None:
+        self._merkle = log
+
+    @property
+    def index(self) -> ChunkIndex:
+        if self.on_use is not None:
+            self.on_use(self)
+        return self._index
+
+    @property
+    def open_descriptors(self) -> int:
+        return self._merkle.open_descriptors + self._index.open_descriptors
+
+    def release_files(self) -> bool:
+        """Make everything durable, then close the session's descriptors; False (and nothing
+        closed) while something is not durable yet (a disk that is full)."""
+        self.sync()
+        if self.unindexed or self.dirty or self._merkle.broken:
+            return False
+        self._merkle.release_files()
+        self._index.release()
+        return True
 
     def reopen_merkle(self) -> None:
         """After a failed write (disk full, I/O error): reopen the log from its files and
@@ -618,8 +666,8 @@ class SessionLedger:
     def close(self) -> None:
         with contextlib.suppress(OSError, LucidError):
             self.sync()
-        self.merkle.close()
-        self.index.close()
+        self._merkle.close()
+        self._index.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -741,6 +789,9 @@ class Ledger:
         self.state_dir = state_dir
         self.keyring = keyring
         self.sessions: dict[bytes, SessionLedger] = {}
+        #: Sessions whose files may be open, least recently used first (release_idle).
+        self._in_use: OrderedDict[bytes, None] = OrderedDict()
+        self._releasing = False
         #: Session id -> what is wrong with it, for the sessions that cannot be loaded.
         self.unreadable: dict[bytes, str] = {}
         readable = 0
@@ -766,7 +817,7 @@ class Ledger:
                 self.unreadable[session_id] = f"its files cannot be opened: {exc}"
                 continue
             session._secret = secret
-            self.sessions[session_id] = session
+            self._add(session)
         if refused and len(refused) == readable:
             first = refused[0]
             raise KeyringError(
@@ -848,8 +899,65 @@ class Ledger:
         )
         create_session_dir(paths, meta)
         session = SessionLedger(session_id, paths, meta)
-        self.sessions[session_id] = session
+        self._add(session)
         return session
+
+    # -- the cache of open files ----------------------------------------------------------
+
+    def _add(self, session: SessionLedger) -> None:
+        self.sessions[session.session_id] = session
+        session.on_use = self._used
+        self._used(session)
+        self.release_idle()
+
+    def _used(self, session: SessionLedger) -> None:
+        in_use = self._in_use
+        key = session.session_id
+        if key in in_use:
+            in_use.move_to_end(key)
+            return
+        in_use[key] = None
+        # Between syncs too: a burst of reads over many sessions must not run out of fds.
+        if len(in_use) > 2 * MAX_OPEN_SESSIONS and not self._releasing:
+            self.release_idle()
+
+    def release_idle(self) -> None:
+        """Close the files of the least recently used sessions beyond the cache's bounds.
+
+        At most MAX_OPEN_SESSIONS sessions, holding at most MAX_OPEN_DESCRIPTORS, keep files
+        open; every other session reopens its files on its next use. A session whose state
+        is not durable yet (a full disk) stays open and is tried again on the next call.
+        """
+        in_use = self._in_use
+        if len(in_use) <= MIN_SESSIONS_TO_COUNT or self._releasing:
+            return
+        self._releasing = True  # a release syncs, and a sync may use files: no re-entry
+        try:
+            self._release_lru()
+        finally:
+            self._releasing = False
+
+    def _release_lru(self) -> None:
+        in_use = self._in_use
+        held = sum(s.open_descriptors for i in in_use if (s := self.sessions.get(i)))
+        kept: list[bytes] = []
+        while in_use and (len(in_use) > MAX_OPEN_SESSIONS or held > MAX_OPEN_DESCRIPTORS):
+            key, _ = in_use.popitem(last=False)
+            session = self.sessions.get(key)
+            if session is None:
+                continue
+            before = session.open_descriptors
+            try:
+                released = session.release_files()
+            except (OSError, LucidError):
+                released = False
+            if released:
+                held -= before
+            else:
+                kept.append(key)
+        for key in kept:  # not durable yet: keep their files, retry next time
+            in_use[key] = None
+            in_use.move_to_end(key, last=False)
 
     def require_open(self, session_id: bytes) -> SessionLedger:
         session = self.get(session_id)
@@ -860,6 +968,7 @@ class Ledger:
     def shred(self, session_id: bytes) -> None:
         session = self.get(session_id)
         del self.sessions[session_id]
+        self._in_use.pop(session_id, None)
         with contextlib.suppress(OSError):
             session.merkle.close()
             session.index.close()
@@ -868,6 +977,7 @@ class Ledger:
     def sync(self) -> None:
         for session in self.sessions.values():
             session.sync()
+        self.release_idle()
 
     def close(self) -> None:
         for session in self.sessions.values():

@@ -520,6 +520,10 @@ class _LevelFiles:
         os.rename(_STATE_TMP, STATE_FILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         os.fsync(dir_fd)
 
+    def open_count(self) -> int:
+        """Descriptors open now (the level files in use and the folder)."""
+        return sum(1 for fd in self._fds if fd >= 0) + (self._dir_fd >= 0)
+
     def release(self) -> None:
         """Close every descriptor; the next use reopens what it needs.
 
@@ -764,6 +768,11 @@ class MerkleLog:
 
     def _state(self) -> _State:
         return _State(self._size, self.root(), tuple(self._stack))
+
+    @property
+    def open_descriptors(self) -> int:
+        """How many descriptors this log holds open now (0 in memory or once released)."""
+        return self._files.open_count() if self._files is not None else 0
 
     def release_files(self) -> None:
         """:meth:`sync`, then close every descriptor; later calls reopen what they need.

@@ -315,6 +315,10 @@ class ChunkIndex:
         """Forget every entry (before a rebuild from the records)."""
         os.ftruncate(self._fd, 0)
 
+    @property
+    def open_descriptors(self) -> int:
+        return int(self._descriptor >= 0)
+
     def release(self) -> None:
         """Close the descriptor (the next use reopens the file)."""
         if self._descriptor >= 0:
