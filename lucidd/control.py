@@ -17,7 +17,7 @@ from lucidd import protocol as p
 from lucidd.access import LEGACY_OWNER, AccessPolicy, Peer
 from lucidd.errors import BadRequestError, InternalError, LucidError
 from lucidd.ledger import Ledger, SessionLedger, quarantine_records, scrub
-from lucidd.logs import ClientErrorLog
+from lucidd.logs import NOTICE, ClientErrorLog
 from lucidd.peers import peer_of
 from lucidd.store import storage_error
 
@@ -263,7 +263,8 @@ async def _shred(s: ControlServices, r: p.Shred, peer: Peer) -> p.Message:
         await s.freeze(r.session)
         s.ledger.shred(r.session)
         s.session_shredded(r.session)
-    log.warning(
+    log.log(
+        NOTICE,
         "event=session_shredded session=%s owner_uid=%d by_uid=%d by_pid=%d",
         session.paths.root.name,
         session.owner_uid,

@@ -21,9 +21,15 @@ from typing import Final
 CLIENT_ERRORS_BURST: Final = 20
 CLIENT_ERRORS_PER_SECOND: Final = 1.0
 
+#: syslog's "notice" (priority 5): normal but significant, such as a shred. Between INFO and
+#: WARNING, so a daemon logging at info shows it.
+NOTICE: Final = 25
+logging.addLevelName(NOTICE, "NOTICE")
+
 _PRIORITY: Final = {
     logging.DEBUG: 7,
     logging.INFO: 6,
+    NOTICE: 5,
     logging.WARNING: 4,
     logging.ERROR: 3,
     logging.CRITICAL: 2,
