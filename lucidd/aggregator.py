@@ -31,7 +31,7 @@ from lucidd import ipc
 from lucidd import protocol as p
 from lucidd.channels import PipeReader, PipeWriter, take_fd
 from lucidd.config import config_as_dict
-from lucidd.control import ControlProtocol
+from lucidd.control import ControlLimits, ControlProtocol
 from lucidd.errors import LucidError
 from lucidd.keys import load_keyring
 from lucidd.ledger import Ledger, SessionLedger
@@ -111,8 +111,9 @@ class Aggregator:
             )
             for fd in from_workers
         ]
+        limits = ControlLimits.from_config(self.config)
         server = await loop.create_unix_server(
-            lambda: ControlProtocol(self), sock=self._control_sock
+            lambda: ControlProtocol(self, limits), sock=self._control_sock
         )
         self._send(ipc.AggregatorReady([s.view() for s in self.ledger]))
         log.info("event=aggregator_ready sessions=%d", len(self.ledger.sessions))
