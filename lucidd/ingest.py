@@ -58,6 +58,10 @@ _COMPARE: Final = "compare"
 FRAMES_PER_PASS: Final = 64
 #: The longest pause between two checks of a connection's timeouts and of a paused peer.
 CHECK_INTERVAL_S: Final = 1.0
+#: While another connection waits for ring room, a stalled payload is dropped after this
+#: fraction of ``payload_timeout`` (1 s by default): its slots are wanted now. A client that
+#: sends header and payload together (every lucidd client does) never stalls that long.
+PRESSURE_TIMEOUT_FRACTION: Final = 0.1
 #: At most one log line per this many seconds about connections refused over the limit.
 REFUSAL_LOG_INTERVAL_S: Final = 10.0
 # Why a connection is not being read from (DataProtocol._pauses).
@@ -523,8 +527,13 @@ class Ingest:
         if conn.chunks_in_flight >= self.config.connection_max_in_flight:
             raise _WaitOwn
         needed = conn.slots_held + self.slots.slots_for(length)
-        if conn.slots_held and self._blocked and needed > self.share_slots:
+        if conn.slots_held and needed > self.share_slots and self.has_waiters():
             raise _WaitOwn
+
+    def has_waiters(self) -> bool:
+        """Whether a connection waits for ring room or daemon-wide in-flight capacity (not
+        one that waits for its own acks)."""
+        return any(not conn.waits_for_own for conn in self._blocked)
 
     def accepts_connection(self) -> bool:
         """Whether a connection just added to :attr:`connections` may stay (max_connections)."""
@@ -862,7 +871,8 @@ class DataProtocol(asyncio.BufferedProtocol):
 
     def _schedule_check(self) -> None:
         config = self._ingest.config
-        period = min(CHECK_INTERVAL_S, config.payload_timeout / 4, config.idle_timeout / 4)
+        pressure_timeout = config.payload_timeout * PRESSURE_TIMEOUT_FRACTION
+        period = min(CHECK_INTERVAL_S, pressure_timeout / 2, config.idle_timeout / 4)
         self._check = asyncio.get_running_loop().call_later(period, self._check_bounds)
 
     def _check_bounds(self) -> None:
@@ -875,13 +885,12 @@ class DataProtocol(asyncio.BufferedProtocol):
         counters = self._ingest.counters
         now = time.monotonic()
         in_payload = self._current is not None or self._discarding
-        if in_payload and now - self._payload_at > config.payload_timeout:
+        limit = config.payload_timeout
+        if self._current is not None and self._ingest.has_waiters():
+            limit *= PRESSURE_TIMEOUT_FRACTION  # its slots are wanted now
+        if in_payload and now - self._payload_at > limit:
             counters["payload_timeouts_total"] += 1
-            self._drop(
-                PayloadTimeoutError(
-                    f"no payload byte for {config.payload_timeout:g} s (payload_timeout)"
-                )
-            )
+            self._drop(PayloadTimeoutError(f"no payload byte for {limit:g} s (payload_timeout)"))
             return
         # A paused transport reads nothing, so it would never see EOF: ask the kernel.
         if self._pauses and peer_hung_up(self._fd):

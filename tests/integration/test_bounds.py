@@ -353,7 +353,7 @@ def test_connections_beyond_max_connections_get_busy_and_are_closed(
         with raw_data_socket(d) as extra:
             replies = read_replies_until_closed(extra)
         assert codes(replies) == ["busy"]
-        assert replies[0].req == 0  # type: ignore[attr-defined]
+        assert replies[0].req == 0
     before = good.acks
     good.wait_for_acks(before + 200)
     for sock in idle:
