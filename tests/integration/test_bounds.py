@@ -8,11 +8,13 @@ here asserts on time: waits are generous, and what is checked is counts, codes a
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -200,43 +202,51 @@ def refused_chunks(count: int) -> bytes:
     )
 
 
+def _flood(path: str, read: bool, received: Any, blocked: Any) -> None:
+    """The flooder's process: refused chunks as fast as it can send them."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+
+    def receive() -> None:
+        while data := sock.recv(1 << 20):
+            with received.get_lock():
+                received.value += len(data)
+
+    if read:
+        threading.Thread(target=receive, daemon=True).start()
+    else:
+        sock.settimeout(3)
+    burst = refused_chunks(10_000)
+    try:
+        while True:
+            sock.sendall(burst)
+    except TimeoutError:
+        blocked.value = 1  # no progress for 3 s: the daemon stopped reading it
+    threading.Event().wait()  # hold the connection until killed
+
+
 class Flooder:
-    """Sends refused chunks as fast as it can from a thread; reads (and drops) its replies
-    from another one unless ``read`` is False."""
+    """A process that sends refused chunks as fast as it can (a process, not a thread: the
+    test's own GIL must not slow the flood down); it reads (and drops) its replies unless
+    ``read`` is False."""
 
     def __init__(self, d: Daemon, *, read: bool) -> None:
-        self.sock = raw_data_socket(d)
-        self.sock.settimeout(3)
-        self.sent = 0
-        self.received = 0
-        self.blocked = False  # a send made no progress for the socket timeout
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._send, daemon=True)]
-        if read:
-            self._threads.append(threading.Thread(target=self._receive, daemon=True))
+        ctx = multiprocessing.get_context("spawn")
+        self._received = ctx.Value("q", 0)
+        self._blocked = ctx.Value("b", 0)
+        self._process = ctx.Process(
+            target=_flood,
+            args=(str(d.runtime_dir / "data.sock"), read, self._received, self._blocked),
+            daemon=True,
+        )
 
     def start(self) -> Flooder:
-        for thread in self._threads:
-            thread.start()
+        self._process.start()
         return self
 
-    def _send(self) -> None:
-        burst = refused_chunks(10_000)
-        try:
-            while not self._stop.is_set():
-                self.sock.sendall(burst)
-                self.sent += len(burst)
-        except TimeoutError:
-            self.blocked = True
-        except OSError:
-            pass
-
-    def _receive(self) -> None:
-        try:
-            while not self._stop.is_set() and (data := self.sock.recv(1 << 20)):
-                self.received += len(data)
-        except OSError:
-            pass
+    @property
+    def received(self) -> int:
+        return int(self._received.value)
 
     def wait_received(self, nbytes: int, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -244,12 +254,15 @@ class Flooder:
             assert time.monotonic() < deadline, f"the flooder got {self.received} bytes"
             time.sleep(0.05)
 
+    def wait_blocked(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._blocked.value:
+            assert time.monotonic() < deadline, "the daemon kept reading a client that never reads"
+            time.sleep(0.05)
+
     def stop(self) -> None:
-        self._stop.set()
-        self.sock.shutdown(socket.SHUT_RDWR)
-        for thread in self._threads:
-            thread.join(30)
-        self.sock.close()
+        self._process.kill()
+        self._process.join(30)
 
 
 def test_flood_of_refused_chunks_leaves_a_good_client_its_share(
@@ -280,10 +293,9 @@ def test_data_client_that_never_reads_is_slowed_down_not_buffered_for(
     flooder = Flooder(d, read=False).start()
     try:
         peak = peak_rss([supervisor], 4.0)
-        flooder._threads[0].join(30)
         # The daemon stopped reading it: its sends block (before, the supervisor grew by 350 MB
         # in 20 s buffering its replies).
-        assert flooder.blocked
+        flooder.wait_blocked()
         peak = max(peak, peak_rss([supervisor], 1.0))
         before = good.acks
         good.wait_for_acks(before + 200)
