@@ -386,8 +386,14 @@ class ControlProtocol(asyncio.Protocol):
             transport.abort()
             return
         idle_timeout = self._limits.idle_timeout
-        if not self._tasks and time.monotonic() - self._active_at > idle_timeout:
+        # Requests waiting for the client to read its replies do not make it busy: a client
+        # that reads nothing for idle_timeout gives its buffer and its place back.
+        serving = bool(self._tasks) and self._writable.is_set()
+        if not serving and time.monotonic() - self._active_at > idle_timeout:
             log.info("event=connection_dropped socket=control code=idle_timeout")
+            if not self._writable.is_set():
+                transport.abort()  # a close would wait for it to read everything first
+                return
             err = IdleTimeoutError(f"no request for {idle_timeout:g} s (idle_timeout)")
             self._send(p.error_reply(0, err))
             self._close()
