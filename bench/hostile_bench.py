@@ -37,8 +37,9 @@ import select
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any, Final
@@ -46,13 +47,14 @@ from typing import Any, Final
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._baselines import Workload
-from bench._daemon import MB, MemoryWatch, daemon_processes, started_daemon
+from bench._daemon import MB, MemoryWatch, daemon_processes, read_metrics, started_daemon
 from bench._lucidd import RunResult, pipelined
 from bench.bench import log
 from lucidd import protocol as p
 from lucidd.client import ControlClient, DataClient, new_session_id
 from lucidd.config import Config, KiB, MiB, parse_size
 from lucidd.ingest import SCRATCH_SIZE
+from lucidd.supervisor import METRICS_RELAY_S
 
 ATTACKS: Final = ("stalled", "flood", "never_read_data", "never_read_control", "exhaustion")
 STALLED_LENGTHS: Final = (10 * MiB,) * 3 + (64 * KiB,) * 40
@@ -68,6 +70,13 @@ GOAL_THROUGHPUT: Final = 0.5
 GOAL_P99: Final = 10.0
 GOAL_MEMORY: Final = 1.2
 NS_PER_US: Final = 1000
+#: The daemon's counters that show each attack being defeated (their change per phase).
+DEFENCE_COUNTERS: Final = (
+    "payload_timeouts_total",
+    "connections_refused_total",
+    "peer_hangups_total",
+    "backpressure_pauses_total",
+)
 QUICK_COUNT: Final = 5000
 
 
@@ -209,6 +218,7 @@ class Row:
     bound_mb: float = 0.0
     throughput_ratio: float = 1.0
     p99_ratio: float = 1.0
+    defences: dict[str, float] = field(default_factory=dict)
 
     def goals_met(self) -> bool:
         return (
@@ -220,8 +230,11 @@ class Row:
 
 def measure(
     runtime_dir: Path, settings: Settings, workload: Workload, attack: str, run: Callable[[], Any]
-) -> tuple[RunResult, float]:
-    """The good client's run (its connection opened before the attack) and the peak RSS."""
+) -> tuple[RunResult, float, dict[str, float]]:
+    """The good client's run (its connection opened before the attack), the peak RSS, and how
+    much each of :data:`DEFENCE_COUNTERS` grew."""
+    with ControlClient(runtime_dir) as control:
+        before = read_metrics(control, 0)
     watch = MemoryWatch(daemon_processes(runtime_dir)).start()
     try:
         with DataClient(runtime_dir, timeout=120) as data, run():
@@ -231,7 +244,11 @@ def measure(
             )
     finally:
         peaks = watch.stop()
-    return result, peaks.peak_rss.rss / MB
+    time.sleep(METRICS_RELAY_S * 2)  # the supervisor's counters reach metrics once a second
+    with ControlClient(runtime_dir) as control:
+        after = read_metrics(control, 0)
+    defences = {name: after.get(name, 0.0) - before.get(name, 0.0) for name in DEFENCE_COUNTERS}
+    return result, peaks.peak_rss.rss / MB, defences
 
 
 def run(settings: Settings) -> list[Row]:
@@ -256,7 +273,9 @@ def run(settings: Settings) -> list[Row]:
         }
         base: Row | None = None
         for attack in ("none", *settings.attacks):
-            result, peak_mb = measure(runtime_dir, settings, workload, attack, attacks[attack])
+            result, peak_mb, defences = measure(
+                runtime_dir, settings, workload, attack, attacks[attack]
+            )
             assert result.histogram is not None
             row = Row(
                 attack,
@@ -264,6 +283,7 @@ def run(settings: Settings) -> list[Row]:
                 result.chunks / result.seconds,
                 result.histogram.percentile(99) / NS_PER_US,
                 peak_mb,
+                defences=defences,
             )
             if base is None:
                 base = row
@@ -273,7 +293,8 @@ def run(settings: Settings) -> list[Row]:
             log(
                 f"{attack}: {row.chunks_per_s:.0f} chunks/s ({row.throughput_ratio:.0%}), "
                 f"p99 {row.p99_us:.0f} us ({row.p99_ratio:.1f}x), peak RSS "
-                f"{row.peak_rss_mb:.0f} MB (bound {row.bound_mb:.0f} MB)"
+                f"{row.peak_rss_mb:.0f} MB (bound {row.bound_mb:.0f} MB); "
+                + ", ".join(f"{k} +{v:.0f}" for k, v in defences.items() if v)
             )
             rows.append(row)
     return rows
@@ -285,15 +306,16 @@ def markdown(rows: list[Row], settings: Settings) -> str:
         f"window {settings.window}; daemon with {settings.workers} workers, default bounds.",
         "",
         "| attack | good chunks/s | vs alone | p99 µs | vs alone | peak RSS MB | bound MB "
-        "| goals |",
-        "|---|---|---|---|---|---|---|---|",
+        "| goals | defences seen |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         met = "—" if row.attack == "none" else ("met" if row.goals_met() else "**missed**")
         lines.append(
             f"| {row.attack} | {row.chunks_per_s:.0f} | {row.throughput_ratio:.0%} "
             f"| {row.p99_us:.0f} | {row.p99_ratio:.1f}x | {row.peak_rss_mb:.0f} "
-            f"| {row.bound_mb:.0f} | {met} |"
+            f"| {row.bound_mb:.0f} | {met} "
+            f"| {', '.join(f'{k} +{v:.0f}' for k, v in row.defences.items() if v) or '—'} |"
         )
     return "\n".join(lines) + "\n"
 
