@@ -87,6 +87,7 @@ class Aggregator:
         self._locks: dict[bytes, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._processes: list[ipc.ProcessInfo] = []
         self._supervisor_metrics: dict[str, float] = {}
+        self._control_limits = ControlLimits.from_config(spec.config)
         self._counters: dict[str, float] = dict.fromkeys(AGGREGATOR_COUNTERS, 0.0)
         self._stop = asyncio.Event()
         self._to_supervisor: PipeWriter | None = None
@@ -111,7 +112,7 @@ class Aggregator:
             )
             for fd in from_workers
         ]
-        limits = ControlLimits.from_config(self.config)
+        limits = self._control_limits
         server = await loop.create_unix_server(
             lambda: ControlProtocol(self, limits), sock=self._control_sock
         )
@@ -294,6 +295,8 @@ class Aggregator:
         merged = dict(self._supervisor_metrics)
         merged.update(self._counters)
         merged["sessions"] = float(len(self.ledger.sessions))
+        merged["control_connections"] = float(len(self._control_limits.connections))
+        merged["control_connections_refused_total"] = float(self._control_limits.refused)
         return merged
 
     def session_lock(self, session_id: bytes) -> asyncio.Lock:

@@ -398,17 +398,14 @@ def test_control_connections_beyond_max_connections_get_busy(
         extra.connect(str(d.runtime_dir / "control.sock"))
         assert codes(read_replies_until_closed(extra)) == ["busy"]
     held.pop().close()
-    deadline = time.monotonic() + 30
-    while True:  # a place is free again
-        try:
-            with ControlClient(d.runtime_dir) as control:
-                control.health()
-            break
-        except Exception:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
     for sock in held:
         sock.close()
+    with ControlClient(d.runtime_dir) as control:  # a place is free again
+        deadline = time.monotonic() + 30
+        while (metrics := control.metrics())["control_connections"] != 1.0:  # this one
+            assert time.monotonic() < deadline, metrics["control_connections"]
+            time.sleep(0.1)
+    assert metrics["control_connections_refused_total"] == 1.0
 
 
 def test_idle_connections_are_closed_with_idle_timeout_and_busy_ones_are_not(
