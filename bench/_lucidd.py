@@ -95,8 +95,10 @@ def pipelined(
     window: int,
     *,
     settle_s: float = SETTLE_TIMEOUT_S,
+    data: DataClient | None = None,
 ) -> RunResult:
-    """``put_many`` with ``window`` chunks in flight on one connection."""
+    """``put_many`` with ``window`` chunks in flight on one connection (``data``'s, when given:
+    one opened before the measured part, e.g. before an attack fills the socket's connections)."""
     clock = time.perf_counter_ns
     count = workload.count
     taken = [0] * count  # when put_many took chunk k from the iterator
@@ -113,7 +115,10 @@ def pipelined(
         acked[ack.index - warmup] = now
         ack_times.append(now)
 
-    with ControlClient(runtime_dir) as control, DataClient(runtime_dir) as data:
+    with contextlib.ExitStack() as stack:
+        control = stack.enter_context(ControlClient(runtime_dir))
+        if data is None:
+            data = stack.enter_context(DataClient(runtime_dir))
         session = control.open_session(compression=COMPRESSION)
         _warm(data, session, workload, warmup, window)
         before = read_metrics(control, settle_s)

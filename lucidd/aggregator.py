@@ -32,7 +32,7 @@ from lucidd import ipc
 from lucidd import protocol as p
 from lucidd.channels import PipeReader, PipeWriter, take_fd
 from lucidd.config import config_as_dict
-from lucidd.control import ControlProtocol
+from lucidd.control import ControlLimits, ControlProtocol
 from lucidd.errors import LucidError
 from lucidd.keys import load_keyring
 from lucidd.ledger import Ledger, SessionLedger
@@ -95,6 +95,7 @@ class Aggregator:
         self._processes: list[ipc.ProcessInfo] = []
         self._reasons: list[str] = []
         self._supervisor_metrics: dict[str, float] = {}
+        self._control_limits = ControlLimits.from_config(spec.config)
         self._counters: dict[str, float] = dict.fromkeys(AGGREGATOR_COUNTERS, 0.0)
         self._stop = asyncio.Event()
         self._to_supervisor: PipeWriter | None = None
@@ -119,8 +120,9 @@ class Aggregator:
             )
             for fd in from_workers
         ]
+        limits = self._control_limits
         server = await loop.create_unix_server(
-            lambda: ControlProtocol(self), sock=self._control_sock
+            lambda: ControlProtocol(self, limits), sock=self._control_sock
         )
         self._send(ipc.AggregatorReady(self.ledger.views()))
         log.info("event=aggregator_ready sessions=%d", len(self.ledger.sessions))
@@ -344,6 +346,8 @@ class Aggregator:
         merged.update(self._counters)
         merged["sessions"] = float(len(self.ledger.sessions) + len(self.ledger.unreadable))
         merged["sessions_damaged"] = float(self.ledger.damaged_count)
+        merged["control_connections"] = float(len(self._control_limits.connections))
+        merged["control_connections_refused_total"] = float(self._control_limits.refused)
         return merged
 
     def session_lock(self, session_id: bytes) -> asyncio.Lock:

@@ -249,3 +249,19 @@ class PipeWriter:
                 self._loop.remove_writer(self._fd)
             self._closed = True
             os.close(self._fd)
+
+
+def peer_hung_up(fd: int) -> bool:
+    """Whether the peer of the stream socket ``fd`` has closed it (POLLHUP: both ways shut).
+
+    For a connection whose reading is paused: its transport reads nothing, so it never sees
+    EOF, and would hold what it holds until it is resumed.
+
+    A peer that only shut its writing side (and waits for its replies) gives POLLRDHUP alone,
+    which is not asked for here: that connection is kept.
+    """
+    if fd < 0:
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return any(mask & (select.POLLHUP | select.POLLERR) for _, mask in poller.poll(0))

@@ -84,6 +84,22 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     watchdog: bool = True
     #: Members of this group (a name or a gid) may touch every session, like root; empty: none.
     admin_group: str = ""
+    # -- bounds per client (DESIGN §10, issue 10): no local client can starve or wedge us --
+    #: Open connections per socket (data and control each); one more gets ``busy`` and is
+    #: closed at once. See :func:`connection_limit` for the clamp to the fd budget.
+    max_connections: int = 256
+    #: Chunks admitted and not yet acknowledged on one data connection.
+    connection_max_in_flight: int = 256
+    #: The fraction of the ring one data connection may hold while another waits for room.
+    connection_ring_share: float = 0.5
+    #: Seconds a chunk's payload may stop arriving before the chunk is dropped.
+    payload_timeout: float = 10.0
+    #: Seconds a connection with nothing in flight may stay silent before it is closed.
+    idle_timeout: float = 300.0
+    #: Reply bytes buffered for one connection before it is no longer read from.
+    max_reply_buffer: int = 4 * MiB
+    #: Control requests of one connection being served at once; beyond it, reading waits.
+    max_pipelined_requests: int = 16
 
     @property
     def slots(self) -> int:
@@ -118,6 +134,13 @@ RANGES: Final[Mapping[str, tuple[int | float, int | float | None]]] = {
     "ring_size": (8 * KiB, MAX_RING_SIZE),
     "reorder_window": (1, 10**7),
     "segment_size": (1 * MiB, 64 * GiB),
+    "max_connections": (1, 65_536),
+    "connection_max_in_flight": (1, 100_000),
+    "connection_ring_share": (0.01, 1.0),
+    "payload_timeout": (0.1, 3600.0),
+    "idle_timeout": (0.1, 86_400.0),
+    "max_reply_buffer": (64 * KiB, 1 * GiB),
+    "max_pipelined_requests": (1, 10_000),
 }
 
 CHOICES: Final[Mapping[str, tuple[str, ...]]] = {
@@ -128,7 +151,15 @@ CHOICES: Final[Mapping[str, tuple[str, ...]]] = {
 
 #: Settings measured in bytes: they accept size strings such as ``"10MiB"``.
 SIZE_FIELDS: Final = frozenset(
-    {"max_chunk_size", "max_session_size", "batch_bytes", "slot_size", "ring_size", "segment_size"}
+    {
+        "max_chunk_size",
+        "max_session_size",
+        "batch_bytes",
+        "slot_size",
+        "ring_size",
+        "segment_size",
+        "max_reply_buffer",
+    }
 )
 #: Settings holding a filesystem path; empty means the default, otherwise it must be absolute.
 PATH_FIELDS: Final = ("state_dir", "runtime_dir", "keyring")
@@ -136,6 +167,19 @@ PATH_FIELDS: Final = ("state_dir", "runtime_dir", "keyring")
 FIELD_TYPES: Final[Mapping[str, type]] = {
     field.name: field.type for field in msgspec.structs.fields(Config)
 }
+
+
+def connection_limit(config: Config, fd_budget: int | None = None) -> int:
+    """The most connections one socket keeps open: ``max_connections``, clamped to
+    ``fd_budget`` (the fds left for clients after the daemon's own and a reserve) when known.
+
+    The hook for the fd reserve (issue 10): both sockets ask this, never the field directly,
+    so the clamp is one change here. Never below 1.
+    """
+    limit = config.max_connections
+    if fd_budget is not None:
+        limit = min(limit, fd_budget)
+    return max(1, limit)
 
 
 def env_var_name(field: str) -> str:

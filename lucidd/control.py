@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, cast
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol, cast
 
 from lucidd import ipc
 from lucidd import protocol as p
 from lucidd.access import LEGACY_OWNER, AccessPolicy, Peer
-from lucidd.errors import BadRequestError, InternalError, LucidError
+from lucidd.channels import peer_hung_up
+from lucidd.config import Config, connection_limit
+from lucidd.errors import (
+    BadRequestError,
+    BusyError,
+    IdleTimeoutError,
+    InternalError,
+    LucidError,
+)
 from lucidd.ledger import Ledger, SessionLedger, quarantine_records, scrub
 from lucidd.logs import NOTICE, ClientErrorLog
 from lucidd.peers import peer_of
@@ -23,6 +33,14 @@ from lucidd.store import storage_error
 
 log = logging.getLogger("lucidd.control")
 _client_errors = ClientErrorLog(log)
+
+#: The longest pause between two checks of a connection's idle timeout and of a paused peer.
+CHECK_INTERVAL_S: Final = 1.0
+#: At most one log line per this many seconds about connections refused over the limit.
+REFUSAL_LOG_INTERVAL_S: Final = 10.0
+# Why a control connection is not being read from (ControlProtocol._pauses).
+_PIPELINED: Final = "pipelined"  # max_pipelined_requests of its requests are being served
+_WRITING: Final = "writing"  # its replies are not being read (transport above its high mark)
 
 
 class ControlServices(Protocol):
@@ -310,6 +328,47 @@ async def _check(s: ControlServices, r: p.Check, peer: Peer) -> p.Message:
     )
 
 
+@dataclass(eq=False)
+class ControlLimits:
+    """The bounds of every control connection (issue 10), and the set they share."""
+
+    max_connections: int
+    max_pipelined_requests: int
+    max_reply_buffer: int
+    idle_timeout: float
+    connections: set[ControlProtocol] = field(default_factory=set)
+    refused: int = 0
+    _refused_unlogged: int = 0
+    _refusal_logged_at: float = -REFUSAL_LOG_INTERVAL_S
+
+    @classmethod
+    def from_config(cls, config: Config) -> ControlLimits:
+        return cls(
+            max_connections=connection_limit(config),
+            max_pipelined_requests=config.max_pipelined_requests,
+            max_reply_buffer=config.max_reply_buffer,
+            idle_timeout=config.idle_timeout,
+        )
+
+    def accepts(self, conn: ControlProtocol) -> bool:
+        """Add ``conn`` unless the socket is at ``max_connections`` (logged, rate-limited)."""
+        if len(self.connections) < self.max_connections:
+            self.connections.add(conn)
+            return True
+        self.refused += 1
+        self._refused_unlogged += 1
+        now = time.monotonic()
+        if now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL_S:
+            log.warning(
+                "event=connections_refused socket=control refused=%d limit=%d",
+                self._refused_unlogged,
+                self.max_connections,
+            )
+            self._refusal_logged_at = now
+            self._refused_unlogged = 0
+        return False
+
+
 _Handler = Callable[[ControlServices, Any, Peer], Awaitable[p.Message]]
 _HANDLERS: dict[type, _Handler] = {
     p.Health: _health,
@@ -331,13 +390,22 @@ _HANDLERS: dict[type, _Handler] = {
 class ControlProtocol(asyncio.Protocol):
     """One control connection: requests are handled concurrently, replies sent as they finish."""
 
-    def __init__(self, services: ControlServices) -> None:
+    def __init__(self, services: ControlServices, limits: ControlLimits | None = None) -> None:
         self._services = services
         self._decoder = p.control_request_decoder()
         self._transport: asyncio.Transport | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._peer = Peer(pid=0, uid=-1, gid=-1)  # set by connection_made
         self._error_logged = False
+        # -- bounds per connection (issue 10) --
+        self._limits = limits if limits is not None else ControlLimits.from_config(Config())
+        self._pauses: set[str] = set()  # why reading is paused; empty: it is not
+        self._writable = asyncio.Event()  # cleared while the reply buffer is over its bound
+        self._writable.set()
+        self._active_at = time.monotonic()  # last request received or reply sent
+        self._check: asyncio.TimerHandle | None = None
+        self._fd = -1
+        self._closing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -347,10 +415,22 @@ class ControlProtocol(asyncio.Protocol):
         except OSError as exc:  # the peer is already gone: nothing to serve
             log.info("event=control_peer_unknown errno=%s", exc.errno)
             transport.close()
+            return
+        self._apply_bounds()
 
     def data_received(self, data: bytes) -> None:
+        self._active_at = time.monotonic()
         self._decoder.receive_data(data)
-        while True:
+        self._start_requests()
+
+    def _start_requests(self) -> None:
+        """Serve the buffered requests, at most ``max_pipelined_requests`` at once: past it,
+        reading waits until replies have gone out (the rest stay in the decoder and socket)."""
+        limit = self._limits.max_pipelined_requests
+        while not self._closing:
+            if len(self._tasks) >= limit:
+                self._pause(_PIPELINED)
+                return
             try:
                 event = self._decoder.next_event()
             except LucidError as err:
@@ -359,13 +439,22 @@ class ControlProtocol(asyncio.Protocol):
                 self._close()
                 return
             if event is None:
+                self._resume(_PIPELINED)
                 return
             if isinstance(event, p.FrameMessage):
                 task = asyncio.ensure_future(self._serve(event.message))
                 self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                task.add_done_callback(self._request_done)
+
+    def _request_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if _PIPELINED in self._pauses and self._transport is not None:
+            self._start_requests()
 
     async def _serve(self, request: Any) -> None:
+        # A request starts only while the client reads its replies: one that never does costs
+        # max_reply_buffer plus the one reply being made, not one reply per request.
+        await self._writable.wait()
         reply = await handle_request(self._services, request, self._peer)
         if isinstance(reply, p.Error) and reply.code != InternalError.code:
             self._note_client_error(reply.code, reply.message)
@@ -379,14 +468,88 @@ class ControlProtocol(asyncio.Protocol):
 
     def _send(self, reply: p.Message) -> None:
         if self._transport is not None and not self._transport.is_closing():
+            self._active_at = time.monotonic()
             self._transport.write(p.encode_frame(reply))
 
     def _close(self) -> None:
+        self._closing = True
         if self._transport is not None:
             self._transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        self._limits.connections.discard(self)
+        self._writable.set()  # waiting requests go on; their replies are dropped
+        if self._check is not None:
+            self._check.cancel()
+            self._check = None
+
+    # -- bounds per connection (issue 10) -----------------------------------------------
+
+    def _apply_bounds(self) -> None:
+        """Refuse a connection over ``max_connections``; else bound its reply buffer and start
+        watching its idle time."""
+        transport = self._transport
+        assert transport is not None
+        limits = self._limits
+        if not limits.accepts(self):
+            busy = BusyError(f"too many connections (max_connections = {limits.max_connections})")
+            self._send(p.error_reply(0, busy))
+            self._close()
+            return
+        transport.set_write_buffer_limits(high=limits.max_reply_buffer)
+        sock = transport.get_extra_info("socket")
+        self._fd = sock.fileno() if sock is not None else -1
+        self._schedule_check()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+        self._pause(_WRITING)
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+        self._resume(_WRITING)
+
+    def _pause(self, reason: str) -> None:
+        if not self._pauses and self._transport is not None:
+            self._transport.pause_reading()
+        self._pauses.add(reason)
+
+    def _resume(self, reason: str) -> None:
+        if reason not in self._pauses:
+            return
+        self._pauses.discard(reason)
+        transport = self._transport
+        if not self._pauses and transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    def _schedule_check(self) -> None:
+        period = min(CHECK_INTERVAL_S, self._limits.idle_timeout / 4)
+        self._check = asyncio.get_running_loop().call_later(period, self._check_bounds)
+
+    def _check_bounds(self) -> None:
+        self._check = None
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if self._pauses and peer_hung_up(self._fd):
+            log.info("event=peer_hung_up socket=control while=%s", ",".join(sorted(self._pauses)))
+            transport.abort()
+            return
+        idle_timeout = self._limits.idle_timeout
+        # Requests waiting for the client to read its replies do not make it busy: a client
+        # that reads nothing for idle_timeout gives its buffer and its place back.
+        serving = bool(self._tasks) and self._writable.is_set()
+        if not serving and time.monotonic() - self._active_at > idle_timeout:
+            log.info("event=connection_dropped socket=control code=idle_timeout")
+            if not self._writable.is_set():
+                transport.abort()  # a close would wait for it to read everything first
+                return
+            err = IdleTimeoutError(f"no request for {idle_timeout:g} s (idle_timeout)")
+            self._send(p.error_reply(0, err))
+            self._close()
+            return
+        self._schedule_check()
 
 
 def _req_of(err: LucidError) -> int:

@@ -9,8 +9,8 @@ stop a respawn, so:
   (systemd's default soft limit is 1024; the unit sets ``LimitNOFILE=``);
 - :func:`fds_needed` is what the supervisor keeps for itself, and :func:`fd_budget` what is
   left for data connections; the supervisor closes a connection accepted beyond the budget at
-  once (``Ingest.connection_limit``), so connections never eat the reserve. A configured
-  ``max_connections`` must be clamped to :func:`fd_budget`, never exceed it;
+  once (``config.connection_limit(config, Ingest.fd_budget)``), so connections never eat the
+  reserve: ``max_connections`` is clamped to :func:`fd_budget`, never exceeds it;
 - :class:`FdReserve` holds a few spare descriptors that a respawn releases first, so that it
   finds room even when something unforeseen took the rest.
 """

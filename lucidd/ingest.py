@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -26,14 +25,16 @@ from typing import Any, Final, cast
 from lucidd import ipc
 from lucidd import protocol as p
 from lucidd.access import AccessPolicy, Peer
-from lucidd.channels import PipeWriter
-from lucidd.config import Config
+from lucidd.channels import PipeWriter, peer_hung_up
+from lucidd.config import Config, connection_limit
 from lucidd.errors import (
     BusyError,
     DamagedSessionError,
     DuplicateIndexError,
+    IdleTimeoutError,
     InternalError,
     LucidError,
+    PayloadTimeoutError,
     RequestTimeoutError,
     SessionFinalizedError,
     SessionFullError,
@@ -57,6 +58,24 @@ PACK_BYTES: Final = 2 * 1024 * 1024
 SESSION_OPENING: Final = "opening"
 _SEAL: Final = "seal"
 _COMPARE: Final = "compare"
+#: Frames (chunk headers, refused ones included) one data connection may have handled in one
+#: loop pass before it lets the others run (see DataProtocol._yield_pass). uvloop gives every
+#: readable connection one read callback per pass, and one 64 KiB read of tiny frames is ~1600
+#: of them: without this bound a client pipelining cheap refused chunks had the loop to itself
+#: (hostile_bench: a good client kept 1 % of its throughput; 47 % at 64 frames, 77 % at 16).
+FRAMES_PER_PASS: Final = 16
+#: The longest pause between two checks of a connection's timeouts and of a paused peer.
+CHECK_INTERVAL_S: Final = 1.0
+#: While another connection waits for ring room, a stalled payload is dropped after this
+#: fraction of ``payload_timeout`` (1 s by default): its slots are wanted now. A client that
+#: sends header and payload together (every lucidd client does) never stalls that long.
+PRESSURE_TIMEOUT_FRACTION: Final = 0.1
+#: At most one log line per this many seconds about connections refused over the limit.
+REFUSAL_LOG_INTERVAL_S: Final = 10.0
+# Why a connection is not being read from (DataProtocol._pauses).
+_ADMISSION: Final = "admission"  # its next chunk waits for ring room or in-flight capacity
+_WRITING: Final = "writing"  # its replies are not being read (transport above its high mark)
+_FAIR: Final = "fair"  # it used its share of this loop pass
 
 
 @dataclass(eq=False)
@@ -126,6 +145,11 @@ class _Wait(Exception):  # noqa: N818 - flow control, not an error
     """Admission must wait for ring space or in-flight capacity (backpressure)."""
 
 
+class _WaitOwn(_Wait):
+    """The connection itself is at its bound (in flight, or its share of the ring): it waits
+    for its own acks, and does not hold up the connections queued behind it."""
+
+
 class Ingest:
     """Admission, dispatch and acknowledgement for every data connection."""
 
@@ -152,9 +176,10 @@ class Ingest:
         self._recoveries: dict[int, tuple[int, list[InFlight]]] = {}
         self._tokens = itertools.count(1)
         self.connections: set[DataProtocol] = set()
-        #: Connections beyond this are closed as soon as they are accepted, so that clients
-        #: never take the descriptors the supervisor keeps for itself (fds.fd_budget).
-        self.connection_limit = sys.maxsize
+        #: Connections beyond min(max_connections, this) get ``busy`` and are closed as soon as
+        #: they are accepted, so clients never take the descriptors the supervisor keeps for
+        #: itself. Set by the supervisor from fds.fd_budget; None: no clamp.
+        self.fd_budget: int | None = None
         #: Chunks that found no worker slot with an inbox; dispatched when one is back.
         self._parked: list[InFlight] = []
         self.counters: dict[str, float] = {
@@ -165,8 +190,15 @@ class Ingest:
             "backpressure_pauses_total": 0.0,
             "connections_refused_total": 0.0,
             "stage_ack_seconds_total": 0.0,
+            "payload_timeouts_total": 0.0,
+            "idle_timeouts_total": 0.0,
+            "peer_hangups_total": 0.0,
         }
         self.drained = asyncio.Event()
+        #: Slots one connection may hold while another waits for room (connection_ring_share).
+        self.share_slots = max(1, int(self.slots.count * config.connection_ring_share))
+        self._refusals_unlogged = 0
+        self._refusal_logged_at = -REFUSAL_LOG_INTERVAL_S
 
     # -- sessions -----------------------------------------------------------------------
 
@@ -263,12 +295,14 @@ class Ingest:
                 raise SessionFullError(
                     f"session would exceed {self.config.max_session_size} bytes", **context
                 )
+        self._check_connection_bounds(conn, start.length)
         if self.in_flight >= self.config.max_in_flight:
             raise _Wait
         run = self.slots.allocate(start.length)
         if run is None:
             raise _Wait
         chunk = InFlight(conn, start.req, start.session, start.index, start.length, run, kind)
+        conn.hold(run)
         gate.in_flight[start.index] = chunk
         self.in_flight += 1
         if kind == _SEAL:
@@ -550,10 +584,48 @@ class Ingest:
 
     def _release(self, chunk: InFlight) -> None:
         self.slots.free(chunk.run)
+        chunk.conn.unhold(chunk.run)
         self.in_flight -= 1
         self._wake_blocked()
         if self.in_flight == 0 and self.draining:
             self.drained.set()
+
+    # -- bounds per connection (issue 10) -----------------------------------------------
+
+    def _check_connection_bounds(self, conn: DataProtocol, length: int) -> None:
+        """Raise :class:`_WaitOwn` when ``conn`` is at its own bound.
+
+        ``connection_max_in_flight`` always holds. The ring share holds only while another
+        connection waits for room (so one client alone can use the whole ring), and never
+        stops a connection that holds nothing (a chunk larger than the share must pass).
+        """
+        if conn.chunks_in_flight >= self.config.connection_max_in_flight:
+            raise _WaitOwn
+        needed = conn.slots_held + self.slots.slots_for(length)
+        if conn.slots_held and needed > self.share_slots and self.has_waiters():
+            raise _WaitOwn
+
+    def has_waiters(self) -> bool:
+        """Whether a connection waits for ring room or daemon-wide in-flight capacity (not
+        one that waits for its own acks)."""
+        return any(not conn.waits_for_own for conn in self._blocked)
+
+    def accepts_connection(self) -> bool:
+        """Whether a connection just added to :attr:`connections` may stay (max_connections)."""
+        if len(self.connections) <= connection_limit(self.config, self.fd_budget):
+            return True
+        self.counters["connections_refused_total"] += 1
+        self._refusals_unlogged += 1
+        now = time.monotonic()
+        if now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL_S:
+            log.warning(
+                "event=connections_refused socket=data refused=%d limit=%d",
+                self._refusals_unlogged,
+                connection_limit(self.config, self.fd_budget),
+            )
+            self._refusal_logged_at = now
+            self._refusals_unlogged = 0
+        return False
 
     # -- backpressure -------------------------------------------------------------------
 
@@ -571,7 +643,7 @@ class Ingest:
             if not self._blocked:
                 return
             conn = self._blocked.popleft()
-            if not conn.retry_admission():
+            if not conn.retry_admission() and not conn.waits_for_own:
                 return
 
     def start_draining(self) -> None:
@@ -626,19 +698,24 @@ class DataProtocol(asyncio.BufferedProtocol):
         self._replies: list[bytes] = []
         self.peer = Peer(pid=0, uid=-1, gid=-1)  # set by connection_made
         self._error_logged = False
+        # -- bounds per connection (issue 10) --
+        self.chunks_in_flight = 0  # admitted and not yet answered
+        self.slots_held = 0  # ring slots of those chunks
+        self.waits_for_own = False  # blocked on its own bound, not on the daemon's
+        self._pauses: set[str] = set()  # why reading is paused; empty: it is not
+        self._frames_left = FRAMES_PER_PASS
+        self._next_pass_due = False
+        now = time.monotonic()
+        self._active_at = now  # last byte received or reply sent (idle_timeout)
+        self._payload_at = now  # chunk start or last byte received (payload_timeout)
+        self._check: asyncio.TimerHandle | None = None
+        self._fd = -1
 
     # -- asyncio callbacks --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
-        ingest = self._ingest
-        if len(ingest.connections) >= ingest.connection_limit:
-            # Past the descriptor budget: give the descriptor back now. The client sees the
-            # connection closed (it may retry later); the daemon keeps its reserve.
-            ingest.counters["connections_refused_total"] += 1
-            self._transport.abort()
-            return
         try:
             self.peer = peer_of(transport.get_extra_info("socket"))
         except OSError as exc:  # the peer is already gone: nothing to serve
@@ -646,7 +723,8 @@ class DataProtocol(asyncio.BufferedProtocol):
             self._transport = None
             transport.close()
             return
-        ingest.connections.add(self)
+        self._ingest.connections.add(self)
+        self._apply_bounds()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         current = self._current
@@ -659,6 +737,8 @@ class DataProtocol(asyncio.BufferedProtocol):
         return self._scratch_view
 
     def buffer_updated(self, nbytes: int) -> None:
+        self._active_at = self._payload_at = time.monotonic()
+        self._frames_left = FRAMES_PER_PASS
         if self._direct:
             current = self._current
             assert current is not None
@@ -676,8 +756,8 @@ class DataProtocol(asyncio.BufferedProtocol):
         pos = 0
         end = len(data)
         while pos < end:
-            if self._blocked_start is not None or self._transport is None:
-                decoder.receive_data(data[pos:])  # kept until admission can proceed
+            if self._blocked_start is not None or self._transport is None or self._next_pass_due:
+                decoder.receive_data(data[pos:])  # kept until admission (or our turn) comes
                 return
             current = self._current
             direct = decoder.direct_payload_size
@@ -702,6 +782,9 @@ class DataProtocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._ingest.connections.discard(self)
+        if self._check is not None:
+            self._check.cancel()
+            self._check = None
         if self._current is not None:
             self._ingest.abandon(self._current)
             self._current = None
@@ -713,6 +796,9 @@ class DataProtocol(asyncio.BufferedProtocol):
 
     def _process_events(self) -> None:
         while self._blocked_start is None:
+            if self._frames_left <= 0 and self._current is None and not self._discarding:
+                self._yield_pass()
+                return
             try:
                 event = self._decoder.next_event()
             except LucidError as err:
@@ -721,6 +807,7 @@ class DataProtocol(asyncio.BufferedProtocol):
             if event is None:
                 return
             if isinstance(event, p.ChunkStart):
+                self._frames_left -= 1
                 self._start_chunk(event)
             elif isinstance(event, p.PayloadData):
                 self._copy_payload(event.data)
@@ -730,13 +817,14 @@ class DataProtocol(asyncio.BufferedProtocol):
                 self._discarding = False
 
     def _start_chunk(self, start: p.ChunkStart) -> None:
+        self._payload_at = time.monotonic()
         try:
             self._current = self._ingest.admit(self, start)
-        except _Wait:
+        except _Wait as wait:
             self._blocked_start = start
+            self.waits_for_own = isinstance(wait, _WaitOwn)
             self._ingest.block(self)
-            if self._transport is not None:
-                self._transport.pause_reading()
+            self._pause(_ADMISSION)
         except LucidError as err:
             self._discarding = True
             self._note_client_error(err)
@@ -751,8 +839,7 @@ class DataProtocol(asyncio.BufferedProtocol):
         self._start_chunk(start)
         if self._blocked_start is not None:
             return False
-        if self._transport is not None:
-            self._transport.resume_reading()
+        self._resume(_ADMISSION)
         self._process_events()
         return True
 
@@ -799,9 +886,139 @@ class DataProtocol(asyncio.BufferedProtocol):
         replies, self._replies = self._replies, []
         transport = self._transport
         if replies and transport is not None and not transport.is_closing():
+            self._active_at = time.monotonic()
             transport.write(replies[0] if len(replies) == 1 else b"".join(replies))
 
     def close(self) -> None:
         if self._transport is not None:
             self._flush_replies()
             self._transport.close()
+
+    # -- bounds per connection (issue 10) -----------------------------------------------
+
+    def _apply_bounds(self) -> None:
+        """Refuse a connection over ``max_connections``; else bound its reply buffer and start
+        watching its timeouts."""
+        transport = self._transport
+        assert transport is not None
+        config = self._ingest.config
+        if not self._ingest.accepts_connection():
+            self._ingest.connections.discard(self)
+            busy = BusyError(f"too many connections (max_connections = {config.max_connections})")
+            transport.write(p.encode_frame(p.error_reply(0, busy)))
+            transport.close()
+            self._transport = None
+            return
+        transport.set_write_buffer_limits(high=config.max_reply_buffer)
+        sock = transport.get_extra_info("socket")
+        self._fd = sock.fileno() if sock is not None else -1
+        self._schedule_check()
+
+    def hold(self, run: SlotRun) -> None:
+        """One more admitted chunk of this connection (Ingest.admit)."""
+        self.chunks_in_flight += 1
+        self.slots_held += run.count
+
+    def unhold(self, run: SlotRun) -> None:
+        """That chunk was answered or abandoned (Ingest._release)."""
+        self.chunks_in_flight -= 1
+        self.slots_held -= run.count
+
+    def pause_writing(self) -> None:
+        """The transport buffers more than ``max_reply_buffer``: stop reading this client
+        until it reads its replies (its own acks keep coming; its new chunks wait)."""
+        self._pause(_WRITING)
+
+    def resume_writing(self) -> None:
+        self._resume(_WRITING)
+
+    def _pause(self, reason: str) -> None:
+        if not self._pauses and self._transport is not None:
+            self._transport.pause_reading()
+        self._pauses.add(reason)
+
+    def _resume(self, reason: str) -> None:
+        if reason not in self._pauses:
+            return
+        self._pauses.discard(reason)
+        transport = self._transport
+        if not self._pauses and transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    def _yield_pass(self) -> None:
+        """This connection used its frames of this loop pass: pause it and carry on with what
+        is buffered on the next pass, so every other connection is served in between."""
+        if not self._next_pass_due:
+            self._next_pass_due = True
+            self._pause(_FAIR)
+            asyncio.get_running_loop().call_soon(self._next_pass)
+
+    def _next_pass(self) -> None:
+        self._next_pass_due = False
+        self._frames_left = FRAMES_PER_PASS
+        if self._transport is None:
+            return
+        self._process_events()
+        if not self._next_pass_due:
+            self._resume(_FAIR)
+
+    def _schedule_check(self) -> None:
+        config = self._ingest.config
+        pressure_timeout = config.payload_timeout * PRESSURE_TIMEOUT_FRACTION
+        period = min(CHECK_INTERVAL_S, pressure_timeout / 2, config.idle_timeout / 4)
+        self._check = asyncio.get_running_loop().call_later(period, self._check_bounds)
+
+    def _check_bounds(self) -> None:
+        """The periodic check: payload timeout, a paused peer that hung up, idle timeout."""
+        self._check = None
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        config = self._ingest.config
+        counters = self._ingest.counters
+        now = time.monotonic()
+        in_payload = self._current is not None or self._discarding
+        limit = config.payload_timeout
+        if self._current is not None and self._ingest.has_waiters():
+            limit *= PRESSURE_TIMEOUT_FRACTION  # its slots are wanted now
+        if in_payload and now - self._payload_at > limit:
+            counters["payload_timeouts_total"] += 1
+            self._drop(PayloadTimeoutError(f"no payload byte for {limit:g} s (payload_timeout)"))
+            return
+        # A paused transport reads nothing, so it would never see EOF: ask the kernel.
+        if self._pauses and peer_hung_up(self._fd):
+            counters["peer_hangups_total"] += 1
+            log.info("event=peer_hung_up while=%s", ",".join(sorted(self._pauses)))
+            self._drop(None)
+            return
+        idle = not in_payload and self.chunks_in_flight == 0 and self._blocked_start is None
+        if idle and now - self._active_at > config.idle_timeout:
+            counters["idle_timeouts_total"] += 1
+            self._drop(
+                IdleTimeoutError(f"nothing sent for {config.idle_timeout:g} s (idle_timeout)")
+            )
+            return
+        self._schedule_check()
+
+    def _drop(self, err: LucidError | None) -> None:
+        """Free what this connection holds now, tell it why (if it can still hear), close it.
+
+        A client over its reply buffer is not reading: it is aborted rather than closed, since a
+        close would wait for it to read everything first.
+        """
+        if err is not None:
+            log.info("event=connection_dropped code=%s", err.code)  # once: it closes
+        if self._current is not None:
+            self._ingest.abandon(self._current)
+            self._current = None
+        if self._blocked_start is not None:
+            self._ingest.unblock(self)
+            self._blocked_start = None
+        transport = self._transport
+        if transport is None:
+            return
+        if err is None or _WRITING in self._pauses:
+            transport.abort()
+        else:
+            self.send(p.error_reply(0, err))
+            self.close()

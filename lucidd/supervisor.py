@@ -188,7 +188,7 @@ class Supervisor:
         links = [WorkerLink(*children.spawn_worker(k)) for k in range(config.workers)]
         policy = access_policy(config.admin_group)
         ingest = Ingest(config, ring.buf, links, children.send_to_aggregator, policy)
-        ingest.connection_limit = self._connection_limit()
+        ingest.fd_budget = self._connection_limit()
         self._ingest = ingest
         self._ready = loop.create_future()
         self._spawn_aggregator(repair=True)

@@ -13,6 +13,7 @@ from lucidd import protocol
 from lucidd.config import (
     Config,
     config_as_dict,
+    connection_limit,
     default_runtime_dir,
     default_state_dir,
     env_var_name,
@@ -66,6 +67,13 @@ def test_defaults_equal_the_spec() -> None:
         "log_level": "info",
         "watchdog": True,
         "admin_group": "",
+        "max_connections": 256,
+        "connection_max_in_flight": 256,
+        "connection_ring_share": 0.5,
+        "payload_timeout": 10.0,
+        "idle_timeout": 300.0,
+        "max_reply_buffer": 4 * MiB,
+        "max_pipelined_requests": 16,
     }
 
 
@@ -123,6 +131,13 @@ RANGE_CASES: list[tuple[str, int | float, int | float | None, str, dict[str, Any
     ),
     ("reorder_window", 1, 10**7, "allowed 1..10000000", {}),
     ("segment_size", 1 * MiB, 64 * GiB, "allowed 1048576..68719476736 (1 MiB..64 GiB)", {}),
+    ("max_connections", 1, 65_536, "allowed 1..65536", {}),
+    ("connection_max_in_flight", 1, 100_000, "allowed 1..100000", {}),
+    ("connection_ring_share", 0.01, 1.0, "allowed 0.01..1", {}),
+    ("payload_timeout", 0.1, 3600.0, "allowed 0.1..3600", {}),
+    ("idle_timeout", 0.1, 86_400.0, "allowed 0.1..86400", {}),
+    ("max_reply_buffer", 64 * KiB, 1 * GiB, "allowed 65536..1073741824 (64 KiB..1 GiB)", {}),
+    ("max_pipelined_requests", 1, 10_000, "allowed 1..10000", {}),
 ]
 
 
@@ -578,3 +593,11 @@ def test_docs_describe_every_setting_and_its_env_var() -> None:
     for name in msgspec.structs.asdict(Config()):
         assert re.search(rf"`{name}`", text), f"docs/config.md lacks setting {name}"
         assert env_var_name(name) in text, f"docs/config.md lacks {env_var_name(name)}"
+
+
+def test_connection_limit_is_max_connections_clamped_to_the_fd_budget() -> None:
+    config = Config(max_connections=256)
+    assert connection_limit(config) == 256
+    assert connection_limit(config, fd_budget=100) == 100
+    assert connection_limit(config, fd_budget=1000) == 256
+    assert connection_limit(config, fd_budget=0) == 1  # never refuse every client
