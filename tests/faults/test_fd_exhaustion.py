@@ -105,7 +105,9 @@ def low_nofile() -> None:
 
 @pytest.fixture
 def low_limit_daemon(short_tmp: Path) -> Iterator[Daemon]:
-    d = Daemon(short_tmp, workers=WORKERS, preexec_fn=low_nofile).start()
+    # max_connections far above the budget: the descriptor budget is what must hold.
+    env = {"LUCIDD_MAX_CONNECTIONS": "65536"}
+    d = Daemon(short_tmp, workers=WORKERS, env=env, preexec_fn=low_nofile).start()
     yield d
     if d.proc is not None and d.proc.poll() is None:
         assert d.stop() == 0, d.log()
