@@ -629,6 +629,10 @@ def _put_interrupted(
         with contextlib.suppress(LucidError), _control(args) as control:
             control.shred(plan.session)
         return out.failure(err.code, err.message, err.exit_code)
+    if not plan.created and acked == 0:
+        # Nothing of this put was stored (another writer, a refused first chunk): the same
+        # command is the way to try again, not a resume.
+        return out.failure(err.code, err.message, err.exit_code)
     name = format_session_id(plan.session)
     source = "-" if args.file == "-" else shlex.quote(args.file)
     command = f"{PROG} put {source} --session {name} --resume --chunk-size {plan.chunk_size}"

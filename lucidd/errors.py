@@ -157,6 +157,17 @@ class BusyError(LucidError):
     retryable = True
 
 
+class SessionBusyError(LucidError):
+    """Another connection is writing to the session (one writer at a time); nothing was stored.
+
+    Retryable: the lease ends when that connection closes.
+    """
+
+    code = "session_busy"
+    exit_code = EX_TEMPFAIL
+    retryable = True
+
+
 class StorageError(LucidError):
     """Disk full or an I/O error; nothing was acknowledged. Retry once space is back."""
 
@@ -228,6 +239,7 @@ _ALL: tuple[type[LucidError], ...] = (
     SessionFullError,
     IncompleteSessionError,
     BusyError,
+    SessionBusyError,
     StorageError,
     RequestTimeoutError,
     ForbiddenError,

@@ -36,6 +36,7 @@ from lucidd.errors import (
     LucidError,
     PayloadTimeoutError,
     RequestTimeoutError,
+    SessionBusyError,
     SessionFinalizedError,
     SessionFullError,
     error_from_wire,
@@ -110,6 +111,8 @@ class SessionGate:
     waiting_for_open: list[InFlight] = field(default_factory=list)
     frozen: bool = False
     freeze_tokens: list[int] = field(default_factory=list)
+    #: The one connection that may write to the session now (its lease ends when it closes).
+    writer: DataProtocol | None = None
 
     def stored(self, index: int) -> bool:
         return index < self.prefix or index in self.above
@@ -278,6 +281,15 @@ class Ingest:
         if gate.state == ipc.SESSION_DAMAGED:
             raise DamagedSessionError(
                 "session is damaged: its metadata or secret cannot be read", **context
+            )
+        if gate.writer is None:
+            gate.writer = conn
+            conn.leases.add(start.session)
+        elif gate.writer is not conn:
+            raise SessionBusyError(
+                "another connection is writing to this session (one writer at a time); "
+                "try again once it has closed",
+                **context,
             )
         if gate.frozen:
             raise BusyError("session is being finalized or shredded", **context)
@@ -471,6 +483,14 @@ class Ingest:
                 gate.mark_stored(index)
             for index in view.above:
                 gate.mark_stored(index)
+
+    def end_leases(self, conn: DataProtocol) -> None:
+        """``conn`` closed: the sessions it was writing to take another writer."""
+        for session in conn.leases:
+            gate = self.gates.get(session)
+            if gate is not None and gate.writer is conn:
+                gate.writer = None
+        conn.leases.clear()
 
     def abandon(self, chunk: InFlight) -> None:
         """The client vanished mid-payload: reclaim the slots, forget the chunk."""
@@ -697,6 +717,8 @@ class DataProtocol(asyncio.BufferedProtocol):
         self._direct = False
         self._replies: list[bytes] = []
         self.peer = Peer(pid=0, uid=-1, gid=-1)  # set by connection_made
+        #: Sessions this connection holds the writer's lease of (SessionGate.writer).
+        self.leases: set[bytes] = set()
         self._error_logged = False
         # -- bounds per connection (issue 10) --
         self.chunks_in_flight = 0  # admitted and not yet answered
@@ -782,6 +804,7 @@ class DataProtocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._ingest.connections.discard(self)
+        self._ingest.end_leases(self)
         if self._check is not None:
             self._check.cancel()
             self._check = None

@@ -18,9 +18,14 @@ def records_on_disk(state_dir: Path, session: bytes) -> dict[int, bytes]:
         data = paths.segment(name).read_bytes()
         offset = 0
         while offset < len(data):
-            header = parse_header(data[offset : offset + HEADER_SIZE])
+            try:
+                header = parse_header(data[offset : offset + HEADER_SIZE])
+            except FormatError:
+                break  # a torn header at the tail (a crash mid-write)
             end = offset + header.record_length
             assert header.session_id == session
+            if end > len(data):
+                break  # a torn tail (a crash mid-write): never acknowledged, quarantined
             records.setdefault(header.index, data[offset:end])
             offset = end
     return records

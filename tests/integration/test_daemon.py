@@ -55,12 +55,14 @@ def test_chunks_out_of_order_from_several_clients_make_one_verifiable_log(
     errors: list[BaseException] = []
     acks: dict[tuple[bytes, int], bytes] = {}
 
-    def stream(session: bytes, indices: list[int]) -> None:
+    def stream(session: bytes, parts: list[list[int]]) -> None:
+        # One writer per session at a time: each part on its own connection, in turn.
         try:
-            with DataClient(daemon.runtime_dir) as client:
-                chunks = [(i, payloads[session][i]) for i in indices]
-                for ack in client.put_many(session, chunks, window=8):
-                    acks[(session, ack.index)] = ack.leaf_hash
+            for indices in parts:
+                with DataClient(daemon.runtime_dir) as client:
+                    chunks = [(i, payloads[session][i]) for i in indices]
+                    for ack in client.put_many(session, chunks, window=8):
+                        acks[(session, ack.index)] = ack.leaf_hash
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
@@ -69,8 +71,8 @@ def test_chunks_out_of_order_from_several_clients_make_one_verifiable_log(
         order = list(range(40))
         random.shuffle(order)
         # two connections per session, each with half of the shuffled indices
-        for part in (order[:20], order[20:]):
-            threads.append(threading.Thread(target=stream, args=(session, part)))
+        parts = [order[:20], order[20:]]
+        threads.append(threading.Thread(target=stream, args=(session, parts)))
     for t in threads:
         t.start()
     for t in threads:

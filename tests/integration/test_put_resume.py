@@ -11,6 +11,7 @@ import shlex
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from lucidd.client import ControlClient, parse_session_id
@@ -226,3 +227,37 @@ def test_a_second_daemon_on_the_same_state_folder_exits_75_naming_the_holder(
     daemon.kill_all()
     daemon.start()
     assert ctl(daemon, "--json", "health").ok()["status"] == "ok"
+
+
+def test_a_second_writer_gets_session_busy_before_anything_is_stored(
+    daemon: Daemon, short_tmp: Path
+) -> None:
+    big, data = random_file(short_tmp, "big.bin", 300 * CHUNK)
+    other, _ = random_file(short_tmp, "other.bin", 4 * CHUNK)
+    cmd = [sys.executable, "-m", "lucidd.cli", "--runtime-dir", str(daemon.runtime_dir)]
+    first = subprocess.Popen(
+        [*cmd, "--json", "put", str(big), "--chunk-size", "64KiB", "--window", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    with ControlClient(daemon.runtime_dir) as control:
+        deadline = time.monotonic() + CLI_TIMEOUT_S
+        while not (listed := [s for s in control.sessions() if s.chunks >= 5]):
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.02)
+        session = str(uuid.UUID(bytes=listed[0].session))
+        held = control.info(session).chunks
+        second = ctl(daemon, "put", other, "--session", session)
+        assert first.poll() is None, "the first put ended before the second tried"
+        second.assert_failed("session_busy", EX_TEMPFAIL)
+        # Nothing of the second writer's: every stored chunk so far is the first file's.
+        for index in range(held):
+            assert (
+                control.read_chunk(session, index).data == data[index * CHUNK : (index + 1) * CHUNK]
+            )
+    _, err = first.communicate(timeout=CLI_TIMEOUT_S)
+    assert first.returncode == 0, err.decode()
+    assert_session_is_exactly(daemon, session, data)
+    # The lease ended with the first connection: now the session takes another writer.
+    appended = put_file(daemon, other, "--session", session)
+    assert appended["chunks"] == 4
