@@ -59,6 +59,7 @@ from lucidd.errors import (
     EX_OK,
     EX_USAGE,
     BadRequestError,
+    ForbiddenError,
     FormatError,
     IncompleteSessionError,
     InternalError,
@@ -482,9 +483,11 @@ def _plan_put(args: argparse.Namespace) -> _PutPlan:
             return _PutPlan(session, 0, True, chunk_size)
         try:
             summary = control.info(args.session)
-        except UnknownSessionError as err:
+        except (UnknownSessionError, ForbiddenError) as err:
+            # An ordinary user is told forbidden for an id that does not exist, as for one of
+            # another user's (nothing leaks); --create then opens it, or is refused in turn.
             if not args.create:
-                raise UnknownSessionError(
+                raise type(err)(
                     f"{err.message}; add --create to open a new session with this id",
                     session=args.session,
                 ) from None

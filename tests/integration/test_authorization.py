@@ -198,3 +198,40 @@ def test_a_chosen_session_id_of_another_user_cannot_be_reopened(
     assert first.stdout.decode().strip() == str(uuid.UUID(bytes=bytes(16))), first.stderr
     second = host_users.bob.run([sys.executable, "-c", code, runtime])
     assert second.stdout.decode().strip() == "forbidden", second.stderr
+
+
+def test_an_ordinary_user_creates_a_chosen_id_only_with_create(
+    shared_daemon: Daemon, host_users: HostUsers, shared_file: Path
+) -> None:
+    daemon, alice, bob = shared_daemon, host_users.alice, host_users.bob
+    chosen = str(uuid.uuid4())
+    typo = ctl(alice, daemon, "put", shared_file, "--session", chosen)
+    assert_forbidden(typo, chosen)
+    assert "--create" in typo.stderr.decode()
+    made = put_file(alice, daemon, shared_file, "--session", chosen, "--create")
+    assert made["session"] == chosen
+    # bob cannot take it over with --create either, and alice's data is untouched.
+    assert_forbidden(ctl(bob, daemon, "put", shared_file, "--session", chosen, "--create"), chosen)
+    assert ok_json(ctl(alice, daemon, "--json", "info", chosen))["chunks"] == 6
+
+
+_UUID_TEXT = """
+import sys
+from lucidd.client import ControlClient, DataClient
+session = sys.argv[2]
+with DataClient(sys.argv[1]) as data:
+    data.put(session, 0, b"by text id")
+with ControlClient(sys.argv[1]) as control:
+    print(control.read_chunk(session, 0).data.decode(), control.info(session.upper()).chunks)
+"""
+
+
+def test_the_python_client_takes_the_ids_lucidctl_prints(
+    shared_daemon: Daemon, host_users: HostUsers
+) -> None:
+    session = str(uuid.uuid4())
+    result = host_users.alice.run(
+        [sys.executable, "-c", _UUID_TEXT, str(shared_daemon.runtime_dir), session]
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().split() == ["by", "text", "id", "1"]
