@@ -73,7 +73,7 @@ class Workload:
 
 class SegmentFile:
     """An append-only file, as a worker's segment: ``O_APPEND`` writes; on sync, ``fdatasync``
-    and then, like a worker (``lucidd.store.SegmentWriter``), the now clean pages are dropped
+    and then, like a worker (``lucidd.daemon.store.SegmentWriter``), the now clean pages are dropped
     from the page cache."""
 
     def __init__(self, path: Path) -> None:

@@ -61,7 +61,7 @@ from bench._daemon import (
 )
 from bench._hdr import Histogram
 from lucidd.client import ControlClient
-from lucidd.config import KiB, MiB, format_size, parse_size
+from lucidd.units import KiB, MiB, format_size, parse_size
 
 NS_PER_US: Final = 1_000
 DEFAULT_SCALING: Final = (1, 2, 4, 8, 10)

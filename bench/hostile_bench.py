@@ -52,9 +52,10 @@ from bench._lucidd import RunResult, pipelined
 from bench.bench import log
 from lucidd import protocol as p
 from lucidd.client import ControlClient, DataClient, new_session_id
-from lucidd.config import Config, KiB, MiB, parse_size
-from lucidd.ingest import SCRATCH_SIZE
-from lucidd.supervisor import METRICS_RELAY_S
+from lucidd.daemon.config import Config
+from lucidd.daemon.supervisor.ingest import SCRATCH_SIZE
+from lucidd.daemon.supervisor.main import METRICS_RELAY_S
+from lucidd.units import KiB, MiB, parse_size
 
 ATTACKS: Final = ("stalled", "flood", "never_read_data", "never_read_control", "exhaustion")
 STALLED_LENGTHS: Final = (10 * MiB,) * 3 + (64 * KiB,) * 40

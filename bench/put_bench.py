@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._daemon import started_daemon
 from lucidd.client import DataClient, new_session_id
-from lucidd.config import parse_size
 from lucidd.crypto import ChunkSealer
+from lucidd.units import parse_size
 
 MiB = 1024 * 1024
 

@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 
 from lucidd import __version__
-from lucidd.config import load_config, resolve_dirs, unknown_env_settings
 from lucidd.crypto import Keyring
+from lucidd.daemon.config import load_config, resolve_dirs, unknown_env_settings
+from lucidd.daemon.keyfile import write_keyring
+from lucidd.daemon.logs import setup_logging
+from lucidd.daemon.supervisor.main import serve
 from lucidd.errors import EX_CONFIG, LucidError
-from lucidd.keys import write_keyring
-from lucidd.logs import setup_logging
-from lucidd.supervisor import serve
 
 DEFAULT_CONFIG_FILE = Path("/etc/lucidd/lucidd.toml")
 

@@ -50,7 +50,6 @@ from lucidd.client import (
     format_session_id,
     parse_session_id,
 )
-from lucidd.config import COMPRESSION_CHOICES, MiB, format_size, parse_size
 from lucidd.errors import (
     EX_DATAERR,
     EX_IOERR,
@@ -68,6 +67,8 @@ from lucidd.errors import (
     TooLargeError,
     UnknownSessionError,
 )
+from lucidd.units import MiB, format_size, parse_size
+from lucidd.vocabulary import Compression
 
 PROG: Final = "lucidctl"
 DEFAULT_CHUNK_SIZE: Final = 1 * MiB
@@ -1020,7 +1021,7 @@ def _build_parser() -> _Parser:
     session(sub)
 
     sub = command("open", _cmd_open, "open a new session and print its id")
-    sub.add_argument("--compression", choices=COMPRESSION_CHOICES)
+    sub.add_argument("--compression", choices=[c.value for c in Compression])
     sub.add_argument("--label", metavar="TEXT", help="a note shown by sessions and info")
 
     sub = command("put", _cmd_put, "store a file as the chunks of a session")
@@ -1053,7 +1054,7 @@ def _build_parser() -> _Parser:
     sub.add_argument("--label", metavar="TEXT", help="a note for a new session (sessions, info)")
     sub.add_argument(
         "--compression",
-        choices=COMPRESSION_CHOICES,
+        choices=[c.value for c in Compression],
         help="compression of a newly opened session (default: the daemon's)",
     )
     sub.add_argument("--finalize", action="store_true", help="finalize the session afterwards")

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
+from lucidd import vocabulary
 from lucidd.errors import FormatError, IntegrityError, KeyringError
 
 __all__ = [
@@ -122,7 +123,7 @@ AUTH_FAILED: Final = "record failed authentication"
 
 # --- compression ---------------------------------------------------------------------------------
 Compression: TypeAlias = Literal["auto", "zstd", "zlib", "off"]
-COMPRESSIONS: Final[tuple[str, ...]] = ("auto", "zstd", "zlib", "off")
+COMPRESSIONS: Final[tuple[str, ...]] = tuple(c.value for c in vocabulary.Compression)
 ZSTD_LEVEL: Final = 3
 ZLIB_LEVEL: Final = 6
 AUTO_KEEP_PERCENT: Final = 97

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from lucidd.crypto import HEADER_SIZE, parse_header
+from lucidd.daemon.store import SessionPaths
 from lucidd.errors import FormatError
 from lucidd.merkle import leaf_hash, root_of
-from lucidd.store import SessionPaths
 
 
 def records_on_disk(state_dir: Path, session: bytes) -> dict[int, bytes]:

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from lucidd.client import ControlClient, DataClient, HealthReply, new_session_id
-from lucidd.fds import fd_budget
+from lucidd.daemon.supervisor.fds import fd_budget
 from tests.conftest import Daemon
 
 WORKERS = 2

@@ -20,8 +20,7 @@ import pytest
 from lucidd import cli
 from lucidd.client import ControlClient, DataClient, new_session_id
 from lucidd.crypto import HEADER_SIZE, parse_header
-from lucidd.errors import DamagedSessionError, IntegrityError
-from lucidd.store import (
+from lucidd.daemon.store import (
     DAMAGE_UNAUTHENTIC,
     LEDGER_STATE_FILE,
     QUARANTINE_DIR,
@@ -31,6 +30,7 @@ from lucidd.store import (
     read_quarantine,
     write_meta,
 )
+from lucidd.errors import DamagedSessionError, IntegrityError
 from tests.conftest import Daemon
 
 CHUNKS = 50

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from lucidd.client import ControlClient, DataClient, new_session_id
+from lucidd.daemon.store import SessionPaths
 from lucidd.errors import LucidError
 from lucidd.merkle import leaf_hash, root_of
-from lucidd.store import SessionPaths
 from tests.conftest import Daemon
 
 CHUNKS = 60

@@ -16,6 +16,7 @@ import pytest
 
 from lucidd.client import AsyncDataClient, ControlClient, DataClient, new_session_id
 from lucidd.crypto import HEADER_SIZE, TAG_SIZE
+from lucidd.daemon.store import SessionPaths
 from lucidd.errors import (
     DuplicateIndexError,
     IncompleteSessionError,
@@ -23,7 +24,6 @@ from lucidd.errors import (
     UnknownSessionError,
 )
 from lucidd.merkle import leaf_hash, verify_consistency, verify_inclusion
-from lucidd.store import SessionPaths
 from tests.conftest import Daemon, ring_segments
 from tests.helpers import records_on_disk, root_from_disk
 

@@ -24,20 +24,20 @@ from pathlib import Path
 import pytest
 
 from lucidd.client import ControlClient, DataClient, new_session_id
-from lucidd.config import RANGES
 from lucidd.crypto import Keyring
-from lucidd.errors import EX_CONFIG
-from lucidd.fds import fd_budget
-from lucidd.keys import CREDENTIAL_NAME, write_keyring
-from lucidd.logs import JournalFormatter, journal_priority, stderr_is_journal
-from lucidd.supervisor import (
+from lucidd.daemon.config import RANGES
+from lucidd.daemon.keyfile import CREDENTIAL_NAME, write_keyring
+from lucidd.daemon.logs import JournalFormatter, journal_priority, stderr_is_journal
+from lucidd.daemon.supervisor.fds import fd_budget
+from lucidd.daemon.supervisor.main import (
     CONTROL_SOCKET,
     DATA_SOCKET,
     DRAIN_TIMEOUT_S,
     EXTEND_INTERVAL_S,
     SOCKET_MODE,
 )
-from lucidd.systemd import Watchdog, listen_fds, notify
+from lucidd.daemon.supervisor.systemd import Watchdog, listen_fds, notify
+from lucidd.errors import EX_CONFIG
 from tests.conftest import READY_TIMEOUT_S, STOP_TIMEOUT_S, Daemon
 
 UNITS = Path(__file__).resolve().parents[2] / "systemd"
@@ -510,7 +510,7 @@ def test_stderr_is_journal_compares_device_and_inode(tmp_path: Path) -> None:
         assert not stderr_is_journal({}, f.fileno())
 
 
-# -- lucidd.systemd, without systemd ---------------------------------------------------------
+# -- lucidd.daemon.supervisor.systemd, without systemd ----------------------------------------
 
 
 def test_notify_reaches_an_abstract_socket_and_never_raises() -> None:
@@ -535,7 +535,7 @@ def test_listen_fds_names_the_passed_sockets_and_makes_them_close_on_exec() -> N
     """In a child whose fds 3 and 4 are inheritable sockets, as systemd passes them."""
     code = (
         "import os, sys\n"
-        "from lucidd.systemd import listen_fds\n"
+        "from lucidd.daemon.supervisor.systemd import listen_fds\n"
         "for target, fd in enumerate(sys.argv[1:], start=3):\n"
         "    os.dup2(int(fd), target)  # inheritable, like systemd's\n"
         "    os.close(int(fd))\n"

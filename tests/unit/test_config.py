@@ -1,4 +1,4 @@
-"""Unit tests of lucidd.config: defaults, ranges, size strings, precedence and directories."""
+"""Unit tests of the daemon config: defaults, ranges, size strings, precedence and directories."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from lucidd import protocol
-from lucidd.config import (
+from lucidd.daemon.config import (
     Config,
     config_as_dict,
     connection_limit,
@@ -18,11 +18,11 @@ from lucidd.config import (
     default_state_dir,
     env_var_name,
     load_config,
-    parse_size,
     resolve_dirs,
     unknown_env_settings,
 )
 from lucidd.errors import EX_CONFIG, ConfigError
+from lucidd.units import parse_size
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -1,4 +1,4 @@
-"""The daemon's folder rules (lucidd.folders) and the client's socket checks, without a daemon.
+"""The daemon's folder rules (daemon.folders) and the client's socket checks, without a daemon.
 
 The end-to-end versions, with a daemon and users of a shared host, are in
 tests/integration/test_squatting.py.
@@ -15,9 +15,15 @@ from pathlib import Path
 import pytest
 
 from lucidd.client import check_peer, trusted_peer_uids
+from lucidd.daemon.folders import RUNTIME_DIR_MODE, STATE_DIR_MODE, ensure_own_folder
+from lucidd.daemon.supervisor.fds import (
+    RESERVE_FDS,
+    FdReserve,
+    fd_budget,
+    fds_needed,
+    open_fd_count,
+)
 from lucidd.errors import ConfigError, UntrustedSocketError
-from lucidd.fds import RESERVE_FDS, FdReserve, fd_budget, fds_needed, open_fd_count
-from lucidd.folders import RUNTIME_DIR_MODE, STATE_DIR_MODE, ensure_own_folder
 
 FOREIGN_UID = 12345
 

@@ -13,12 +13,13 @@ import os
 import socket
 from typing import Any
 
-from lucidd import ipc
 from lucidd import protocol as p
-from lucidd.access import AccessPolicy
-from lucidd.channels import PipeWriter
-from lucidd.config import Config, KiB, MiB
-from lucidd.ingest import DataProtocol, Ingest, WorkerLink
+from lucidd.daemon import ipc
+from lucidd.daemon.access import AccessPolicy
+from lucidd.daemon.channels import PipeWriter
+from lucidd.daemon.config import Config
+from lucidd.daemon.supervisor.ingest import DataProtocol, Ingest, WorkerLink
+from lucidd.units import KiB, MiB
 
 SLOT = 64 * KiB
 

@@ -1,4 +1,4 @@
-"""Unit tests for lucidd.keys: where the keyring comes from and which files are refused."""
+"""Unit tests for lucidd.daemon.keyfile: where the keyring comes from, which files are refused."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from lucidd.crypto import Keyring
-from lucidd.errors import KeyringError
-from lucidd.keys import (
+from lucidd.daemon.keyfile import (
     CREDENTIAL_NAME,
     create_keyring,
     load_keyring,
@@ -19,6 +18,7 @@ from lucidd.keys import (
     state_keyring_path,
     write_keyring,
 )
+from lucidd.errors import KeyringError
 
 FOREIGN_UID = 12345
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -22,38 +24,43 @@ TABLE_HINT = "add it to LAYERS in tests/unit/test_layers.py (see DESIGN §8)"
 LAYERS: Mapping[str, int] = {
     "__init__": 0,
     "errors": 0,
-    # 1: pure — no I/O, no asyncio, no logging; return or raise.
+    "vocabulary": 0,  # the enums every part shares (compression, session state)
+    # Package folders: docstrings only.
+    "daemon.__init__": 0,
+    "daemon.supervisor.__init__": 0,
+    "daemon.aggregator.__init__": 0,
+    # 1: pure — no I/O, no asyncio, no logging; return or raise. Shared by daemon and clients:
     "crypto": 1,
     "merkle": 1,
     "protocol": 1,
-    "config": 1,
-    "slots": 1,
-    "reorder": 1,
-    "ipc": 1,
-    "access": 1,  # who may touch a session (the policy; credentials come from peers)
+    "units": 1,  # sizes and their spelling
+    # ... and the daemon's own:
+    "daemon.config": 1,
+    "daemon.ipc": 1,
+    "daemon.access": 1,  # who may touch a session (the policy; credentials come from peers)
+    "daemon.supervisor.slots": 1,
+    "daemon.aggregator.reorder": 1,
     # 2: I/O parts.
-    "store": 2,
-    "keys": 2,
-    "ring": 2,
-    "systemd": 2,
-    "metrics": 2,
-    "channels": 2,
-    "merkle_store": 2,
-    "ledger": 2,  # the aggregator's book of sessions (merkle, index, reorder over store)
-    "logs": 2,  # logging set-up shared by every process
-    "peers": 2,  # SO_PEERCRED / SO_PEERGROUPS of a connection, the admin group
-    "procutil": 2,  # process-level helpers (parent-death signal, undumpable, ...)
-    "folders": 2,  # the daemon's own folders: exact modes, refuse squatted ones
-    "fds": 2,  # descriptor limit, reserve and the connection budget
+    "daemon.store": 2,
+    "daemon.keyfile": 2,
+    "daemon.ring": 2,
+    "daemon.channels": 2,
+    "daemon.logs": 2,  # logging set-up shared by every process
+    "daemon.peers": 2,  # SO_PEERCRED / SO_PEERGROUPS of a connection, the admin group
+    "daemon.procutil": 2,  # process-level helpers (parent-death signal, undumpable, ...)
+    "daemon.folders": 2,  # the daemon's own folders: exact modes, refuse squatted ones
+    "daemon.supervisor.fds": 2,  # descriptor limit, reserve and the connection budget
+    "daemon.supervisor.systemd": 2,
+    "daemon.aggregator.ledger": 2,  # the book of sessions (merkle, index, reorder over store)
     # 3: process parts.
-    "ingest": 3,
-    "children": 3,
-    "preload": 3,  # the forkserver's preload: imports the child mains
-    "control": 3,
+    "daemon.supervisor.ingest": 3,
+    "daemon.supervisor.children": 3,
+    "daemon.preload": 3,  # the forkserver's preload: imports the child mains
+    "daemon.aggregator.control": 3,
     # 3: process mains — composition and lifecycle only.
-    "supervisor": 3,
-    "worker": 3,
-    "aggregator": 3,
+    "daemon.supervisor.main": 3,
+    "daemon.worker": 3,
+    "daemon.aggregator.main": 3,
     # 4: edges.
     "client": 4,
     "cli": 4,
@@ -61,20 +68,28 @@ LAYERS: Mapping[str, int] = {
     "bench": 4,
 }
 
-MAINS = frozenset({"supervisor", "worker", "aggregator"})
+MAINS = frozenset({"daemon.supervisor.main", "daemon.worker", "daemon.aggregator.main"})
 
 #: The only imports allowed between modules of the same layer (importer -> imported).
 SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
-    "ledger": frozenset({"store", "merkle_store"}),
+    "daemon.aggregator.ledger": frozenset({"daemon.store"}),
     # The children's start-up specs carry the validated Config.
-    "ipc": frozenset({"config"}),
+    "daemon.ipc": frozenset({"daemon.config"}),
+    # Settings are sizes, spelled the one way (units).
+    "daemon.config": frozenset({"units"}),
+    "daemon.store": frozenset(),
+    "daemon.peers": frozenset(),
     # Something must name the child processes' entry points to spawn them; only children may.
-    "children": frozenset(),
+    "daemon.supervisor.children": frozenset({"daemon.supervisor.fds"}),
     # The forkserver's preload module exists to import the child mains.
-    "preload": frozenset({"worker", "aggregator", "children"}),
-    "supervisor": frozenset({"ingest", "children", "control"}),
-    "aggregator": frozenset({"control"}),
-    "worker": frozenset(),
+    "daemon.preload": frozenset(
+        {"daemon.worker", "daemon.aggregator.main", "daemon.supervisor.children"}
+    ),
+    "daemon.supervisor.main": frozenset(
+        {"daemon.supervisor.ingest", "daemon.supervisor.children", "daemon.aggregator.control"}
+    ),
+    "daemon.aggregator.main": frozenset({"daemon.aggregator.control"}),
+    "daemon.worker": frozenset(),
     "cli": frozenset({"client"}),
     "__main__": frozenset({"cli", "client"}),
     "bench": frozenset({"client"}),
@@ -104,14 +119,19 @@ LAYER1_ALLOWED_EXCEPTIONS: Mapping[str, frozenset[str]] = {
     "merkle": frozenset({"os"}),
 }
 
-CLIENT_MAY_IMPORT = frozenset({"protocol", "errors"})
+CLIENT_MAY_IMPORT = frozenset({"protocol", "errors", "vocabulary"})
+#: What the command line may use besides the client: the shared pure modules, never the daemon.
+CLI_MAY_IMPORT = frozenset(
+    {"client", "protocol", "errors", "vocabulary", "units", "crypto", "merkle", "__init__"}
+)
 
 
 # --- the checker ------------------------------------------------------------------------
 
 
 def module_name(path: Path, package_dir: Path = PACKAGE_DIR) -> str:
-    """``lucidd/errors.py`` -> ``errors``; a subpackage module keeps its dotted path."""
+    """``lucidd/errors.py`` -> ``errors``; ``lucidd/daemon/ipc.py`` -> ``daemon.ipc``; a
+    package's ``__init__.py`` keeps its name (``daemon.__init__``), the top one is ``__init__``."""
     return ".".join(path.relative_to(package_dir).with_suffix("").parts)
 
 
@@ -126,10 +146,11 @@ def _walk_imports(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
 
 
 def lucidd_imports(source: str, known: set[str]) -> set[str]:
-    """The lucidd modules (names as in :data:`LAYERS`) that ``source`` imports.
+    """The lucidd modules (dotted names as in :data:`LAYERS`) that ``source`` imports.
 
-    ``known`` holds module names that exist or are classified, to tell ``from lucidd import
-    ipc`` (a module) from ``from lucidd import __version__`` (a name of the package).
+    ``known`` holds module names that exist or are classified: ``from lucidd.daemon import
+    ipc`` names the module ``daemon.ipc``, ``from lucidd import __version__`` a name of the
+    package (``__init__``). A path that names no known module counts as its first part.
     """
     found: set[str] = set()
     for node in _walk_imports(ast.parse(source)):
@@ -137,7 +158,7 @@ def lucidd_imports(source: str, known: set[str]) -> set[str]:
             for alias in node.names:
                 parts = alias.name.split(".")
                 if parts[0] == PACKAGE:
-                    found.add(".".join(parts[1:2]) or "__init__")
+                    found.add(_resolve(parts[1:], known))
             continue
         if node.level:
             # Relative to the package: "from . import x" or "from .x import y".
@@ -148,12 +169,21 @@ def lucidd_imports(source: str, known: set[str]) -> set[str]:
             continue
         if base[0] != PACKAGE:
             continue
-        if len(base) > 1:
-            found.add(base[1])
-            continue
         for alias in node.names:
-            found.add(alias.name if alias.name in known else "__init__")
+            candidate = ".".join([*base[1:], alias.name])
+            found.add(candidate if candidate in known else _resolve(base[1:], known))
     return found
+
+
+def _resolve(parts: list[str], known: set[str]) -> str:
+    """The longest known module that ``lucidd.<parts>`` names (``__init__`` for none)."""
+    for end in range(len(parts), 0, -1):
+        name = ".".join(parts[:end])
+        if name in known:
+            return name
+        if f"{name}.__init__" in known:
+            return f"{name}.__init__"
+    return parts[0] if parts else "__init__"
 
 
 def top_level_imports(source: str) -> set[str]:
@@ -231,7 +261,7 @@ CLASSIFIED = sorted(name for name in MODULES if name in LAYERS)
 
 def test_package_has_the_base_modules() -> None:
     # Guards against the checker silently finding nothing (a wrong PACKAGE_DIR).
-    assert {"errors", "protocol", "config"} <= set(MODULES)
+    assert {"errors", "protocol", "daemon.config"} <= set(MODULES)
 
 
 def test_every_module_is_classified() -> None:
@@ -258,10 +288,22 @@ def test_layer1_module_does_no_io_concurrency_or_logging(module: str) -> None:
 
 
 def test_client_imports_only_protocol_and_errors() -> None:
-    if "client" not in MODULES:
-        pytest.skip("lucidd/client.py does not exist yet")
     extra = sorted(GRAPH["client"] - CLIENT_MAY_IMPORT)
     assert not extra, f"client imports {extra}; it may use only protocol and errors"
+
+
+def test_the_command_line_imports_nothing_of_the_daemon() -> None:
+    extra = sorted(GRAPH["cli"] - CLI_MAY_IMPORT)
+    assert not extra, f"cli imports {extra}; the client side must ship without the daemon"
+
+
+def test_importing_the_client_and_the_cli_loads_no_daemon_module() -> None:
+    code = (
+        "import sys, lucidd.client, lucidd.cli\n"
+        "print(sorted(m for m in sys.modules if m.startswith('lucidd.daemon')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 _LAYER_IN_DOCSTRING = re.compile(r"\(layer (\d)\b")
@@ -287,17 +329,24 @@ KNOWN = set(LAYERS)
     [
         ("import lucidd.errors", {"errors"}),
         ("import lucidd.protocol as p", {"protocol"}),
-        ("from lucidd import ipc, protocol as p", {"ipc", "protocol"}),
-        ("from lucidd.store import SegmentWriter", {"store"}),
+        ("from lucidd import merkle, protocol as p", {"merkle", "protocol"}),
+        ("from lucidd.daemon import ipc", {"daemon.ipc"}),
+        ("from lucidd.daemon.store import SegmentWriter", {"daemon.store"}),
+        ("import lucidd.daemon.worker", {"daemon.worker"}),
+        ("from lucidd.daemon import something_else", {"daemon.__init__"}),
         ("from lucidd.sub.mod import x", {"sub"}),
         ("from . import errors", {"errors"}),
         ("from .crypto import seal", {"crypto"}),
         ("from lucidd import __version__", {"__init__"}),
         ("import lucidd", {"__init__"}),
-        ("def f():\n    from lucidd.supervisor import main\n", {"supervisor"}),
         (
-            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from lucidd.ring import R\n",
-            {"ring"},
+            "def f():\n    from lucidd.daemon.supervisor.main import main\n",
+            {"daemon.supervisor.main"},
+        ),
+        (
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+            "    from lucidd.daemon.ring import R\n",
+            {"daemon.ring"},
         ),
         ("import os\nfrom collections import deque\nimport lucidity", set()),
     ],
@@ -314,16 +363,16 @@ def test_top_level_imports_sees_from_and_dotted_imports() -> None:
 @pytest.mark.parametrize(
     ("importer", "imported", "fragment"),
     [
-        ("protocol", {"store"}, "protocol (layer 1) imports store (layer 2)"),
+        ("protocol", {"daemon.store"}, "protocol (layer 1) imports daemon.store (layer 2)"),
         ("errors", {"protocol"}, "errors (layer 0) imports protocol (layer 1)"),
         ("crypto", {"merkle"}, "same-layer imports must be listed"),
-        ("store", {"keys"}, "same-layer imports must be listed"),
-        ("control", {"ingest"}, "same-layer imports must be listed"),
-        ("worker", {"aggregator"}, "process mains never import each other"),
-        ("supervisor", {"worker"}, "process mains never import each other"),
-        ("control", {"supervisor"}, "same-layer imports must be listed"),
-        ("children", {"supervisor"}, "same-layer imports must be listed"),
-        ("config", {"newthing"}, "unclassified module newthing"),
+        ("daemon.store", {"daemon.keyfile"}, "same-layer imports must be listed"),
+        ("daemon.aggregator.control", {"daemon.supervisor.ingest"}, "must be listed"),
+        ("daemon.worker", {"daemon.aggregator.main"}, "process mains never import each other"),
+        ("daemon.supervisor.main", {"daemon.worker"}, "process mains never import each other"),
+        ("daemon.aggregator.control", {"daemon.supervisor.main"}, "must be listed"),
+        ("daemon.supervisor.children", {"daemon.supervisor.main"}, "must be listed"),
+        ("daemon.config", {"newthing"}, "unclassified module newthing"),
     ],
 )
 def test_violations_are_reported(importer: str, imported: set[str], fragment: str) -> None:
@@ -336,11 +385,17 @@ def test_violations_are_reported(importer: str, imported: set[str], fragment: st
     ("importer", "imported"),
     [
         ("protocol", {"errors"}),
-        ("ledger", {"store", "merkle", "reorder", "ipc", "crypto", "errors"}),
-        ("supervisor", {"ingest", "children", "config", "ring", "errors"}),
-        ("aggregator", {"control", "ledger"}),
-        ("children", {"ipc", "channels"}),
-        ("cli", {"client", "protocol", "config"}),
+        (
+            "daemon.aggregator.ledger",
+            {"daemon.store", "merkle", "daemon.aggregator.reorder", "daemon.ipc", "crypto"},
+        ),
+        (
+            "daemon.supervisor.main",
+            {"daemon.supervisor.ingest", "daemon.supervisor.children", "daemon.ring"},
+        ),
+        ("daemon.aggregator.main", {"daemon.aggregator.control", "daemon.aggregator.ledger"}),
+        ("daemon.supervisor.children", {"daemon.ipc", "daemon.channels"}),
+        ("cli", {"client", "protocol", "units"}),
         ("errors", {"errors"}),
     ],
 )

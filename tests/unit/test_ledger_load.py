@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from lucidd.crypto import Keyring, seal_chunk
+from lucidd.daemon.aggregator.ledger import Ledger
+from lucidd.daemon.store import SegmentWriter
 from lucidd.errors import DamagedSessionError, KeyringError, LucidError
-from lucidd.ledger import Ledger
 from lucidd.merkle import FLUSH_BYTES, HASH_SIZE, leaf_hash, root_of
-from lucidd.store import SegmentWriter
 
 
 def make_sessions(state_dir: Path, keyring: Keyring, count: int) -> list[bytes]:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lucidd.reorder import ReorderWindow
+from lucidd.daemon.aggregator.reorder import ReorderWindow
 
 
 @settings(max_examples=200, deadline=None)

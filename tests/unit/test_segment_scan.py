@@ -8,10 +8,8 @@ from pathlib import Path
 import pytest
 
 from lucidd.crypto import HEADER_SIZE, MAGIC, new_session_secret, open_record, seal_chunk
-from lucidd.errors import LucidError
-from lucidd.ledger import _confirmed_prefix
-from lucidd.merkle import leaf_hash
-from lucidd.store import (
+from lucidd.daemon.aggregator.ledger import _confirmed_prefix
+from lucidd.daemon.store import (
     DAMAGE_TORN,
     DAMAGE_UNAUTHENTIC,
     DAMAGE_UNFRAMEABLE,
@@ -24,6 +22,8 @@ from lucidd.store import (
     scan_segment,
     write_quarantine,
 )
+from lucidd.errors import LucidError
+from lucidd.merkle import leaf_hash
 
 SID = bytes(range(16))
 SECRET = new_session_secret()

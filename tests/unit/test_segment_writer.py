@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lucidd.store import SegmentWriter, SessionPaths, parse_segment_name
+from lucidd.daemon.store import SegmentWriter, SessionPaths, parse_segment_name
 
 PAGE = mmap.PAGESIZE
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)

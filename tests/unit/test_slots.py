@@ -7,7 +7,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
-from lucidd.slots import SlotAllocator, SlotRun
+from lucidd.daemon.supervisor.slots import SlotAllocator, SlotRun
 
 SLOTS = 32
 SLOT_SIZE = 100

@@ -6,7 +6,7 @@ import socket
 import threading
 from pathlib import Path
 
-from lucidd.systemd import notify
+from lucidd.daemon.supervisor.systemd import notify
 
 # More datagrams than net.unix.max_dgram_qlen (512 by default) queue on one socket.
 MANY = 2000

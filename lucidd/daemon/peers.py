@@ -14,7 +14,7 @@ import socket
 import struct
 from typing import Final, Protocol
 
-from lucidd.access import AccessPolicy, Peer
+from lucidd.daemon.access import AccessPolicy, Peer
 from lucidd.errors import ConfigError
 
 _UCRED: Final = struct.Struct("3i")

@@ -35,11 +35,11 @@ from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
 from typing import Any, Final
 
-from lucidd import ipc
-from lucidd.channels import PipeReader, PipeWriter, take_fd
-from lucidd.fds import FdReserve
+from lucidd.daemon import ipc
+from lucidd.daemon.channels import PipeReader, PipeWriter, take_fd
+from lucidd.daemon.supervisor.fds import FdReserve
 
-log = logging.getLogger("lucidd.children")
+log = logging.getLogger("lucidd.daemon.supervisor.children")
 
 JOIN_TIMEOUT_S: Final = 10.0
 AGGREGATOR: Final = "aggregator"
@@ -49,7 +49,7 @@ def forkserver_context() -> ForkServerContext:
     _without_resource_tracker()
     ctx = multiprocessing.get_context("forkserver")
     assert isinstance(ctx, ForkServerContext)
-    ctx.set_forkserver_preload(["lucidd.preload"])
+    ctx.set_forkserver_preload(["lucidd.daemon.preload"])
     return ctx
 
 
@@ -196,7 +196,7 @@ class Children:
         process = self._ctx.Process(
             target=_run_child,
             args=(
-                "lucidd.worker",
+                "lucidd.daemon.worker",
                 "worker_main",
                 dataclasses.replace(self._worker_spec(k), incarnation=incarnation),
                 inbox_r,
@@ -244,7 +244,7 @@ class Children:
         process = self._ctx.Process(
             target=_run_child,
             args=(
-                "lucidd.aggregator",
+                "lucidd.daemon.aggregator.main",
                 "aggregator_main",
                 spec,
                 self._control_sock,

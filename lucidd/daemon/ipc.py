@@ -3,7 +3,7 @@
 One tagged msgspec union per channel; the processes share nothing else. Frames on every pipe
 are ``multiprocessing.Connection``-compatible (a signed 4-byte big-endian length, then the
 msgpack body) so a blocking process can use ``Connection.send_bytes``/``recv_bytes`` while the
-asyncio processes read and write the same pipes without blocking (:mod:`lucidd.channels`).
+asyncio processes read and write the same pipes without blocking (:mod:`lucidd.daemon.channels`).
 
 Keys and payload bytes never travel here: a :class:`Seal` names a byte range of the ring.
 """
@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import msgspec
 
-from lucidd.config import Config
+from lucidd.daemon.config import Config
 
 SESSION_OPEN: Final = "open"
 SESSION_FINALIZING: Final = "finalizing"

@@ -14,11 +14,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, cast
 
-from lucidd import ipc
 from lucidd import protocol as p
-from lucidd.access import LEGACY_OWNER, AccessPolicy, Peer
-from lucidd.channels import peer_hung_up
-from lucidd.config import Config, connection_limit
+from lucidd.daemon import ipc
+from lucidd.daemon.access import LEGACY_OWNER, AccessPolicy, Peer
+from lucidd.daemon.aggregator.ledger import Ledger, SessionLedger, quarantine_records, scrub
+from lucidd.daemon.channels import peer_hung_up
+from lucidd.daemon.config import Config, connection_limit
+from lucidd.daemon.logs import NOTICE, ClientErrorLog
+from lucidd.daemon.peers import peer_of
+from lucidd.daemon.store import storage_error
 from lucidd.errors import (
     BadRequestError,
     BusyError,
@@ -26,12 +30,8 @@ from lucidd.errors import (
     InternalError,
     LucidError,
 )
-from lucidd.ledger import Ledger, SessionLedger, quarantine_records, scrub
-from lucidd.logs import NOTICE, ClientErrorLog
-from lucidd.peers import peer_of
-from lucidd.store import storage_error
 
-log = logging.getLogger("lucidd.control")
+log = logging.getLogger("lucidd.daemon.aggregator.control")
 _client_errors = ClientErrorLog(log)
 
 #: The longest pause between two checks of a connection's idle timeout and of a paused peer.

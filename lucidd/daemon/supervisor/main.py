@@ -26,26 +26,26 @@ from typing import Any, Final
 
 import uvloop
 
-from lucidd import ipc
-from lucidd.children import AGGREGATOR, Child, Children
-from lucidd.config import Config, fallback_runtime_dir
-from lucidd.errors import EX_CONFIG, ConfigError
-from lucidd.fds import fd_budget, fds_needed, open_fd_count, raise_nofile_limit
-from lucidd.folders import (
+from lucidd.daemon import ipc
+from lucidd.daemon.config import Config, fallback_runtime_dir
+from lucidd.daemon.folders import (
     PRIVATE_RUNTIME_DIR_MODE,
     RUNTIME_DIR_MODE,
     STATE_DIR_MODE,
     ensure_own_folder,
     lock_state_folder,
 )
-from lucidd.ingest import DataProtocol, Ingest, WorkerLink
-from lucidd.keys import CREDENTIAL_NAME, resolve_keyring, state_keyring_path
-from lucidd.peers import access_policy
-from lucidd.procutil import keep_keys_out_of_dumps
-from lucidd.ring import Ring, remove_stale_rings, ring_name
-from lucidd.systemd import Watchdog, listen_fds, notify
+from lucidd.daemon.keyfile import CREDENTIAL_NAME, resolve_keyring, state_keyring_path
+from lucidd.daemon.peers import access_policy
+from lucidd.daemon.procutil import keep_keys_out_of_dumps
+from lucidd.daemon.ring import Ring, remove_stale_rings, ring_name
+from lucidd.daemon.supervisor.children import AGGREGATOR, Child, Children
+from lucidd.daemon.supervisor.fds import fd_budget, fds_needed, open_fd_count, raise_nofile_limit
+from lucidd.daemon.supervisor.ingest import DataProtocol, Ingest, WorkerLink
+from lucidd.daemon.supervisor.systemd import Watchdog, listen_fds, notify
+from lucidd.errors import EX_CONFIG, ConfigError
 
-log = logging.getLogger("lucidd.supervisor")
+log = logging.getLogger("lucidd.daemon.supervisor.main")
 
 DATA_SOCKET: Final = "data.sock"
 CONTROL_SOCKET: Final = "control.sock"

@@ -28,25 +28,25 @@ from typing import Any
 import psutil
 import uvloop
 
-from lucidd import ipc
 from lucidd import protocol as p
-from lucidd.channels import PipeReader, PipeWriter, take_fd
-from lucidd.config import config_as_dict
-from lucidd.control import ControlLimits, ControlProtocol
-from lucidd.errors import LucidError
-from lucidd.keys import load_keyring
-from lucidd.ledger import Ledger, SessionLedger
-from lucidd.logs import setup_logging
-from lucidd.peers import access_policy
-from lucidd.procutil import (
+from lucidd.daemon import ipc
+from lucidd.daemon.aggregator.control import ControlLimits, ControlProtocol
+from lucidd.daemon.aggregator.ledger import Ledger, SessionLedger
+from lucidd.daemon.channels import PipeReader, PipeWriter, take_fd
+from lucidd.daemon.config import config_as_dict
+from lucidd.daemon.keyfile import load_keyring
+from lucidd.daemon.logs import setup_logging
+from lucidd.daemon.peers import access_policy
+from lucidd.daemon.procutil import (
     die_with_parent,
     keep_keys_out_of_dumps,
     leave_shutdown_to_the_supervisor,
 )
-from lucidd.ring import RingReader
-from lucidd.store import storage_error
+from lucidd.daemon.ring import RingReader
+from lucidd.daemon.store import storage_error
+from lucidd.errors import LucidError
 
-log = logging.getLogger("lucidd.aggregator")
+log = logging.getLogger("lucidd.daemon.aggregator.main")
 
 SYNC_INTERVAL_S = 1.0
 #: The worker pipes are drained on every request and on a timer (see Aggregator.catch_up):

@@ -20,8 +20,6 @@ from typing import Final
 
 import msgspec
 
-from lucidd import ipc
-from lucidd.access import LEGACY_OWNER
 from lucidd.crypto import (
     COMPRESSIONS,
     SESSION_ID_SIZE,
@@ -33,23 +31,10 @@ from lucidd.crypto import (
     unwrap_secret,
     wrap_secret,
 )
-from lucidd.errors import (
-    BadRequestError,
-    DamagedSessionError,
-    FormatError,
-    IncompleteSessionError,
-    IntegrityError,
-    InternalError,
-    KeyringError,
-    LucidError,
-    NotFoundError,
-    SessionFinalizedError,
-    StorageError,
-    UnknownSessionError,
-)
-from lucidd.merkle import Checkpoint, MerkleLog, leaf_hash
-from lucidd.reorder import ReorderWindow
-from lucidd.store import (
+from lucidd.daemon import ipc
+from lucidd.daemon.access import LEGACY_OWNER
+from lucidd.daemon.aggregator.reorder import ReorderWindow
+from lucidd.daemon.store import (
     DAMAGE_UNAUTHENTIC,
     QUARANTINE_DIR,
     ChunkIndex,
@@ -78,6 +63,21 @@ from lucidd.store import (
     write_meta,
     write_quarantine,
 )
+from lucidd.errors import (
+    BadRequestError,
+    DamagedSessionError,
+    FormatError,
+    IncompleteSessionError,
+    IntegrityError,
+    InternalError,
+    KeyringError,
+    LucidError,
+    NotFoundError,
+    SessionFinalizedError,
+    StorageError,
+    UnknownSessionError,
+)
+from lucidd.merkle import Checkpoint, MerkleLog, leaf_hash
 
 #: The aggregator keeps the files of at most this many sessions open (the rest are closed and
 #: reopened on use), holding at most MAX_OPEN_DESCRIPTORS: a session's log holds one

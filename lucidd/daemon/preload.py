@@ -16,11 +16,11 @@ import gc
 import os
 import signal
 
-import lucidd.aggregator
-import lucidd.children  # holds the children's entry point, _run_child
-import lucidd.worker
+import lucidd.daemon.aggregator.main
+import lucidd.daemon.supervisor.children  # holds the children's entry point, _run_child
+import lucidd.daemon.worker
 from lucidd.crypto import STREAM_PIECE, ChunkSealer
-from lucidd.procutil import keep_keys_out_of_dumps
+from lucidd.daemon.procutil import keep_keys_out_of_dumps
 
 __all__ = ["lucidd"]
 

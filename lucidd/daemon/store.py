@@ -32,8 +32,8 @@ from typing import Final, TypeVar
 
 import msgspec
 
-from lucidd.access import LEGACY_OWNER
 from lucidd.crypto import HEADER_SIZE, MAGIC, RecordType, parse_header
+from lucidd.daemon.access import LEGACY_OWNER
 from lucidd.errors import FormatError, StorageError
 
 _T = TypeVar("_T")

@@ -22,11 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
-from lucidd import ipc
 from lucidd import protocol as p
-from lucidd.access import AccessPolicy, Peer
-from lucidd.channels import PipeWriter, peer_hung_up
-from lucidd.config import Config, connection_limit
+from lucidd.daemon import ipc
+from lucidd.daemon.access import AccessPolicy, Peer
+from lucidd.daemon.channels import PipeWriter, peer_hung_up
+from lucidd.daemon.config import Config, connection_limit
+from lucidd.daemon.logs import ClientErrorLog
+from lucidd.daemon.peers import peer_of
+from lucidd.daemon.supervisor.slots import SlotAllocator, SlotRun
 from lucidd.errors import (
     BusyError,
     DamagedSessionError,
@@ -41,11 +44,8 @@ from lucidd.errors import (
     SessionFullError,
     error_from_wire,
 )
-from lucidd.logs import ClientErrorLog
-from lucidd.peers import peer_of
-from lucidd.slots import SlotAllocator, SlotRun
 
-log = logging.getLogger("lucidd.ingest")
+log = logging.getLogger("lucidd.daemon.supervisor.ingest")
 _client_errors = ClientErrorLog(log)
 
 #: Per-connection buffer for headers and small payloads (big payloads go straight to the ring).

@@ -19,23 +19,19 @@ from __future__ import annotations
 
 import difflib
 import posixpath
-import re
 from collections.abc import Mapping
 from typing import Final
 
 import msgspec
 
 from lucidd.errors import ConfigError
-
-KiB: Final = 1024
-MiB: Final = 1024 * KiB
-GiB: Final = 1024 * MiB
-TiB: Final = 1024 * GiB
+from lucidd.units import GiB, KiB, MiB, format_size, parse_size
+from lucidd.vocabulary import Compression
 
 #: Prefix of the environment variables that set a field: ``LUCIDD_WORKERS`` sets ``workers``.
 ENV_PREFIX: Final = "LUCIDD_"
 
-COMPRESSION_CHOICES: Final = ("auto", "zstd", "zlib", "off")
+COMPRESSION_CHOICES: Final = tuple(c.value for c in Compression)
 #: ``fsync``: ack after fdatasync (the default). ``os``: ack after write(2) — acked chunks may be
 #: lost on power loss; for benchmarks and users who accept that (the daemon logs a warning).
 DURABILITY_CHOICES: Final = ("fsync", "os")
@@ -185,54 +181,6 @@ def connection_limit(config: Config, fd_budget: int | None = None) -> int:
 def env_var_name(field: str) -> str:
     """The environment variable that sets ``field``: ``workers`` -> ``LUCIDD_WORKERS``."""
     return ENV_PREFIX + field.upper()
-
-
-# --- sizes ------------------------------------------------------------------------------
-
-_SIZE_UNITS: Final[Mapping[str, int]] = {
-    "": 1,
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": KiB,
-    "mib": MiB,
-    "gib": GiB,
-    "tib": TiB,
-}
-_SIZE_RE: Final = re.compile(r"\s*(\d+)\s*([A-Za-z]*)\s*")
-_UNITS_HELP: Final = (
-    "a whole number of bytes with an optional unit: B, KB, MB, GB, TB, KiB, ..., TiB"
-)
-
-
-def parse_size(value: int | str) -> int:
-    """Bytes from an int or a size string: ``"4096"``, ``"64 KiB"``, ``"10MiB"``, ``"100GB"``.
-
-    Units are case-insensitive; ``KiB``/``MiB``/``GiB``/``TiB`` are binary (1024-based) and
-    ``KB``/``MB``/``GB``/``TB`` decimal. Bare ``K``/``M``/``G`` are refused as ambiguous.
-    Raises :class:`ConfigError` on anything else (negative numbers, fractions, booleans).
-    """
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ConfigError(f"invalid size {value!r}: expected {_UNITS_HELP}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ConfigError(f"invalid size {value!r}: must not be negative")
-        return value
-    match = _SIZE_RE.fullmatch(value)
-    unit = match and _SIZE_UNITS.get(match.group(2).lower())
-    if match is None or unit is None:
-        raise ConfigError(f"invalid size {value!r}: expected {_UNITS_HELP}")
-    return int(match.group(1)) * unit
-
-
-def format_size(nbytes: int) -> str:
-    """The shortest exact binary unit: ``10485760`` -> ``"10 MiB"``, ``1000`` -> ``"1000 B"``."""
-    for name, unit in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
-        if nbytes and nbytes % unit == 0:
-            return f"{nbytes // unit} {name}"
-    return f"{nbytes} B"
 
 
 # --- validation -------------------------------------------------------------------------
@@ -480,7 +428,7 @@ def default_runtime_dir(env: Mapping[str, str], uid: int) -> str:
 
 def fallback_runtime_dir(uid: int) -> str:
     """The runtime folder of last resort, ``/tmp/lucidd-<uid>``: in a folder everyone can
-    write, so the daemon makes it 0700 and never trusts one it finds (lucidd.folders)."""
+    write, so the daemon makes it 0700 and never trusts one it finds (lucidd.daemon.folders)."""
     return f"/tmp/lucidd-{uid}"
 
 

@@ -4,7 +4,7 @@ Blocks on its pipe from the supervisor. Each batch is what the pipe holds (up to
 ``batch_size`` descriptors or ``batch_bytes`` of payload): every chunk is sealed and appended to
 this worker's segment of its session, then one ``fdatasync`` per touched segment (group commit),
 then the whole batch's outcome goes to the aggregator and, right after, to the supervisor, which
-acknowledges it (see :class:`lucidd.ipc.SealedBatch`). Exits when its pipe reaches EOF.
+acknowledges it (see :class:`lucidd.daemon.ipc.SealedBatch`). Exits when its pipe reaches EOF.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ from typing import Final, TypeVar
 
 import msgspec
 
-from lucidd import ipc
-from lucidd.channels import InboxReader, take_fd
 from lucidd.crypto import (
     STREAM_PIECE,
     ChunkSealer,
@@ -31,15 +29,17 @@ from lucidd.crypto import (
     sealer_buffer_size,
     unwrap_secret,
 )
-from lucidd.errors import LucidError, UnknownSessionError
-from lucidd.keys import load_keyring
-from lucidd.procutil import (
+from lucidd.daemon import ipc
+from lucidd.daemon.channels import InboxReader, take_fd
+from lucidd.daemon.keyfile import load_keyring
+from lucidd.daemon.procutil import (
     die_with_parent,
     keep_keys_out_of_dumps,
     leave_shutdown_to_the_supervisor,
 )
-from lucidd.ring import RingReader
-from lucidd.store import SegmentWriter, SessionPaths, read_meta, segment_name, storage_error
+from lucidd.daemon.ring import RingReader
+from lucidd.daemon.store import SegmentWriter, SessionPaths, read_meta, segment_name, storage_error
+from lucidd.errors import LucidError, UnknownSessionError
 
 #: Chunks larger than this are sealed in pieces straight into the segment file
 #: (``ChunkSealer.seal_streamed``), so no worker ever holds a record-sized buffer: ten workers
@@ -146,7 +146,7 @@ class Worker:
         """Report a group commit in messages of at most PIPE_BUF bytes (atomic writes).
 
         Aggregator first, supervisor second: the ack must never overtake the index entry
-        (read-your-writes, :class:`lucidd.ipc.SealedBatch`).
+        (read-your-writes, :class:`lucidd.daemon.ipc.SealedBatch`).
         """
         spec = self._spec
         message = ipc.SealedBatch(

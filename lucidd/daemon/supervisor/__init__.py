@@ -1,0 +1,1 @@
+"""The supervisor process: the data socket, the shared-memory ring, the children."""
