@@ -18,7 +18,8 @@ from lucidd.daemon import ipc
 from lucidd.daemon.access import AccessPolicy
 from lucidd.daemon.channels import PipeWriter
 from lucidd.daemon.config import Config
-from lucidd.daemon.supervisor.ingest import DataProtocol, Ingest, WorkerLink
+from lucidd.daemon.supervisor.admission import Ingest, WorkerLink
+from lucidd.daemon.supervisor.ingest import DataProtocol
 from lucidd.units import KiB, MiB
 
 SLOT = 64 * KiB

@@ -53,6 +53,7 @@ LAYERS: Mapping[str, int] = {
     "daemon.supervisor.systemd": 2,
     "daemon.aggregator.ledger": 2,  # the book of sessions (merkle, index, reorder over store)
     # 3: process parts.
+    "daemon.supervisor.admission": 3,  # which chunk may enter, where it goes (no sockets)
     "daemon.supervisor.ingest": 3,
     "daemon.supervisor.children": 3,
     "daemon.preload": 3,  # the forkserver's preload: imports the child mains
@@ -86,8 +87,14 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
         {"daemon.worker", "daemon.aggregator.main", "daemon.supervisor.children"}
     ),
     "daemon.supervisor.main": frozenset(
-        {"daemon.supervisor.ingest", "daemon.supervisor.children", "daemon.aggregator.control"}
+        {
+            "daemon.supervisor.admission",
+            "daemon.supervisor.ingest",
+            "daemon.supervisor.children",
+            "daemon.aggregator.control",
+        }
     ),
+    "daemon.supervisor.ingest": frozenset({"daemon.supervisor.admission"}),
     "daemon.aggregator.main": frozenset({"daemon.aggregator.control"}),
     "daemon.worker": frozenset(),
     "cli": frozenset({"client"}),

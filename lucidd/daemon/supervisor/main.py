@@ -39,9 +39,10 @@ from lucidd.daemon.keyfile import CREDENTIAL_NAME, resolve_keyring, state_keyrin
 from lucidd.daemon.peers import access_policy
 from lucidd.daemon.procutil import keep_keys_out_of_dumps
 from lucidd.daemon.ring import Ring, remove_stale_rings, ring_name
+from lucidd.daemon.supervisor.admission import Ingest, WorkerLink
 from lucidd.daemon.supervisor.children import AGGREGATOR, Child, Children
 from lucidd.daemon.supervisor.fds import fd_budget, fds_needed, open_fd_count, raise_nofile_limit
-from lucidd.daemon.supervisor.ingest import DataProtocol, Ingest, WorkerLink
+from lucidd.daemon.supervisor.ingest import DataProtocol
 from lucidd.daemon.supervisor.systemd import Watchdog, listen_fds, notify
 from lucidd.errors import EX_CONFIG, ConfigError
 
