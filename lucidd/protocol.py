@@ -31,8 +31,15 @@ LENGTH_PREFIX_SIZE: Final = LENGTH_PREFIX.size
 SESSION_ID_SIZE: Final = 16
 HASH_SIZE: Final = 32
 MAX_INDEX: Final = 2**63 - 1
-#: Bound on a msgpack header frame on the data socket (a full batch of 100 items fits easily).
+#: Bound on a msgpack header frame on the data socket.
 MAX_DATA_HEADER_SIZE: Final = 64 * 1024
+#: A Batch item's worst case in msgpack: a u64 index (9 bytes) and a u32 length (5 bytes).
+BATCH_ITEM_MAX_BYTES: Final = 14
+#: The rest of a Batch frame at worst: length prefix, tag, req, session, two array headers.
+BATCH_FRAME_OVERHEAD: Final = 128
+#: The most items a Batch frame can carry within MAX_DATA_HEADER_SIZE (``batch_size``'s
+#: ceiling: a larger batch would be refused as bad_frame, closing the connection).
+MAX_BATCH_ITEMS: Final = (MAX_DATA_HEADER_SIZE - BATCH_FRAME_OVERHEAD) // BATCH_ITEM_MAX_BYTES
 #: Extra room on the control socket above one chunk (a ReadChunk reply carries the plaintext).
 CONTROL_FRAME_OVERHEAD: Final = 64 * 1024
 

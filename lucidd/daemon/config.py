@@ -25,6 +25,7 @@ from typing import Final
 import msgspec
 
 from lucidd.errors import ConfigError
+from lucidd.protocol import MAX_BATCH_ITEMS
 from lucidd.units import GiB, KiB, MiB, format_size, parse_size
 from lucidd.vocabulary import Compression
 
@@ -123,7 +124,7 @@ RANGES: Final[Mapping[str, tuple[int | float, int | float | None]]] = {
     "max_session_size": (1, None),
     "max_in_flight": (1, 100_000),
     "worker_timeout": (0.1, 3600.0),
-    "batch_size": (1, 10_000),
+    "batch_size": (1, MAX_BATCH_ITEMS),  # a full Batch frame must fit the header bound
     "batch_bytes": (1 * MiB, 1 * GiB),
     "slot_size": (4 * KiB, 64 * MiB),
     # The smallest ring that can work: two minimal slots (one maximal chunk plus a slot).

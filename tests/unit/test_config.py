@@ -113,7 +113,7 @@ RANGE_CASES: list[tuple[str, int | float, int | float | None, str, dict[str, Any
     ("max_session_size", 1, None, "allowed 1 or more", {}),
     ("max_in_flight", 1, 100_000, "allowed 1..100000", {}),
     ("worker_timeout", 0.1, 3600.0, "allowed 0.1..3600", {}),
-    ("batch_size", 1, 10_000, "allowed 1..10000", {}),
+    ("batch_size", 1, 4672, "allowed 1..4672", {}),
     ("batch_bytes", 1 * MiB, 1 * GiB, "allowed 1048576..1073741824 (1 MiB..1 GiB)", {}),
     (
         "slot_size",

@@ -77,7 +77,7 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     # The children's start-up specs carry the validated Config.
     "daemon.ipc": frozenset({"daemon.config"}),
     # Settings are sizes, spelled the one way (units).
-    "daemon.config": frozenset({"units"}),
+    "daemon.config": frozenset({"units", "protocol"}),
     "daemon.store": frozenset(),
     "daemon.peers": frozenset(),
     # Something must name the child processes' entry points to spawn them; only children may.

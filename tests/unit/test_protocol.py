@@ -745,3 +745,17 @@ def test_error_reply_uses_each_class_code(cls: type[LucidError]) -> None:
 def test_error_reply_and_context_types_survive_msgpack() -> None:
     reply = p.error_reply(5, DuplicateIndexError("x", session=SID, index=2**63 - 1))
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(reply), type=p.Error) == reply
+
+
+def test_the_largest_batch_config_allows_fits_one_header_frame() -> None:
+    """batch_size's ceiling and the data socket's frame bound are one limit, not two."""
+    n = p.MAX_BATCH_ITEMS
+    worst = p.Batch(
+        req=2**63 - 1, session=bytes(16), indices=[2**63 - 1] * n, lengths=[2**32 - 1] * n
+    )
+    frame = p.encode_frame(worst)
+    assert len(frame) - p.LENGTH_PREFIX_SIZE <= p.MAX_DATA_HEADER_SIZE
+    decoder = p.data_request_decoder(max_payload=2**32 - 1, max_batch=n)
+    decoder.receive_data(frame)
+    event = decoder.next_event()
+    assert isinstance(event, p.ChunkStart) and event.index == 2**63 - 1
