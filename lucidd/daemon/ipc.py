@@ -16,13 +16,14 @@ from typing import Any, Final
 import msgspec
 
 from lucidd.daemon.config import Config
+from lucidd.vocabulary import SessionState
 
-SESSION_OPEN: Final = "open"
-SESSION_FINALIZING: Final = "finalizing"
-SESSION_FINALIZED: Final = "finalized"
-SESSION_SHREDDED: Final = "shredded"
-#: The session's metadata or secret cannot be read: every request naming it is refused.
-SESSION_DAMAGED: Final = "damaged"
+# Session states travel as the SessionState strings (one definition: lucidd.vocabulary).
+SESSION_OPEN: Final = SessionState.OPEN
+SESSION_FINALIZING: Final = SessionState.FINALIZING
+SESSION_FINALIZED: Final = SessionState.FINALIZED
+SESSION_SHREDDED: Final = SessionState.SHREDDED
+SESSION_DAMAGED: Final = SessionState.DAMAGED
 
 
 class IpcMessage(msgspec.Struct, frozen=True, tag_field="t", array_like=True):
@@ -177,10 +178,14 @@ class SessionView(msgspec.Struct, frozen=True, array_like=True):
 
 
 class SessionChanged(IpcMessage, tag="session", frozen=True):
-    """A session was opened, finalized, shredded or unfrozen (``error`` on a failed open)."""
+    """A session was opened, finalized, shredded or unfrozen.
+
+    A failed open carries the error's wire code and message (``error_code`` empty: none).
+    """
 
     view: SessionView
-    error: str = ""
+    error_code: str = ""
+    error_message: str = ""
 
 
 class AggregatorReady(IpcMessage, tag="ready", frozen=True):

@@ -295,7 +295,7 @@ class Aggregator:
             view = ipc.SessionView(
                 request.session, "error", request.compression, 0, 0, [], request.owner_uid
             )
-            self._send(ipc.SessionChanged(view, error=f"{err.code}: {err.message}"))
+            self._send(ipc.SessionChanged(view, error_code=err.code, error_message=err.message))
             return
         self._send(ipc.SessionChanged(session.view()))
 

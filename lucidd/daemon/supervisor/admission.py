@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Final, Protocol
 
 from lucidd import protocol as p
@@ -38,6 +39,7 @@ from lucidd.errors import (
     SessionFullError,
     error_from_wire,
 )
+from lucidd.vocabulary import SessionState
 
 log = logging.getLogger("lucidd.daemon.supervisor.admission")
 
@@ -48,9 +50,18 @@ PACK_BYTES: Final = 2 * 1024 * 1024
 #: At most one log line per this many seconds about connections refused over the limit.
 REFUSAL_LOG_INTERVAL_S: Final = 10.0
 #: A gate's state between a new id's first chunk and the aggregator's answer.
-SESSION_OPENING: Final = "opening"
-_SEAL: Final = "seal"
-_COMPARE: Final = "compare"
+SESSION_OPENING: Final = SessionState.OPENING
+
+
+class ChunkKind(StrEnum):
+    """What the supervisor does with an admitted chunk."""
+
+    SEAL = "seal"  # a new index: a worker seals and stores it
+    COMPARE = "compare"  # a stored index resent: the aggregator compares it with the record
+
+
+_SEAL: Final = ChunkKind.SEAL
+_COMPARE: Final = ChunkKind.COMPARE
 
 
 class Client(Protocol):
@@ -198,6 +209,13 @@ class Ingest:
             "peer_hangups_total": 0.0,
         }
         self.drained = asyncio.Event()
+        self._aggregator_handlers: dict[type, Callable[[Any], None]] = {
+            ipc.Outcomes: self.on_outcomes,
+            ipc.SessionChanged: self.on_session_changed,
+            ipc.CompareResult: self.on_compared,
+            ipc.FreezeRequest: self.on_freeze,
+            ipc.ThawRequest: self.on_thaw,
+        }
         #: Slots one connection may hold while another waits for room (connection_ring_share).
         self.share_slots = max(1, int(self.slots.count * config.connection_ring_share))
         self._refusals_unlogged = 0
@@ -214,12 +232,14 @@ class Ingest:
                 if link.writer is not None:
                     link.writer.send(ipc.Forget(view.session))
             return
-        if message.error:
+        if message.error_code:
             if gate is not None and gate.state == SESSION_OPENING:
                 del self.gates[view.session]
-                code, _, text = message.error.partition(": ")
                 for chunk in gate.waiting_for_open:
-                    self._finish(chunk, error_from_wire(code, text, session=view.session))
+                    err = error_from_wire(
+                        message.error_code, message.error_message, session=view.session
+                    )
+                    self._finish(chunk, err)
             return
         if gate is None:
             self.gates[view.session] = _gate_from_view(view)
@@ -238,6 +258,12 @@ class Ingest:
                 else:
                     refusal = self.policy.refusal(chunk.conn.peer, gate.session, exists=True)
                     self._finish(chunk, refusal)
+
+    def on_aggregator_message(self, message: Any) -> None:
+        """One message of the aggregator's (all but its READY, which the supervisor awaits)."""
+        handler = self._aggregator_handlers.get(type(message))
+        if handler is not None:
+            handler(message)
 
     def on_freeze(self, request: ipc.FreezeRequest) -> None:
         gate = self.gates.get(request.session)

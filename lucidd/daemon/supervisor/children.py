@@ -83,6 +83,8 @@ class Child:
     process: BaseProcess
     restarts: int = 0
     started: float = field(default_factory=time.monotonic)
+    #: The worker's slot number (its role is ``worker<k>``); None for the aggregator.
+    worker: int | None = None
 
     def info(self) -> ipc.ProcessInfo:
         alive = self.process.is_alive()
@@ -207,7 +209,7 @@ class Children:
         )
         process.start()  # OSError (EMFILE, EAGAIN): the caller keeps inbox_r
         inbox_r.close()
-        child = Child(f"worker{k}", process, incarnation)
+        child = Child(f"worker{k}", process, incarnation, worker=k)
         self.workers[k] = child
         self._watch(child)
         on_started()

@@ -118,9 +118,10 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._bound: list[Path] = []
         self._ready: asyncio.Future[list[ipc.SessionView]] | None = None
-        self._ingest: Ingest | None = None
-        self._children: Children | None = None
-        self._aggregator_spec: ipc.AggregatorSpec | None = None
+        # The running parts, built once by _build before any callback or task can run.
+        self._ingest: Ingest
+        self._children: Children
+        self._aggregator_spec: ipc.AggregatorSpec
         self._stopping = False
         self._watchdog = Watchdog.from_env() if config.watchdog else None
         self._fast_deaths: dict[str, int] = {}  # role -> deaths in a row soon after start
@@ -171,26 +172,7 @@ class Supervisor:
     ) -> None:
         loop = asyncio.get_running_loop()
         config = self.config
-
-        def worker_spec(k: int) -> ipc.WorkerSpec:
-            return ipc.WorkerSpec(k, config, keyring, ring.name, ring.size)
-
-        children = Children(
-            loop,
-            worker_spec,
-            config.workers,
-            control_sock,
-            on_death=self._child_died,
-            on_worker_batch=self._on_worker,
-            on_start_failed=self._worker_start_failed,
-        )
-        self._children = children
-        self._aggregator_spec = ipc.AggregatorSpec(config, keyring, ring.name, ring.size)
-        links = [WorkerLink(*children.spawn_worker(k)) for k in range(config.workers)]
-        policy = access_policy(config.admin_group)
-        ingest = Ingest(config, ring.buf, links, children.send_to_aggregator, policy)
-        ingest.fd_budget = self._connection_limit()
-        self._ingest = ingest
+        ingest = self._build(loop, ring, keyring, control_sock)
         self._ready = loop.create_future()
         self._spawn_aggregator(repair=True)
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -224,6 +206,42 @@ class Supervisor:
                 task.cancel()
         await self._shutdown(server)
 
+    def _build(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        ring: Ring,
+        keyring: str,
+        control_sock: socket.socket,
+    ) -> Ingest:
+        """Admission, then the children whose results go straight to it, then the workers'
+        links into admission: every part exists before anything can call it."""
+        config = self.config
+
+        def worker_spec(k: int) -> ipc.WorkerSpec:
+            return ipc.WorkerSpec(k, config, keyring, ring.name, ring.size)
+
+        ingest = Ingest(
+            config, ring.buf, [], self._to_aggregator, access_policy(config.admin_group)
+        )
+        ingest.fd_budget = self._connection_limit()
+        children = Children(
+            loop,
+            worker_spec,
+            config.workers,
+            control_sock,
+            on_death=self._child_died,
+            on_worker_batch=ingest.on_sealed_batch,
+            on_start_failed=self._worker_start_failed,
+        )
+        self._ingest, self._children = ingest, children
+        self._aggregator_spec = ipc.AggregatorSpec(config, keyring, ring.name, ring.size)
+        ingest.workers.extend(WorkerLink(*children.spawn_worker(k)) for k in range(config.workers))
+        return ingest
+
+    def _to_aggregator(self, message: Any) -> None:
+        # Admission and the children need each other; this one hop breaks the cycle.
+        self._children.send_to_aggregator(message)
+
     def _connection_limit(self) -> int:
         """Data connections allowed at once: what the descriptor limit leaves after the
         supervisor's own needs (fds.fd_budget). Logged, with what is open now."""
@@ -248,7 +266,6 @@ class Supervisor:
         return budget
 
     def _spawn_aggregator(self, repair: bool) -> None:
-        assert self._children is not None and self._aggregator_spec is not None
         spec = dataclasses.replace(self._aggregator_spec, repair=repair)
         self._children.spawn_aggregator(spec, self._on_aggregator, self._aggregator_eof)
 
@@ -257,7 +274,7 @@ class Supervisor:
         aggregator died is not one long scan, and ``TimeoutStartSec=`` must end it."""
         while True:
             await asyncio.sleep(EXTEND_INTERVAL_S)
-            aggregator = self._children.aggregator if self._children is not None else None
+            aggregator = self._children.aggregator
             if aggregator is not None and aggregator.restarts > 0:
                 return
             notify(f"EXTEND_TIMEOUT_USEC={int(EXTEND_BY_S * 1e6)}\nSTATUS=recovering")
@@ -266,9 +283,7 @@ class Supervisor:
         self._stopping = True
         notify("STOPPING=1")
         log.info("event=stopping")
-        ingest = self._ingest
-        children = self._children
-        assert ingest is not None and children is not None
+        ingest, children = self._ingest, self._children
         if server is not None:
             server.close()
         ingest.start_draining()
@@ -284,7 +299,8 @@ class Supervisor:
         log.info("event=stopped exit_code=%d", self.exit_code)
 
     def _cleanup(self, ring: Ring) -> None:
-        self._ingest = None
+        with contextlib.suppress(AttributeError):  # a start that failed before _build
+            del self._ingest  # admission holds the ring's views
         gc.collect()  # drop every memoryview slice of the ring before closing it
         try:
             ring.close_and_unlink()
@@ -301,11 +317,8 @@ class Supervisor:
         interval = STATUS_INTERVAL_S
         if self._watchdog is not None:
             interval = min(interval, self._watchdog.interval_s)
+        ingest, children = self._ingest, self._children
         while True:
-            ingest = self._ingest
-            children = self._children
-            if ingest is None or children is None:
-                return
             self._send_status()
             message = (
                 f"STATUS=in flight {ingest.in_flight}, acked "
@@ -322,21 +335,16 @@ class Supervisor:
         METRICS_RELAY_S under load, none while idle), so ``metrics`` taken right after a burst
         of acks already counts them (``stage_ack_seconds_total``, ``chunks_acked_total``)."""
         last: dict[str, float] = {}
+        ingest = self._ingest
         while True:
             await asyncio.sleep(METRICS_RELAY_S)
-            ingest = self._ingest
-            if ingest is None or self._children is None:
-                return
             if ingest.counters != last:
                 last = dict(ingest.counters)
                 self._send_status()
 
     def _send_status(self) -> None:
         """Tell the aggregator the process table and the supervisor's figures."""
-        ingest = self._ingest
-        children = self._children
-        if ingest is None or children is None:
-            return
+        ingest, children = self._ingest, self._children
         metrics = dict(ingest.counters)
         metrics["in_flight"] = float(ingest.in_flight)
         metrics["ring_slots_used"] = float(ingest.slots.used)
@@ -355,12 +363,9 @@ class Supervisor:
     async def _police_timeouts(self) -> None:
         """Kill a worker stuck on a chunk for longer than ``worker_timeout``."""
         period = min(TIMEOUT_CHECK_S, self.config.worker_timeout / 2)
+        ingest, children = self._ingest, self._children
         while True:
             await asyncio.sleep(period)
-            ingest = self._ingest
-            children = self._children
-            if ingest is None or children is None:
-                return
             for k in ingest.overdue_workers(time.monotonic_ns()):
                 child = children.workers[k]
                 if child is not None and child.process.is_alive():
@@ -370,32 +375,21 @@ class Supervisor:
     # -- messages and events ------------------------------------------------------------
 
     def _on_aggregator(self, message: Any) -> None:
-        ingest = self._ingest
-        if ingest is None:
-            return
-        if isinstance(message, ipc.Outcomes):
-            ingest.on_outcomes(message)
-        elif isinstance(message, ipc.SessionChanged):
-            ingest.on_session_changed(message)
-        elif isinstance(message, ipc.CompareResult):
-            ingest.on_compared(message)
-        elif isinstance(message, ipc.FreezeRequest):
-            ingest.on_freeze(message)
-        elif isinstance(message, ipc.ThawRequest):
-            ingest.on_thaw(message)
-        elif isinstance(message, ipc.AggregatorReady):
+        """The aggregator's messages are admission's, but for its READY (the start's)."""
+        if isinstance(message, ipc.AggregatorReady):
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(message.sessions)
             else:
-                ingest.merge_sessions(message.sessions)
+                self._ingest.merge_sessions(message.sessions)
                 log.info("event=aggregator_back sessions=%d", len(message.sessions))
+        else:
+            self._ingest.on_aggregator_message(message)
 
     def _replace_aggregator(self) -> None:
         """Workers keep acknowledging meanwhile (their results wait in the pipes the new one
         inherits); every request the dead one may have swallowed is repeated. A spawn that
         fails is retried (with a growing delay) until one works."""
-        ingest = self._ingest
-        if ingest is None or self._stopping or self._stop.is_set():
+        if self._stopping or self._stop.is_set():
             return
         try:
             self._spawn_aggregator(repair=False)
@@ -404,7 +398,7 @@ class Supervisor:
             asyncio.get_running_loop().call_later(retry, self._replace_aggregator)
             return
         self._spawned(AGGREGATOR)
-        ingest.aggregator_replaced()
+        self._ingest.aggregator_replaced()
         self._send_status()
 
     def _fail_start(self, code: int | None) -> None:
@@ -420,10 +414,6 @@ class Supervisor:
             self._ready.cancel()
         self._stop.set()
 
-    def _on_worker(self, batch: ipc.SealedBatch) -> None:
-        if self._ingest is not None:
-            self._ingest.on_sealed_batch(batch)
-
     def _aggregator_eof(self) -> None:
         """The aggregator's pipe closed; its sentinel reports the death itself."""
 
@@ -432,11 +422,9 @@ class Supervisor:
         log.error(
             "event=child_died role=%s pid=%s exitcode=%s", child.role, child.process.pid, code
         )
-        ingest = self._ingest
-        children = self._children
-        if ingest is None or children is None or self._stopping or self._stop.is_set():
+        if self._stopping or self._stop.is_set():
             return
-        if child.role == AGGREGATOR:
+        if child.worker is None:  # the aggregator
             if self._ready is not None and not self._ready.done():
                 self._fail_start(code)
                 return
@@ -446,39 +434,34 @@ class Supervisor:
             else:
                 self._replace_aggregator()
             return
-        k = int(child.role.removeprefix("worker"))
-        ingest.worker_died(k)
-        self._respawn_worker(k, self._respawn_delay(child))
+        self._ingest.worker_died(child.worker)
+        self._respawn_worker(child.worker, self._respawn_delay(child))
 
     def _respawn_worker(self, k: int, delay: float) -> None:
         """Replace worker ``k`` (``delay`` seconds from now); its slot takes chunks again
         from then. A spawn that fails is retried with a growing delay, and meanwhile the slot
         takes no chunks and health says why."""
-        ingest = self._ingest
-        children = self._children
-        if ingest is None or children is None or self._stopping or self._stop.is_set():
+        if self._stopping or self._stop.is_set():
             return
         started = functools.partial(self._worker_started, k)
         try:
-            writer, incarnation = children.spawn_worker(k, delay, started)
+            writer, incarnation = self._children.spawn_worker(k, delay, started)
         except OSError as exc:
             self._worker_start_failed(k, exc)
             return
         ready_at = time.monotonic() + delay if delay > 0 else 0.0
-        ingest.worker_link(k, WorkerLink(writer, incarnation, ready_at=ready_at))
+        self._ingest.worker_link(k, WorkerLink(writer, incarnation, ready_at=ready_at))
         self._send_status()
 
     def _worker_started(self, k: int) -> None:
         self._spawned(f"worker{k}")
-        if self._ingest is not None:
-            self._ingest.workers[k].ready_at = 0.0  # up: a candidate like any other
+        self._ingest.workers[k].ready_at = 0.0  # up: a candidate like any other
         self._send_status()  # the health table changed
 
     def _worker_start_failed(self, k: int, exc: OSError) -> None:
-        ingest = self._ingest
-        if ingest is None or self._stopping or self._stop.is_set():
+        if self._stopping or self._stop.is_set():
             return
-        ingest.worker_not_started(k)
+        self._ingest.worker_not_started(k)
         retry = self._spawn_failed(f"worker{k}", exc)
         asyncio.get_running_loop().call_later(retry, self._respawn_worker, k, 0.0)
 
