@@ -51,7 +51,9 @@ LAYERS: Mapping[str, int] = {
     "daemon.folders": 2,  # the daemon's own folders: exact modes, refuse squatted ones
     "daemon.supervisor.fds": 2,  # descriptor limit, reserve and the connection budget
     "daemon.supervisor.systemd": 2,
-    "daemon.aggregator.ledger": 2,  # the book of sessions (merkle, index, reorder over store)
+    "daemon.aggregator.ledger": 2,  # the book of sessions, and the cache of their open files
+    "daemon.aggregator.session": 2,  # one session: index, reorder window, Merkle log, recovery
+    "daemon.aggregator.repair": 2,  # scrub, quarantine, choosing among authentic records
     # 3: process parts.
     "daemon.supervisor.admission": 3,  # which chunk may enter, where it goes (no sockets)
     "daemon.supervisor.ingest": 3,
@@ -73,7 +75,11 @@ MAINS = frozenset({"daemon.supervisor.main", "daemon.worker", "daemon.aggregator
 
 #: The only imports allowed between modules of the same layer (importer -> imported).
 SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
-    "daemon.aggregator.ledger": frozenset({"daemon.store"}),
+    "daemon.aggregator.ledger": frozenset(
+        {"daemon.store", "daemon.aggregator.session", "daemon.aggregator.repair"}
+    ),
+    "daemon.aggregator.session": frozenset({"daemon.store", "daemon.aggregator.repair"}),
+    "daemon.aggregator.repair": frozenset({"daemon.store"}),
     # The children's start-up specs carry the validated Config.
     "daemon.ipc": frozenset({"daemon.config"}),
     # Settings are sizes, spelled the one way (units).

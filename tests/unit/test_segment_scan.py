@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lucidd.crypto import HEADER_SIZE, MAGIC, new_session_secret, open_record, seal_chunk
-from lucidd.daemon.aggregator.ledger import _confirmed_prefix
+from lucidd.daemon.aggregator.repair import confirmed_prefix
 from lucidd.daemon.store import (
     DAMAGE_TORN,
     DAMAGE_UNAUTHENTIC,
@@ -152,4 +152,4 @@ def test_a_rebuild_keeps_the_old_leaves_up_to_the_last_confirmed_one(
     old = [leaf_hash(x.encode()) for x in "abc"]
     by_index = {i: [_entry(leaf_hash(x.encode()))] for i, x in found.items()}
     old_index = {i: _entry(leaf_hash(x.encode())) for i, x in indexed.items()}
-    assert _confirmed_prefix(old, by_index, old_index) == kept
+    assert confirmed_prefix(old, by_index, old_index) == kept

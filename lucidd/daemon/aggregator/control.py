@@ -17,7 +17,9 @@ from typing import Any, Final, Protocol, cast
 from lucidd import protocol as p
 from lucidd.daemon import ipc
 from lucidd.daemon.access import LEGACY_OWNER, AccessPolicy, Peer
-from lucidd.daemon.aggregator.ledger import Ledger, SessionLedger, quarantine_records, scrub
+from lucidd.daemon.aggregator.ledger import Ledger
+from lucidd.daemon.aggregator.repair import quarantine_records, scrub
+from lucidd.daemon.aggregator.session import SessionLedger
 from lucidd.daemon.channels import peer_hung_up
 from lucidd.daemon.config import Config, connection_limit
 from lucidd.daemon.logs import NOTICE, ClientErrorLog

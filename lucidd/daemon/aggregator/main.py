@@ -31,7 +31,8 @@ import uvloop
 from lucidd import protocol as p
 from lucidd.daemon import ipc
 from lucidd.daemon.aggregator.control import ControlLimits, ControlProtocol
-from lucidd.daemon.aggregator.ledger import Ledger, SessionLedger
+from lucidd.daemon.aggregator.ledger import Ledger
+from lucidd.daemon.aggregator.session import SessionLedger
 from lucidd.daemon.channels import PipeReader, PipeWriter, take_fd
 from lucidd.daemon.config import config_as_dict
 from lucidd.daemon.keyfile import load_keyring
