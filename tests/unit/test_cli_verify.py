@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from lucidd import crypto, merkle
 from lucidd.cli import main
+from lucidd.cli.formats import CheckpointFile, InclusionProofFile
 from lucidd.client import format_session_id, new_session_id
 
 N_CHUNKS = 7
@@ -162,6 +164,25 @@ def test_human_output_says_valid(run: Run, fx: Fixture) -> None:
     )
     assert code == 0
     assert out.startswith("valid: ")
+
+
+def test_proof_file_struct_round_trips_the_printed_proof(fx: Fixture) -> None:
+    printed = proof_json(fx.session, fx.log, INDEX, N_CHUNKS)
+    decoded = msgspec.json.decode(json.dumps(printed), type=InclusionProofFile)
+    assert msgspec.to_builtins(decoded) == printed
+    assert list(msgspec.to_builtins(decoded)) == list(printed)  # same keys, same order
+
+
+def test_checkpoint_file_struct_has_the_fields_finalize_prints() -> None:
+    assert CheckpointFile.__struct_fields__ == (
+        "session",
+        "size",
+        "root",
+        "checkpoint",
+        "already_finalized",
+    )
+    decoded = msgspec.json.decode(b'{"checkpoint": "text"}', type=CheckpointFile)
+    assert decoded.checkpoint == "text"
 
 
 # --- invalid -------------------------------------------------------------------------------

@@ -66,7 +66,15 @@ LAYERS: Mapping[str, int] = {
     "daemon.aggregator.main": 3,
     # 4: edges.
     "client": 4,
-    "cli": 4,
+    # lucidctl, a package by job (lucidd/cli/):
+    "cli.__init__": 4,  # main(): parse, run the handler, report a failure
+    "cli.__main__": 4,  # python -m lucidd.cli
+    "cli.parser": 4,  # argparse: subcommands, global options
+    "cli.output": 4,  # JSON or human results, failures, progress bar, files
+    "cli.formats": 4,  # the proof and checkpoint JSON (Structs) that verify reads back
+    "cli.commands": 4,  # the daemon commands
+    "cli.put": 4,  # put, resume, the interrupted-put report
+    "cli.verify": 4,  # offline verification
     "__main__": 4,
     "bench": 4,
 }
@@ -103,8 +111,17 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     "daemon.supervisor.ingest": frozenset({"daemon.supervisor.admission"}),
     "daemon.aggregator.main": frozenset({"daemon.aggregator.control"}),
     "daemon.worker": frozenset(),
-    "cli": frozenset({"client"}),
-    "__main__": frozenset({"cli", "client"}),
+    # The cli modules stack: output and formats at the bottom, the commands over them, the
+    # parser naming every handler, main over the parser.
+    "cli.__init__": frozenset({"cli.output", "cli.parser"}),
+    "cli.__main__": frozenset({"cli.__init__"}),
+    "cli.parser": frozenset({"client", "cli.output", "cli.commands", "cli.put", "cli.verify"}),
+    "cli.output": frozenset(),
+    "cli.formats": frozenset(),
+    "cli.commands": frozenset({"client", "cli.output", "cli.formats"}),
+    "cli.put": frozenset({"client", "cli.output", "cli.commands"}),
+    "cli.verify": frozenset({"client", "cli.output", "cli.formats"}),
+    "__main__": frozenset({"cli.__init__", "client"}),
     "bench": frozenset({"client"}),
 }
 
@@ -267,6 +284,8 @@ def find_cycle(graph: Mapping[str, set[str]]) -> list[str] | None:
 MODULES = existing_modules()
 GRAPH = import_graph(MODULES)
 CLASSIFIED = sorted(name for name in MODULES if name in LAYERS)
+#: Every module of lucidctl's package (lucidd/cli/).
+CLI_MODULES = sorted(name for name in MODULES if name.startswith("cli."))
 
 
 # --- the package ------------------------------------------------------------------------
@@ -305,9 +324,15 @@ def test_client_imports_only_protocol_and_errors() -> None:
     assert not extra, f"client imports {extra}; it may use only protocol and errors"
 
 
-def test_the_command_line_imports_nothing_of_the_daemon() -> None:
-    extra = sorted(GRAPH["cli"] - CLI_MAY_IMPORT)
-    assert not extra, f"cli imports {extra}; the client side must ship without the daemon"
+def test_the_command_line_is_a_package_of_modules() -> None:
+    # Guards the test below against checking nothing (the package moved or was renamed).
+    assert {"cli.__init__", "cli.__main__", "cli.parser", "cli.verify"} <= set(CLI_MODULES)
+
+
+@pytest.mark.parametrize("module", CLI_MODULES)
+def test_the_command_line_imports_nothing_of_the_daemon(module: str) -> None:
+    extra = sorted(GRAPH[module] - CLI_MAY_IMPORT - set(CLI_MODULES))
+    assert not extra, f"{module} imports {extra}; the client side must ship without the daemon"
 
 
 def test_importing_the_client_and_the_cli_loads_no_daemon_module() -> None:
@@ -386,6 +411,7 @@ def test_top_level_imports_sees_from_and_dotted_imports() -> None:
         ("daemon.aggregator.control", {"daemon.supervisor.main"}, "must be listed"),
         ("daemon.supervisor.children", {"daemon.supervisor.main"}, "must be listed"),
         ("daemon.config", {"newthing"}, "unclassified module newthing"),
+        ("cli.output", {"cli.commands"}, "must be listed"),
     ],
 )
 def test_violations_are_reported(importer: str, imported: set[str], fragment: str) -> None:
@@ -408,7 +434,8 @@ def test_violations_are_reported(importer: str, imported: set[str], fragment: st
         ),
         ("daemon.aggregator.main", {"daemon.aggregator.control", "daemon.aggregator.ledger"}),
         ("daemon.supervisor.children", {"daemon.ipc", "daemon.channels"}),
-        ("cli", {"client", "protocol", "units"}),
+        ("cli.commands", {"client", "protocol", "units", "cli.output", "cli.formats"}),
+        ("cli.__main__", {"cli.__init__"}),
         ("errors", {"errors"}),
     ],
 )
