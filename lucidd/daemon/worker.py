@@ -38,7 +38,8 @@ from lucidd.daemon.procutil import (
     leave_shutdown_to_the_supervisor,
 )
 from lucidd.daemon.ring import RingReader
-from lucidd.daemon.store import SegmentWriter, SessionPaths, read_meta, segment_name, storage_error
+from lucidd.daemon.segments import SegmentWriter
+from lucidd.daemon.store import SessionPaths, read_meta, segment_name, storage_error
 from lucidd.errors import LucidError, UnknownSessionError
 
 #: Chunks larger than this are sealed in pieces straight into the segment file

@@ -20,16 +20,13 @@ import pytest
 from lucidd import cli
 from lucidd.client import ControlClient, DataClient, new_session_id
 from lucidd.crypto import HEADER_SIZE, parse_header
-from lucidd.daemon.store import (
+from lucidd.daemon.segments import (
     DAMAGE_UNAUTHENTIC,
-    LEDGER_STATE_FILE,
     QUARANTINE_DIR,
     QUARANTINE_LIST_FILE,
-    SessionPaths,
-    read_meta,
     read_quarantine,
-    write_meta,
 )
+from lucidd.daemon.store import LEDGER_STATE_FILE, SessionPaths, read_meta, write_meta
 from lucidd.errors import DamagedSessionError, IntegrityError
 from tests.conftest import Daemon
 

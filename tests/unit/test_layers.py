@@ -42,6 +42,7 @@ LAYERS: Mapping[str, int] = {
     "daemon.aggregator.reorder": 1,
     # 2: I/O parts.
     "daemon.store": 2,
+    "daemon.segments": 2,  # segment files: append, scan, quarantine
     "daemon.keyfile": 2,
     "daemon.ring": 2,
     "daemon.channels": 2,
@@ -84,15 +85,23 @@ MAINS = frozenset({"daemon.supervisor.main", "daemon.worker", "daemon.aggregator
 #: The only imports allowed between modules of the same layer (importer -> imported).
 SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     "daemon.aggregator.ledger": frozenset(
-        {"daemon.store", "daemon.aggregator.session", "daemon.aggregator.repair"}
+        {
+            "daemon.store",
+            "daemon.segments",
+            "daemon.aggregator.session",
+            "daemon.aggregator.repair",
+        }
     ),
-    "daemon.aggregator.session": frozenset({"daemon.store", "daemon.aggregator.repair"}),
-    "daemon.aggregator.repair": frozenset({"daemon.store"}),
+    "daemon.aggregator.session": frozenset(
+        {"daemon.store", "daemon.segments", "daemon.aggregator.repair"}
+    ),
+    "daemon.aggregator.repair": frozenset({"daemon.store", "daemon.segments"}),
     # The children's start-up specs carry the validated Config.
     "daemon.ipc": frozenset({"daemon.config"}),
     # Settings are sizes, spelled the one way (units).
     "daemon.config": frozenset({"units", "protocol"}),
     "daemon.store": frozenset(),
+    "daemon.segments": frozenset({"daemon.store"}),
     "daemon.peers": frozenset(),
     # Something must name the child processes' entry points to spawn them; only children may.
     "daemon.supervisor.children": frozenset({"daemon.supervisor.fds"}),
@@ -369,7 +378,7 @@ KNOWN = set(LAYERS)
         ("import lucidd.protocol as p", {"protocol"}),
         ("from lucidd import merkle, protocol as p", {"merkle", "protocol"}),
         ("from lucidd.daemon import ipc", {"daemon.ipc"}),
-        ("from lucidd.daemon.store import SegmentWriter", {"daemon.store"}),
+        ("from lucidd.daemon.store import SessionPaths", {"daemon.store"}),
         ("import lucidd.daemon.worker", {"daemon.worker"}),
         ("from lucidd.daemon import something_else", {"daemon.__init__"}),
         ("from lucidd.sub.mod import x", {"sub"}),

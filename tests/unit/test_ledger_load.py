@@ -10,7 +10,7 @@ import pytest
 
 from lucidd.crypto import Keyring, seal_chunk
 from lucidd.daemon.aggregator.ledger import Ledger
-from lucidd.daemon.store import SegmentWriter
+from lucidd.daemon.segments import SegmentWriter
 from lucidd.errors import DamagedSessionError, KeyringError, LucidError
 from lucidd.merkle import FLUSH_BYTES, HASH_SIZE, leaf_hash, root_of
 

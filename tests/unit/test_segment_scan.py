@@ -9,19 +9,18 @@ import pytest
 
 from lucidd.crypto import HEADER_SIZE, MAGIC, new_session_secret, open_record, seal_chunk
 from lucidd.daemon.aggregator.repair import confirmed_prefix
-from lucidd.daemon.store import (
+from lucidd.daemon.segments import (
     DAMAGE_TORN,
     DAMAGE_UNAUTHENTIC,
     DAMAGE_UNFRAMEABLE,
     DamagedRange,
-    IndexEntry,
     ScannedRecord,
-    SessionPaths,
     quarantine_range,
     read_quarantine,
     scan_segment,
     write_quarantine,
 )
+from lucidd.daemon.store import IndexEntry, SessionPaths
 from lucidd.errors import LucidError
 from lucidd.merkle import leaf_hash
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from lucidd.daemon.store import SegmentWriter, SessionPaths, parse_segment_name
+from lucidd.daemon.segments import SegmentWriter
+from lucidd.daemon.store import SessionPaths, parse_segment_name
 
 PAGE = mmap.PAGESIZE
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)

@@ -12,18 +12,15 @@ from dataclasses import dataclass
 from lucidd.crypto import (
     open_record,
 )
-from lucidd.daemon.store import (
+from lucidd.daemon.segments import (
     DAMAGE_UNAUTHENTIC,
     QUARANTINE_DIR,
     DamagedRange,
-    IndexEntry,
     QuarantinedRange,
-    SessionPaths,
     quarantine_range,
-    read_record,
-    storage_error,
     write_quarantine,
 )
+from lucidd.daemon.store import IndexEntry, SessionPaths, read_record, storage_error
 from lucidd.errors import (
     FormatError,
     IntegrityError,

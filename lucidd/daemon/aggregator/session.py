@@ -31,20 +31,22 @@ from lucidd.daemon.aggregator.repair import (
     confirmed_prefix,
     quarantine_ranges,
 )
+from lucidd.daemon.segments import (
+    DamagedRange,
+    ScannedRecord,
+    read_quarantine,
+    scan_segment,
+    sync_file,
+)
 from lucidd.daemon.store import (
     ChunkIndex,
-    DamagedRange,
     IndexEntry,
     LedgerState,
-    ScannedRecord,
     SessionMeta,
     SessionPaths,
     parse_segment_name,
     read_ledger_state,
-    read_quarantine,
     read_record,
-    scan_segment,
-    sync_file,
     write_atomically,
     write_ledger_state,
     write_meta,
