@@ -60,6 +60,7 @@ LAYERS: Mapping[str, int] = {
     "daemon.supervisor.ingest": 3,
     "daemon.supervisor.children": 3,
     "daemon.preload": 3,  # the forkserver's preload: imports the child mains
+    "daemon.aggregator.handlers": 3,  # one typed reply per control request
     "daemon.aggregator.control": 3,
     # 3: process mains — composition and lifecycle only.
     "daemon.supervisor.main": 3,
@@ -114,11 +115,11 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
             "daemon.supervisor.admission",
             "daemon.supervisor.ingest",
             "daemon.supervisor.children",
-            "daemon.aggregator.control",
         }
     ),
     "daemon.supervisor.ingest": frozenset({"daemon.supervisor.admission"}),
     "daemon.aggregator.main": frozenset({"daemon.aggregator.control"}),
+    "daemon.aggregator.control": frozenset({"daemon.aggregator.handlers"}),
     "daemon.worker": frozenset(),
     # The cli modules stack: output and formats at the bottom, the commands over them, the
     # parser naming every handler, main over the parser.

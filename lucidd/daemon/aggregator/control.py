@@ -1,8 +1,9 @@
-"""Control-socket handlers (layer 3), served by the aggregator (DESIGN §2, §6).
+"""The control socket (layer 3), served by the aggregator (DESIGN §2, §6).
 
 :class:`ControlProtocol` turns bytes into requests with the sans-IO codec and each request into
-exactly one reply. Handlers are plain functions of :class:`ControlServices`, the narrow view of
-the aggregator they need, so the process main only composes.
+exactly one reply (:func:`~lucidd.daemon.aggregator.handlers.handle_request`), within the
+bounds of :class:`ControlLimits`: connections, requests served at once, reply bytes buffered,
+idle time.
 """
 
 from __future__ import annotations
@@ -10,23 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, cast
 
 from lucidd import protocol as p
-from lucidd.daemon import ipc
-from lucidd.daemon.access import LEGACY_OWNER, AccessPolicy, Peer
-from lucidd.daemon.aggregator.ledger import Ledger
-from lucidd.daemon.aggregator.repair import quarantine_records, scrub
-from lucidd.daemon.aggregator.session import SessionLedger
+from lucidd.daemon.access import Peer
+from lucidd.daemon.aggregator.handlers import ControlServices, handle_request
 from lucidd.daemon.channels import peer_hung_up
 from lucidd.daemon.config import Config, connection_limit
-from lucidd.daemon.logs import NOTICE, ClientErrorLog
+from lucidd.daemon.logs import ClientErrorLog
 from lucidd.daemon.peers import peer_of
-from lucidd.daemon.store import storage_error
 from lucidd.errors import (
-    BadRequestError,
     BusyError,
     IdleTimeoutError,
     InternalError,
@@ -43,291 +38,6 @@ REFUSAL_LOG_INTERVAL_S: Final = 10.0
 # Why a control connection is not being read from (ControlProtocol._pauses).
 _PIPELINED: Final = "pipelined"  # max_pipelined_requests of its requests are being served
 _WRITING: Final = "writing"  # its replies are not being read (transport above its high mark)
-
-
-class ControlServices(Protocol):
-    """What the control handlers need from the aggregator."""
-
-    ledger: Ledger
-    default_compression: str
-    policy: AccessPolicy
-
-    def catch_up(self) -> None:
-        """Take in every result the workers have sent, so an acked chunk is visible."""
-
-    def config_dict(self) -> dict[str, Any]: ...
-
-    def health(self) -> p.HealthReply: ...
-
-    def metrics(self) -> dict[str, float]: ...
-
-    def session_lock(self, session_id: bytes) -> asyncio.Lock: ...
-
-    async def freeze(self, session_id: bytes) -> None:
-        """Return once the supervisor admits no chunk of the session and has none in flight."""
-
-    def thaw(self, session_id: bytes) -> None: ...
-
-    def session_changed(self, session: SessionLedger) -> None: ...
-
-    def session_shredded(self, session_id: bytes) -> None: ...
-
-
-#: Chunks whose leaves a check reads from the log per loop iteration (then it yields).
-CHECK_SLICE = 4096
-
-
-def _summary(session: SessionLedger) -> p.SessionSummary:
-    return p.SessionSummary(
-        session=session.session_id,
-        state=session.state,
-        size=session.merkle.size,
-        chunks=session.chunks,
-        plaintext_bytes=session.plaintext_bytes,
-        compression=session.meta.compression,
-        owner_uid=session.owner_uid,
-        created_ns=session.meta.created_ns,
-        label=session.meta.label,
-        chunk_size=session.meta.chunk_size,
-        stored_bytes=session.stored_bytes(),
-        damaged=session.damaged,
-        missing=sorted(session.missing),
-        quarantined=len(session.quarantine),
-        problem=session.problem(),
-    )
-
-
-def _unreadable_summary(session_id: bytes, problem: str) -> p.SessionSummary:
-    return p.SessionSummary(
-        session=session_id,
-        state=ipc.SESSION_DAMAGED,
-        size=0,
-        chunks=0,
-        plaintext_bytes=0,
-        compression="",
-        owner_uid=LEGACY_OWNER,
-        damaged=True,
-        problem=problem,
-    )
-
-
-def _session(s: ControlServices, peer: Peer, session_id: bytes) -> SessionLedger:
-    """The session if ``peer`` may touch it; else one refusal for "not yours" and "none".
-
-    A session that cannot be loaded (unreadable metadata or secret) has no known owner: the
-    privileged are told it is ``damaged``, anyone else gets the usual refusal.
-    """
-    session = s.ledger.sessions.get(session_id)
-    if session is None:
-        damaged = s.ledger.damaged_error(session_id)
-        if damaged is not None:
-            s.policy.check(peer, session_id, LEGACY_OWNER)
-            raise damaged
-    s.policy.check(peer, session_id, session.owner_uid if session is not None else None)
-    assert session is not None
-    return session
-
-
-async def handle_request(services: ControlServices, request: Any, peer: Peer) -> p.Message:
-    """One reply for one request from ``peer``; every failure becomes a typed ``Error``."""
-    req: int = request.req
-    try:
-        p.check_control_request(request)
-        services.catch_up()
-        handler = _HANDLERS[type(request)]
-        return await handler(services, request, peer)
-    except LucidError as err:
-        return p.error_reply(req, err)
-    except OSError as exc:  # disk full, I/O error: typed, and the daemon keeps serving
-        return p.error_reply(req, storage_error(exc, type(request).__name__))
-    except Exception:
-        log.exception("event=control_request_failed request=%s", type(request).__name__)
-        return p.Error(req=req, code="internal", message="internal error; see the daemon log")
-
-
-async def _health(s: ControlServices, r: p.Health, peer: Peer) -> p.Message:
-    reply = s.health()
-    return p.HealthReply(
-        req=r.req,
-        status=reply.status,
-        processes=reply.processes,
-        sessions=len(s.ledger.sessions) + len(s.ledger.unreadable),
-        reasons=reply.reasons,
-        damaged_sessions=reply.damaged_sessions,
-    )
-
-
-async def _metrics(s: ControlServices, r: p.Metrics, peer: Peer) -> p.Message:
-    return p.MetricsReply(req=r.req, metrics=s.metrics())
-
-
-async def _config(s: ControlServices, r: p.GetConfig, peer: Peer) -> p.Message:
-    return p.ConfigReply(req=r.req, config=s.config_dict())
-
-
-async def _open(s: ControlServices, r: p.OpenSession, peer: Peer) -> p.Message:
-    if r.session is not None:
-        if r.session in s.ledger.unreadable:
-            _session(s, peer, r.session)  # refused: damaged, or forbidden to the unprivileged
-        existing = s.ledger.sessions.get(r.session)
-        if existing is not None:
-            if not s.policy.may_touch(peer, existing.owner_uid):
-                raise s.policy.refusal(peer, r.session, exists=True)
-            if r.chunk_size:
-                existing.record_chunk_size(r.chunk_size)
-            return p.SessionOpened(req=r.req, session=existing.session_id)
-    session = s.ledger.open(
-        r.session,
-        r.compression or s.default_compression,
-        peer.uid,
-        label=r.label or "",
-        chunk_size=r.chunk_size or 0,
-    )
-    s.session_changed(session)
-    return p.SessionOpened(req=r.req, session=session.session_id)
-
-
-async def _sessions(s: ControlServices, r: p.ListSessions, peer: Peer) -> p.Message:
-    readable = sorted(
-        (x for x in s.ledger if s.policy.may_touch(peer, x.owner_uid)),
-        key=lambda x: x.meta.created_ns,
-    )
-    visible = [_summary(x) for x in readable]
-    if s.policy.may_touch(peer, LEGACY_OWNER):
-        visible += [_unreadable_summary(i, why) for i, why in s.ledger.unreadable.items()]
-    return p.SessionListReply(req=r.req, sessions=visible)
-
-
-async def _info(s: ControlServices, r: p.SessionInfo, peer: Peer) -> p.Message:
-    return p.SessionInfoReply(req=r.req, info=_summary(_session(s, peer, r.session)))
-
-
-async def _root(s: ControlServices, r: p.GetRoot, peer: Peer) -> p.Message:
-    session = _session(s, peer, r.session)
-    size = session.check_size(r.size)
-    return p.RootReply(req=r.req, session=r.session, size=size, root=session.merkle.root(size))
-
-
-async def _proof(s: ControlServices, r: p.GetInclusionProof, peer: Peer) -> p.Message:
-    session = _session(s, peer, r.session)
-    size = session.check_size(r.size)
-    if not 0 <= r.index < size:
-        raise BadRequestError(
-            f"index {r.index} is not in the tree of size {size}", session=r.session
-        )
-    return p.InclusionProofReply(
-        req=r.req,
-        session=r.session,
-        index=r.index,
-        size=size,
-        leaf_hash=session.merkle.leaf(r.index),
-        path=session.merkle.inclusion_proof(r.index, size),
-        root=session.merkle.root(size),
-    )
-
-
-async def _consistency(s: ControlServices, r: p.GetConsistencyProof, peer: Peer) -> p.Message:
-    session = _session(s, peer, r.session)
-    size2 = session.check_size(r.size2)
-    size1 = session.check_size(r.size1)
-    if size1 > size2:
-        raise BadRequestError(f"size1 {size1} is larger than size2 {size2}")
-    return p.ConsistencyProofReply(
-        req=r.req,
-        session=r.session,
-        size1=size1,
-        size2=size2,
-        path=session.merkle.consistency_proof(size1, size2),
-        root1=session.merkle.root(size1),
-        root2=session.merkle.root(size2),
-    )
-
-
-async def _finalize(s: ControlServices, r: p.Finalize, peer: Peer) -> p.Message:
-    _session(s, peer, r.session)
-    async with s.session_lock(r.session):
-        # Looked up again under the lock: a shred that held it may have removed the session.
-        session = _session(s, peer, r.session)
-        already = session.state == ipc.SESSION_FINALIZED
-        if not already:
-            await s.freeze(r.session)
-            try:
-                checkpoint = session.finalize(s.ledger.keyring)
-            except BaseException:
-                s.thaw(r.session)
-                raise
-            s.session_changed(session)
-        else:
-            checkpoint = session.finalized_checkpoint(s.ledger.keyring)
-    return p.FinalizeReply(
-        req=r.req,
-        session=r.session,
-        size=checkpoint.size,
-        root=checkpoint.root,
-        checkpoint=checkpoint.encode(),
-        already_finalized=already,
-    )
-
-
-async def _read(s: ControlServices, r: p.ReadChunk, peer: Peer) -> p.Message:
-    session = _session(s, peer, r.session)
-    plaintext, record = session.read_chunk(s.ledger.keyring, r.index)
-    return p.ChunkReply(req=r.req, session=r.session, index=r.index, data=plaintext, record=record)
-
-
-async def _shred(s: ControlServices, r: p.Shred, peer: Peer) -> p.Message:
-    _session(s, peer, r.session)
-    async with s.session_lock(r.session):
-        # Looked up again under the lock: another shred may have finished meanwhile.
-        session = _session(s, peer, r.session)
-        await s.freeze(r.session)
-        s.ledger.shred(r.session)
-        s.session_shredded(r.session)
-    log.log(
-        NOTICE,
-        "event=session_shredded session=%s owner_uid=%d by_uid=%d by_pid=%d",
-        session.paths.root.name,
-        session.owner_uid,
-        peer.uid,
-        peer.pid,
-    )
-    return p.ShredReply(req=r.req, session=r.session)
-
-
-async def _check(s: ControlServices, r: p.Check, peer: Peer) -> p.Message:
-    """Scrub: the records are read in a worker thread, so the loop keeps serving; the leaves
-    are read on the loop in slices (the log has one writer). Holding the session's lock keeps
-    a shred from closing its files meanwhile. Chunks found gone become ``missing``; records
-    found unauthentic are copied to the quarantine as well."""
-    _session(s, peer, r.session)
-    async with s.session_lock(r.session):
-        session = _session(s, peer, r.session)
-        size = session.merkle.size
-        targets = []
-        for start in range(0, size, CHECK_SLICE):
-            targets += session.scrub_targets(start, min(size, start + CHECK_SLICE))
-            await asyncio.sleep(0)
-        targets += session.window_targets()
-        secret = session.secret(s.ledger.keyring)
-        result = await asyncio.to_thread(scrub, session.paths, secret, session.session_id, targets)
-        session.note_gone(result.gone)
-        if result.unauthentic:  # copied aside like recovery does (the lock keeps one writer)
-            session.quarantine, lines = await asyncio.to_thread(
-                quarantine_records, session.paths, session.quarantine, result.unauthentic
-            )
-            for event, details in lines:
-                log.warning("event=%s session=%s %s", event, session.paths.root.name, details)
-    if result.bad:
-        log.warning(
-            "event=check_failed session=%s checked=%d bad=%d first_bad=%d",
-            session.paths.root.name,
-            len(targets),
-            len(result.bad),
-            result.bad[0],
-        )
-    return p.CheckReply(
-        req=r.req, session=r.session, size=size, checked=len(targets), bad=result.bad
-    )
 
 
 @dataclass(eq=False)
@@ -369,24 +79,6 @@ class ControlLimits:
             self._refusal_logged_at = now
             self._refused_unlogged = 0
         return False
-
-
-_Handler = Callable[[ControlServices, Any, Peer], Awaitable[p.Message]]
-_HANDLERS: dict[type, _Handler] = {
-    p.Health: _health,
-    p.Metrics: _metrics,
-    p.GetConfig: _config,
-    p.OpenSession: _open,
-    p.ListSessions: _sessions,
-    p.SessionInfo: _info,
-    p.GetRoot: _root,
-    p.GetInclusionProof: _proof,
-    p.GetConsistencyProof: _consistency,
-    p.Finalize: _finalize,
-    p.ReadChunk: _read,
-    p.Shred: _shred,
-    p.Check: _check,
-}
 
 
 class ControlProtocol(asyncio.Protocol):
