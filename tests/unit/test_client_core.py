@@ -13,7 +13,7 @@ import random
 import socket
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import msgspec
@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from lucidd import client as c
 from lucidd import protocol as p
+from lucidd.client.core import ControlCall
 from lucidd.errors import (
     ERROR_BY_CODE,
     BadRequestError,
@@ -484,3 +485,67 @@ def test_send_all_delivers_every_byte_of_many_buffers_in_order() -> None:
     reader.join(timeout=30)
     right.close()
     assert bytes(received) == expected
+
+
+# --- the typed control requests (what both front ends call) ----------------------------
+
+SUMMARY = p.SessionSummary(SESSION, "open", 2, 2, 10, "auto")
+ROOT_REPLY = p.RootReply(req=0, session=SESSION, size=2, root=b"r" * 32)
+CHECK_REPLY = p.CheckReply(req=0, session=SESSION, size=2, checked=2, bad=[1])
+
+
+@pytest.mark.parametrize(
+    ("start", "sent", "reply", "value"),
+    [
+        (lambda core: core.metrics(), p.Metrics(req=0), p.MetricsReply(req=0, metrics={"a": 1.0}),
+         {"a": 1.0}),
+        (lambda core: core.open_session("zstd", str(uuid.UUID(bytes=SESSION)), label="x"),
+         p.OpenSession(req=0, compression="zstd", session=SESSION, label="x"),
+         p.SessionOpened(req=0, session=SESSION), SESSION),
+        (lambda core: core.sessions(), p.ListSessions(req=0),
+         p.SessionListReply(req=0, sessions=[SUMMARY]), [SUMMARY]),
+        (lambda core: core.info(SESSION), p.SessionInfo(req=0, session=SESSION),
+         p.SessionInfoReply(req=0, info=SUMMARY), SUMMARY),
+        (lambda core: core.root(SESSION, 2), p.GetRoot(req=0, session=SESSION, size=2),
+         ROOT_REPLY, ROOT_REPLY),
+        (lambda core: core.shred(SESSION), p.Shred(req=0, session=SESSION),
+         p.ShredReply(req=0, session=SESSION), None),
+        (lambda core: core.check(SESSION), p.Check(req=0, session=SESSION), CHECK_REPLY,
+         CHECK_REPLY),
+    ],
+    ids=["metrics", "open_session", "sessions", "info", "root", "shred", "check"],
+)  # fmt: skip
+def test_typed_request_sends_its_message_and_reads_its_reply(
+    start: Callable[[c.ControlCore], ControlCall[object]],
+    sent: p.Message,
+    reply: p.Message,
+    value: object,
+) -> None:
+    core = c.ControlCore()
+    call = start(core)
+    decoder = p.control_request_decoder()
+    decoder.receive_data(call.frame)
+    assert decoder.next_event() == p.FrameMessage(msgspec.structs.replace(sent, req=call.req))
+    (result,) = core.receive_data(p.encode_frame(msgspec.structs.replace(reply, req=call.req)))
+    assert result.req == call.req
+    # A reply that is the value itself comes back with this request's id.
+    expected = msgspec.structs.replace(reply, req=call.req) if value is reply else value
+    assert call.result(result.outcome) == expected
+
+
+def test_typed_request_raises_the_error_it_is_answered_with() -> None:
+    core = c.ControlCore()
+    call = core.finalize(SESSION)
+    (result,) = core.receive_data(error(call.req, "session_finalized"))
+    with pytest.raises(SessionFinalizedError) as info:
+        call.result(result.outcome)
+    assert info.value.context["session"] == SESSION
+
+
+def test_typed_request_refuses_a_bad_session_before_registering() -> None:
+    core = c.ControlCore()
+    with pytest.raises(ValueError):
+        core.info(b"short")
+    with pytest.raises(c.SessionIdError):
+        core.read_chunk("not-a-uuid", 0)
+    assert core.pending == 0

@@ -1,0 +1,416 @@
+"""The asyncio front ends: :class:`AsyncDataClient` and :class:`AsyncControlClient` (layer 4).
+
+Each drives a core of :mod:`lucidd.client.core` over asyncio streams; any number of concurrent
+calls are pipelined on one connection, and a reader task hands each reply to the call it
+answers. The connection contract (what a broken connection means) is in :mod:`lucidd.client`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar
+
+from lucidd.client.core import (
+    DEFAULT_TIMEOUT,
+    DEFAULT_WINDOW,
+    RECV_SIZE,
+    AckCollector,
+    Buffer,
+    ChunkResult,
+    ControlCall,
+    ControlCore,
+    ControlResult,
+    Core,
+    DataCore,
+    Key,
+    ResultT,
+    check_window,
+    flat_view,
+)
+from lucidd.client.ids import (
+    CONTROL_SOCKET_NAME,
+    DATA_SOCKET_NAME,
+    START_HINT,
+    SessionRef,
+    check_peer,
+    named_explicitly,
+    resolve_socket_path,
+    trusted_peer_uids,
+    unavailable_error,
+)
+from lucidd.errors import LucidError, RequestTimeoutError, UnavailableError, UntrustedSocketError
+from lucidd.protocol import (
+    Ack,
+    CheckReply,
+    ChunkReply,
+    ConsistencyProofReply,
+    FinalizeReply,
+    HealthReply,
+    InclusionProofReply,
+    RootReply,
+    SessionSummary,
+)
+
+T = TypeVar("T")
+
+
+def _consume_exception(future: asyncio.Future[Any]) -> None:
+    # A call cancelled by its caller leaves a future nobody awaits; fetching its exception
+    # keeps asyncio from logging "exception was never retrieved" for it.
+    if not future.cancelled():
+        future.exception()
+
+
+async def _open_unix(
+    path: Path, timeout: float | None, explicit: bool
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect as the blocking link does: folder checked first, the peer before any send."""
+    trusted = trusted_peer_uids(path, explicit)
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_unix_connection(str(path))
+    except TimeoutError:
+        raise UnavailableError(
+            f"cannot connect to lucidd at {path}: timed out; {START_HINT}", path=str(path)
+        ) from None
+    except OSError as exc:
+        raise unavailable_error(path, exc) from None
+    try:
+        check_peer(writer.get_extra_info("socket"), path, trusted)
+    except UntrustedSocketError:
+        writer.close()
+        raise
+    return reader, writer
+
+
+class _AsyncLink(Generic[ResultT]):
+    """One asyncio connection driving a core; a reader task resolves futures by key."""
+
+    def __init__(
+        self,
+        path: Path,
+        timeout: float | None,
+        core: Core[ResultT],
+        streams: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    ) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.core = core
+        self._reader, self._writer = streams
+        self._futures: dict[Key, asyncio.Future[Any]] = {}
+        self._task = asyncio.get_running_loop().create_task(self._read_loop())
+
+    def expect(self, keys: Iterable[Key]) -> list[asyncio.Future[Any]]:
+        """Futures for results the core will produce (register them before writing)."""
+        loop = asyncio.get_running_loop()
+        futures = []
+        for key in keys:
+            future: asyncio.Future[Any] = loop.create_future()
+            future.add_done_callback(_consume_exception)
+            self._futures[key] = future
+            futures.append(future)
+        return futures
+
+    async def send(self, buffers: Sequence[Buffer]) -> None:
+        """Queue ``buffers`` and wait for room; failures reach the futures, not the caller.
+
+        No await between the writes, so concurrent callers never interleave frames.
+        """
+        for buffer in buffers:
+            self._writer.write(buffer)
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._writer.drain()
+        except TimeoutError:
+            self.give_up()
+        except OSError:
+            pass  # the reader task sees the end of the stream and fails what is pending
+
+    def give_up(self) -> str:
+        """No progress within the timeout: fail what is pending (RequestTimeoutError), close."""
+        message = (
+            f"no progress with lucidd at {self.path} for {self.timeout} s; the connection is closed"
+        )
+        self._dispatch(self.core.abort(RequestTimeoutError, message))
+        self._writer.close()
+        return message
+
+    async def wait(self, future: asyncio.Future[Any]) -> Any:
+        """The future's result; after ``timeout`` without it, the connection gives up."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await future
+        except TimeoutError:
+            raise RequestTimeoutError(self.give_up()) from None
+
+    async def _read_loop(self) -> None:
+        try:
+            while not self.core.broken:
+                data = await self._reader.read(RECV_SIZE)
+                if data:
+                    self._dispatch(self.core.receive_data(data))
+                else:
+                    message = f"lucidd at {self.path} closed the connection"
+                    self._dispatch(self.core.connection_lost(message))
+        except OSError as exc:
+            message = f"connection to lucidd at {self.path} failed: {exc.strerror or exc}"
+            self._dispatch(self.core.connection_lost(message))
+        finally:
+            self._writer.close()
+
+    def _dispatch(self, results: Iterable[ResultT]) -> None:
+        for result in results:
+            future = self._futures.pop(result.key, None)
+            if future is None or future.done():
+                continue  # its caller was cancelled
+            if isinstance(result.outcome, LucidError):
+                future.set_exception(result.outcome)
+            else:
+                future.set_result(result.outcome)
+
+    async def close(self) -> None:
+        """Close the stream; whatever is still pending fails with UnavailableError."""
+        message = f"connection to lucidd at {self.path} is closed"
+        self._dispatch(self.core.abort(UnavailableError, message))
+        self._writer.close()
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
+        await self._task
+
+
+class AsyncDataClient:
+    """The asyncio counterpart of :class:`DataClient`; create it with :meth:`connect`.
+
+    Any number of coroutines may ``await put(...)`` on one client at once: their chunks are
+    pipelined on the one connection and each reply resolves its own call. ``timeout`` bounds
+    each wait for a reply (or for room to send); when it passes the connection breaks.
+    """
+
+    def __init__(self, link: _AsyncLink[ChunkResult], core: DataCore) -> None:
+        """Internal: use :meth:`connect`."""
+        self._link = link
+        self._core = core
+        self.path = link.path
+
+    @classmethod
+    async def connect(
+        cls,
+        runtime_dir: str | os.PathLike[str] | None = None,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+    ) -> AsyncDataClient:
+        """Connect to the data socket (UnavailableError if it cannot be reached)."""
+        socket_path = resolve_socket_path(DATA_SOCKET_NAME, runtime_dir, path)
+        streams = await _open_unix(socket_path, timeout, named_explicitly(runtime_dir, path))
+        core = DataCore()
+        return cls(_AsyncLink(socket_path, timeout, core, streams), core)
+
+    async def _start(
+        self, session: SessionRef, index: int, payload: Buffer
+    ) -> tuple[Key, asyncio.Future[Any]]:
+        view = flat_view(payload)
+        req, header = self._core.chunk(session, index, view.nbytes)
+        (future,) = self._link.expect([(req, index)])
+        await self._link.send((header, view))
+        return (req, index), future
+
+    async def put(self, session: SessionRef, index: int, payload: Buffer) -> Ack:
+        """Send one chunk and wait for its ack (the record is durable when this returns)."""
+        _, future = await self._start(session, index, payload)
+        ack: Ack = await self._link.wait(future)
+        return ack
+
+    async def put_many(
+        self,
+        session: SessionRef,
+        chunks: Iterable[tuple[int, Buffer]],
+        window: int = DEFAULT_WINDOW,
+        *,
+        on_ack: Callable[[Ack], None] | None = None,
+    ) -> list[Ack]:
+        """As :meth:`DataClient.put_many`: pipelined, acks in the order of ``chunks``."""
+        check_window(window)
+        collector = AckCollector(on_ack)
+        keys: list[Key] = []
+        inflight: dict[asyncio.Future[Any], Key] = {}
+        for index, payload in chunks:
+            while len(inflight) >= window and collector.error is None:
+                await self._settle_some(inflight, collector)
+            if collector.error is not None:
+                break
+            key, future = await self._start(session, index, payload)
+            keys.append(key)
+            inflight[future] = key
+        while inflight:
+            await self._settle_some(inflight, collector)
+        return collector.result(keys)
+
+    async def _settle_some(
+        self, inflight: dict[asyncio.Future[Any], Key], collector: AckCollector
+    ) -> None:
+        done, _ = await asyncio.wait(
+            inflight, timeout=self._link.timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if not done:
+            self._link.give_up()  # every pending future now holds a RequestTimeoutError
+            done = {future for future in inflight if future.done()}
+        for future in done:
+            key = inflight.pop(future)
+            exc = future.exception()
+            if exc is not None and not isinstance(exc, LucidError):
+                raise exc
+            collector.record(key, exc if isinstance(exc, LucidError) else future.result())
+
+    async def put_batch(
+        self, session: SessionRef, chunks: Sequence[tuple[int, Buffer]]
+    ) -> list[Ack]:
+        """As :meth:`DataClient.put_batch`: one ``Batch`` frame, acks in the given order."""
+        views = [(index, flat_view(payload)) for index, payload in chunks]
+        req, header = self._core.batch(session, [(index, view.nbytes) for index, view in views])
+        keys: list[Key] = [(req, index) for index, _ in views]
+        futures = self._link.expect(keys)
+        await self._link.send([header, *(view for _, view in views)])
+        collector = AckCollector(None)
+        for key, future in zip(keys, futures, strict=True):
+            try:
+                collector.record(key, await self._link.wait(future))
+            except LucidError as exc:
+                collector.record(key, exc)
+        return collector.result(keys)
+
+    async def close(self) -> None:
+        """Close the connection; calls still waiting fail with UnavailableError."""
+        await self._link.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class AsyncControlClient:
+    """The asyncio counterpart of :class:`ControlClient`; create it with :meth:`connect`.
+
+    Concurrent calls are pipelined on one connection; errors as for :class:`ControlClient`.
+    """
+
+    def __init__(self, link: _AsyncLink[ControlResult], core: ControlCore) -> None:
+        """Internal: use :meth:`connect`."""
+        self._link = link
+        self._core = core
+        self.path = link.path
+
+    @classmethod
+    async def connect(
+        cls,
+        runtime_dir: str | os.PathLike[str] | None = None,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+    ) -> AsyncControlClient:
+        """Connect to the control socket (UnavailableError if it cannot be reached)."""
+        socket_path = resolve_socket_path(CONTROL_SOCKET_NAME, runtime_dir, path)
+        streams = await _open_unix(socket_path, timeout, named_explicitly(runtime_dir, path))
+        core = ControlCore()
+        return cls(_AsyncLink(socket_path, timeout, core, streams), core)
+
+    async def _call(self, call: ControlCall[T]) -> T:
+        """Send the request the core registered and wait for its reply."""
+        (future,) = self._link.expect([(call.req, None)])
+        await self._link.send((call.frame,))
+        try:
+            outcome = await self._link.wait(future)
+        except LucidError as exc:
+            outcome = exc
+        return call.result(outcome)
+
+    async def health(self) -> HealthReply:
+        """The daemon's status and its processes."""
+        return await self._call(self._core.health())
+
+    async def metrics(self) -> dict[str, float]:
+        """Counters and gauges by name."""
+        return await self._call(self._core.metrics())
+
+    async def config(self) -> dict[str, Any]:
+        """The daemon's effective configuration (never secrets)."""
+        return await self._call(self._core.config())
+
+    async def open_session(
+        self,
+        compression: str | None = None,
+        session: SessionRef | None = None,
+        *,
+        label: str | None = None,
+        chunk_size: int | None = None,
+    ) -> bytes:
+        """As :meth:`ControlClient.open_session`."""
+        call = self._core.open_session(compression, session, label=label, chunk_size=chunk_size)
+        return await self._call(call)
+
+    async def sessions(self) -> list[SessionSummary]:
+        """Every session the daemon holds."""
+        return await self._call(self._core.sessions())
+
+    async def info(self, session: SessionRef) -> SessionSummary:
+        """One session's summary (UnknownSessionError if there is none)."""
+        return await self._call(self._core.info(session))
+
+    async def root(self, session: SessionRef, size: int | None = None) -> RootReply:
+        """As :meth:`ControlClient.root`."""
+        return await self._call(self._core.root(session, size))
+
+    async def inclusion_proof(
+        self, session: SessionRef, index: int, size: int | None = None
+    ) -> InclusionProofReply:
+        """As :meth:`ControlClient.inclusion_proof`."""
+        return await self._call(self._core.inclusion_proof(session, index, size))
+
+    async def consistency_proof(
+        self, session: SessionRef, size1: int, size2: int | None = None
+    ) -> ConsistencyProofReply:
+        """As :meth:`ControlClient.consistency_proof`."""
+        return await self._call(self._core.consistency_proof(session, size1, size2))
+
+    async def finalize(self, session: SessionRef) -> FinalizeReply:
+        """As :meth:`ControlClient.finalize`."""
+        return await self._call(self._core.finalize(session))
+
+    async def read_chunk(self, session: SessionRef, index: int) -> ChunkReply:
+        """As :meth:`ControlClient.read_chunk`."""
+        return await self._call(self._core.read_chunk(session, index))
+
+    async def shred(self, session: SessionRef) -> None:
+        """As :meth:`ControlClient.shred`."""
+        await self._call(self._core.shred(session))
+
+    async def check(self, session: SessionRef) -> CheckReply:
+        """As :meth:`ControlClient.check`."""
+        return await self._call(self._core.check(session))
+
+    async def close(self) -> None:
+        """Close the connection; calls still waiting fail with UnavailableError."""
+        await self._link.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,431 @@
+"""The blocking front ends: :class:`DataClient`, :class:`ControlClient` and
+:func:`put_until_acked` (layer 4).
+
+Each drives a core of :mod:`lucidd.client.core` over one blocking Unix socket; the connection
+contract (what a broken connection means) is in :mod:`lucidd.client`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Generic, Self, TypeVar
+
+from lucidd.client.core import (
+    DEFAULT_TIMEOUT,
+    DEFAULT_WINDOW,
+    RECV_SIZE,
+    AckCollector,
+    Buffer,
+    ControlCall,
+    ControlCore,
+    Core,
+    DataCore,
+    Key,
+    ResultT,
+    check_window,
+    flat_view,
+)
+from lucidd.client.ids import (
+    CONTROL_SOCKET_NAME,
+    DATA_SOCKET_NAME,
+    SessionRef,
+    check_peer,
+    named_explicitly,
+    resolve_socket_path,
+    trusted_peer_uids,
+    unavailable_error,
+)
+from lucidd.errors import LucidError, RequestTimeoutError, UnavailableError, UntrustedSocketError
+from lucidd.protocol import (
+    Ack,
+    CheckReply,
+    ChunkReply,
+    ConsistencyProofReply,
+    FinalizeReply,
+    HealthReply,
+    InclusionProofReply,
+    RootReply,
+    SessionSummary,
+)
+
+#: Buffers per ``sendmsg`` call (POSIX ``IOV_MAX``; Linux has 1024).
+IOV_MAX: Final = 1024
+#: Back-off between resend rounds of :func:`put_until_acked` (doubles up to the maximum).
+RESEND_BACKOFF_S: Final = 0.05
+RESEND_BACKOFF_MAX_S: Final = 2.0
+
+T = TypeVar("T")
+
+
+def _send_all(sock: socket.socket, buffers: Sequence[Buffer]) -> None:
+    """Write every byte of ``buffers`` with ``sendmsg`` (gathered by the kernel: no join)."""
+    views = [view for view in map(flat_view, buffers) if view.nbytes]
+    first = 0
+    while first < len(views):
+        sent = sock.sendmsg(views[first : first + IOV_MAX], (), socket.MSG_NOSIGNAL)
+        while sent:
+            head = views[first]
+            if sent >= head.nbytes:
+                sent -= head.nbytes
+                first += 1
+            else:
+                views[first] = head[sent:]
+                sent = 0
+
+
+class _SyncLink(Generic[ResultT]):
+    """One blocking connection driving a core; every failure comes back as results."""
+
+    def __init__(
+        self, path: Path, timeout: float | None, core: Core[ResultT], explicit: bool
+    ) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.core = core
+        trusted = trusted_peer_uids(path, explicit)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+        except OSError as exc:
+            sock.close()
+            raise unavailable_error(path, exc) from None
+        try:
+            check_peer(sock, path, trusted)
+        except UntrustedSocketError:
+            sock.close()
+            raise
+        self._sock: socket.socket | None = sock
+
+    def _closed_results(self) -> list[ResultT]:
+        return self.core.connection_lost(f"connection to lucidd at {self.path} is closed")
+
+    def send(self, buffers: Sequence[Buffer]) -> list[ResultT]:
+        """Send ``buffers`` whole; return the results of a failure (usually none).
+
+        A write fails when the daemon closed the connection, and the reply saying why (an
+        ``Error``) is then usually waiting to be read: on a failed write this reads to the end
+        of the stream, so the results carry that error, and the core ends up broken.
+        """
+        if self._sock is None:
+            return self._closed_results()
+        try:
+            _send_all(self._sock, buffers)
+        except TimeoutError:
+            return self._give_up(f"lucidd at {self.path} took no data for")
+        except OSError:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_WR)
+            results: list[ResultT] = []
+            while not self.core.broken:
+                results += self.receive()
+            return results
+        return []
+
+    def receive(self) -> list[ResultT]:
+        """Block until reply bytes (or the end of the stream) arrive; return their results."""
+        if self._sock is None:
+            return self._closed_results()
+        try:
+            data = self._sock.recv(RECV_SIZE)
+        except TimeoutError:
+            return self._give_up(f"no reply from lucidd at {self.path} for")
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            results = self.core.connection_lost(
+                f"connection to lucidd at {self.path} failed: {reason}"
+            )
+        else:
+            if data:
+                results = self.core.receive_data(data)
+            else:
+                results = self.core.connection_lost(f"lucidd at {self.path} closed the connection")
+        if self.core.broken:
+            self.close()
+        return results
+
+    def _give_up(self, what: str) -> list[ResultT]:
+        results = self.core.abort(
+            RequestTimeoutError, f"{what} {self.timeout} s; the connection is closed"
+        )
+        self.close()
+        return results
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if not self.core.broken:
+            self.core.abort(UnavailableError, f"connection to lucidd at {self.path} is closed")
+
+
+class DataClient:
+    """Sends chunks on lucidd's data socket over one blocking connection.
+
+    ``path`` (the socket itself) wins over ``runtime_dir`` (its folder, default
+    :func:`default_runtime_dir`). ``timeout`` bounds each wait for progress (None: forever).
+    Raises :class:`~lucidd.errors.UnavailableError` when the socket cannot be reached.
+    Errors the daemon reports are raised as their :class:`~lucidd.errors.LucidError`
+    subclass, with ``context["session"]`` and ``context["index"]`` naming the chunk.
+    """
+
+    def __init__(
+        self,
+        runtime_dir: str | os.PathLike[str] | None = None,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.path = resolve_socket_path(DATA_SOCKET_NAME, runtime_dir, path)
+        self._core = DataCore()
+        explicit = named_explicitly(runtime_dir, path)
+        self._link = _SyncLink(self.path, timeout, self._core, explicit)
+
+    def put(self, session: SessionRef, index: int, payload: Buffer) -> Ack:
+        """Send one chunk and wait for its ack (the record is durable when this returns)."""
+        return self.put_many(session, ((index, payload),), window=1)[0]
+
+    def put_many(
+        self,
+        session: SessionRef,
+        chunks: Iterable[tuple[int, Buffer]],
+        window: int = DEFAULT_WINDOW,
+        *,
+        on_ack: Callable[[Ack], None] | None = None,
+    ) -> list[Ack]:
+        """Send ``(index, payload)`` chunks pipelined, at most ``window`` unanswered at once.
+
+        ``chunks`` is consumed lazily (a generator reading a file holds ``window`` payloads at
+        most). Each header goes out with its payload in one ``sendmsg`` (no copy). ``on_ack``
+        sees each ack as it arrives. Returns the acks in the order of ``chunks``.
+
+        On the first error no further chunk is sent, the chunks in flight are drained, then
+        that error is raised (every chunk acked before is durable; ``on_ack`` saw them). If
+        anything else escapes while chunks are in flight (a bad argument, an exception from
+        ``chunks`` or ``on_ack``, KeyboardInterrupt), the connection is closed.
+        """
+        check_window(window)
+        collector = AckCollector(on_ack)
+        keys: list[Key] = []
+        try:
+            for index, payload in chunks:
+                while self._core.pending >= window and collector.error is None:
+                    collector.add(self._link.receive())
+                if collector.error is not None:
+                    break
+                view = flat_view(payload)
+                req, header = self._core.chunk(session, index, view.nbytes)
+                keys.append((req, index))
+                collector.add(self._link.send((header, view)))
+            while self._core.pending:
+                collector.add(self._link.receive())
+        except BaseException:
+            if self._core.pending:
+                self._link.close()
+            raise
+        return collector.result(keys)
+
+    def put_batch(self, session: SessionRef, chunks: Sequence[tuple[int, Buffer]]) -> list[Ack]:
+        """Send ``(index, payload)`` chunks in one ``Batch`` frame; acks in the given order.
+
+        Each item is answered on its own; once all are, the first error (if any) is raised.
+        The daemon bounds the number of items (``too_large`` beyond its ``batch_size``).
+        """
+        views = [(index, flat_view(payload)) for index, payload in chunks]
+        req, header = self._core.batch(session, [(index, view.nbytes) for index, view in views])
+        collector = AckCollector(None)
+        try:
+            collector.add(self._link.send([header, *(view for _, view in views)]))
+            while self._core.pending:
+                collector.add(self._link.receive())
+        except BaseException:
+            if self._core.pending:
+                self._link.close()
+            raise
+        return collector.result((req, index) for index, _ in views)
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        self._link.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def put_until_acked(
+    session: SessionRef,
+    chunks: Iterable[tuple[int, Buffer]],
+    runtime_dir: str | os.PathLike[str] | None = None,
+    *,
+    window: int = DEFAULT_WINDOW,
+    deadline_s: float = 300.0,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    on_ack: Callable[[Ack], None] | None = None,
+) -> dict[int, Ack]:
+    """Send every chunk until each one is acknowledged, whatever crashes in between.
+
+    The idempotent-client loop: connect, send every chunk not yet acknowledged (pipelined),
+    and on a retryable failure (the daemon is down or restarting, busy, out of disk, a timeout)
+    reconnect after a growing pause and resend what is still unacknowledged. Resending is safe:
+    an index the daemon already stored with the same bytes is acknowledged again with the same
+    leaf hash, never stored twice. Non-retryable errors (different bytes for a stored index, a
+    finalized session, a chunk too large) are raised at once. Returns the acks by index; gives
+    up with the last error once ``deadline_s`` has passed.
+    """
+    pending = dict(chunks)
+    acks: dict[int, Ack] = {}
+    deadline = time.monotonic() + deadline_s
+    backoff = RESEND_BACKOFF_S
+
+    def record(ack: Ack) -> None:
+        acks[ack.index] = ack
+        pending.pop(ack.index, None)
+        if on_ack is not None:
+            on_ack(ack)
+
+    while pending:
+        try:
+            with DataClient(runtime_dir, timeout=timeout) as client:
+                client.put_many(session, sorted(pending.items()), window, on_ack=record)
+        except LucidError as err:
+            if not err.retryable or time.monotonic() + backoff > deadline:
+                raise
+            time.sleep(backoff)
+            backoff = min(backoff * 2, RESEND_BACKOFF_MAX_S)
+    return acks
+
+
+class ControlClient:
+    """Requests on lucidd's control socket over one blocking connection, one at a time.
+
+    Arguments as for :class:`DataClient`. Every method raises the
+    :class:`~lucidd.errors.LucidError` subclass of the daemon's error code (with the session
+    and index of the request as context), ``UnavailableError`` if the daemon cannot be reached,
+    and ``ValueError`` for a session id that is not 16 bytes.
+    """
+
+    def __init__(
+        self,
+        runtime_dir: str | os.PathLike[str] | None = None,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.path = resolve_socket_path(CONTROL_SOCKET_NAME, runtime_dir, path)
+        self._core = ControlCore()
+        explicit = named_explicitly(runtime_dir, path)
+        self._link = _SyncLink(self.path, timeout, self._core, explicit)
+
+    def _call(self, call: ControlCall[T]) -> T:
+        """Send the request the core registered and read until its reply comes."""
+        try:
+            results = self._link.send((call.frame,))
+            while True:
+                for result in results:
+                    if result.req == call.req:
+                        return call.result(result.outcome)
+                results = self._link.receive()
+        except BaseException:
+            if self._core.pending:
+                self._link.close()
+            raise
+
+    def health(self) -> HealthReply:
+        """The daemon's status and its processes."""
+        return self._call(self._core.health())
+
+    def metrics(self) -> dict[str, float]:
+        """Counters and gauges by name."""
+        return self._call(self._core.metrics())
+
+    def config(self) -> dict[str, Any]:
+        """The daemon's effective configuration (never secrets)."""
+        return self._call(self._core.config())
+
+    def open_session(
+        self,
+        compression: str | None = None,
+        session: SessionRef | None = None,
+        *,
+        label: str | None = None,
+        chunk_size: int | None = None,
+    ) -> bytes:
+        """Open a session and return its id (the daemon picks one unless ``session`` is given).
+
+        ``compression`` is ``auto``, ``zstd``, ``zlib`` or ``off`` (None: the daemon's default).
+        ``label`` is a note shown by ``sessions``/``info``; ``chunk_size`` records the size the
+        session is written in (for an existing session that has none yet, it is recorded; one
+        that differs is ``bad_request``).
+        """
+        call = self._core.open_session(compression, session, label=label, chunk_size=chunk_size)
+        return self._call(call)
+
+    def sessions(self) -> list[SessionSummary]:
+        """Every session the daemon holds."""
+        return self._call(self._core.sessions())
+
+    def info(self, session: SessionRef) -> SessionSummary:
+        """One session's summary (UnknownSessionError if there is none)."""
+        return self._call(self._core.info(session))
+
+    def root(self, session: SessionRef, size: int | None = None) -> RootReply:
+        """The Merkle root of the session's first ``size`` leaves (default: all of them)."""
+        return self._call(self._core.root(session, size))
+
+    def inclusion_proof(
+        self, session: SessionRef, index: int, size: int | None = None
+    ) -> InclusionProofReply:
+        """The RFC 9162 inclusion proof of leaf ``index`` in the tree of ``size`` leaves."""
+        return self._call(self._core.inclusion_proof(session, index, size))
+
+    def consistency_proof(
+        self, session: SessionRef, size1: int, size2: int | None = None
+    ) -> ConsistencyProofReply:
+        """The RFC 9162 consistency proof from tree size ``size1`` to ``size2`` (default: all)."""
+        return self._call(self._core.consistency_proof(session, size1, size2))
+
+    def finalize(self, session: SessionRef) -> FinalizeReply:
+        """Write the session's FINAL record; it accepts no chunk afterwards."""
+        return self._call(self._core.finalize(session))
+
+    def read_chunk(self, session: SessionRef, index: int) -> ChunkReply:
+        """Decrypt one stored chunk: its plaintext and its sealed record."""
+        return self._call(self._core.read_chunk(session, index))
+
+    def shred(self, session: SessionRef) -> None:
+        """Crypto-shred the session: its secret is deleted, its records become unreadable."""
+        self._call(self._core.shred(session))
+
+    def check(self, session: SessionRef) -> CheckReply:
+        """Scrub the session: every chunk's record is read, authenticated and compared with
+        its leaf in the log; ``bad`` lists the chunks that fail (empty: intact)."""
+        return self._call(self._core.check(session))
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        self._link.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
