@@ -55,6 +55,8 @@ LAYERS: Mapping[str, int] = {
     "daemon.supervisor.fds": 2,  # descriptor limit, reserve and the connection budget
     "daemon.supervisor.systemd": 2,
     "daemon.aggregator.ledger": 2,  # the book of sessions (merkle, index, reorder over store)
+    "daemon.aggregator.merkle_log": 2,  # a session's MerkleLog: append, proofs, sync, recovery
+    "daemon.aggregator.merkle_files": 2,  # the log's level files and its state record
     # 3: process parts.
     "daemon.supervisor.ingest": 3,
     "daemon.supervisor.children": 3,
@@ -80,7 +82,9 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     "crypto.seal": frozenset({"crypto.record"}),
     "crypto.keyring": frozenset({"crypto.record", "crypto.seal"}),
     "crypto.record": frozenset(),
-    "daemon.aggregator.ledger": frozenset({"daemon.store"}),
+    "daemon.aggregator.ledger": frozenset({"daemon.store", "daemon.aggregator.merkle_log"}),
+    "daemon.aggregator.merkle_log": frozenset({"daemon.aggregator.merkle_files"}),
+    "daemon.aggregator.merkle_files": frozenset(),
     # The children's start-up specs carry the validated Config.
     "daemon.ipc": frozenset({"daemon.config"}),
     # Settings are sizes, spelled the one way (units).
@@ -125,7 +129,6 @@ LAYER1_FORBIDDEN = frozenset(
 LAYER1_ALLOWED_EXCEPTIONS: Mapping[str, frozenset[str]] = {
     "crypto.seal": frozenset({"os"}),
     "crypto.keyring": frozenset({"os"}),
-    "merkle": frozenset({"os"}),
 }
 
 CLIENT_MAY_IMPORT = frozenset({"protocol", "errors", "vocabulary"})
@@ -398,6 +401,12 @@ def test_top_level_imports_sees_from_and_dotted_imports() -> None:
         ("errors", {"protocol"}, "errors (layer 0) imports protocol (layer 1)"),
         ("crypto.seal", {"merkle"}, "same-layer imports must be listed"),
         ("crypto.record", {"crypto.seal"}, "same-layer imports must be listed"),
+        (
+            "merkle",
+            {"daemon.aggregator.merkle_log"},
+            "merkle (layer 1) imports daemon.aggregator.merkle_log (layer 2)",
+        ),
+        ("daemon.aggregator.merkle_files", {"daemon.aggregator.merkle_log"}, "must be listed"),
         ("daemon.store", {"daemon.keyfile"}, "same-layer imports must be listed"),
         ("daemon.aggregator.control", {"daemon.supervisor.ingest"}, "must be listed"),
         ("daemon.worker", {"daemon.aggregator.main"}, "process mains never import each other"),
@@ -425,8 +434,10 @@ def test_violations_are_reported(importer: str, imported: set[str], fragment: st
                 "daemon.aggregator.reorder",
                 "daemon.ipc",
                 "crypto.__init__",
+                "daemon.aggregator.merkle_log",
             },
         ),
+        ("daemon.aggregator.merkle_log", {"daemon.aggregator.merkle_files", "merkle"}),
         (
             "daemon.supervisor.main",
             {"daemon.supervisor.ingest", "daemon.supervisor.children", "daemon.ring"},

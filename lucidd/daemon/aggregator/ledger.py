@@ -33,6 +33,7 @@ from lucidd.crypto import (
 )
 from lucidd.daemon import ipc
 from lucidd.daemon.access import LEGACY_OWNER
+from lucidd.daemon.aggregator.merkle_log import MerkleLog
 from lucidd.daemon.aggregator.reorder import ReorderWindow
 from lucidd.daemon.store import (
     DAMAGE_UNAUTHENTIC,
@@ -77,7 +78,7 @@ from lucidd.errors import (
     StorageError,
     UnknownSessionError,
 )
-from lucidd.merkle import Checkpoint, MerkleLog, leaf_hash
+from lucidd.merkle import Checkpoint, leaf_hash
 
 #: The aggregator keeps the files of at most this many sessions open (the rest are closed and
 #: reopened on use), holding at most MAX_OPEN_DESCRIPTORS: a session's log holds one
