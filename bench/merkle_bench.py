@@ -1,4 +1,5 @@
-"""Benchmark of lucidd.merkle.MerkleLog: durable appends, memory, proofs, reopen.
+"""Benchmark of the Merkle log (daemon.aggregator.merkle_log): durable appends, memory, proofs,
+reopen.
 
 Measures, at ``--n`` leaves (default 1 000 000) in a fresh folder:
 
@@ -30,7 +31,8 @@ from pathlib import Path
 
 import psutil
 
-from lucidd.merkle import HASH_SIZE, MerkleLog, verify_consistency, verify_inclusion
+from lucidd.daemon.aggregator.merkle_log import MerkleLog
+from lucidd.merkle import HASH_SIZE, verify_consistency, verify_inclusion
 
 PROOF_SAMPLES = 10_000
 REOPEN_SAMPLES = 7

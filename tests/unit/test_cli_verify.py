@@ -21,6 +21,7 @@ from lucidd import crypto, merkle
 from lucidd.cli import main
 from lucidd.cli.formats import CheckpointFile, InclusionProofFile
 from lucidd.client import format_session_id, new_session_id
+from lucidd.daemon.aggregator.merkle_log import MerkleLog
 
 N_CHUNKS = 7
 INDEX = 3
@@ -33,7 +34,7 @@ class Fixture:
     folder: Path
     session: bytes
     records: list[bytes]
-    log: merkle.MerkleLog
+    log: MerkleLog
     proof: Path
     checkpoint: Path
     record: Path
@@ -58,7 +59,7 @@ def origin(session: bytes) -> str:
     return "lucidd/" + format_session_id(session)
 
 
-def proof_json(session: bytes, log: merkle.MerkleLog, index: int, size: int) -> dict[str, Any]:
+def proof_json(session: bytes, log: MerkleLog, index: int, size: int) -> dict[str, Any]:
     """What ``lucidctl --json proof SESSION INDEX --size SIZE`` prints."""
     return {
         "session": format_session_id(session),
@@ -70,13 +71,13 @@ def proof_json(session: bytes, log: merkle.MerkleLog, index: int, size: int) -> 
     }
 
 
-def build_session(n: int) -> tuple[bytes, list[bytes], merkle.MerkleLog]:
+def build_session(n: int) -> tuple[bytes, list[bytes], MerkleLog]:
     secret = os.urandom(crypto.KEY_SIZE)
     session = new_session_id()
     records = [
         crypto.seal_chunk(secret, session, i, f"chunk {i} ".encode() * 20, "off") for i in range(n)
     ]
-    log = merkle.MerkleLog()
+    log = MerkleLog()
     for record in records:
         log.append(merkle.leaf_hash(record))
     return session, records, log

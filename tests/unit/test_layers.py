@@ -30,7 +30,10 @@ LAYERS: Mapping[str, int] = {
     "daemon.supervisor.__init__": 0,
     "daemon.aggregator.__init__": 0,
     # 1: pure — no I/O, no asyncio, no logging; return or raise. Shared by daemon and clients:
-    "crypto": 1,
+    "crypto.__init__": 1,  # re-exports the three below
+    "crypto.record": 1,  # the record format: named sizes, header parse/build, codecs
+    "crypto.seal": 1,  # chunk keys, seal/open, ChunkSealer, the FINAL record
+    "crypto.keyring": 1,  # master keys, the Argon2id passphrase lock, secret wrapping
     "merkle": 1,
     "protocol": 1,
     "units": 1,  # sizes and their spelling
@@ -55,6 +58,8 @@ LAYERS: Mapping[str, int] = {
     "daemon.aggregator.ledger": 2,  # the book of sessions, and the cache of their open files
     "daemon.aggregator.session": 2,  # one session: index, reorder window, Merkle log, recovery
     "daemon.aggregator.repair": 2,  # scrub, quarantine, choosing among authentic records
+    "daemon.aggregator.merkle_log": 2,  # a session's MerkleLog: append, proofs, sync, recovery
+    "daemon.aggregator.merkle_files": 2,  # the log's level files and its state record
     # 3: process parts.
     "daemon.supervisor.admission": 3,  # which chunk may enter, where it goes (no sockets)
     "daemon.supervisor.ingest": 3,
@@ -89,18 +94,31 @@ MAINS = frozenset({"daemon.supervisor.main", "daemon.worker", "daemon.aggregator
 
 #: The only imports allowed between modules of the same layer (importer -> imported).
 SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
+    # The crypto package: record <- seal <- keyring, and the package re-exports all three.
+    "crypto.__init__": frozenset({"crypto.record", "crypto.seal", "crypto.keyring"}),
+    "crypto.seal": frozenset({"crypto.record"}),
+    "crypto.keyring": frozenset({"crypto.record", "crypto.seal"}),
+    "crypto.record": frozenset(),
     "daemon.aggregator.ledger": frozenset(
         {
             "daemon.store",
             "daemon.segments",
             "daemon.aggregator.session",
             "daemon.aggregator.repair",
+            "daemon.aggregator.merkle_log",
         }
     ),
     "daemon.aggregator.session": frozenset(
-        {"daemon.store", "daemon.segments", "daemon.aggregator.repair"}
+        {
+            "daemon.store",
+            "daemon.segments",
+            "daemon.aggregator.repair",
+            "daemon.aggregator.merkle_log",
+        }
     ),
     "daemon.aggregator.repair": frozenset({"daemon.store", "daemon.segments"}),
+    "daemon.aggregator.merkle_log": frozenset({"daemon.aggregator.merkle_files"}),
+    "daemon.aggregator.merkle_files": frozenset(),
     # The children's start-up specs carry the validated Config.
     "daemon.ipc": frozenset({"daemon.config"}),
     # Settings are sizes, spelled the one way (units).
@@ -164,10 +182,10 @@ LAYER1_FORBIDDEN = frozenset(
         "uvloop",
     }
 )
-#: crypto needs ``os.urandom``; merkle may open its folder (``MerkleLog.open``).
+#: Sealing (nonces, session secrets) and the keyring (keys, salts, nonces) need ``os.urandom``.
 LAYER1_ALLOWED_EXCEPTIONS: Mapping[str, frozenset[str]] = {
-    "crypto": frozenset({"os"}),
-    "merkle": frozenset({"os"}),
+    "crypto.seal": frozenset({"os"}),
+    "crypto.keyring": frozenset({"os"}),
 }
 
 #: Besides its own modules, the client package may use only these (it ships on its own).
@@ -175,7 +193,19 @@ CLIENT_MAY_IMPORT = frozenset({"protocol", "errors", "vocabulary"})
 CLIENT_MODULES = frozenset(name for name in LAYERS if name.split(".")[0] == "client")
 #: What the command line may use besides the client: the shared pure modules, never the daemon.
 CLI_MAY_IMPORT = frozenset(
-    {"client.__init__", "protocol", "errors", "vocabulary", "units", "crypto", "merkle", "__init__"}
+    {
+        "client.__init__",
+        "protocol",
+        "errors",
+        "vocabulary",
+        "units",
+        "crypto.__init__",
+        "crypto.record",
+        "crypto.seal",
+        "crypto.keyring",
+        "merkle",
+        "__init__",
+    }
 )
 
 
@@ -202,8 +232,9 @@ def lucidd_imports(source: str, known: set[str]) -> set[str]:
     """The lucidd modules (dotted names as in :data:`LAYERS`) that ``source`` imports.
 
     ``known`` holds module names that exist or are classified: ``from lucidd.daemon import
-    ipc`` names the module ``daemon.ipc``, ``from lucidd import __version__`` a name of the
-    package (``__init__``). A path that names no known module counts as its first part.
+    ipc`` names the module ``daemon.ipc``, ``from lucidd import crypto`` the package
+    ``crypto.__init__``, ``from lucidd import __version__`` a name of the package
+    (``__init__``). A path that names no known module counts as its first part.
     """
     found: set[str] = set()
     for node in _walk_imports(ast.parse(source)):
@@ -224,7 +255,12 @@ def lucidd_imports(source: str, known: set[str]) -> set[str]:
             continue
         for alias in node.names:
             candidate = ".".join([*base[1:], alias.name])
-            found.add(candidate if candidate in known else _resolve(base[1:], known))
+            if candidate in known:
+                found.add(candidate)
+            elif f"{candidate}.__init__" in known:  # "from lucidd import crypto": a package
+                found.add(f"{candidate}.__init__")
+            else:
+                found.add(_resolve(base[1:], known))
     return found
 
 
@@ -403,7 +439,11 @@ KNOWN = set(LAYERS)
         ("from lucidd.daemon import something_else", {"daemon.__init__"}),
         ("from lucidd.sub.mod import x", {"sub"}),
         ("from . import errors", {"errors"}),
-        ("from .crypto import seal", {"crypto"}),
+        ("from .crypto import seal", {"crypto.seal"}),
+        ("from lucidd import crypto", {"crypto.__init__"}),
+        ("import lucidd.crypto", {"crypto.__init__"}),
+        ("from lucidd.crypto import Keyring, seal_chunk", {"crypto.__init__"}),
+        ("from lucidd.crypto.record import HEADER_SIZE", {"crypto.record"}),
         ("from lucidd import __version__", {"__init__"}),
         ("import lucidd", {"__init__"}),
         (
@@ -432,7 +472,14 @@ def test_top_level_imports_sees_from_and_dotted_imports() -> None:
     [
         ("protocol", {"daemon.store"}, "protocol (layer 1) imports daemon.store (layer 2)"),
         ("errors", {"protocol"}, "errors (layer 0) imports protocol (layer 1)"),
-        ("crypto", {"merkle"}, "same-layer imports must be listed"),
+        ("crypto.seal", {"merkle"}, "same-layer imports must be listed"),
+        ("crypto.record", {"crypto.seal"}, "same-layer imports must be listed"),
+        (
+            "merkle",
+            {"daemon.aggregator.merkle_log"},
+            "merkle (layer 1) imports daemon.aggregator.merkle_log (layer 2)",
+        ),
+        ("daemon.aggregator.merkle_files", {"daemon.aggregator.merkle_log"}, "must be listed"),
         ("daemon.store", {"daemon.keyfile"}, "same-layer imports must be listed"),
         ("daemon.aggregator.control", {"daemon.supervisor.ingest"}, "must be listed"),
         ("daemon.worker", {"daemon.aggregator.main"}, "process mains never import each other"),
@@ -455,8 +502,16 @@ def test_violations_are_reported(importer: str, imported: set[str], fragment: st
         ("protocol", {"errors"}),
         (
             "daemon.aggregator.ledger",
-            {"daemon.store", "merkle", "daemon.aggregator.reorder", "daemon.ipc", "crypto"},
+            {
+                "daemon.store",
+                "merkle",
+                "daemon.aggregator.reorder",
+                "daemon.ipc",
+                "crypto.__init__",
+                "daemon.aggregator.merkle_log",
+            },
         ),
+        ("daemon.aggregator.merkle_log", {"daemon.aggregator.merkle_files", "merkle"}),
         (
             "daemon.supervisor.main",
             {"daemon.supervisor.ingest", "daemon.supervisor.children", "daemon.ring"},

@@ -10,9 +10,10 @@ import pytest
 
 from lucidd.crypto import Keyring, seal_chunk
 from lucidd.daemon.aggregator.ledger import Ledger
+from lucidd.daemon.aggregator.merkle_log import FLUSH_BYTES
 from lucidd.daemon.segments import SegmentWriter
 from lucidd.errors import DamagedSessionError, KeyringError, LucidError
-from lucidd.merkle import FLUSH_BYTES, HASH_SIZE, leaf_hash, root_of
+from lucidd.merkle import HASH_SIZE, leaf_hash, root_of
 
 
 def make_sessions(state_dir: Path, keyring: Keyring, count: int) -> list[bytes]:

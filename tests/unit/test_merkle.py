@@ -21,12 +21,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lucidd.daemon.aggregator.merkle_log import MerkleLog
 from lucidd.errors import BadRequestError, FormatError
 from lucidd.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
     Checkpoint,
-    MerkleLog,
     leaf_hash,
     node_hash,
     root_of,

@@ -19,13 +19,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lucidd import merkle
+from lucidd.daemon.aggregator import merkle_log
+from lucidd.daemon.aggregator.merkle_files import LEAVES_FILE, STATE_FILE
+from lucidd.daemon.aggregator.merkle_log import MerkleLog
 from lucidd.errors import BadRequestError, StorageError
 from lucidd.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
-    LEAVES_FILE,
-    STATE_FILE,
-    MerkleLog,
     leaf_hash,
     root_of,
     verify_consistency,
@@ -71,7 +71,7 @@ def _assert_same_log(log: MerkleLog, model: MerkleLog, sizes: list[int]) -> None
 
 @pytest.fixture
 def small_flush(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(merkle, "FLUSH_BYTES", SMALL_FLUSH)
+    monkeypatch.setattr(merkle_log, "FLUSH_BYTES", SMALL_FLUSH)
 
 
 def test_fresh_folder_is_an_empty_log(tmp_path: Path) -> None:

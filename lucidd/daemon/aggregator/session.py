@@ -24,6 +24,7 @@ from lucidd.crypto import (
 )
 from lucidd.daemon import ipc
 from lucidd.daemon.access import LEGACY_OWNER
+from lucidd.daemon.aggregator.merkle_log import MerkleLog
 from lucidd.daemon.aggregator.reorder import ReorderWindow
 from lucidd.daemon.aggregator.repair import (
     ScrubTarget,
@@ -60,7 +61,7 @@ from lucidd.errors import (
     NotFoundError,
     StorageError,
 )
-from lucidd.merkle import Checkpoint, MerkleLog, leaf_hash
+from lucidd.merkle import Checkpoint, leaf_hash
 
 
 def checkpoint_origin(session_id: bytes) -> str:
