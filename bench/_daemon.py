@@ -1,8 +1,8 @@
 """A real ``lucidd serve`` for the bench, its processes' memory, and its metrics.
 
-The daemon is started the way ``tests/conftest.py`` starts it (and the way systemd would): a
-bench-owned datagram socket is passed as ``NOTIFY_SOCKET`` and the bench waits for ``READY=1``.
-Folders are short paths under ``/tmp`` because a Unix socket path must stay under 108 bytes.
+The daemon is started by the harness the tests use (:mod:`lucidd.testing`: readiness through
+a bench-owned ``NOTIFY_SOCKET``, as systemd waits for it). Folders are short paths under
+``/tmp`` because a Unix socket path must stay under 108 bytes.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ import contextlib
 import multiprocessing as mp
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,18 +20,15 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from types import TracebackType
 from typing import Final, Self
 
 import psutil
 
 from lucidd.client import ControlClient
+from lucidd.testing import STOP_TIMEOUT_S, Daemon, DaemonError
 
-READY_TIMEOUT_S: Final = 60.0
-STOP_TIMEOUT_S: Final = 40.0
-NOTIFY_RECV_TIMEOUT_S: Final = 0.2
+LOG_TAIL_CHARS: Final = 3000
 MEMORY_SAMPLE_INTERVAL_S: Final = 0.5
-NOTIFY_NAME: Final = "n.sock"
 #: Where POSIX shared memory (the daemon's ring) lives.
 SHM_PREFIX: Final = "/dev/shm/"
 MB: Final = 1_000_000
@@ -52,106 +47,23 @@ def short_tmp(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
 
-class DaemonError(RuntimeError):
-    """The daemon did not start or stop as expected; the message carries its log's tail."""
+def bench_daemon(base: Path, workers: int, env: Mapping[str, str]) -> Daemon:
+    """A :class:`lucidd.testing.Daemon` that runs this checkout's ``lucidd``.
 
-
-class Daemon:
-    """One ``lucidd serve`` child process on its own folders under ``base``.
-
-    ``env`` adds ``LUCIDD_*`` settings. The bench's own ``lucidd`` (this checkout) is put first
-    on the child's ``PYTHONPATH``, so the daemon runs the code the bench imports.
+    The checkout is put first on the child's ``PYTHONPATH`` and is its working folder (``-m
+    lucidd`` imports from the current folder first), so the daemon runs the code the bench
+    imports. The notify socket is closed once ``READY=1`` came: nobody reads it afterwards.
     """
-
-    def __init__(self, base: Path, workers: int, env: dict[str, str]) -> None:
-        self.base = base
-        self.state_dir = base / "s"
-        self.runtime_dir = base / "r"
-        self.workers = workers
-        self.extra_env = env
-        self.log_path = base / "lucidd.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._notify: socket.socket | None = None
-
-    def start(self) -> Self:
-        notify_path = self.base / NOTIFY_NAME
-        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._notify.bind(str(notify_path))
-        self._notify.settimeout(NOTIFY_RECV_TIMEOUT_S)
-        env = dict(os.environ)
-        env.update(self.extra_env)
-        env["NOTIFY_SOCKET"] = str(notify_path)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
-        )
-        cmd = [
-            sys.executable,
-            "-m",
-            "lucidd",
-            "serve",
-            "--state-dir",
-            str(self.state_dir),
-            "--runtime-dir",
-            str(self.runtime_dir),
-            "--workers",
-            str(self.workers),
-        ]
-        with self.log_path.open("ab") as log:
-            # cwd: ``-m lucidd`` imports from the current folder first; make it this checkout.
-            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, cwd=REPO_ROOT)
-        self._wait_ready()
-        return self
-
-    def _wait_ready(self) -> None:
-        """Wait for ``READY=1``, then close the notify socket.
-
-        Nobody reads it afterwards, and the daemon keeps sending ``STATUS=`` lines: a full
-        socket would block the daemon's sender (its event loop, as of this writing). With the
-        socket gone, the daemon's notifications fail at once and it carries on.
-        """
-        assert self._notify is not None and self.proc is not None
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        try:
-            while time.monotonic() < deadline:
-                try:
-                    if "READY=1" in self._notify.recv(4096).decode():
-                        return
-                except TimeoutError:
-                    if self.proc.poll() is not None:
-                        raise DaemonError(
-                            f"lucidd exited with {self.proc.returncode}:\n{self.log_tail()}"
-                        ) from None
-            raise DaemonError(
-                f"no READY=1 from lucidd within {READY_TIMEOUT_S} s:\n{self.log_tail()}"
-            )
-        finally:
-            self._notify.close()
-            self._notify = None
-            (self.base / NOTIFY_NAME).unlink(missing_ok=True)
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
-
-    def stop(self) -> None:
-        """SIGTERM (the daemon drains and exits); SIGKILL if it does not within the timeout."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return Daemon(
+        base,
+        workers,
+        {**env, "PYTHONPATH": pythonpath},
+        cwd=REPO_ROOT,
+        listen=False,
+        state_dir_name="s",
+        runtime_dir_name="r",
+    )
 
 
 @contextlib.contextmanager
@@ -166,15 +78,18 @@ def started_daemon(
     base = short_tmp("lb-")
     env = {f"LUCIDD_{name.upper()}": value for name, value in (settings or {}).items()}
     env.update({"LUCIDD_DURABILITY": durability, "LUCIDD_COMPRESSION": "off"})
-    daemon = Daemon(base, workers, env)
+    daemon = bench_daemon(base, workers, env)
     try:
         yield daemon.start()
     except BaseException:
         if daemon.log_path.exists():
-            print(f"--- lucidd log (tail) ---\n{daemon.log_tail()}", file=sys.stderr)
+            print(f"--- lucidd log (tail) ---\n{daemon.log(LOG_TAIL_CHARS)}", file=sys.stderr)
         raise
     finally:
-        daemon.stop()
+        if daemon.proc is not None:
+            # A daemon that does not stop is killed; the bench's figures are already taken.
+            with contextlib.suppress(DaemonError):
+                daemon.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 
