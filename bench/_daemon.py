@@ -8,7 +8,6 @@ a bench-owned ``NOTIFY_SOCKET``, as systemd waits for it). Folders are short pat
 from __future__ import annotations
 
 import contextlib
-import multiprocessing as mp
 import os
 import shutil
 import subprocess
@@ -16,22 +15,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Self
+from typing import Final
 
 import psutil
 
+from bench._hdr import Histogram
 from lucidd.client import ControlClient
 from lucidd.testing import STOP_TIMEOUT_S, Daemon, DaemonError
 
 LOG_TAIL_CHARS: Final = 3000
-MEMORY_SAMPLE_INTERVAL_S: Final = 0.5
-#: Where POSIX shared memory (the daemon's ring) lives.
-SHM_PREFIX: Final = "/dev/shm/"
-MB: Final = 1_000_000
 STAGE_PREFIX: Final = "stage_"
 STAGE_SUFFIX: Final = "_seconds_total"
 SEALED_COUNTER: Final = "chunks_sealed_total"
@@ -168,137 +162,19 @@ def process_wakeup_us(rounds: int = 2000) -> float:
     )
     os.close(ping_r)
     os.close(pong_w)
-    trips: list[int] = []
+    trips = Histogram()
     try:
         for _ in range(rounds):
             start = time.perf_counter_ns()
             os.write(ping_w, b"x")
             os.read(pong_r, 1)
-            trips.append(time.perf_counter_ns() - start)
+            trips.record(time.perf_counter_ns() - start)
             time.sleep(0.0002)  # let both sides go idle, as between chunks sent one at a time
     finally:
         os.close(ping_w)
         os.close(pong_r)
         child.wait(STOP_TIMEOUT_S)
-    trips.sort()
-    return trips[len(trips) // 2] / 2 / 1000
-
-
-def _pss_ring(pid: int) -> int:
-    """Bytes of the process's PSS in mappings of ``/dev/shm`` files (the ring), from smaps."""
-    try:
-        text = Path(f"/proc/{pid}/smaps").read_text()
-    except OSError:
-        return 0
-    total = 0
-    in_shm = False
-    for line in text.splitlines():
-        if line.startswith("Pss:"):
-            if in_shm:
-                total += int(line.split()[1]) * 1024
-        elif not line[:1].isupper():  # a mapping's header line: "start-end perms ... path"
-            fields = line.split(maxsplit=5)
-            in_shm = len(fields) == 6 and fields[5].startswith(SHM_PREFIX)
-    return total
-
-
-@dataclass
-class MemorySample:
-    """Sums over the daemon's processes at one moment, in bytes."""
-
-    rss: int = 0
-    pss: int = 0
-    pss_ring: int = 0
-    processes: int = 0
-
-
-def sample_memory(procs: list[psutil.Process]) -> MemorySample:
-    sample = MemorySample()
-    for proc in procs:
-        try:
-            info = proc.memory_full_info()
-        except psutil.Error:
-            continue
-        sample.rss += info.rss
-        sample.pss += info.pss
-        sample.pss_ring += _pss_ring(proc.pid)
-        sample.processes += 1
-    return sample
-
-
-@dataclass
-class MemoryPeaks:
-    """What a memory watch saw: the first sample and the samples with the most RSS and PSS."""
-
-    idle: MemorySample = field(default_factory=MemorySample)
-    peak_rss: MemorySample = field(default_factory=MemorySample)
-    peak_pss: MemorySample = field(default_factory=MemorySample)
-    samples: int = 0
-
-    def take(self, sample: MemorySample) -> None:
-        if self.samples == 0:
-            self.idle = sample
-        self.samples += 1
-        if sample.rss > self.peak_rss.rss:
-            self.peak_rss = sample
-        if sample.pss > self.peak_pss.pss:
-            self.peak_pss = sample
-
-    def as_dict(self, workers: int) -> dict[str, float | int]:
-        """The ``memory`` object of the bench's JSON (sizes in MB = 10**6 bytes)."""
-        return {
-            "workers": workers,
-            "processes": self.peak_pss.processes,
-            "samples": self.samples,
-            "idle_rss_mb": self.idle.rss / MB,
-            "idle_pss_mb": self.idle.pss / MB,
-            "peak_rss_mb": self.peak_rss.rss / MB,
-            "peak_pss_mb": self.peak_pss.pss / MB,
-            "peak_pss_ring_mb": self.peak_pss.pss_ring / MB,
-            "peak_pss_without_ring_mb": (self.peak_pss.pss - self.peak_pss.pss_ring) / MB,
-        }
-
-
-def _watch(pids: list[int], conn: Connection) -> None:
-    procs = [psutil.Process(pid) for pid in pids]
-    peaks = MemoryPeaks()
-    peaks.take(sample_memory(procs))
-    while not conn.poll(MEMORY_SAMPLE_INTERVAL_S):
-        peaks.take(sample_memory(procs))
-    peaks.take(sample_memory(procs))
-    conn.send(peaks)
-
-
-class MemoryWatch:
-    """Samples the daemon's memory every :data:`MEMORY_SAMPLE_INTERVAL_S` until :meth:`stop`.
-
-    The sampler is a forked process, not a thread: reading ``smaps_rollup`` of a dozen
-    processes is ~20 ms of Python, which in a thread would hold the GIL against the bench's
-    client threads and show up in their latencies. Start it before any other thread.
-    """
-
-    def __init__(self, procs: list[psutil.Process]) -> None:
-        self._pids = [proc.pid for proc in procs]
-        self._conn: Connection | None = None
-        self._process: BaseProcess | None = None
-        self.peaks = MemoryPeaks()
-
-    def start(self) -> Self:
-        ctx = mp.get_context("fork")
-        self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(target=_watch, args=(self._pids, child), daemon=True)
-        self._process.start()
-        child.close()
-        return self
-
-    def stop(self) -> MemoryPeaks:
-        if self._conn is not None and self._process is not None:
-            self._conn.send(None)
-            self.peaks = self._conn.recv()
-            self._process.join()
-            self._conn.close()
-            self._conn = self._process = None
-        return self.peaks
+    return trips.percentile(50) / 2 / 1000
 
 
 # --- metrics ------------------------------------------------------------------------------

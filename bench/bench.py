@@ -51,7 +51,6 @@ from bench import _lucidd as drive
 from bench._daemon import (
     REPO_ROOT,
     SETTLE_TIMEOUT_S,
-    MemoryWatch,
     cpu_roles,
     daemon_processes,
     process_wakeup_us,
@@ -60,6 +59,7 @@ from bench._daemon import (
     started_daemon,
 )
 from bench._hdr import Histogram
+from bench._memory import MemoryWatch
 from lucidd.client import ControlClient
 from lucidd.units import KiB, MiB, format_size, parse_size
 
