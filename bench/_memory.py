@@ -111,9 +111,10 @@ def _watch(pids: list[int], interval_s: float, conn: Connection) -> None:
 class MemoryWatch:
     """Samples the processes' memory every ``interval_s`` seconds until :meth:`stop`.
 
-    The sampler is a forked process, not a thread: reading ``smaps_rollup`` of a dozen
-    processes is ~20 ms of Python, which in a thread would hold the GIL against the bench's
-    client threads and show up in their latencies. Start it before any other thread.
+    The sampler is a forked process, not a thread: reading the smaps of a dozen processes is
+    enough Python to hold the GIL against the bench's client threads and show up in their
+    latencies (docs/bench.md, "Figures behind design choices"). Start it before any other
+    thread.
     """
 
     def __init__(
