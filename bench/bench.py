@@ -20,6 +20,10 @@ JSON (``--json FILE``) and how to read the plot (``--plot FILE.png``, needs matp
     python bench/bench.py --quick                        # under a minute on 2 cores
     python bench/bench.py --json out.json --plot out.png # the full run: several minutes
     python bench/bench.py --runtime-dir /run/lucidd      # a running daemon (no scaling)
+
+This file is the entry point; the work is in ``_settings`` (what to measure, the command line),
+``_measure`` (the phases), ``_results`` (the JSON), ``_goals``, ``_report`` (Markdown) and
+``_plot``.
 """
 
 from __future__ import annotations
