@@ -1,42 +1,31 @@
 """A real ``lucidd serve`` for the bench, its processes' memory, and its metrics.
 
-The daemon is started the way ``tests/conftest.py`` starts it (and the way systemd would): a
-bench-owned datagram socket is passed as ``NOTIFY_SOCKET`` and the bench waits for ``READY=1``.
-Folders are short paths under ``/tmp`` because a Unix socket path must stay under 108 bytes.
+The daemon is started by the harness the tests use (:mod:`lucidd.testing`: readiness through
+a bench-owned ``NOTIFY_SOCKET``, as systemd waits for it). Folders are short paths under
+``/tmp`` because a Unix socket path must stay under 108 bytes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing as mp
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
+from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
 import psutil
 
+from bench._hdr import Histogram
 from lucidd.client import ControlClient
+from lucidd.testing import STOP_TIMEOUT_S, Daemon, DaemonError
 
-READY_TIMEOUT_S: Final = 60.0
-STOP_TIMEOUT_S: Final = 40.0
-NOTIFY_RECV_TIMEOUT_S: Final = 0.2
-MEMORY_SAMPLE_INTERVAL_S: Final = 0.5
-NOTIFY_NAME: Final = "n.sock"
-#: Where POSIX shared memory (the daemon's ring) lives.
-SHM_PREFIX: Final = "/dev/shm/"
-MB: Final = 1_000_000
+LOG_TAIL_CHARS: Final = 3000
 STAGE_PREFIX: Final = "stage_"
 STAGE_SUFFIX: Final = "_seconds_total"
 SEALED_COUNTER: Final = "chunks_sealed_total"
@@ -52,106 +41,23 @@ def short_tmp(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
 
-class DaemonError(RuntimeError):
-    """The daemon did not start or stop as expected; the message carries its log's tail."""
+def bench_daemon(base: Path, workers: int, env: Mapping[str, str]) -> Daemon:
+    """A :class:`lucidd.testing.Daemon` that runs this checkout's ``lucidd``.
 
-
-class Daemon:
-    """One ``lucidd serve`` child process on its own folders under ``base``.
-
-    ``env`` adds ``LUCIDD_*`` settings. The bench's own ``lucidd`` (this checkout) is put first
-    on the child's ``PYTHONPATH``, so the daemon runs the code the bench imports.
+    The checkout is put first on the child's ``PYTHONPATH`` and is its working folder (``-m
+    lucidd`` imports from the current folder first), so the daemon runs the code the bench
+    imports. The notify socket is closed once ``READY=1`` came: nobody reads it afterwards.
     """
-
-    def __init__(self, base: Path, workers: int, env: dict[str, str]) -> None:
-        self.base = base
-        self.state_dir = base / "s"
-        self.runtime_dir = base / "r"
-        self.workers = workers
-        self.extra_env = env
-        self.log_path = base / "lucidd.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._notify: socket.socket | None = None
-
-    def start(self) -> Self:
-        notify_path = self.base / NOTIFY_NAME
-        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._notify.bind(str(notify_path))
-        self._notify.settimeout(NOTIFY_RECV_TIMEOUT_S)
-        env = dict(os.environ)
-        env.update(self.extra_env)
-        env["NOTIFY_SOCKET"] = str(notify_path)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
-        )
-        cmd = [
-            sys.executable,
-            "-m",
-            "lucidd",
-            "serve",
-            "--state-dir",
-            str(self.state_dir),
-            "--runtime-dir",
-            str(self.runtime_dir),
-            "--workers",
-            str(self.workers),
-        ]
-        with self.log_path.open("ab") as log:
-            # cwd: ``-m lucidd`` imports from the current folder first; make it this checkout.
-            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, cwd=REPO_ROOT)
-        self._wait_ready()
-        return self
-
-    def _wait_ready(self) -> None:
-        """Wait for ``READY=1``, then close the notify socket.
-
-        Nobody reads it afterwards, and the daemon keeps sending ``STATUS=`` lines: a full
-        socket would block the daemon's sender (its event loop, as of this writing). With the
-        socket gone, the daemon's notifications fail at once and it carries on.
-        """
-        assert self._notify is not None and self.proc is not None
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        try:
-            while time.monotonic() < deadline:
-                try:
-                    if "READY=1" in self._notify.recv(4096).decode():
-                        return
-                except TimeoutError:
-                    if self.proc.poll() is not None:
-                        raise DaemonError(
-                            f"lucidd exited with {self.proc.returncode}:\n{self.log_tail()}"
-                        ) from None
-            raise DaemonError(
-                f"no READY=1 from lucidd within {READY_TIMEOUT_S} s:\n{self.log_tail()}"
-            )
-        finally:
-            self._notify.close()
-            self._notify = None
-            (self.base / NOTIFY_NAME).unlink(missing_ok=True)
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
-
-    def stop(self) -> None:
-        """SIGTERM (the daemon drains and exits); SIGKILL if it does not within the timeout."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return Daemon(
+        base,
+        workers,
+        {**env, "PYTHONPATH": pythonpath},
+        cwd=REPO_ROOT,
+        listen=False,
+        state_dir_name="s",
+        runtime_dir_name="r",
+    )
 
 
 @contextlib.contextmanager
@@ -166,15 +72,18 @@ def started_daemon(
     base = short_tmp("lb-")
     env = {f"LUCIDD_{name.upper()}": value for name, value in (settings or {}).items()}
     env.update({"LUCIDD_DURABILITY": durability, "LUCIDD_COMPRESSION": "off"})
-    daemon = Daemon(base, workers, env)
+    daemon = bench_daemon(base, workers, env)
     try:
         yield daemon.start()
     except BaseException:
         if daemon.log_path.exists():
-            print(f"--- lucidd log (tail) ---\n{daemon.log_tail()}", file=sys.stderr)
+            print(f"--- lucidd log (tail) ---\n{daemon.log(LOG_TAIL_CHARS)}", file=sys.stderr)
         raise
     finally:
-        daemon.stop()
+        if daemon.proc is not None:
+            # A daemon that does not stop is killed; the bench's figures are already taken.
+            with contextlib.suppress(DaemonError):
+                daemon.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -253,137 +162,19 @@ def process_wakeup_us(rounds: int = 2000) -> float:
     )
     os.close(ping_r)
     os.close(pong_w)
-    trips: list[int] = []
+    trips = Histogram()
     try:
         for _ in range(rounds):
             start = time.perf_counter_ns()
             os.write(ping_w, b"x")
             os.read(pong_r, 1)
-            trips.append(time.perf_counter_ns() - start)
+            trips.record(time.perf_counter_ns() - start)
             time.sleep(0.0002)  # let both sides go idle, as between chunks sent one at a time
     finally:
         os.close(ping_w)
         os.close(pong_r)
         child.wait(STOP_TIMEOUT_S)
-    trips.sort()
-    return trips[len(trips) // 2] / 2 / 1000
-
-
-def _pss_ring(pid: int) -> int:
-    """Bytes of the process's PSS in mappings of ``/dev/shm`` files (the ring), from smaps."""
-    try:
-        text = Path(f"/proc/{pid}/smaps").read_text()
-    except OSError:
-        return 0
-    total = 0
-    in_shm = False
-    for line in text.splitlines():
-        if line.startswith("Pss:"):
-            if in_shm:
-                total += int(line.split()[1]) * 1024
-        elif not line[:1].isupper():  # a mapping's header line: "start-end perms ... path"
-            fields = line.split(maxsplit=5)
-            in_shm = len(fields) == 6 and fields[5].startswith(SHM_PREFIX)
-    return total
-
-
-@dataclass
-class MemorySample:
-    """Sums over the daemon's processes at one moment, in bytes."""
-
-    rss: int = 0
-    pss: int = 0
-    pss_ring: int = 0
-    processes: int = 0
-
-
-def sample_memory(procs: list[psutil.Process]) -> MemorySample:
-    sample = MemorySample()
-    for proc in procs:
-        try:
-            info = proc.memory_full_info()
-        except psutil.Error:
-            continue
-        sample.rss += info.rss
-        sample.pss += info.pss
-        sample.pss_ring += _pss_ring(proc.pid)
-        sample.processes += 1
-    return sample
-
-
-@dataclass
-class MemoryPeaks:
-    """What a memory watch saw: the first sample and the samples with the most RSS and PSS."""
-
-    idle: MemorySample = field(default_factory=MemorySample)
-    peak_rss: MemorySample = field(default_factory=MemorySample)
-    peak_pss: MemorySample = field(default_factory=MemorySample)
-    samples: int = 0
-
-    def take(self, sample: MemorySample) -> None:
-        if self.samples == 0:
-            self.idle = sample
-        self.samples += 1
-        if sample.rss > self.peak_rss.rss:
-            self.peak_rss = sample
-        if sample.pss > self.peak_pss.pss:
-            self.peak_pss = sample
-
-    def as_dict(self, workers: int) -> dict[str, float | int]:
-        """The ``memory`` object of the bench's JSON (sizes in MB = 10**6 bytes)."""
-        return {
-            "workers": workers,
-            "processes": self.peak_pss.processes,
-            "samples": self.samples,
-            "idle_rss_mb": self.idle.rss / MB,
-            "idle_pss_mb": self.idle.pss / MB,
-            "peak_rss_mb": self.peak_rss.rss / MB,
-            "peak_pss_mb": self.peak_pss.pss / MB,
-            "peak_pss_ring_mb": self.peak_pss.pss_ring / MB,
-            "peak_pss_without_ring_mb": (self.peak_pss.pss - self.peak_pss.pss_ring) / MB,
-        }
-
-
-def _watch(pids: list[int], conn: Connection) -> None:
-    procs = [psutil.Process(pid) for pid in pids]
-    peaks = MemoryPeaks()
-    peaks.take(sample_memory(procs))
-    while not conn.poll(MEMORY_SAMPLE_INTERVAL_S):
-        peaks.take(sample_memory(procs))
-    peaks.take(sample_memory(procs))
-    conn.send(peaks)
-
-
-class MemoryWatch:
-    """Samples the daemon's memory every :data:`MEMORY_SAMPLE_INTERVAL_S` until :meth:`stop`.
-
-    The sampler is a forked process, not a thread: reading ``smaps_rollup`` of a dozen
-    processes is ~20 ms of Python, which in a thread would hold the GIL against the bench's
-    client threads and show up in their latencies. Start it before any other thread.
-    """
-
-    def __init__(self, procs: list[psutil.Process]) -> None:
-        self._pids = [proc.pid for proc in procs]
-        self._conn: Connection | None = None
-        self._process: BaseProcess | None = None
-        self.peaks = MemoryPeaks()
-
-    def start(self) -> Self:
-        ctx = mp.get_context("fork")
-        self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(target=_watch, args=(self._pids, child), daemon=True)
-        self._process.start()
-        child.close()
-        return self
-
-    def stop(self) -> MemoryPeaks:
-        if self._conn is not None and self._process is not None:
-            self._conn.send(None)
-            self.peaks = self._conn.recv()
-            self._process.join()
-            self._conn.close()
-            self._conn = self._process = None
-        return self.peaks
+    return trips.percentile(50) / 2 / 1000
 
 
 # --- metrics ------------------------------------------------------------------------------

@@ -47,9 +47,10 @@ from typing import Any, Final
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._baselines import Workload
-from bench._daemon import MB, MemoryWatch, daemon_processes, read_metrics, started_daemon
+from bench._daemon import daemon_processes, read_metrics, started_daemon
 from bench._lucidd import RunResult, pipelined
-from bench.bench import log
+from bench._memory import MB, MemoryWatch
+from bench._results import log
 from lucidd import protocol as p
 from lucidd.client import ControlClient, DataClient, new_session_id
 from lucidd.daemon.config import Config

@@ -20,70 +20,33 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import psutil
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._daemon import started_daemon
+from bench._daemon import daemon_processes, started_daemon
+from bench._hdr import Histogram
+from bench._memory import MemoryWatch
 from lucidd.client import DataClient, new_session_id
 from lucidd.crypto import ChunkSealer
 from lucidd.units import parse_size
 
 MiB = 1024 * 1024
-
-
-class MemorySampler:
-    """Peak RSS and PSS over every process of the daemon, sampled in a thread."""
-
-    def __init__(self, root_pid: int) -> None:
-        self._root = psutil.Process(root_pid)
-        self.peak_rss = 0
-        self.peak_pss = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            rss = pss = 0
-            for proc in [self._root, *self._root.children(recursive=True)]:
-                try:
-                    info = proc.memory_full_info()
-                except psutil.Error:
-                    continue
-                rss += info.rss
-                pss += getattr(info, "pss", info.rss)
-            self.peak_rss = max(self.peak_rss, rss)
-            self.peak_pss = max(self.peak_pss, pss)
-            time.sleep(0.05)
-
-    def __enter__(self) -> MemorySampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def percentile(sorted_ns: list[int], q: float) -> float:
-    return sorted_ns[min(len(sorted_ns) - 1, int(len(sorted_ns) * q))] / 1000
+#: Samples often enough to catch the peak of a put that lasts seconds.
+MEMORY_SAMPLE_INTERVAL_S = 0.05
 
 
 def in_process_seal_us(size: int, rounds: int = 200) -> float:
     sealer = ChunkSealer(size)
     payload = os.urandom(size)
     secret, session = os.urandom(32), os.urandom(16)
-    times = []
+    times = Histogram()
     for i in range(rounds):
         t0 = time.perf_counter_ns()
         sealer.seal(secret, session, i, payload, "off")
-        times.append(time.perf_counter_ns() - t0)
-    times.sort()
-    return times[len(times) // 2] / 1000
+        times.record(time.perf_counter_ns() - t0)
+    return times.percentile(50) / 1000
 
 
 def main() -> int:
@@ -99,32 +62,33 @@ def main() -> int:
         for _ in range(0, size, 64 * MiB):
             f.write(os.urandom(min(64 * MiB, size - f.tell())))
     with started_daemon(args.workers, "fsync") as d:
-        assert d.proc is not None
         cmd = [sys.executable, "-m", "lucidd.cli", "--runtime-dir", str(d.runtime_dir)]
         cmd += ["--json", "put", str(data_file), "--chunk-size", "1MiB"]
-        with MemorySampler(d.proc.pid) as memory:
+        with MemoryWatch(daemon_processes(d.runtime_dir), MEMORY_SAMPLE_INTERVAL_S) as memory:
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             put_s = time.perf_counter() - t0
         payload = os.urandom(64 * 1024)
         session = new_session_id()
-        latencies = []
+        latencies = Histogram()
+        warmup = args.latency_chunks // 10  # the warm-up tenth is not recorded
         with DataClient(d.runtime_dir) as client:
             for i in range(args.latency_chunks):
                 t0_ns = time.perf_counter_ns()
                 client.put(session, i, payload)
-                latencies.append(time.perf_counter_ns() - t0_ns)
-        latencies = sorted(latencies[len(latencies) // 10 :])  # drop the warm-up tenth
+                if i >= warmup:
+                    latencies.record(time.perf_counter_ns() - t0_ns)
+    peaks = memory.peaks
     seal_1m = in_process_seal_us(MiB)
     seal_64k = in_process_seal_us(64 * 1024)
     rows = [
         ("lucidctl put, 1 MiB chunks", f"{size / MiB / put_s:.0f} MiB/s ({put_s:.2f} s)"),
         ("in-process seal+hash, 1 MiB", f"{MiB / MiB / (seal_1m / 1e6):.0f} MiB/s per core"),
-        ("latency 64 KiB, 1 in flight, p50", f"{percentile(latencies, 0.5):.0f} µs"),
-        ("latency 64 KiB, 1 in flight, p99", f"{percentile(latencies, 0.99):.0f} µs"),
+        ("latency 64 KiB, 1 in flight, p50", f"{latencies.percentile(50) / 1000:.0f} µs"),
+        ("latency 64 KiB, 1 in flight, p99", f"{latencies.percentile(99) / 1000:.0f} µs"),
         ("in-process seal+hash, 64 KiB", f"{seal_64k:.0f} µs"),
-        ("daemon peak RSS (all processes)", f"{memory.peak_rss / MiB:.0f} MiB"),
-        ("daemon peak PSS (all processes)", f"{memory.peak_pss / MiB:.0f} MiB"),
+        ("daemon peak RSS (all processes)", f"{peaks.peak_rss.rss / MiB:.0f} MiB"),
+        ("daemon peak PSS (all processes)", f"{peaks.peak_pss.pss / MiB:.0f} MiB"),
     ]
     print("| measure | value |\n|---|---|")
     for name, value in rows:

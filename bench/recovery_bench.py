@@ -12,39 +12,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-import psutil
-
 from lucidd.client import ControlClient, DataClient, new_session_id
+from lucidd.testing import Daemon
+
+#: A large state takes a while to recover.
+READY_TIMEOUT_S = 120.0
 
 
-def start(base: Path) -> tuple[subprocess.Popen[bytes], float]:
-    """Start lucidd; returns the process and the seconds until READY=1."""
-    notify_path = base / "notify.sock"
-    notify_path.unlink(missing_ok=True)
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(notify_path))
-    env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), LUCIDD_COMPRESSION="off")
-    cmd = [sys.executable, "-m", "lucidd", "serve", "--state-dir", str(base / "state")]
-    cmd += ["--runtime-dir", str(base / "run"), "--workers", "2"]
-    started = time.monotonic()
-    log = (base / "lucidd.log").open("ab")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
-    notify.settimeout(120)
-    while b"READY=1" not in notify.recv(4096):
-        pass
-    elapsed = time.monotonic() - started
-    notify.close()
-    return proc, elapsed
+def start(base: Path) -> Daemon:
+    """Start lucidd on ``base``; its ``ready_s`` is the seconds from exec to READY=1."""
+    return Daemon(
+        base,
+        workers=2,
+        env={"LUCIDD_COMPRESSION": "off"},
+        ready_timeout=READY_TIMEOUT_S,
+        listen=False,
+    ).start()
 
 
 def fill(base: Path, session: bytes, first: int, count: int, connections: int = 4) -> None:
@@ -66,14 +55,6 @@ def fill(base: Path, session: bytes, first: int, count: int, connections: int = 
         t.join()
 
 
-def kill_all(proc: subprocess.Popen[bytes]) -> None:
-    procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    for p in procs:
-        p.kill()
-    psutil.wait_procs(procs, timeout=10)
-    proc.wait()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=1_000_000)
@@ -81,21 +62,22 @@ def main() -> int:
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="ld-rb-", dir="/tmp"))
     session = new_session_id()
-    proc, cold = start(base)
+    daemon = start(base)
+    cold = daemon.ready_s
     t0 = time.monotonic()
     fill(base, session, 0, args.chunks)
     fill_s = time.monotonic() - t0
-    proc.send_signal(signal.SIGTERM)
-    proc.wait()
-    proc, clean = start(base)
+    daemon.stop()
+    daemon = start(base)
+    clean = daemon.ready_s
     tail = max(1000, args.chunks // 100)
     fill(base, session, args.chunks, tail)
-    kill_all(proc)
-    proc, crashed = start(base)
-    with ControlClient(base / "run") as control:
+    daemon.kill_all()
+    daemon = start(base)
+    crashed = daemon.ready_s
+    with ControlClient(daemon.runtime_dir) as control:
         size = control.root(session).size
-    proc.send_signal(signal.SIGTERM)
-    proc.wait()
+    daemon.stop()
     figures = {
         "chunks": args.chunks + tail,
         "size_after_crash": size,

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 from lucidd.client import ControlClient, parse_session_id
+from lucidd.testing import serve_command
 from tests.conftest import Daemon
 from tests.helpers import all_records_on_disk, root_from_disk
 from tests.integration.test_lucidctl import (
@@ -201,18 +202,7 @@ def test_a_second_daemon_on_the_same_state_folder_exits_75_naming_the_holder(
 ) -> None:
     other_runtime = short_tmp / "run2"
     second = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lucidd",
-            "serve",
-            "--state-dir",
-            str(daemon.state_dir),
-            "--runtime-dir",
-            str(other_runtime),
-            "--workers",
-            "1",
-        ],
+        serve_command(daemon.state_dir, other_runtime, "--workers", "1"),
         capture_output=True,
         timeout=CLI_TIMEOUT_S,
         check=False,

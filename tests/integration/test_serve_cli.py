@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from lucidd.errors import EX_CONFIG
+from lucidd.testing import serve_command
 
 
 def serve(
     tmp: Path, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "lucidd", "serve", "--state-dir", str(tmp / "state")]
-    cmd += ["--runtime-dir", str(tmp / "run"), *args]
+    cmd = serve_command(tmp / "state", tmp / "run", *args)
     clean = {k: v for k, v in os.environ.items() if not k.startswith("LUCIDD_")}
     return subprocess.run(
         cmd, env={**clean, **(env or {})}, capture_output=True, text=True, timeout=60, check=False

@@ -13,12 +13,11 @@ import logging
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -38,7 +37,7 @@ from lucidd.daemon.supervisor.main import (
 )
 from lucidd.daemon.supervisor.systemd import Watchdog, listen_fds, notify
 from lucidd.errors import EX_CONFIG
-from tests.conftest import READY_TIMEOUT_S, STOP_TIMEOUT_S, Daemon
+from tests.conftest import READY_TIMEOUT_S, Daemon
 
 UNITS = Path(__file__).resolve().parents[2] / "systemd"
 SERVICE = UNITS / "lucidd.service"
@@ -180,88 +179,13 @@ def test_units_keep_the_daemons_contract() -> None:
 # -- sd_notify, socket activation and watchdog helpers --------------------------------------
 
 
-class NotifySocket:
-    """A test-owned ``$NOTIFY_SOCKET``: what the daemon tells systemd, in order."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.messages: list[str] = []
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(str(path))
-        self._sock.settimeout(0.1)
-
-    def wait_for(self, needle: str, proc: subprocess.Popen[bytes], timeout: float) -> str:
-        """The first message containing ``needle``; fails if the process exits first."""
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while time.monotonic() < deadline:
-            for message in self.messages[seen:]:
-                if needle in message:
-                    return message
-            seen = len(self.messages)
-            if not self._receive() and proc.poll() is not None:
-                break
-        raise AssertionError(f"no {needle!r} within {timeout}s; got {self.messages}")
-
-    def collect(self, seconds: float) -> list[str]:
-        """Every message that arrives within ``seconds`` from now."""
-        start = len(self.messages)
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            self._receive()
-        return self.messages[start:]
-
-    def _receive(self) -> bool:
-        try:
-            self.messages.append(self._sock.recv(4096).decode())
-        except TimeoutError:
-            return False
-        return True
-
-    def close(self) -> None:
-        self._sock.close()
-
-
-def stop(proc: subprocess.Popen[bytes], notify_socket: NotifySocket) -> int:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        code = proc.wait(STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise
-    notify_socket.collect(0.3)
-    return code
-
-
-def serve_command(base: Path, workers: int = 2) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "lucidd",
-        "serve",
-        "--state-dir",
-        str(base / "state"),
-        "--runtime-dir",
-        str(base / "run"),
-        "--workers",
-        str(workers),
-    ]
-
-
-@pytest.fixture
-def notify_socket(short_tmp: Path) -> Iterator[NotifySocket]:
-    sock = NotifySocket(short_tmp / "notify.sock")
-    yield sock
-    sock.close()
-
-
-def _wait_for_listening(path: Path, log: Path, proc: subprocess.Popen[bytes]) -> None:
+def _wait_for_listening(path: Path, daemon: Daemon) -> None:
     """Until systemd-socket-activate says it listens on ``path``. (The socket file exists from
     bind(2) on, a moment before listen(2): a connect in between is refused.)"""
     deadline = time.monotonic() + READY_TIMEOUT_S
-    while f"Listening on {path} ".encode() not in log.read_bytes():
-        assert proc.poll() is None and time.monotonic() < deadline, f"{path} never listened"
+    while f"Listening on {path} ".encode() not in daemon.log_path.read_bytes():
+        alive = daemon.proc is not None and daemon.proc.poll() is None
+        assert alive and time.monotonic() < deadline, f"{path} never listened"
         time.sleep(0.02)
 
 
@@ -270,32 +194,32 @@ def _wait_for_listening(path: Path, log: Path, proc: subprocess.Popen[bytes]) ->
 
 @pytest.mark.parametrize("order", [("data", "control"), ("control", "data")])
 def test_socket_activation_serves_a_put_and_a_root_on_the_inherited_sockets(
-    short_tmp: Path, notify_socket: NotifySocket, order: tuple[str, str]
+    short_tmp: Path, order: tuple[str, str]
 ) -> None:
     """Both sockets come from ``systemd-socket-activate`` and are told apart by name
     ($LISTEN_FDNAMES), not by position: the test passes them in both orders."""
     activate = require_tool("systemd-socket-activate")
     paths = {"data": short_tmp / "d.sock", "control": short_tmp / "c.sock"}
+    daemon = Daemon(short_tmp, workers=2)
     command = [activate, f"--fdname={order[0]}:{order[1]}"]
     for name in order:
         command += ["-l", str(paths[name])]
-    command += ["-E", f"NOTIFY_SOCKET={notify_socket.path}"]
+    command += ["-E", f"NOTIFY_SOCKET={daemon.notify_path}"]
     command += [arg for var in PASS_THROUGH_ENV if var in os.environ for arg in ("-E", var)]
-    log = (short_tmp / "activate.log").open("wb")
-    proc = subprocess.Popen([*command, *serve_command(short_tmp)], stdout=log, stderr=log)
-    log.close()
+    daemon.command_prefix = command
+    daemon.launch()
     try:
         for path in paths.values():
-            _wait_for_listening(path, short_tmp / "activate.log", proc)
+            _wait_for_listening(path, daemon)
         session = new_session_id()
         # The first connection makes systemd-socket-activate exec the daemon (same pid).
         with DataClient(path=paths["data"], timeout=READY_TIMEOUT_S) as data:
             ack = data.put(session, 0, b"chunk through an inherited socket")
-        ready = notify_socket.wait_for("READY=1", proc, READY_TIMEOUT_S)
+        ready = daemon.wait_for("READY=1", READY_TIMEOUT_S)
         with ControlClient(path=paths["control"]) as control:
             root = control.root(session)
             health = control.health()
-        assert f"MAINPID={proc.pid}" in ready
+        assert f"MAINPID={daemon.pid}" in ready
         assert (root.size, root.root) == (1, ack.leaf_hash)  # a one-leaf tree's root is it
         assert sorted(p.role for p in health.processes) == [
             "aggregator",
@@ -305,14 +229,13 @@ def test_socket_activation_serves_a_put_and_a_root_on_the_inherited_sockets(
         ]
         run_dir = short_tmp / "run"
         assert not (run_dir / DATA_SOCKET).exists() and not (run_dir / CONTROL_SOCKET).exists()
-        assert stop(proc, notify_socket) == 0
-        assert any("STOPPING=1" in m for m in notify_socket.messages)
+        assert daemon.stop() == 0
+        assert any("STOPPING=1" in m for m in daemon.notifications)
         # systemd's socket files are systemd's: the daemon leaves them in place.
         assert all(path.exists() for path in paths.values())
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.kill_all()
 
 
 # -- sd_notify ------------------------------------------------------------------------------
@@ -352,26 +275,23 @@ def test_status_carries_live_figures_and_stopping_ends_the_conversation(short_tm
     assert not any("WATCHDOG=1" in m for m in daemon.notifications[stopping:])
 
 
-def _watchdog_pings(
-    short_tmp: Path, notify_socket: NotifySocket, env: Mapping[str, str], shell_pid: bool
-) -> tuple[int, int]:
+def _watchdog_pings(short_tmp: Path, env: Mapping[str, str], shell_pid: bool) -> tuple[int, int]:
     """Start the daemon with ``env``, count (WATCHDOG=1, STATUS=) messages over WATCH_S."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHDOG_")}
-    full_env.update(env, NOTIFY_SOCKET=str(notify_socket.path))
-    command = serve_command(short_tmp)
-    if shell_pid:  # WATCHDOG_PID must be the daemon's own pid: set it where it is known
-        command = ["/bin/sh", "-c", 'WATCHDOG_PID=$$ exec "$@"', "sh", *command]
-    log = (short_tmp / "lucidd.log").open("wb")
-    proc = subprocess.Popen(command, env=full_env, stdout=log, stderr=log)
-    log.close()
+    daemon = Daemon(
+        short_tmp,
+        workers=2,
+        env=env,
+        base_env={k: v for k, v in os.environ.items() if not k.startswith("WATCHDOG_")},
+        # WATCHDOG_PID must be the daemon's own pid: set it where it is known.
+        command_prefix=["/bin/sh", "-c", 'WATCHDOG_PID=$$ exec "$@"', "sh"] if shell_pid else (),
+    )
     try:
-        notify_socket.wait_for("READY=1", proc, READY_TIMEOUT_S)
-        window = notify_socket.collect(WATCH_S)
-        assert stop(proc, notify_socket) == 0
+        daemon.start()
+        window = daemon.collect(WATCH_S)
+        assert daemon.stop() == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.kill_all()
     pings = sum("WATCHDOG=1" in m.split("\n") for m in window)
     statuses = sum(m.startswith("STATUS=") for m in window)
     return pings, statuses
@@ -383,9 +303,9 @@ def _watchdog_pings(
     ids=["no-watchdog-pid", "watchdog-pid-is-ours"],
 )
 def test_watchdog_keeps_coming_while_the_daemon_is_healthy(
-    short_tmp: Path, notify_socket: NotifySocket, env: dict[str, str], shell_pid: bool
+    short_tmp: Path, env: dict[str, str], shell_pid: bool
 ) -> None:
-    pings, _ = _watchdog_pings(short_tmp, notify_socket, env, shell_pid)
+    pings, _ = _watchdog_pings(short_tmp, env, shell_pid)
     # Every 0.2 s (half of WATCHDOG_USEC) for 2 s: ten; three leave room for a slow machine.
     assert pings >= 3
 
@@ -400,21 +320,10 @@ def test_watchdog_keeps_coming_while_the_daemon_is_healthy(
     ids=["watchdog-for-another-pid", "watchdog-setting-off", "no-watchdog"],
 )
 def test_no_watchdog_pings_unless_systemd_asks_this_process(
-    short_tmp: Path, notify_socket: NotifySocket, env: dict[str, str]
+    short_tmp: Path, env: dict[str, str]
 ) -> None:
-    pings, statuses = _watchdog_pings(short_tmp, notify_socket, env, shell_pid=False)
+    pings, statuses = _watchdog_pings(short_tmp, env, shell_pid=False)
     assert (pings, statuses > 0) == (0, True)
-
-
-class ImpatientDaemon(Daemon):
-    """A daemon whose start gives up waiting for READY=1 after ``ready_timeout`` seconds."""
-
-    def __init__(self, base: Path, workers: int, ready_timeout: float) -> None:
-        super().__init__(base, workers)
-        self.ready_timeout = ready_timeout
-
-    def wait_for(self, needle: str, timeout: float) -> None:
-        super().wait_for(needle, min(timeout, self.ready_timeout))
 
 
 def test_a_recovery_whose_aggregator_cannot_open_the_sessions_stops_the_start_with_78(
@@ -431,7 +340,7 @@ def test_a_recovery_whose_aggregator_cannot_open_the_sessions_stops_the_start_wi
     keyring = daemon.state_dir / "keys" / "keyring"
     keyring.unlink()
     write_keyring(Keyring.generate(), keyring)
-    restarted = ImpatientDaemon(short_tmp, workers=1, ready_timeout=EXTEND_INTERVAL_S * 2)
+    restarted = Daemon(short_tmp, workers=1, ready_timeout=EXTEND_INTERVAL_S * 2)
     try:
         with pytest.raises(AssertionError, match="lucidd exited with 78"):
             restarted.start()

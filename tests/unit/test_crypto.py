@@ -797,7 +797,7 @@ def test_relabelled_key_id_is_rejected() -> None:
         unwrap_secret(keyring, SESSION, struct.pack(">I", other) + wrapped[4:])
 
 
-# --- passphrase-locked keyring (Argon2id; ~0.15 s per derivation) -----------------------------
+# --- passphrase-locked keyring (Argon2id: each derivation is slow on purpose, so few) -------
 PASSPHRASE = "correct horse battery staple"
 
 

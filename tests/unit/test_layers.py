@@ -88,6 +88,7 @@ LAYERS: Mapping[str, int] = {
     "cli.verify": 4,  # offline verification
     "__main__": 4,
     "bench": 4,
+    "testing": 4,  # the test and bench harness: starts `lucidd serve` as a subprocess
 }
 
 MAINS = frozenset({"daemon.supervisor.main", "daemon.worker", "daemon.aggregator.main"})
@@ -162,6 +163,7 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     "cli.verify": frozenset({"client.__init__", "cli.output", "cli.formats"}),
     "__main__": frozenset({"cli.__init__", "client.__init__"}),
     "bench": frozenset({"client.__init__"}),
+    "testing": frozenset({"client.__init__"}),
 }
 
 #: Standard modules that do I/O, concurrency or logging: none of them in layer 1.
@@ -400,9 +402,9 @@ def test_the_command_line_imports_nothing_of_the_daemon(module: str) -> None:
     assert not extra, f"{module} imports {extra}; the client side must ship without the daemon"
 
 
-def test_importing_the_client_and_the_cli_loads_no_daemon_module() -> None:
+def test_importing_the_client_the_cli_and_the_harness_loads_no_daemon_module() -> None:
     code = (
-        "import sys, lucidd.client, lucidd.cli\n"
+        "import sys, lucidd.client, lucidd.cli, lucidd.testing\n"
         "print(sorted(m for m in sys.modules if m.startswith('lucidd.daemon')))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

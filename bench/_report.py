@@ -1,0 +1,254 @@
+"""bench.py's Markdown report: the tables, in the order docs/bench.md explains them."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from bench._results import Results, ratio, throughput_row
+from bench._settings import BASELINES, DURABILITIES, LUCIDD, Settings
+from lucidd.units import format_size
+
+
+def _size(size: int) -> str:
+    return format_size(size).replace(" ", "\u00a0")
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _throughput_table(results: Results, settings: Settings) -> list[str]:
+    sizes = settings.sizes
+    lines = [
+        "| design | workers | " + " | ".join(_size(s) for s in sizes) + " |",
+        "|---|---:|" + "---:|" * len(sizes),
+    ]
+    designs = [LUCIDD, *[d for d in BASELINES if any(r["design"] == d for r in results.throughput)]]
+    for design in designs:
+        workers = settings.workers if design == LUCIDD else None
+        cells = []
+        shown_workers: Any = "-"
+        for size in sizes:
+            row = throughput_row(results, design, size, workers)
+            if row is None:
+                cells.append("-")
+                continue
+            shown_workers = row["workers"] if row["workers"] is not None else "-"
+            if row.get("durability", "fsync") != "fsync":
+                shown_workers = f"{shown_workers}, durability {row['durability']}"
+            cells.append(f"{row['mib_s']:,.0f} MiB/s ({row['chunks_s']:,.0f}/s)")
+        lines.append(f"| {design} | {shown_workers} | " + " | ".join(cells) + " |")
+    for limit, what in (("compute", "processes"), ("disk", "batch")):
+        cells = []
+        extra: Any = "-"
+        for size in sizes:
+            row = next(
+                (r for r in results.limits if r["limit"] == limit and r["chunk_size"] == size), None
+            )
+            if row is None:
+                cells.append("-")
+                continue
+            extra = row[what]
+            cells.append(f"{row['mib_s']:,.0f} MiB/s ({row['chunks_s']:,.0f}/s)")
+        label = f"{limit} limit ({what} {extra})"
+        lines.append(f"| {label} | - | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _scaling_table(results: Results, settings: Settings) -> list[str]:
+    rows = sorted(
+        (
+            r
+            for r in results.throughput
+            if r["design"] == LUCIDD and r["chunk_size"] == settings.scaling_size
+        ),
+        key=lambda r: int(r["workers"]),
+    )
+    if not rows:
+        return []
+    one = next((r["mib_s"] for r in rows if r["workers"] == 1), None)
+    lines = [
+        f"### Worker scaling ({_size(settings.scaling_size)} chunks, durability fsync)",
+        "",
+        "| workers | MiB/s | chunks/s | x 1 worker |",
+        "|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['workers']} | {r['mib_s']:,.0f} | {r['chunks_s']:,.0f} "
+            f"| {_fmt(ratio(r['mib_s'], one), 2)} |"
+        )
+    return [*lines, ""]
+
+
+def _latency_table(results: Results) -> list[str]:
+    lines = [
+        "| design | chunk | in flight | clients | durability | p50 | p90 | p99 | p99.9 | max | n |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    order = {d: i for i, d in enumerate((LUCIDD, *BASELINES))}
+    rows = sorted(
+        results.latency,
+        key=lambda r: (
+            r["chunk_size"],
+            DURABILITIES.index(r["durability"]) if r["durability"] in DURABILITIES else 9,
+            order.get(r["design"], 9),
+            r["in_flight"],
+            r["clients"],
+        ),
+    )
+    for r in rows:
+        lines.append(
+            f"| {r['design']} | {_size(r['chunk_size'])} | {r['in_flight']} | {r['clients']} "
+            f"| {r['durability']} | {r['p50_us']:,.0f} | {r['p90_us']:,.0f} | {r['p99_us']:,.0f} "
+            f"| {r['p999_us']:,.0f} | {r['max_us']:,.0f} | {r['count']} |"
+        )
+    return lines
+
+
+def _stages_table(results: Results) -> list[str]:
+    names: list[str] = []
+    for row in results.stages:
+        for name in row["us_per_chunk"]:
+            if name not in names:
+                names.append(name)
+    if not names:
+        return ["(the daemon reported no `stage_*_seconds_total` metrics)"]
+    lines = [
+        "| run | workers | chunk | in flight | clients | durability | "
+        + " | ".join(names)
+        + " | sum |",
+        "|---|---:|---:|---:|---:|---|" + "---:|" * (len(names) + 1),
+    ]
+    for r in results.stages:
+        stages = r["us_per_chunk"]
+        cells = [_fmt(stages.get(n), 1) for n in names]
+        total = sum(stages.values()) if stages else None
+        lines.append(
+            f"| {r['run']} | {r['workers']} | {_size(r['chunk_size'])} | {r['in_flight']} "
+            f"| {r['clients']} | {r['durability']} | "
+            + " | ".join(cells)
+            + f" | {_fmt(total, 1)} |"
+        )
+    return lines
+
+
+def _settle_note(settings: Settings) -> list[str]:
+    if settings.settle_s > 0:
+        return []
+    return [
+        "",
+        "Metrics were read without settling (`--settle 0`): stages the supervisor counts "
+        "(`ack`) reach the control socket about once a second, so their per-run figures are "
+        "shifted in time and only indicative.",
+    ]
+
+
+_CPU_ROLES: Final = ("client", "supervisor", "workers", "aggregator", "other")
+
+
+def _cpu_lines(results: Results) -> list[str]:
+    wakeup = results.machine.get("process_wakeup_us")
+    lines = [
+        "CPU µs per chunk by process in the throughput runs (user + system; `client` is this "
+        "bench process), and how busy all cores were. At 1 in flight a chunk passes through "
+        "client, supervisor, worker, supervisor and client in turn: its latency over "
+        "`inprocess` is roughly their CPU per chunk outside the worker's seal and write, plus "
+        "four process wake-ups of "
+        + ("-" if wakeup is None else f"{wakeup:.0f} µs")
+        + " each here (median of a 1-byte pipe ping-pong).",
+        "",
+        "| workers | chunk | " + " | ".join(_CPU_ROLES) + " | total | cores busy |",
+        "|---:|---:|" + "---:|" * (len(_CPU_ROLES) + 2),
+    ]
+    for row in results.cpu:
+        us = row["us_per_chunk"]
+        cells = [_fmt(us.get(role), 1) for role in _CPU_ROLES]
+        busy = row["utilization"]
+        lines.append(
+            f"| {row['workers']} | {_size(row['chunk_size'])} | "
+            + " | ".join(cells)
+            + f" | {_fmt(sum(us.values()), 1)} | "
+            + ("-" if busy is None else f"{busy * 100:.0f} %")
+            + " |"
+        )
+    return lines
+
+
+def _memory_lines(results: Results) -> list[str]:
+    m = results.memory
+    if not m:
+        return ["(not measured)"]
+    return [
+        f"All {m['processes']} daemon processes together, {m['workers']} workers, "
+        f"{m['samples']} samples (MB = 10^6 bytes):",
+        "",
+        "| | RSS MB | PSS MB | PSS of the ring (/dev/shm) MB | PSS without it MB |",
+        "|---|---:|---:|---:|---:|",
+        f"| idle, after start | {m['idle_rss_mb']:.1f} | {m['idle_pss_mb']:.1f} | | |",
+        f"| peak | {m['peak_rss_mb']:.1f} | {m['peak_pss_mb']:.1f} "
+        f"| {m['peak_pss_ring_mb']:.1f} | {m['peak_pss_without_ring_mb']:.1f} |",
+    ]
+
+
+def _goals_table(results: Results) -> list[str]:
+    lines = ["| goal | measured | target | result |", "|---|---:|---:|---|"]
+    for g in results.goals:
+        unit = g["unit"]
+        measured = "-" if g["measured"] is None else f"{g['measured']:,.2f} {unit}"
+        target = "-" if g["target"] is None else f"{g['comparison']} {g['target']:g} {unit}"
+        result = {True: "met", False: "**NOT met**", None: "n/a"}[g["met"]]
+        if "note" in g:
+            result += f" ({g['note']})"
+        lines.append(f"| {g['goal']} | {measured} | {target} | {result} |")
+    return lines
+
+
+def markdown(results: Results, settings: Settings) -> str:
+    m = results.machine
+    head = (
+        f"## lucidd bench — {m['cpus']} x {m['cpu_model']}, Linux {m['kernel']}, "
+        f"Python {m['python']}, {m['filesystem']}, lucidd {m['lucidd_commit']}, "
+        f"load {m['load_average'][0]:.2f} at start, "
+        f"{m.get('load_average_end', [0.0])[0]:.2f} at the end"
+    )
+    lines = [
+        head,
+        "",
+        f"Compression off. Durability `fsync`: acked after fdatasync (baselines: one fdatasync "
+        f"per batch of {settings.batch} chunks for throughput, per chunk at 1 in flight); `os`: "
+        "no fsync. Throughput drives lucidd with "
+        f"{settings.throughput_clients} client(s) x a window of {settings.throughput_window}."
+        + (
+            " Daemon settings: " + ", ".join(f"`{n}={v}`" for n, v in settings.daemon) + "."
+            if settings.daemon
+            else ""
+        ),
+        "",
+        "### Throughput (durability fsync)",
+        "",
+        *_throughput_table(results, settings),
+        "",
+        *_scaling_table(results, settings),
+        "### Latency, client send → durable ack (µs)",
+        "",
+        *_latency_table(results),
+        "",
+        "### Stage breakdown (µs per sealed chunk, from the daemon's metrics)",
+        "",
+        *_stages_table(results),
+        *_settle_note(settings),
+        "",
+        "### What bounds it: CPU per chunk and process wake-ups",
+        "",
+        *_cpu_lines(results),
+        "",
+        "### Memory",
+        "",
+        *_memory_lines(results),
+        "",
+        "### Goals (issue 5)",
+        "",
+        *_goals_table(results),
+    ]
+    return "\n".join(lines)
