@@ -14,7 +14,6 @@ import argparse
 import json
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -36,23 +35,15 @@ def start(base: Path) -> Daemon:
     ).start()
 
 
-def fill(base: Path, session: bytes, first: int, count: int, connections: int = 4) -> None:
-    batch = 100
-    starts = list(range(first, first + count, batch))
+FILL_WINDOW = 256
 
-    def run(part: list[int]) -> None:
-        with DataClient(base / "run") as client:
-            for begin in part:
-                end = min(begin + batch, first + count)
-                client.put_batch(session, [(i, i.to_bytes(8, "big")) for i in range(begin, end)])
 
-    threads = [
-        threading.Thread(target=run, args=(starts[k::connections],)) for k in range(connections)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+def fill(base: Path, session: bytes, first: int, count: int) -> None:
+    """Store chunks ``first..first+count-1``: one connection (a session has one writer at a
+    time), many chunks in flight."""
+    with DataClient(base / "run") as client:
+        chunks = ((i, i.to_bytes(8, "big")) for i in range(first, first + count))
+        client.put_many(session, chunks, window=FILL_WINDOW)
 
 
 def main() -> int:
