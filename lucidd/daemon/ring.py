@@ -5,7 +5,7 @@ Linux), created and alone unlinked by the supervisor, mapped *read-only* by the 
 aggregator, so no child can corrupt another chunk's payload.
 
 Departure from DESIGN §3: not ``multiprocessing.shared_memory``. On Python 3.11 that module
-registers every segment with the resource tracker, a separate process (about 8 MB PSS) that may
+registers every segment with the resource tracker, a separate process (docs/bench.md) that may
 unlink a segment when an attaching process exits (``track=False`` only exists from 3.13). A
 segment left by a crash is removed at the next start (:func:`remove_stale_rings`) instead.
 """
@@ -82,8 +82,8 @@ class RingReader:
 def _pid_exists(pid: int) -> bool:
     """Whether a process ``pid`` exists (signal 0 probes without sending anything).
 
-    (psutil.pid_exists does the same; not importing psutil keeps 0.9 MiB out of the
-    supervisor, measured.)"""
+    (psutil.pid_exists does the same; not importing psutil keeps the supervisor smaller:
+    docs/bench.md.)"""
     if pid <= 0:
         return False
     try:

@@ -43,9 +43,8 @@ class SegmentWriter:
     the page cache (``POSIX_FADV_DONTNEED``). Sealed records are written once and read rarely
     (reads, resends, recovery), so caching them only crowds out other data; and new page-cache
     pages are expensive where the host takes back free guest memory (a VM with free page
-    reporting: ``python bench/probes.py pagecache`` appends 1 MiB records with an fdatasync
-    every 8 at 330-560 MiB/s without the drop and 1170-1650 MiB/s with it here, because
-    dropped pages are reused hot).
+    reporting, dropped pages are reused hot: ``python bench/probes.py pagecache``, figures in
+    docs/bench.md).
     """
 
     def __init__(

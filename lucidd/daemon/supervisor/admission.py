@@ -702,8 +702,8 @@ def _pick_worker(workers: list[WorkerLink], live: list[int], length: int) -> int
     """The worker for the next chunk: pack, then spread.
 
     Each worker commits (fdatasyncs) once per batch, and a batch is what waits in its pipe.
-    Spreading chunks thinly over all workers gives every fsync one chunk (measured: 64 KiB
-    chunks, 10 workers, 1.3 chunks per fsync, 147 MiB/s). So a chunk goes to the first worker
+    Spreading chunks thinly over all workers gives every fsync about one chunk (figures in
+    docs/bench.md). So a chunk goes to the first worker
     holding less than :data:`PACK_BYTES` — the first one that is idle, with one chunk in
     flight, so latency does not suffer — and only when all are that full to the least loaded.
     More workers join as the load grows, and while one is in its fsync the next fills up.

@@ -58,7 +58,7 @@ def _without_resource_tracker() -> None:
 
     The forkserver starts one first, and it would track nothing of lucidd's: the ring is a plain
     POSIX shm object the supervisor unlinks itself (ring.py) and pipes need no tracking. It
-    costs a whole Python process (8.7 MB PSS measured, 6 % of the daemon). ``ensure_running``
+    costs a whole Python process (its size is in docs/bench.md). ``ensure_running``
     probes the tracker by writing to its fd; a /dev/null fd passes the probe, so nothing starts
     and whatever a library might register is discarded.
     """

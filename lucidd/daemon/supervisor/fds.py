@@ -36,10 +36,10 @@ __all__ = [
 
 #: stdio, the two listening sockets, the notify socket, the event loop's own (epoll, signal
 #: pipe, timers), the forkserver's socket and alive pipe, the aggregator's two pipes, sentinel
-#: and process handle; rounded up (measured 22 with the reserve excluded).
+#: and process handle; rounded up from a count of /proc/PID/fd (docs/bench.md).
 BASE_FDS: Final = 40
 #: Per worker: both ends of its results and acks pipes (held across incarnations), its inbox,
-#: its sentinel and process handle (measured 7).
+#: its sentinel and process handle (counted, rounded up: docs/bench.md).
 FDS_PER_WORKER: Final = 8
 #: Spare descriptors a respawn releases before it creates pipes and asks the forkserver for a
 #: process (it needs 8 at its peak; the aggregator 10).

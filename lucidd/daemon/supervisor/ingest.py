@@ -32,9 +32,9 @@ _client_errors = ClientErrorLog(log)
 SCRATCH_SIZE: Final = 64 * 1024
 #: Frames (chunk headers, refused ones included) one data connection may have handled in one
 #: loop pass before it lets the others run (see DataProtocol._yield_pass). uvloop gives every
-#: readable connection one read callback per pass, and one 64 KiB read of tiny frames is ~1600
-#: of them: without this bound a client pipelining cheap refused chunks had the loop to itself
-#: (hostile_bench: a good client kept 1 % of its throughput; 47 % at 64 frames, 77 % at 16).
+#: readable connection one read callback per pass, and one 64 KiB read holds a great many tiny
+#: frames: without this bound a client pipelining cheap refused chunks had the loop to itself
+#: (the figures per bound are in docs/bench.md; ``python bench/hostile_bench.py``).
 FRAMES_PER_PASS: Final = 16
 #: The longest pause between two checks of a connection's timeouts and of a paused peer.
 CHECK_INTERVAL_S: Final = 1.0
