@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+import time
 from pathlib import Path
 
+import psutil
+
+from lucidd.client import ControlClient, DataClient
 from lucidd.errors import EX_CONFIG
 from lucidd.testing import serve_command
+from tests.conftest import Daemon
 
 
 def serve(
@@ -41,3 +47,37 @@ def test_an_unknown_key_in_the_config_file_is_refused(short_tmp: Path) -> None:
     result = serve(short_tmp, "--config", str(config))
     assert result.returncode == EX_CONFIG
     assert "workerz" in result.stderr
+
+
+def _aggregator_of(d: Daemon) -> psutil.Process | None:
+    """The child that holds the control socket: the aggregator (before it reports anything)."""
+    for child in psutil.Process(d.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if any(str(c.laddr).endswith("control.sock") for c in child.net_connections("unix")):
+                return child
+    return None
+
+
+def test_sigterm_during_a_long_start_up_recovery_stops_at_once(short_tmp: Path) -> None:
+    """A recovery can take minutes on a big state folder; a stop must not wait for it."""
+    d = Daemon(short_tmp, workers=1).start()
+    with DataClient(d.runtime_dir) as data:
+        for n in range(50):
+            data.put(n.to_bytes(16, "big"), 0, b"x")
+    assert d.stop() == 0, d.log()
+    d.launch()
+    deadline = time.monotonic() + 30
+    aggregator = _aggregator_of(d)
+    while aggregator is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+        aggregator = _aggregator_of(d)
+    assert aggregator is not None, d.log()
+    aggregator.suspend()  # a recovery that goes on and on
+    # Before, the supervisor waited for the recovery to end: this stop timed out (the
+    # harness's stop raises when the daemon does not exit in time).
+    assert d.stop() == 0, d.log()
+    assert "event=recovery_abandoned" in d.log()
+    d.start()  # the next start recovers in full
+    with ControlClient(d.runtime_dir) as control:
+        assert len(control.sessions()) == 50
+    assert d.stop() == 0, d.log()

@@ -178,12 +178,18 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
         recovery = asyncio.ensure_future(self._extend_timeout_while_recovering())
+        stop_wait = asyncio.ensure_future(self._stop.wait())
+        ready = self._ready
+        waiters: set[asyncio.Future[Any]] = {ready, stop_wait}
         try:
-            ingest.merge_sessions(await self._ready)
-        except asyncio.CancelledError:
-            pass
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
             recovery.cancel()
+            stop_wait.cancel()
+        if ready.done() and not ready.cancelled():
+            ingest.merge_sessions(ready.result())
+        else:
+            self._abandon_recovery()
         server = None
         if not self._stop.is_set():
             server = await loop.create_unix_server(lambda: DataProtocol(ingest), sock=data_sock)
@@ -241,6 +247,19 @@ class Supervisor:
     def _to_aggregator(self, message: Any) -> None:
         # Admission and the children need each other; this one hop breaks the cycle.
         self._children.send_to_aggregator(message)
+
+    def _abandon_recovery(self) -> None:
+        """Stopped before the aggregator finished its start-up recovery: end it now.
+
+        Nothing was accepted yet (the data socket is served only after READY), and recovery
+        is idempotent (the next start repeats it from the records), so a long recovery need
+        not run to its end before a SIGTERM is obeyed. A recovering aggregator reads no pipe,
+        so it is killed rather than asked.
+        """
+        aggregator = self._children.aggregator
+        if aggregator is not None and aggregator.process.is_alive():
+            log.warning("event=recovery_abandoned pid=%s", aggregator.process.pid)
+            aggregator.process.kill()
 
     def _connection_limit(self) -> int:
         """Data connections allowed at once: what the descriptor limit leaves after the
