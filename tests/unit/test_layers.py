@@ -35,7 +35,9 @@ LAYERS: Mapping[str, int] = {
     "crypto.seal": 1,  # chunk keys, seal/open, ChunkSealer, the FINAL record
     "crypto.keyring": 1,  # master keys, the Argon2id passphrase lock, secret wrapping
     "merkle": 1,
-    "protocol": 1,
+    "protocol.__init__": 1,  # the wire, re-exported as one module
+    "protocol.messages": 1,  # the Structs of both sockets and the limits
+    "protocol.codec": 1,  # the frame encoder and the sans-IO decoder
     "units": 1,  # sizes and their spelling
     # ... and the daemon's own:
     "daemon.config": 1,
@@ -123,7 +125,9 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     # The children's start-up specs carry the validated Config.
     "daemon.ipc": frozenset({"daemon.config"}),
     # Settings are sizes, spelled the one way (units).
-    "daemon.config": frozenset({"units", "protocol"}),
+    "daemon.config": frozenset({"units", "protocol.__init__"}),
+    "protocol.__init__": frozenset({"protocol.messages", "protocol.codec"}),
+    "protocol.codec": frozenset({"protocol.messages"}),
     "daemon.store": frozenset(),
     "daemon.segments": frozenset({"daemon.store"}),
     "daemon.peers": frozenset(),
@@ -191,13 +195,13 @@ LAYER1_ALLOWED_EXCEPTIONS: Mapping[str, frozenset[str]] = {
 }
 
 #: Besides its own modules, the client package may use only these (it ships on its own).
-CLIENT_MAY_IMPORT = frozenset({"protocol", "errors", "vocabulary"})
+CLIENT_MAY_IMPORT = frozenset({"protocol.__init__", "errors", "vocabulary"})
 CLIENT_MODULES = frozenset(name for name in LAYERS if name.split(".")[0] == "client")
 #: What the command line may use besides the client: the shared pure modules, never the daemon.
 CLI_MAY_IMPORT = frozenset(
     {
         "client.__init__",
-        "protocol",
+        "protocol.__init__",
         "errors",
         "vocabulary",
         "units",
@@ -354,7 +358,7 @@ CLI_MODULES = sorted(name for name in MODULES if name.startswith("cli."))
 
 def test_package_has_the_base_modules() -> None:
     # Guards against the checker silently finding nothing (a wrong PACKAGE_DIR).
-    assert {"errors", "protocol", "daemon.config"} <= set(MODULES)
+    assert {"errors", "protocol.__init__", "daemon.config"} <= set(MODULES)
 
 
 def test_every_module_is_classified() -> None:
@@ -433,8 +437,9 @@ KNOWN = set(LAYERS)
     ("source", "expected"),
     [
         ("import lucidd.errors", {"errors"}),
-        ("import lucidd.protocol as p", {"protocol"}),
-        ("from lucidd import merkle, protocol as p", {"merkle", "protocol"}),
+        ("import lucidd.protocol as p", {"protocol.__init__"}),
+        ("from lucidd import merkle, protocol as p", {"merkle", "protocol.__init__"}),
+        ("from lucidd.protocol.codec import FrameDecoder", {"protocol.codec"}),
         ("from lucidd.daemon import ipc", {"daemon.ipc"}),
         ("from lucidd.daemon.store import SessionPaths", {"daemon.store"}),
         ("import lucidd.daemon.worker", {"daemon.worker"}),
@@ -472,8 +477,12 @@ def test_top_level_imports_sees_from_and_dotted_imports() -> None:
 @pytest.mark.parametrize(
     ("importer", "imported", "fragment"),
     [
-        ("protocol", {"daemon.store"}, "protocol (layer 1) imports daemon.store (layer 2)"),
-        ("errors", {"protocol"}, "errors (layer 0) imports protocol (layer 1)"),
+        (
+            "protocol.codec",
+            {"daemon.store"},
+            "protocol.codec (layer 1) imports daemon.store (layer 2)",
+        ),
+        ("errors", {"protocol.codec"}, "errors (layer 0) imports protocol.codec (layer 1)"),
         ("crypto.seal", {"merkle"}, "same-layer imports must be listed"),
         ("crypto.record", {"crypto.seal"}, "same-layer imports must be listed"),
         (
@@ -501,7 +510,7 @@ def test_violations_are_reported(importer: str, imported: set[str], fragment: st
 @pytest.mark.parametrize(
     ("importer", "imported"),
     [
-        ("protocol", {"errors"}),
+        ("protocol.codec", {"errors", "protocol.messages"}),
         (
             "daemon.aggregator.ledger",
             {
@@ -520,9 +529,12 @@ def test_violations_are_reported(importer: str, imported: set[str], fragment: st
         ),
         ("daemon.aggregator.main", {"daemon.aggregator.control", "daemon.aggregator.ledger"}),
         ("daemon.supervisor.children", {"daemon.ipc", "daemon.channels"}),
-        ("cli.commands", {"client.__init__", "protocol", "units", "cli.output", "cli.formats"}),
+        (
+            "cli.commands",
+            {"client.__init__", "protocol.__init__", "units", "cli.output", "cli.formats"},
+        ),
         ("cli.__main__", {"cli.__init__"}),
-        ("client.aio", {"client.core", "client.ids", "protocol", "errors"}),
+        ("client.aio", {"client.core", "client.ids", "protocol.__init__", "errors"}),
         ("errors", {"errors"}),
     ],
 )

@@ -1,0 +1,190 @@
+"""The wire of both sockets (layer 1, DESIGN §6): its messages and its sans-IO codec.
+
+:mod:`~lucidd.protocol.messages` holds the Structs and the limits, :mod:`~lucidd.protocol.codec`
+the frame encoder and the incremental decoder. Everything is re-exported here, so
+``from lucidd import protocol as p`` and ``p.Chunk``/``p.FrameDecoder`` read as one module.
+"""
+
+from lucidd.protocol.codec import (
+    ChunkEnd as ChunkEnd,
+)
+from lucidd.protocol.codec import (
+    ChunkStart as ChunkStart,
+)
+from lucidd.protocol.codec import (
+    Event as Event,
+)
+from lucidd.protocol.codec import (
+    FrameDecoder as FrameDecoder,
+)
+from lucidd.protocol.codec import (
+    FrameMessage as FrameMessage,
+)
+from lucidd.protocol.codec import (
+    PayloadData as PayloadData,
+)
+from lucidd.protocol.codec import (
+    control_reply_decoder as control_reply_decoder,
+)
+from lucidd.protocol.codec import (
+    control_request_decoder as control_request_decoder,
+)
+from lucidd.protocol.codec import (
+    data_reply_decoder as data_reply_decoder,
+)
+from lucidd.protocol.codec import (
+    data_request_decoder as data_request_decoder,
+)
+from lucidd.protocol.codec import (
+    encode_frame as encode_frame,
+)
+from lucidd.protocol.messages import (
+    BATCH_FRAME_OVERHEAD as BATCH_FRAME_OVERHEAD,
+)
+from lucidd.protocol.messages import (
+    BATCH_ITEM_MAX_BYTES as BATCH_ITEM_MAX_BYTES,
+)
+from lucidd.protocol.messages import (
+    CONTROL_FRAME_OVERHEAD as CONTROL_FRAME_OVERHEAD,
+)
+from lucidd.protocol.messages import (
+    HASH_SIZE as HASH_SIZE,
+)
+from lucidd.protocol.messages import (
+    LENGTH_PREFIX as LENGTH_PREFIX,
+)
+from lucidd.protocol.messages import (
+    LENGTH_PREFIX_SIZE as LENGTH_PREFIX_SIZE,
+)
+from lucidd.protocol.messages import (
+    MAX_BATCH_ITEMS as MAX_BATCH_ITEMS,
+)
+from lucidd.protocol.messages import (
+    MAX_DATA_HEADER_SIZE as MAX_DATA_HEADER_SIZE,
+)
+from lucidd.protocol.messages import (
+    MAX_INDEX as MAX_INDEX,
+)
+from lucidd.protocol.messages import (
+    MAX_LABEL_SIZE as MAX_LABEL_SIZE,
+)
+from lucidd.protocol.messages import (
+    SESSION_ID_SIZE as SESSION_ID_SIZE,
+)
+from lucidd.protocol.messages import (
+    Ack as Ack,
+)
+from lucidd.protocol.messages import (
+    Batch as Batch,
+)
+from lucidd.protocol.messages import (
+    Check as Check,
+)
+from lucidd.protocol.messages import (
+    CheckReply as CheckReply,
+)
+from lucidd.protocol.messages import (
+    Chunk as Chunk,
+)
+from lucidd.protocol.messages import (
+    ChunkReply as ChunkReply,
+)
+from lucidd.protocol.messages import (
+    ConfigReply as ConfigReply,
+)
+from lucidd.protocol.messages import (
+    ConsistencyProofReply as ConsistencyProofReply,
+)
+from lucidd.protocol.messages import (
+    ControlReply as ControlReply,
+)
+from lucidd.protocol.messages import (
+    ControlRequest as ControlRequest,
+)
+from lucidd.protocol.messages import (
+    DataReply as DataReply,
+)
+from lucidd.protocol.messages import (
+    DataRequest as DataRequest,
+)
+from lucidd.protocol.messages import (
+    Error as Error,
+)
+from lucidd.protocol.messages import (
+    Finalize as Finalize,
+)
+from lucidd.protocol.messages import (
+    FinalizeReply as FinalizeReply,
+)
+from lucidd.protocol.messages import (
+    GetConfig as GetConfig,
+)
+from lucidd.protocol.messages import (
+    GetConsistencyProof as GetConsistencyProof,
+)
+from lucidd.protocol.messages import (
+    GetInclusionProof as GetInclusionProof,
+)
+from lucidd.protocol.messages import (
+    GetRoot as GetRoot,
+)
+from lucidd.protocol.messages import (
+    Health as Health,
+)
+from lucidd.protocol.messages import (
+    HealthReply as HealthReply,
+)
+from lucidd.protocol.messages import (
+    InclusionProofReply as InclusionProofReply,
+)
+from lucidd.protocol.messages import (
+    ListSessions as ListSessions,
+)
+from lucidd.protocol.messages import (
+    Message as Message,
+)
+from lucidd.protocol.messages import (
+    Metrics as Metrics,
+)
+from lucidd.protocol.messages import (
+    MetricsReply as MetricsReply,
+)
+from lucidd.protocol.messages import (
+    OpenSession as OpenSession,
+)
+from lucidd.protocol.messages import (
+    ProcessStatus as ProcessStatus,
+)
+from lucidd.protocol.messages import (
+    ReadChunk as ReadChunk,
+)
+from lucidd.protocol.messages import (
+    RootReply as RootReply,
+)
+from lucidd.protocol.messages import (
+    SessionInfo as SessionInfo,
+)
+from lucidd.protocol.messages import (
+    SessionInfoReply as SessionInfoReply,
+)
+from lucidd.protocol.messages import (
+    SessionListReply as SessionListReply,
+)
+from lucidd.protocol.messages import (
+    SessionOpened as SessionOpened,
+)
+from lucidd.protocol.messages import (
+    SessionSummary as SessionSummary,
+)
+from lucidd.protocol.messages import (
+    Shred as Shred,
+)
+from lucidd.protocol.messages import (
+    ShredReply as ShredReply,
+)
+from lucidd.protocol.messages import (
+    check_control_request as check_control_request,
+)
+from lucidd.protocol.messages import (
+    error_reply as error_reply,
+)

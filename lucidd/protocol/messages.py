@@ -1,0 +1,356 @@
+"""The messages of both sockets (layer 1, DESIGN §6): msgspec Structs in tagged unions.
+
+A frame is ``u32 big-endian length || msgpack body``; the body is one of these Structs. On the
+data socket a :class:`Chunk` (or :class:`Batch`) header frame is followed by exactly ``length``
+(or ``sum(lengths)``) raw payload bytes, outside the msgpack. The limits that frames and
+settings must agree on are defined here once (``MAX_DATA_HEADER_SIZE``, ``MAX_BATCH_ITEMS``).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Final
+
+import msgspec
+
+from lucidd.errors import BadRequestError, LucidError
+
+LENGTH_PREFIX: Final = struct.Struct(">I")
+LENGTH_PREFIX_SIZE: Final = LENGTH_PREFIX.size
+SESSION_ID_SIZE: Final = 16
+HASH_SIZE: Final = 32
+MAX_INDEX: Final = 2**63 - 1
+#: Bound on a msgpack header frame on the data socket.
+MAX_DATA_HEADER_SIZE: Final = 64 * 1024
+#: A Batch item's worst case in msgpack: a u64 index (9 bytes) and a u32 length (5 bytes).
+BATCH_ITEM_MAX_BYTES: Final = 14
+#: The rest of a Batch frame at worst: length prefix, tag, req, session, two array headers.
+BATCH_FRAME_OVERHEAD: Final = 128
+#: The most items a Batch frame can carry within MAX_DATA_HEADER_SIZE (``batch_size``'s
+#: ceiling: a larger batch would be refused as bad_frame, closing the connection).
+MAX_BATCH_ITEMS: Final = (MAX_DATA_HEADER_SIZE - BATCH_FRAME_OVERHEAD) // BATCH_ITEM_MAX_BYTES
+#: Extra room on the control socket above one chunk (a ReadChunk reply carries the plaintext).
+CONTROL_FRAME_OVERHEAD: Final = 64 * 1024
+
+
+class Message(msgspec.Struct, frozen=True, tag_field="type", omit_defaults=True):
+    """Base of every frame body; ``req`` is chosen by the client and echoed in replies."""
+
+    req: int
+
+
+# --- data socket: client -> daemon -------------------------------------------------------
+
+
+class Chunk(Message, tag="chunk", frozen=True):
+    """One chunk; ``length`` raw payload bytes follow this frame."""
+
+    session: bytes
+    index: int
+    length: int
+
+
+class Batch(Message, tag="batch", frozen=True):
+    """Up to ``batch_size`` chunks at once; ``sum(lengths)`` payload bytes follow, in order.
+
+    Each item is acknowledged (or refused) on its own, with this frame's ``req``.
+    """
+
+    session: bytes
+    indices: list[int]
+    lengths: list[int]
+
+
+# --- data socket: daemon -> client ------------------------------------------------------
+
+
+class Ack(Message, tag="ack", frozen=True):
+    """The chunk's sealed record is durable (fdatasync'd); ``leaf_hash`` is its Merkle leaf."""
+
+    session: bytes
+    index: int
+    leaf_hash: bytes
+
+
+class Error(Message, tag="error", frozen=True):
+    """A typed failure (``code`` is a :mod:`lucidd.errors` wire code)."""
+
+    code: str
+    message: str
+    session: bytes | None = None
+    index: int | None = None
+
+
+DataRequest = Chunk | Batch
+DataReply = Ack | Error
+
+
+# --- control socket: requests -----------------------------------------------------------
+
+
+class Health(Message, tag="health", frozen=True):
+    pass
+
+
+class Metrics(Message, tag="metrics", frozen=True):
+    pass
+
+
+class GetConfig(Message, tag="config", frozen=True):
+    pass
+
+
+class OpenSession(Message, tag="open", frozen=True):
+    """Open a session; ``session`` may be chosen by the client (else the daemon picks one)."""
+
+    compression: str | None = None
+    session: bytes | None = None
+    #: A note people choose (shown by ``sessions``/``info``), at most MAX_LABEL_SIZE bytes.
+    label: str | None = None
+    #: The chunk size the session is written in (recorded once; resumes must match it).
+    chunk_size: int | None = None
+
+
+class ListSessions(Message, tag="sessions", frozen=True):
+    pass
+
+
+class SessionInfo(Message, tag="info", frozen=True):
+    session: bytes
+
+
+class GetRoot(Message, tag="root", frozen=True):
+    session: bytes
+    size: int | None = None
+
+
+class GetInclusionProof(Message, tag="proof", frozen=True):
+    session: bytes
+    index: int
+    size: int | None = None
+
+
+class GetConsistencyProof(Message, tag="consistency", frozen=True):
+    session: bytes
+    size1: int
+    size2: int | None = None
+
+
+class Finalize(Message, tag="finalize", frozen=True):
+    session: bytes
+
+
+class ReadChunk(Message, tag="read", frozen=True):
+    session: bytes
+    index: int
+
+
+class Shred(Message, tag="shred", frozen=True):
+    session: bytes
+
+
+class Check(Message, tag="check", frozen=True):
+    """Scrub a session: read and authenticate every chunk's record, compare its leaf with the
+    Merkle log (answered with :class:`CheckReply`)."""
+
+    session: bytes
+
+
+ControlRequest = (
+    Health
+    | Metrics
+    | GetConfig
+    | OpenSession
+    | ListSessions
+    | SessionInfo
+    | GetRoot
+    | GetInclusionProof
+    | GetConsistencyProof
+    | Finalize
+    | ReadChunk
+    | Shred
+    | Check
+)
+
+
+# --- control socket: replies ------------------------------------------------------------
+
+
+class ProcessStatus(msgspec.Struct, frozen=True):
+    role: str
+    pid: int
+    alive: bool
+    rss_bytes: int = 0
+    restarts: int = 0
+
+
+class HealthReply(Message, tag="health_reply", frozen=True):
+    """``status`` is ``ok`` only when every process is alive and no session is damaged."""
+
+    status: str
+    processes: list[ProcessStatus]
+    sessions: int = 0
+    #: Why ``status`` is "degraded", one line each ("worker1: cannot start a process (Too many
+    #: open files); retrying"); a reply without it (an older daemon) decodes as [].
+    reasons: list[str] = []
+    #: Sessions that are damaged (SessionSummary.damaged).
+    damaged_sessions: int = 0
+
+
+class MetricsReply(Message, tag="metrics_reply", frozen=True):
+    metrics: dict[str, float]
+
+
+class ConfigReply(Message, tag="config_reply", frozen=True):
+    config: dict[str, Any]
+
+
+class SessionSummary(msgspec.Struct, frozen=True):
+    session: bytes
+    state: str
+    size: int
+    chunks: int
+    plaintext_bytes: int
+    compression: str
+    owner_uid: int = -1
+    #: When it was opened (Unix time, nanoseconds), its label and recorded chunk size (0: none).
+    created_ns: int = 0
+    label: str = ""
+    chunk_size: int = 0
+    #: Bytes of its segment files on disk (sealed records: compressed, plus headers and tags).
+    stored_bytes: int = 0
+    #: Chunks of the log whose record is gone, damage inside a segment, or (state
+    #: ``damaged``) metadata or a secret that cannot be read.
+    damaged: bool = False
+    #: The chunks whose record is gone (reading them is refused as ``damaged``).
+    missing: list[int] = []
+    #: Segment ranges copied to the quarantine (torn tails included).
+    quarantined: int = 0
+    #: What is wrong, in words ("" when nothing is).
+    problem: str = ""
+
+
+class SessionOpened(Message, tag="opened", frozen=True):
+    session: bytes
+
+
+class SessionListReply(Message, tag="sessions_reply", frozen=True):
+    sessions: list[SessionSummary]
+
+
+class SessionInfoReply(Message, tag="info_reply", frozen=True):
+    info: SessionSummary
+
+
+class RootReply(Message, tag="root_reply", frozen=True):
+    session: bytes
+    size: int
+    root: bytes
+
+
+class InclusionProofReply(Message, tag="proof_reply", frozen=True):
+    session: bytes
+    index: int
+    size: int
+    leaf_hash: bytes
+    path: list[bytes]
+    root: bytes
+
+
+class ConsistencyProofReply(Message, tag="consistency_reply", frozen=True):
+    session: bytes
+    size1: int
+    size2: int
+    path: list[bytes]
+    root1: bytes
+    root2: bytes
+
+
+class FinalizeReply(Message, tag="finalize_reply", frozen=True):
+    session: bytes
+    size: int
+    root: bytes
+    checkpoint: bytes
+    #: True when the session had been finalized before this request (the same checkpoint).
+    already_finalized: bool = False
+
+
+class ChunkReply(Message, tag="chunk_reply", frozen=True):
+    session: bytes
+    index: int
+    data: bytes
+    record: bytes = b""
+
+
+class ShredReply(Message, tag="shred_reply", frozen=True):
+    session: bytes
+
+
+class CheckReply(Message, tag="check_reply", frozen=True):
+    """``checked`` chunks were read (the ``size`` of the log and those stored past it);
+    ``bad`` lists, in order, those whose record is gone, fails authentication or does not
+    hash to its leaf in the log. The session is intact when ``bad`` is empty."""
+
+    session: bytes
+    size: int
+    checked: int
+    bad: list[int] = []
+
+
+ControlReply = (
+    HealthReply
+    | MetricsReply
+    | ConfigReply
+    | SessionOpened
+    | SessionListReply
+    | SessionInfoReply
+    | RootReply
+    | InclusionProofReply
+    | ConsistencyProofReply
+    | FinalizeReply
+    | ChunkReply
+    | ShredReply
+    | CheckReply
+    | Error
+)
+
+
+def error_reply(req: int, err: LucidError) -> Error:
+    """The wire ``Error`` for an exception (its message is already secret-free)."""
+    session = err.context.get("session")
+    index = err.context.get("index")
+    return Error(
+        req=req,
+        code=err.code,
+        message=err.message,
+        session=session if isinstance(session, bytes) else None,
+        index=index if isinstance(index, int) else None,
+    )
+
+
+#: Fields of control requests that hold a chunk index or a tree size.
+_INDEX_FIELDS: Final = ("index", "size", "size1", "size2")
+#: Bound on a session's label (UTF-8 bytes).
+MAX_LABEL_SIZE: Final = 256
+
+
+def check_control_request(request: Message) -> None:
+    """Refuse arguments no session could satisfy, before any handler looks them up.
+
+    A well-framed request with a session id of the wrong length or an index or size outside
+    ``0..MAX_INDEX`` is a :class:`~lucidd.errors.BadRequestError` (the connection stays open).
+    """
+    session = getattr(request, "session", None)
+    if isinstance(session, bytes) and len(session) != SESSION_ID_SIZE:
+        raise BadRequestError(
+            f"session id must be {SESSION_ID_SIZE} bytes, got {len(session)}", req=request.req
+        )
+    for name in _INDEX_FIELDS:
+        value = getattr(request, name, None)
+        if isinstance(value, int) and not 0 <= value <= MAX_INDEX:
+            raise BadRequestError(f"{name} {value} is out of range 0..{MAX_INDEX}", req=request.req)
+    if isinstance(request, OpenSession):
+        if request.label is not None and len(request.label.encode()) > MAX_LABEL_SIZE:
+            raise BadRequestError(f"label is longer than {MAX_LABEL_SIZE} bytes", req=request.req)
+        if request.chunk_size is not None and not 1 <= request.chunk_size <= MAX_INDEX:
+            raise BadRequestError(f"chunk_size {request.chunk_size} is out of range")
