@@ -29,6 +29,7 @@ from lucidd.errors import (
     UnknownSessionError,
 )
 from lucidd.units import MiB, format_size
+from lucidd.vocabulary import SessionState
 
 DEFAULT_CHUNK_SIZE: Final = 1 * MiB
 
@@ -104,7 +105,7 @@ def _check_existing(args: argparse.Namespace, summary: SessionSummary) -> None:
             f"session {name} exists with compression {summary.compression}; "
             "--compression applies to new sessions only"
         )
-    if summary.state != "open":
+    if summary.state != SessionState.OPEN:
         raise SessionFinalizedError(f"session {name} is {summary.state}: it takes no chunks")
     if not args.resume and summary.chunks != summary.size:
         # Chunks stored past a gap (or still in flight): counting them gives an index that

@@ -59,6 +59,7 @@ AUTH_FAILED: Final = "record failed authentication"
 """The one message of every authentication failure: it says nothing about why."""
 
 # --- compression ---------------------------------------------------------------------------------
+#: The static type of a compression name; its values are vocabulary.Compression's (one list).
 Compression: TypeAlias = Literal["auto", "zstd", "zlib", "off"]
 COMPRESSIONS: Final[tuple[str, ...]] = tuple(c.value for c in vocabulary.Compression)
 ZSTD_LEVEL: Final = 3

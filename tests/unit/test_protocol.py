@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import struct
+import typing
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import msgspec
@@ -17,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lucidd import crypto, vocabulary
 from lucidd import protocol as p
 from lucidd.errors import (
     ERROR_BY_CODE,
@@ -759,3 +761,8 @@ def test_the_largest_batch_config_allows_fits_one_header_frame() -> None:
     decoder.receive_data(frame)
     event = decoder.next_event()
     assert isinstance(event, p.ChunkStart) and event.index == 2**63 - 1
+
+
+def test_the_compression_type_and_the_enum_name_the_same_choices() -> None:
+    """crypto's static Literal and vocabulary's enum must never drift apart."""
+    assert set(typing.get_args(crypto.Compression)) == {c.value for c in vocabulary.Compression}
