@@ -49,12 +49,14 @@ def test_an_unknown_key_in_the_config_file_is_refused(short_tmp: Path) -> None:
     assert "workerz" in result.stderr
 
 
-def _aggregator_of(d: Daemon) -> psutil.Process | None:
-    """The child that holds the control socket: the aggregator (before it reports anything)."""
-    for child in psutil.Process(d.pid).children(recursive=True):
+def _aggregator_of(d: Daemon, workers: int) -> psutil.Process | None:
+    """The aggregator, once it exists: the supervisor spawns the workers first, then the
+    aggregator, all from the forkserver, so it is the newest of the forkserver's children."""
+    for forkserver in psutil.Process(d.pid).children():
         with contextlib.suppress(psutil.Error):
-            if any(str(c.laddr).endswith("control.sock") for c in child.net_connections("unix")):
-                return child
+            spawned = forkserver.children()
+            if len(spawned) > workers:
+                return max(spawned, key=lambda p: (p.create_time(), p.pid))
     return None
 
 
@@ -67,10 +69,10 @@ def test_sigterm_during_a_long_start_up_recovery_stops_at_once(short_tmp: Path) 
     assert d.stop() == 0, d.log()
     d.launch()
     deadline = time.monotonic() + 30
-    aggregator = _aggregator_of(d)
+    aggregator = _aggregator_of(d, workers=1)
     while aggregator is None and time.monotonic() < deadline:
         time.sleep(0.002)
-        aggregator = _aggregator_of(d)
+        aggregator = _aggregator_of(d, workers=1)
     assert aggregator is not None, d.log()
     aggregator.suspend()  # a recovery that goes on and on
     # Before, the supervisor waited for the recovery to end: this stop timed out (the

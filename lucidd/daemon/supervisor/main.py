@@ -172,11 +172,12 @@ class Supervisor:
     ) -> None:
         loop = asyncio.get_running_loop()
         config = self.config
+        # Before any child exists: a stop that comes during the start is an orderly one.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop.set)
         ingest = self._build(loop, ring, keyring, control_sock)
         self._ready = loop.create_future()
         self._spawn_aggregator(repair=True)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._stop.set)
         recovery = asyncio.ensure_future(self._extend_timeout_while_recovering())
         stop_wait = asyncio.ensure_future(self._stop.wait())
         ready = self._ready
