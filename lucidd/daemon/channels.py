@@ -265,3 +265,32 @@ def peer_hung_up(fd: int) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     return any(mask & (select.POLLHUP | select.POLLERR) for _, mask in poller.poll(0))
+
+
+class ReadPauses:
+    """Why a socket connection is not being read from, by reason; reading resumes only once no
+    reason is left (its reply buffer drained *and* its next chunk admitted, say)."""
+
+    def __init__(self) -> None:
+        self._reasons: set[str] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self._reasons)
+
+    def __contains__(self, reason: str) -> bool:
+        return reason in self._reasons
+
+    def describe(self) -> str:
+        return ",".join(sorted(self._reasons))
+
+    def pause(self, transport: asyncio.ReadTransport | None, reason: str) -> None:
+        if not self._reasons and transport is not None:
+            transport.pause_reading()
+        self._reasons.add(reason)
+
+    def resume(self, transport: asyncio.Transport | None, reason: str) -> None:
+        if reason not in self._reasons:
+            return
+        self._reasons.discard(reason)
+        if not self._reasons and transport is not None and not transport.is_closing():
+            transport.resume_reading()

@@ -120,3 +120,30 @@ class ClientErrorLog:
             suppressed,
             " ".join(message.split())[:200],
         )
+
+
+#: At most one log line per this many seconds about connections refused over the limit.
+REFUSAL_LOG_INTERVAL_S: Final = 10.0
+
+
+class RefusalLog:
+    """Connections refused over a socket's limit: one line per interval, with the count."""
+
+    def __init__(self, logger: logging.Logger, socket_name: str) -> None:
+        self._logger = logger
+        self._socket = socket_name
+        self._unlogged = 0
+        self._logged_at = -REFUSAL_LOG_INTERVAL_S
+
+    def refused(self, limit: int) -> None:
+        self._unlogged += 1
+        now = time.monotonic()
+        if now - self._logged_at >= REFUSAL_LOG_INTERVAL_S:
+            self._logger.warning(
+                "event=connections_refused socket=%s refused=%d limit=%d",
+                self._socket,
+                self._unlogged,
+                limit,
+            )
+            self._logged_at = now
+            self._unlogged = 0

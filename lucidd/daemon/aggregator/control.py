@@ -17,9 +17,9 @@ from typing import Any, Final, cast
 from lucidd import protocol as p
 from lucidd.daemon.access import Peer
 from lucidd.daemon.aggregator.handlers import ControlServices, handle_request
-from lucidd.daemon.channels import peer_hung_up
+from lucidd.daemon.channels import ReadPauses, peer_hung_up
 from lucidd.daemon.config import Config, connection_limit
-from lucidd.daemon.logs import ClientErrorLog
+from lucidd.daemon.logs import ClientErrorLog, RefusalLog
 from lucidd.daemon.peers import peer_of
 from lucidd.errors import (
     BusyError,
@@ -33,8 +33,6 @@ _client_errors = ClientErrorLog(log)
 
 #: The longest pause between two checks of a connection's idle timeout and of a paused peer.
 CHECK_INTERVAL_S: Final = 1.0
-#: At most one log line per this many seconds about connections refused over the limit.
-REFUSAL_LOG_INTERVAL_S: Final = 10.0
 # Why a control connection is not being read from (ControlProtocol._pauses).
 _PIPELINED: Final = "pipelined"  # max_pipelined_requests of its requests are being served
 _WRITING: Final = "writing"  # its replies are not being read (transport above its high mark)
@@ -50,8 +48,7 @@ class ControlLimits:
     idle_timeout: float
     connections: set[ControlProtocol] = field(default_factory=set)
     refused: int = 0
-    _refused_unlogged: int = 0
-    _refusal_logged_at: float = -REFUSAL_LOG_INTERVAL_S
+    _refusals: RefusalLog = field(default_factory=lambda: RefusalLog(log, "control"))
 
     @classmethod
     def from_config(cls, config: Config) -> ControlLimits:
@@ -68,16 +65,7 @@ class ControlLimits:
             self.connections.add(conn)
             return True
         self.refused += 1
-        self._refused_unlogged += 1
-        now = time.monotonic()
-        if now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL_S:
-            log.warning(
-                "event=connections_refused socket=control refused=%d limit=%d",
-                self._refused_unlogged,
-                self.max_connections,
-            )
-            self._refusal_logged_at = now
-            self._refused_unlogged = 0
+        self._refusals.refused(self.max_connections)
         return False
 
 
@@ -93,7 +81,7 @@ class ControlProtocol(asyncio.Protocol):
         self._error_logged = False
         # -- bounds per connection (issue 10) --
         self._limits = limits if limits is not None else ControlLimits.from_config(Config())
-        self._pauses: set[str] = set()  # why reading is paused; empty: it is not
+        self._pauses = ReadPauses()
         self._writable = asyncio.Event()  # cleared while the reply buffer is over its bound
         self._writable.set()
         self._active_at = time.monotonic()  # last request received or reply sent
@@ -205,17 +193,10 @@ class ControlProtocol(asyncio.Protocol):
         self._resume(_WRITING)
 
     def _pause(self, reason: str) -> None:
-        if not self._pauses and self._transport is not None:
-            self._transport.pause_reading()
-        self._pauses.add(reason)
+        self._pauses.pause(self._transport, reason)
 
     def _resume(self, reason: str) -> None:
-        if reason not in self._pauses:
-            return
-        self._pauses.discard(reason)
-        transport = self._transport
-        if not self._pauses and transport is not None and not transport.is_closing():
-            transport.resume_reading()
+        self._pauses.resume(self._transport, reason)
 
     def _schedule_check(self) -> None:
         period = min(CHECK_INTERVAL_S, self._limits.idle_timeout / 4)
@@ -227,7 +208,7 @@ class ControlProtocol(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         if self._pauses and peer_hung_up(self._fd):
-            log.info("event=peer_hung_up socket=control while=%s", ",".join(sorted(self._pauses)))
+            log.info("event=peer_hung_up socket=control while=%s", self._pauses.describe())
             transport.abort()
             return
         idle_timeout = self._limits.idle_timeout

@@ -26,6 +26,7 @@ from lucidd.daemon import ipc
 from lucidd.daemon.access import AccessPolicy, Peer
 from lucidd.daemon.channels import PipeWriter
 from lucidd.daemon.config import Config, connection_limit
+from lucidd.daemon.logs import RefusalLog
 from lucidd.daemon.supervisor.slots import SlotAllocator, SlotRun
 from lucidd.errors import (
     BusyError,
@@ -47,8 +48,6 @@ log = logging.getLogger("lucidd.daemon.supervisor.admission")
 MAX_ATTEMPTS: Final = 2
 #: How many payload bytes a worker is given before the next worker is used (see _pick_worker).
 PACK_BYTES: Final = 2 * 1024 * 1024
-#: At most one log line per this many seconds about connections refused over the limit.
-REFUSAL_LOG_INTERVAL_S: Final = 10.0
 #: A gate's state between a new id's first chunk and the aggregator's answer.
 SESSION_OPENING: Final = SessionState.OPENING
 
@@ -218,8 +217,7 @@ class Ingest:
         }
         #: Slots one connection may hold while another waits for room (connection_ring_share).
         self.share_slots = max(1, int(self.slots.count * config.connection_ring_share))
-        self._refusals_unlogged = 0
-        self._refusal_logged_at = -REFUSAL_LOG_INTERVAL_S
+        self._refusals = RefusalLog(log, "data")
 
     # -- sessions -----------------------------------------------------------------------
 
@@ -661,16 +659,7 @@ class Ingest:
         if len(self.connections) <= connection_limit(self.config, self.fd_budget):
             return True
         self.counters["connections_refused_total"] += 1
-        self._refusals_unlogged += 1
-        now = time.monotonic()
-        if now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL_S:
-            log.warning(
-                "event=connections_refused socket=data refused=%d limit=%d",
-                self._refusals_unlogged,
-                connection_limit(self.config, self.fd_budget),
-            )
-            self._refusal_logged_at = now
-            self._refusals_unlogged = 0
+        self._refusals.refused(connection_limit(self.config, self.fd_budget))
         return False
 
     # -- backpressure -------------------------------------------------------------------

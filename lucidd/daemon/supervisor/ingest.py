@@ -17,7 +17,7 @@ from typing import Final, cast
 
 from lucidd import protocol as p
 from lucidd.daemon.access import Peer
-from lucidd.daemon.channels import peer_hung_up
+from lucidd.daemon.channels import ReadPauses, peer_hung_up
 from lucidd.daemon.logs import ClientErrorLog
 from lucidd.daemon.peers import peer_of
 from lucidd.daemon.supervisor.admission import InFlight, Ingest, Wait, WaitOwn
@@ -71,7 +71,7 @@ class DataProtocol(asyncio.BufferedProtocol):
         self.chunks_in_flight = 0  # admitted and not yet answered
         self.slots_held = 0  # ring slots of those chunks
         self.waits_for_own = False  # blocked on its own bound, not on the daemon's
-        self._pauses: set[str] = set()  # why reading is paused; empty: it is not
+        self._pauses = ReadPauses()
         self._frames_left = FRAMES_PER_PASS
         self._next_pass_due = False
         now = time.monotonic()
@@ -303,17 +303,10 @@ class DataProtocol(asyncio.BufferedProtocol):
         self._resume(_WRITING)
 
     def _pause(self, reason: str) -> None:
-        if not self._pauses and self._transport is not None:
-            self._transport.pause_reading()
-        self._pauses.add(reason)
+        self._pauses.pause(self._transport, reason)
 
     def _resume(self, reason: str) -> None:
-        if reason not in self._pauses:
-            return
-        self._pauses.discard(reason)
-        transport = self._transport
-        if not self._pauses and transport is not None and not transport.is_closing():
-            transport.resume_reading()
+        self._pauses.resume(self._transport, reason)
 
     def _yield_pass(self) -> None:
         """This connection used its frames of this loop pass: pause it and carry on with what
@@ -358,7 +351,7 @@ class DataProtocol(asyncio.BufferedProtocol):
         # A paused transport reads nothing, so it would never see EOF: ask the kernel.
         if self._pauses and peer_hung_up(self._fd):
             counters["peer_hangups_total"] += 1
-            log.info("event=peer_hung_up while=%s", ",".join(sorted(self._pauses)))
+            log.info("event=peer_hung_up while=%s", self._pauses.describe())
             self._drop(None)
             return
         idle = not in_payload and self.chunks_in_flight == 0 and self._blocked_start is None
