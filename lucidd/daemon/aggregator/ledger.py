@@ -69,6 +69,8 @@ class Ledger:
         #: Sessions whose files may be open, least recently used first (release_idle).
         self._in_use: OrderedDict[bytes, None] = OrderedDict()
         self._releasing = False
+        #: The session used last: its repeated uses (several per chunk indexed) cost nothing.
+        self._last_used: SessionLedger | None = None
         #: Session id -> what is wrong with it, for the sessions that cannot be loaded.
         self.unreadable: dict[bytes, str] = {}
         readable = 0
@@ -188,6 +190,9 @@ class Ledger:
         self.release_idle()
 
     def _used(self, session: SessionLedger) -> None:
+        if session is self._last_used:
+            return
+        self._last_used = session
         in_use = self._in_use
         key = session.session_id
         if key in in_use:
@@ -215,6 +220,7 @@ class Ledger:
             self._releasing = False
 
     def _release_lru(self) -> None:
+        self._last_used = None  # it may be released below: its next use must count again
         in_use = self._in_use
         held = sum(s.open_descriptors for i in in_use if (s := self.sessions.get(i)))
         kept: list[bytes] = []
@@ -246,6 +252,7 @@ class Ledger:
         session = self.get(session_id)
         del self.sessions[session_id]
         self._in_use.pop(session_id, None)
+        self._last_used = None
         with contextlib.suppress(OSError):
             session.merkle.close()
             session.index.close()
