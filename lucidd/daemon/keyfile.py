@@ -54,42 +54,47 @@ def state_keyring_path(state_dir: Path) -> Path:
     return state_dir / "keys" / "keyring"
 
 
-def _check_parent(path: Path) -> None:
+def _check_parent(path: Path, what: str = "keyring") -> None:
+    """Refuse a folder of ``path`` that is not ours (nor root's) or that group/others can write.
+
+    ``what`` names the file in messages (:mod:`lucidd.daemon.signing_key` shares the checks).
+    """
     parent = path.parent
     try:
         st = os.stat(parent)
     except OSError as exc:
         raise KeyringError(
-            f"cannot inspect keyring folder {parent}: {exc.strerror}", path=str(parent)
+            f"cannot inspect {what} folder {parent}: {exc.strerror}", path=str(parent)
         ) from None
     euid = os.geteuid()
     if st.st_uid not in (euid, _ROOT_UID):
         raise KeyringError(
-            f"keyring folder {parent} is owned by uid {st.st_uid}, not by lucidd's uid {euid} "
-            f"(or root); fix with: chown {euid} {parent}, or move the keyring",
+            f"{what} folder {parent} is owned by uid {st.st_uid}, not by lucidd's uid {euid} "
+            f"(or root); fix with: chown {euid} {parent}, or move the {what}",
             path=str(parent),
         )
     if st.st_mode & _GROUP_OTHER_WRITE:
         raise KeyringError(
-            f"keyring folder {parent} is writable by group or others "
+            f"{what} folder {parent} is writable by group or others "
             f"(mode {stat.S_IMODE(st.st_mode):04o}); fix with: chmod 700 {parent}",
             path=str(parent),
         )
 
 
-def _check_file(path: Path, st: os.stat_result) -> None:
+def _check_file(path: Path, st: os.stat_result, what: str = "keyring") -> None:
+    """Refuse what ``st`` (of the open ``path``) shows unsafe; ``what`` names the file."""
     if not stat.S_ISREG(st.st_mode):
-        raise KeyringError(f"keyring {path} is not a regular file", path=str(path))
+        raise KeyringError(f"{what} {path} is not a regular file", path=str(path))
     euid = os.geteuid()
     if st.st_uid != euid:
         raise KeyringError(
-            f"keyring {path} is owned by uid {st.st_uid}, not by lucidd's uid {euid}; "
+            f"{what} {path} is owned by uid {st.st_uid}, not by lucidd's uid {euid}; "
             f"fix with: chown {euid} {path}",
             path=str(path),
         )
     if st.st_nlink > 1:
         raise KeyringError(
-            f"keyring {path} has {st.st_nlink} hard links; another name for it may be "
+            f"{what} {path} has {st.st_nlink} hard links; another name for it may be "
             f"readable elsewhere: fix with: cp -p {path} {path}.new && mv {path}.new {path} "
             "(then remove the other names)",
             path=str(path),
@@ -97,7 +102,7 @@ def _check_file(path: Path, st: os.stat_result) -> None:
     mode = stat.S_IMODE(st.st_mode)
     if mode & _GROUP_OTHER_BITS:
         raise KeyringError(
-            f"keyring {path} is accessible by group or others (mode {mode:04o}); "
+            f"{what} {path} is accessible by group or others (mode {mode:04o}); "
             f"fix with: chmod 600 {path}",
             path=str(path),
         )

@@ -35,6 +35,7 @@ LAYERS: Mapping[str, int] = {
     "crypto.seal": 1,  # chunk keys, seal/open, ChunkSealer, the FINAL record
     "crypto.keyring": 1,  # master keys, the Argon2id passphrase lock, secret wrapping
     "merkle": 1,
+    "note": 1,  # C2SP signed notes (Ed25519), signed checkpoints
     "protocol.__init__": 1,  # the wire, re-exported as one module
     "protocol.messages": 1,  # the Structs of both sockets and the limits
     "protocol.codec": 1,  # the frame encoder and the sans-IO decoder
@@ -49,6 +50,7 @@ LAYERS: Mapping[str, int] = {
     "daemon.store": 2,
     "daemon.segments": 2,  # segment files: append, scan, quarantine
     "daemon.keyfile": 2,
+    "daemon.signing_key": 2,  # the host's Ed25519 checkpoint key (the keyring's file checks)
     "daemon.ring": 2,
     "daemon.channels": 2,
     "daemon.logs": 2,  # logging set-up shared by every process
@@ -102,6 +104,8 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     "crypto.seal": frozenset({"crypto.record"}),
     "crypto.keyring": frozenset({"crypto.record", "crypto.seal"}),
     "crypto.record": frozenset(),
+    # A signed note's text is a checkpoint.
+    "note": frozenset({"merkle"}),
     "daemon.aggregator.ledger": frozenset(
         {
             "daemon.store",
@@ -131,6 +135,8 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     "daemon.store": frozenset(),
     "daemon.segments": frozenset({"daemon.store"}),
     "daemon.peers": frozenset(),
+    # The signing key file is guarded as the keyring file is.
+    "daemon.signing_key": frozenset({"daemon.keyfile"}),
     # Something must name the child processes' entry points to spawn them; only children may.
     "daemon.supervisor.children": frozenset({"daemon.supervisor.fds"}),
     # The forkserver's preload module exists to import the child mains.
