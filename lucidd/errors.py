@@ -214,8 +214,16 @@ class IdleTimeoutError(LucidError):
     retryable = True
 
 
+class NotAnchoredError(LucidError):
+    """The chunk is in no anchored checkpoint yet; the message says when it will be."""
+
+    code = "not_anchored"
+    exit_code = EX_TEMPFAIL
+    retryable = True
+
+
 class UnavailableError(LucidError):
-    """The daemon is not running or its socket cannot be reached (client side only)."""
+    """A service cannot be reached: the daemon (its socket), an anchoring backend's RPC."""
 
     code = "unavailable"
     exit_code = EX_UNAVAILABLE
@@ -246,6 +254,7 @@ _ALL: tuple[type[LucidError], ...] = (
     UntrustedSocketError,
     PayloadTimeoutError,
     IdleTimeoutError,
+    NotAnchoredError,
     UnavailableError,
 )
 

@@ -46,14 +46,18 @@ from lucidd.client.ids import (
 from lucidd.errors import LucidError, RequestTimeoutError, UnavailableError, UntrustedSocketError
 from lucidd.protocol import (
     Ack,
+    AnchorReply,
+    CheckpointReply,
     CheckReply,
     ChunkReply,
     ConsistencyProofReply,
     FinalizeReply,
     HealthReply,
     InclusionProofReply,
+    ReceiptReply,
     RootReply,
     SessionSummary,
+    SigningKeyReply,
 )
 
 T = TypeVar("T")
@@ -387,6 +391,22 @@ class AsyncControlClient:
     async def finalize(self, session: SessionRef) -> FinalizeReply:
         """As :meth:`ControlClient.finalize`."""
         return await self._call(self._core.finalize(session))
+
+    async def signing_key(self) -> SigningKeyReply:
+        """As :meth:`ControlClient.signing_key`."""
+        return await self._call(self._core.signing_key())
+
+    async def checkpoint(self, session: SessionRef, size: int | None = None) -> CheckpointReply:
+        """As :meth:`ControlClient.checkpoint`."""
+        return await self._call(self._core.checkpoint(session, size))
+
+    async def anchor(self) -> AnchorReply:
+        """As :meth:`ControlClient.anchor`."""
+        return await self._call(self._core.anchor())
+
+    async def receipt(self, session: SessionRef, index: int) -> ReceiptReply:
+        """As :meth:`ControlClient.receipt`."""
+        return await self._call(self._core.receipt(session, index))
 
     async def read_chunk(self, session: SessionRef, index: int) -> ChunkReply:
         """As :meth:`ControlClient.read_chunk`."""

@@ -44,14 +44,18 @@ from lucidd.client.ids import (
 from lucidd.errors import LucidError, RequestTimeoutError, UnavailableError, UntrustedSocketError
 from lucidd.protocol import (
     Ack,
+    AnchorReply,
+    CheckpointReply,
     CheckReply,
     ChunkReply,
     ConsistencyProofReply,
     FinalizeReply,
     HealthReply,
     InclusionProofReply,
+    ReceiptReply,
     RootReply,
     SessionSummary,
+    SigningKeyReply,
 )
 
 #: Buffers per ``sendmsg`` call (POSIX ``IOV_MAX``; Linux has 1024).
@@ -401,6 +405,22 @@ class ControlClient:
     def finalize(self, session: SessionRef) -> FinalizeReply:
         """Write the session's FINAL record; it accepts no chunk afterwards."""
         return self._call(self._core.finalize(session))
+
+    def signing_key(self) -> SigningKeyReply:
+        """The host key that signs checkpoints: its name, key id and note ``vkey``."""
+        return self._call(self._core.signing_key())
+
+    def checkpoint(self, session: SessionRef, size: int | None = None) -> CheckpointReply:
+        """A signed checkpoint (C2SP signed note) of the session, at its size by default."""
+        return self._call(self._core.checkpoint(session, size))
+
+    def anchor(self) -> AnchorReply:
+        """Sign the anchor log's checkpoint now and start anchoring it (privileged)."""
+        return self._call(self._core.anchor())
+
+    def receipt(self, session: SessionRef, index: int) -> ReceiptReply:
+        """What proves chunk ``index`` offline: proofs, signed checkpoints, attestations."""
+        return self._call(self._core.receipt(session, index))
 
     def read_chunk(self, session: SessionRef, index: int) -> ChunkReply:
         """Decrypt one stored chunk: its plaintext and its sealed record."""

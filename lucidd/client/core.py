@@ -303,9 +303,14 @@ _FINALIZE: Final = _Exchange(p.Finalize, p.FinalizeReply)
 _READ_CHUNK: Final = _Exchange(p.ReadChunk, p.ChunkReply)
 _SHRED: Final = _Exchange(p.Shred, p.ShredReply)
 _CHECK: Final = _Exchange(p.Check, p.CheckReply)
+_SIGNING_KEY: Final = _Exchange(p.GetSigningKey, p.SigningKeyReply)
+_CHECKPOINT: Final = _Exchange(p.GetCheckpoint, p.CheckpointReply)
+_ANCHOR: Final = _Exchange(p.Anchor, p.AnchorReply)
+_RECEIPT: Final = _Exchange(p.GetReceipt, p.ReceiptReply)
 _EXCHANGES: Final[tuple[_Exchange[Any, Any], ...]] = (
     _HEALTH, _METRICS, _CONFIG, _OPEN_SESSION, _SESSIONS, _INFO, _ROOT, _INCLUSION_PROOF,
-    _CONSISTENCY_PROOF, _FINALIZE, _READ_CHUNK, _SHRED, _CHECK,
+    _CONSISTENCY_PROOF, _FINALIZE, _READ_CHUNK, _SHRED, _CHECK, _SIGNING_KEY, _CHECKPOINT,
+    _ANCHOR, _RECEIPT,
 )  # fmt: skip
 _REPLY_TYPE: Final[dict[type[p.Message], type[p.Message]]] = {
     exchange.request: exchange.reply for exchange in _EXCHANGES
@@ -450,6 +455,22 @@ class ControlCore(Core[ControlResult]):
     def check(self, session: SessionRef) -> ControlCall[p.CheckReply]:
         request = p.Check(req=0, session=session_bytes(session))
         return self._start(_CHECK, request, _itself)
+
+    def signing_key(self) -> ControlCall[p.SigningKeyReply]:
+        return self._start(_SIGNING_KEY, p.GetSigningKey(req=0), _itself)
+
+    def checkpoint(
+        self, session: SessionRef, size: int | None = None
+    ) -> ControlCall[p.CheckpointReply]:
+        request = p.GetCheckpoint(req=0, session=session_bytes(session), size=size)
+        return self._start(_CHECKPOINT, request, _itself)
+
+    def anchor(self) -> ControlCall[p.AnchorReply]:
+        return self._start(_ANCHOR, p.Anchor(req=0), _itself)
+
+    def receipt(self, session: SessionRef, index: int) -> ControlCall[p.ReceiptReply]:
+        request = p.GetReceipt(req=0, session=session_bytes(session), index=index)
+        return self._start(_RECEIPT, request, _itself)
 
     def _on_reply(self, message: Any) -> list[ControlResult]:
         expected = self._pending.pop(message.req, None)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import posixpath
+import re
 from collections.abc import Mapping
 from typing import Final
 
@@ -97,6 +98,23 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     max_reply_buffer: int = 4 * MiB
     #: Control requests of one connection being served at once; beyond it, reading waits.
     max_pipelined_requests: int = 16
+    # -- the trust chain (issue 13): signed checkpoints, the anchor log, anchoring --
+    #: The host origin: checkpoints are ``<origin>/<session id>`` and ``<origin>/anchor``, and
+    #: the signing key is named after it. Empty: ``<host name>/lucidd``, stored at first start.
+    origin: str = ""
+    #: Seconds between the signed checkpoints of a growing session (and one at finalize).
+    checkpoint_interval: float = 10.0
+    #: Seconds between signed checkpoints (and anchorings) of the host's anchor log.
+    anchor_interval: float = 60.0
+    #: Anchoring backends, comma-separated: ``ethereum``, ``command``; empty: none.
+    anchors: str = ""
+    #: The program (split like a shell would, no shell run) of the ``command`` backend.
+    anchor_command: str = ""
+    #: JSON file with ``rpc_url`` and ``private_key``; empty:
+    #: ``$CREDENTIALS_DIRECTORY/lucidd.ethereum``, else ``<state>/keys/ethereum.json``.
+    ethereum_credentials: str = ""
+    #: Address of the deployed LucidAnchor contract (``lucidd anchor deploy``).
+    ethereum_contract: str = ""
 
     @property
     def slots(self) -> int:
@@ -138,6 +156,8 @@ RANGES: Final[Mapping[str, tuple[int | float, int | float | None]]] = {
     "idle_timeout": (0.1, 86_400.0),
     "max_reply_buffer": (64 * KiB, 1 * GiB),
     "max_pipelined_requests": (1, 10_000),
+    "checkpoint_interval": (0.05, 86_400.0),
+    "anchor_interval": (0.05, 86_400.0),
 }
 
 CHOICES: Final[Mapping[str, tuple[str, ...]]] = {
@@ -159,7 +179,16 @@ SIZE_FIELDS: Final = frozenset(
     }
 )
 #: Settings holding a filesystem path; empty means the default, otherwise it must be absolute.
-PATH_FIELDS: Final = ("state_dir", "runtime_dir", "keyring")
+PATH_FIELDS: Final = ("state_dir", "runtime_dir", "keyring", "ethereum_credentials")
+#: A host origin: a schema-less URL-like name (no spaces, no ``+``, no trailing ``/``).
+_ORIGIN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}$")
+_ANCHOR_BACKENDS: Final = ("ethereum", "command")
+
+
+def valid_origin(origin: str) -> bool:
+    """Whether ``origin`` may be a host origin (and the signing key's name)."""
+    return bool(_ORIGIN.match(origin)) and not origin.endswith("/") and "//" not in origin
+
 
 FIELD_TYPES: Final[Mapping[str, type]] = {
     field.name: field.type for field in msgspec.structs.fields(Config)
@@ -248,6 +277,23 @@ def _cross_field_problems(config: Config) -> list[tuple[str, str]]:
                 f"max_chunk_size + slot_size = {chunk + slot} ({format_size(chunk + slot)})",
             )
         )
+    if config.origin and not valid_origin(config.origin):
+        problems.append(
+            (
+                "origin",
+                f"origin = {config.origin!r} is not a valid origin: letters, digits and "
+                "._:/- only, like example.com/lucidd, no trailing /",
+            )
+        )
+    for name in (n.strip() for n in config.anchors.split(",")):
+        if name and name not in _ANCHOR_BACKENDS:
+            problems.append(
+                (
+                    "anchors",
+                    f"anchors = {config.anchors!r}: unknown backend {name!r}; "
+                    f"choose among {', '.join(_ANCHOR_BACKENDS)}",
+                )
+            )
     runtime = config.runtime_dir
     if runtime:
         longest = max(

@@ -75,10 +75,22 @@ from lucidd.protocol.messages import (
     Ack as Ack,
 )
 from lucidd.protocol.messages import (
+    Anchor as Anchor,
+)
+from lucidd.protocol.messages import (
+    AnchorReply as AnchorReply,
+)
+from lucidd.protocol.messages import (
+    Attestation as Attestation,
+)
+from lucidd.protocol.messages import (
     Batch as Batch,
 )
 from lucidd.protocol.messages import (
     Check as Check,
+)
+from lucidd.protocol.messages import (
+    CheckpointReply as CheckpointReply,
 )
 from lucidd.protocol.messages import (
     CheckReply as CheckReply,
@@ -117,6 +129,9 @@ from lucidd.protocol.messages import (
     FinalizeReply as FinalizeReply,
 )
 from lucidd.protocol.messages import (
+    GetCheckpoint as GetCheckpoint,
+)
+from lucidd.protocol.messages import (
     GetConfig as GetConfig,
 )
 from lucidd.protocol.messages import (
@@ -126,7 +141,13 @@ from lucidd.protocol.messages import (
     GetInclusionProof as GetInclusionProof,
 )
 from lucidd.protocol.messages import (
+    GetReceipt as GetReceipt,
+)
+from lucidd.protocol.messages import (
     GetRoot as GetRoot,
+)
+from lucidd.protocol.messages import (
+    GetSigningKey as GetSigningKey,
 )
 from lucidd.protocol.messages import (
     Health as Health,
@@ -159,6 +180,9 @@ from lucidd.protocol.messages import (
     ReadChunk as ReadChunk,
 )
 from lucidd.protocol.messages import (
+    ReceiptReply as ReceiptReply,
+)
+from lucidd.protocol.messages import (
     RootReply as RootReply,
 )
 from lucidd.protocol.messages import (
@@ -181,6 +205,9 @@ from lucidd.protocol.messages import (
 )
 from lucidd.protocol.messages import (
     ShredReply as ShredReply,
+)
+from lucidd.protocol.messages import (
+    SigningKeyReply as SigningKeyReply,
 )
 from lucidd.protocol.messages import (
     check_control_request as check_control_request,

@@ -156,6 +156,31 @@ class Check(Message, tag="check", frozen=True):
     session: bytes
 
 
+class GetSigningKey(Message, tag="signing_key", frozen=True):
+    """The host's checkpoint-signing key (answered with :class:`SigningKeyReply`)."""
+
+
+class GetCheckpoint(Message, tag="checkpoint", frozen=True):
+    """A signed checkpoint of the session. Without ``size``: of its current size, stored and
+    logged in the anchor log; with one: the stored checkpoint of that size, else one signed
+    for the reply only."""
+
+    session: bytes
+    size: int | None = None
+
+
+class Anchor(Message, tag="anchor", frozen=True):
+    """Checkpoint every grown session and the anchor log now, and start anchoring it
+    (root, the daemon's uid and the admin group only)."""
+
+
+class GetReceipt(Message, tag="receipt", frozen=True):
+    """Everything needed to prove chunk ``index`` offline (:class:`ReceiptReply`)."""
+
+    session: bytes
+    index: int
+
+
 ControlRequest = (
     Health
     | Metrics
@@ -170,6 +195,10 @@ ControlRequest = (
     | ReadChunk
     | Shred
     | Check
+    | GetSigningKey
+    | GetCheckpoint
+    | Anchor
+    | GetReceipt
 )
 
 
@@ -264,12 +293,16 @@ class ConsistencyProofReply(Message, tag="consistency_reply", frozen=True):
     path: list[bytes]
     root1: bytes
     root2: bytes
+    #: Signed checkpoints (notes) of the two sizes: the stored ones where they exist.
+    checkpoint1: bytes = b""
+    checkpoint2: bytes = b""
 
 
 class FinalizeReply(Message, tag="finalize_reply", frozen=True):
     session: bytes
     size: int
     root: bytes
+    #: The final checkpoint, a signed note.
     checkpoint: bytes
     #: True when the session had been finalized before this request (the same checkpoint).
     already_finalized: bool = False
@@ -297,6 +330,53 @@ class CheckReply(Message, tag="check_reply", frozen=True):
     bad: list[int] = []
 
 
+class SigningKeyReply(Message, tag="signing_key_reply", frozen=True):
+    """``vkey`` is the note verifier key ``name+hex key id+base64(0x01 || public key)``."""
+
+    name: str
+    key_id: bytes
+    vkey: str
+
+
+class CheckpointReply(Message, tag="checkpoint_reply", frozen=True):
+    session: bytes
+    size: int
+    #: A C2SP signed note over the tlog-checkpoint body.
+    checkpoint: bytes
+
+
+class AnchorReply(Message, tag="anchor_reply", frozen=True):
+    """The anchor log's newest signed checkpoint (size 0 and no note: nothing logged yet)."""
+
+    size: int
+    checkpoint: bytes
+    backends: list[str] = []
+
+
+class Attestation(msgspec.Struct, frozen=True):
+    """What an anchoring backend returned for an anchor checkpoint (ethereum: JSON)."""
+
+    backend: str
+    data: bytes
+
+
+class ReceiptReply(Message, tag="receipt_reply", frozen=True):
+    """Chunk ``index`` -> signed session checkpoint -> anchor log -> signed anchor
+    checkpoint -> attestations (docs/receipts.md)."""
+
+    session: bytes
+    index: int
+    leaf_hash: bytes
+    session_size: int
+    session_checkpoint: bytes
+    path: list[bytes]
+    anchor_index: int
+    anchor_size: int
+    anchor_path: list[bytes]
+    anchor_checkpoint: bytes
+    attestations: list[Attestation] = []
+
+
 ControlReply = (
     HealthReply
     | MetricsReply
@@ -311,6 +391,10 @@ ControlReply = (
     | ChunkReply
     | ShredReply
     | CheckReply
+    | SigningKeyReply
+    | CheckpointReply
+    | AnchorReply
+    | ReceiptReply
     | Error
 )
 

@@ -15,12 +15,15 @@ from typing import Any, Protocol
 from lucidd import protocol as p
 from lucidd.daemon import ipc
 from lucidd.daemon.access import LEGACY_OWNER, AccessPolicy, Peer
+from lucidd.daemon.aggregator.anchoring import Anchorer
 from lucidd.daemon.aggregator.ledger import Ledger
+from lucidd.daemon.aggregator.notary import Notary
 from lucidd.daemon.aggregator.repair import quarantine_records, scrub
 from lucidd.daemon.aggregator.session import SessionLedger
+from lucidd.daemon.config import Config
 from lucidd.daemon.logs import NOTICE
 from lucidd.daemon.store import storage_error
-from lucidd.errors import BadRequestError, LucidError
+from lucidd.errors import BadRequestError, ForbiddenError, LucidError, NotAnchoredError
 
 log = logging.getLogger("lucidd.daemon.aggregator.handlers")
 
@@ -31,6 +34,9 @@ class ControlServices(Protocol):
     ledger: Ledger
     default_compression: str
     policy: AccessPolicy
+    notary: Notary
+    anchorer: Anchorer
+    config: Config
 
     def catch_up(self) -> None:
         """Take in every result the workers have sent, so an acked chunk is visible."""
@@ -51,6 +57,9 @@ class ControlServices(Protocol):
     def session_changed(self, session: SessionLedger) -> None: ...
 
     def session_shredded(self, session_id: bytes) -> None: ...
+
+    def anchor_now(self) -> tuple[int, bytes] | None:
+        """Sign the anchor log's checkpoint now and wake the anchoring backends."""
 
 
 #: Chunks whose leaves a check reads from the log per loop iteration (then it yields).
@@ -220,7 +229,15 @@ async def _consistency(s: ControlServices, r: p.GetConsistencyProof, peer: Peer)
         path=session.merkle.consistency_proof(size1, size2),
         root1=session.merkle.root(size1),
         root2=session.merkle.root(size2),
+        checkpoint1=_note_at(s, session, size1),
+        checkpoint2=_note_at(s, session, size2),
     )
+
+
+def _note_at(s: ControlServices, session: SessionLedger, size: int) -> bytes:
+    """The stored signed checkpoint of ``size``, else one signed for this reply only."""
+    stored = s.notary.stored_session_note(session, size)
+    return stored if stored is not None else s.notary.session_note(session, size)
 
 
 async def _finalize(s: ControlServices, r: p.Finalize, peer: Peer) -> p.Message:
@@ -239,12 +256,14 @@ async def _finalize(s: ControlServices, r: p.Finalize, peer: Peer) -> p.Message:
             s.session_changed(session)
         else:
             checkpoint = session.finalized_checkpoint(s.ledger.keyring)
+        # Stored and logged once (the first finalize); a repeat finds the stored note.
+        note = s.notary.checkpoint_session(session, checkpoint.size)
     return p.FinalizeReply(
         req=r.req,
         session=r.session,
         size=checkpoint.size,
         root=checkpoint.root,
-        checkpoint=checkpoint.encode(),
+        checkpoint=note,
         already_finalized=already,
     )
 
@@ -310,6 +329,95 @@ async def _check(s: ControlServices, r: p.Check, peer: Peer) -> p.Message:
     )
 
 
+async def _signing_key(s: ControlServices, r: p.GetSigningKey, peer: Peer) -> p.Message:
+    verifier = s.notary.signer.verifier
+    return p.SigningKeyReply(
+        req=r.req, name=verifier.name, key_id=verifier.key_id, vkey=verifier.vkey
+    )
+
+
+async def _checkpoint(s: ControlServices, r: p.GetCheckpoint, peer: Peer) -> p.Message:
+    session = _session(s, peer, r.session)
+    size = session.check_size(r.size)
+    if size == session.merkle.size:
+        note = s.notary.checkpoint_session(session, size)
+    else:
+        note = _note_at(s, session, size)
+    return p.CheckpointReply(req=r.req, session=r.session, size=size, checkpoint=note)
+
+
+async def _anchor(s: ControlServices, r: p.Anchor, peer: Peer) -> p.Message:
+    if not s.policy.may_touch(peer, LEGACY_OWNER):
+        raise ForbiddenError(
+            "anchoring on demand is for root, the daemon's user and the admin group; "
+            f"the daemon anchors every {s.config.anchor_interval:g} s"
+        )
+    s.notary.checkpoint_grown(s.ledger.sessions)
+    made = s.anchor_now()
+    size, note = made if made is not None else (0, b"")
+    backends = [b.name for b in s.anchorer.backends]
+    return p.AnchorReply(req=r.req, size=size, checkpoint=note, backends=backends)
+
+
+async def _receipt(s: ControlServices, r: p.GetReceipt, peer: Peer) -> p.Message:
+    session = _session(s, peer, r.session)
+    if not 0 <= r.index < session.merkle.size:
+        raise BadRequestError(
+            f"chunk {r.index} is not in the log of session (size {session.merkle.size})",
+            session=r.session,
+            index=r.index,
+        )
+    notary, config = s.notary, s.config
+    logged = next(
+        ((n, leaf) for n, leaf in notary.anchor_log.logged(r.session) if n > r.index), None
+    )
+    if logged is None:
+        raise NotAnchoredError(
+            f"chunk {r.index} is in no signed checkpoint yet: the next is due within "
+            f"{config.checkpoint_interval:g} s, and anchored within {config.anchor_interval:g} s "
+            "after that",
+            session=r.session,
+            index=r.index,
+        )
+    size, leaf = logged
+    anchor_size = _anchor_covering(s, leaf)
+    note = notary.stored_session_note(session, size)
+    anchor_note = notary.anchor_log.checkpoints.read(anchor_size) if anchor_size else None
+    if note is None or anchor_note is None:
+        pending = ", ".join(b.name for b in s.anchorer.backends)
+        raise NotAnchoredError(
+            f"chunk {r.index} is in the checkpoint of size {size}, leaf {leaf} of the anchor "
+            f"log, which is anchored within {config.anchor_interval:g} s"
+            + (f" (and attested by {pending} after that)" if pending else ""),
+            session=r.session,
+            index=r.index,
+        )
+    return p.ReceiptReply(
+        req=r.req,
+        session=r.session,
+        index=r.index,
+        leaf_hash=session.merkle.leaf(r.index),
+        session_size=size,
+        session_checkpoint=note,
+        path=session.merkle.inclusion_proof(r.index, size),
+        anchor_index=leaf,
+        anchor_size=anchor_size,
+        anchor_path=notary.anchor_log.merkle.inclusion_proof(leaf, anchor_size),
+        anchor_checkpoint=anchor_note,
+        attestations=[p.Attestation(k, v) for k, v in notary.attestations(anchor_size).items()],
+    )
+
+
+def _anchor_covering(s: ControlServices, leaf: int) -> int:
+    """The smallest anchor checkpoint covering ``leaf`` that is attested (when backends are
+    configured, by at least one); 0 if there is none yet."""
+    stored = s.notary.anchor_log.checkpoints.index()
+    for size in sorted(stored):
+        if size > leaf and (not s.anchorer.backends or stored[size]):
+            return size
+    return 0
+
+
 _Handler = Callable[[ControlServices, Any, Peer], Awaitable[p.Message]]
 _HANDLERS: dict[type, _Handler] = {
     p.Health: _health,
@@ -325,4 +433,8 @@ _HANDLERS: dict[type, _Handler] = {
     p.ReadChunk: _read,
     p.Shred: _shred,
     p.Check: _check,
+    p.GetSigningKey: _signing_key,
+    p.GetCheckpoint: _checkpoint,
+    p.Anchor: _anchor,
+    p.GetReceipt: _receipt,
 }

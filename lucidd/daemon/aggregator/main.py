@@ -30,11 +30,14 @@ import uvloop
 
 from lucidd import protocol as p
 from lucidd.daemon import ipc
+from lucidd.daemon.aggregator.anchor_log import AnchorLog
+from lucidd.daemon.aggregator.anchoring import AnchorBackend, Anchorer, build_backends
 from lucidd.daemon.aggregator.control import ControlLimits, ControlProtocol
 from lucidd.daemon.aggregator.ledger import Ledger
+from lucidd.daemon.aggregator.notary import Notary, resolve_origin, signing_key_name
 from lucidd.daemon.aggregator.session import SessionLedger
 from lucidd.daemon.channels import PipeReader, PipeWriter, take_fd
-from lucidd.daemon.config import config_as_dict
+from lucidd.daemon.config import Config, config_as_dict
 from lucidd.daemon.keyfile import load_keyring
 from lucidd.daemon.logs import setup_logging
 from lucidd.daemon.peers import access_policy
@@ -44,6 +47,7 @@ from lucidd.daemon.procutil import (
     leave_shutdown_to_the_supervisor,
 )
 from lucidd.daemon.ring import RingReader
+from lucidd.daemon.signing_key import resolve_signing_key
 from lucidd.daemon.store import storage_error
 from lucidd.errors import LucidError
 
@@ -65,7 +69,10 @@ AGGREGATOR_COUNTERS = (
     "stage_write_seconds_total",
     "stage_fsync_seconds_total",
     "stage_aggregate_seconds_total",
+    "checkpoints_signed_total",
 )
+#: Where the ethereum backend's credentials are looked for when ``ethereum_credentials`` is empty.
+ETHEREUM_CREDENTIAL_NAME = "lucidd.ethereum"
 
 
 class Aggregator:
@@ -78,11 +85,19 @@ class Aggregator:
         from_supervisor: Connection,
         to_supervisor: Connection,
         from_workers: list[Connection],
+        *,
+        credentials_dir: str | None = None,
     ) -> None:
         self.config = spec.config
         self.default_compression = spec.config.compression
         self.policy = access_policy(spec.config.admin_group)
-        self.ledger = Ledger(Path(spec.config.state_dir), load_keyring(Path(spec.keyring_path)))
+        state_dir = Path(spec.config.state_dir)
+        self.ledger = Ledger(state_dir, load_keyring(Path(spec.keyring_path)))
+        origin = resolve_origin(spec.config.origin, state_dir)
+        credentials = Path(credentials_dir) if credentials_dir else None
+        signer = resolve_signing_key(state_dir, credentials, signing_key_name(origin))
+        self.notary = Notary(signer, origin, AnchorLog.open(state_dir))
+        self.anchorer = Anchorer(self.notary, _backends(spec.config, state_dir, credentials))
         self._ring = RingReader(spec.ring_name, spec.ring_size)
         self._control_sock = control_sock
         self._fds = (
@@ -125,15 +140,31 @@ class Aggregator:
         server = await loop.create_unix_server(
             lambda: ControlProtocol(self, limits), sock=self._control_sock
         )
-        self._send(ipc.AggregatorReady(self.ledger.views()))
-        log.info("event=aggregator_ready sessions=%d", len(self.ledger.sessions))
-        syncer = asyncio.ensure_future(self._sync_periodically())
-        drainer = asyncio.ensure_future(self._drain_periodically())
+        views = self.ledger.views()
+        self._send(ipc.AggregatorReady(views))
+        self.notary.note_growth((v.session, v.prefix) for v in views)
+        log.info(
+            "event=aggregator_ready sessions=%d origin=%s key=%s",
+            len(self.ledger.sessions),
+            self.notary.host_origin,
+            self.notary.signer.verifier.vkey,
+        )
+        tasks = [
+            asyncio.ensure_future(job)
+            for job in (
+                self._sync_periodically(),
+                self._drain_periodically(),
+                self._checkpoint_periodically(),
+                self._anchor_periodically(),
+                self.anchorer.run(),
+            )
+        ]
         await self._stop.wait()
-        syncer.cancel()
-        drainer.cancel()
+        for task in tasks:
+            task.cancel()
         server.close()
         self.ledger.close()
+        self.notary.anchor_log.close()
         self._ring.close()
         log.info("event=aggregator_stopped")
 
@@ -160,6 +191,37 @@ class Aggregator:
                         exc,
                     )
             self.ledger.release_idle()
+            try:
+                self.notary.anchor_log.sync()
+            except (OSError, LucidError) as exc:
+                log.error("event=anchor_log_sync_failed error=%s", exc)
+
+    async def _checkpoint_periodically(self) -> None:
+        """A signed checkpoint of every session that grew, each ``checkpoint_interval``."""
+        while True:
+            await asyncio.sleep(self.config.checkpoint_interval)
+            self.catch_up()
+            self._counters["checkpoints_signed_total"] += self.notary.checkpoint_grown(
+                self.ledger.sessions
+            )
+            self.ledger.release_idle()
+
+    async def _anchor_periodically(self) -> None:
+        """A signed checkpoint of the anchor log each ``anchor_interval``, then anchoring."""
+        while True:
+            await asyncio.sleep(self.config.anchor_interval)
+            self.anchor_now()
+
+    def anchor_now(self) -> tuple[int, bytes] | None:
+        """Sign the anchor log's checkpoint at its size (if it grew) and wake the backends."""
+        try:
+            made = self.notary.checkpoint_anchor_log()
+        except (OSError, LucidError) as exc:
+            log.error("event=anchor_checkpoint_failed error=%s", exc)
+            return None
+        if made is not None:
+            self.anchorer.kick()
+        return made
 
     def _send(self, message: Any) -> None:
         assert self._to_supervisor is not None
@@ -231,6 +293,7 @@ class Aggregator:
             if session is None:  # shredded since: nothing to index
                 continue
             sealed_count += 1
+            self.notary.grown.add(sealed.session)
             if session.stored_leaf(sealed.index) is None:
                 session.index_sealed(sealed)
         counters = self._counters
@@ -373,6 +436,17 @@ class Aggregator:
         self._locks.pop(session_id, None)
 
 
+def _backends(config: Config, state_dir: Path, credentials: Path | None) -> list[AnchorBackend]:
+    """The configured anchoring backends (an unusable one stops the start: exit 78)."""
+    if config.ethereum_credentials:
+        ethereum = Path(config.ethereum_credentials)
+    elif credentials is not None and (credentials / ETHEREUM_CREDENTIAL_NAME).exists():
+        ethereum = credentials / ETHEREUM_CREDENTIAL_NAME
+    else:
+        ethereum = state_dir / "keys" / "ethereum.json"
+    return build_backends(config.anchors, config.anchor_command, ethereum, config.ethereum_contract)
+
+
 def _sid(session_id: bytes) -> str:
     return str(uuid.UUID(bytes=session_id))
 
@@ -401,8 +475,17 @@ def aggregator_main(
     leave_shutdown_to_the_supervisor()
     setup_logging("aggregator", spec.config.log_level)
     started = time.monotonic()
+    # Read at this process's edge: where systemd put the credentials (the signing key's).
+    credentials_dir = os.environ.get("CREDENTIALS_DIRECTORY")
     try:
-        aggregator = Aggregator(spec, control_sock, from_supervisor, to_supervisor, from_workers)
+        aggregator = Aggregator(
+            spec,
+            control_sock,
+            from_supervisor,
+            to_supervisor,
+            from_workers,
+            credentials_dir=credentials_dir,
+        )
         log.info("event=ledger_loaded seconds=%.3f", time.monotonic() - started)
         aggregator.recover(repair=spec.repair)
     except LucidError as err:
