@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from lucidd import merkle
-from lucidd.cli.formats import CheckpointFile, InclusionProofFile
+from lucidd.cli.formats import CheckpointFile, ConsistencyFile, InclusionProofFile
 from lucidd.cli.output import (
     PROG,
     Output,
@@ -203,14 +203,16 @@ def cmd_consistency(args: argparse.Namespace, out: Output) -> int:
     with control_client(args) as control:
         proof = control.consistency_proof(args.session, args.size1, args.size2)
     out.result(
-        {
-            "session": format_session_id(proof.session),
-            "size1": proof.size1,
-            "size2": proof.size2,
-            "path": [to_hex(node) for node in proof.path],
-            "root1": to_hex(proof.root1),
-            "root2": to_hex(proof.root2),
-        }
+        ConsistencyFile(
+            session=format_session_id(proof.session),
+            size1=proof.size1,
+            size2=proof.size2,
+            path=[to_hex(node) for node in proof.path],
+            root1=to_hex(proof.root1),
+            root2=to_hex(proof.root2),
+            checkpoint1=proof.checkpoint1.decode(),
+            checkpoint2=proof.checkpoint2.decode(),
+        )
     )
     return EX_OK
 

@@ -16,8 +16,6 @@ import msgspec
 
 from lucidd import merkle
 
-#: The checkpoint origin of a session: ``lucidd/<session id>`` (DESIGN §5).
-ORIGIN_PREFIX: Final = "lucidd/"
 #: Characters of a hash in lowercase hex.
 HASH_HEX_LENGTH: Final = 2 * merkle.HASH_SIZE
 
@@ -53,3 +51,17 @@ class CheckpointFile(msgspec.Struct, frozen=True, kw_only=True):
     root: str = ""
     checkpoint: str
     already_finalized: bool = False
+
+
+class ConsistencyFile(msgspec.Struct, frozen=True, kw_only=True):
+    """``lucidctl --json consistency SESSION SIZE1 SIZE2``: the proof and both signed
+    checkpoints (what ``verify-consistency`` reads)."""
+
+    session: str
+    size1: int
+    size2: int
+    path: list[str]
+    root1: str
+    root2: str
+    checkpoint1: str = ""
+    checkpoint2: str = ""

@@ -29,6 +29,13 @@ from lucidd.cli.commands import (
 )
 from lucidd.cli.output import PROG, Output
 from lucidd.cli.put import cmd_put
+from lucidd.cli.trust import (
+    cmd_anchor,
+    cmd_checkpoint,
+    cmd_receipt,
+    cmd_signing_key,
+    cmd_verify_consistency,
+)
 from lucidd.cli.verify import cmd_verify
 from lucidd.client import DEFAULT_TIMEOUT, DEFAULT_WINDOW, SessionIdError, parse_session_id
 from lucidd.errors import LucidError
@@ -154,6 +161,14 @@ def build_parser() -> Parser:
     def session(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("session", type=_session_arg, metavar="SESSION", help="session id")
 
+    def vkey(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--vkey",
+            action="append",
+            metavar="VKEY",
+            help="a verifier key to trust (name+id+key, or a file of them); repeatable",
+        )
+
     def output(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
 
@@ -243,17 +258,61 @@ def build_parser() -> Parser:
         "check an inclusion proof against a checkpoint, offline (no daemon, no keys)",
     )
     sub.add_argument(
-        "--proof", required=True, metavar="PROOF.json", help="output of lucidctl --json proof"
+        "--receipt", metavar="FILE", help="a receipt (lucidctl receipt): check the whole chain"
     )
+    sub.add_argument("--proof", metavar="PROOF.json", help="output of lucidctl --json proof")
     sub.add_argument(
         "--checkpoint",
-        required=True,
         metavar="FILE",
-        help="checkpoint text, or JSON with a 'checkpoint' string (lucidctl --json finalize)",
+        help="a signed checkpoint, or JSON with a 'checkpoint' string (lucidctl --json finalize)",
+    )
+    vkey(sub)
+    sub.add_argument(
+        "--rpc",
+        metavar="URL",
+        help="with --receipt: also check ethereum attestations on that chain's RPC endpoint",
     )
     leaf = sub.add_mutually_exclusive_group()
     leaf.add_argument("--record", metavar="FILE", help="the sealed record (lucidctl record)")
     leaf.add_argument("--leaf-hash", metavar="HEX", help="the leaf hash to expect")
+
+    sub = command(
+        "verify-consistency",
+        cmd_verify_consistency,
+        "check offline that a signed checkpoint extends an earlier one",
+    )
+    sub.add_argument("proof", metavar="PROOF.json", help="output of lucidctl --json consistency")
+    sub.add_argument(
+        "--old",
+        metavar="FILE",
+        help="the earlier signed checkpoint (default: the proof file's checkpoint1)",
+    )
+    sub.add_argument(
+        "--new",
+        metavar="FILE",
+        help="the later signed checkpoint (default: the proof file's checkpoint2)",
+    )
+    vkey(sub)
+
+    command("signing-key", cmd_signing_key, "the host's checkpoint-signing key (name, vkey)")
+
+    sub = command("checkpoint", cmd_checkpoint, "a signed checkpoint of a session")
+    session(sub)
+    sub.add_argument("--size", type=_count_arg, metavar="N", help="of the first N leaves")
+    output(sub)
+
+    command(
+        "anchor",
+        cmd_anchor,
+        "checkpoint the anchor log now and start anchoring it (root or the admin group)",
+    )
+
+    sub = command(
+        "receipt", cmd_receipt, "a receipt that proves one chunk offline, up to its anchor"
+    )
+    session(sub)
+    sub.add_argument("index", type=_count_arg, metavar="INDEX")
+    output(sub)
 
     sub = command(
         "check",

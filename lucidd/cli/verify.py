@@ -1,5 +1,6 @@
-"""``lucidctl verify`` (layer 4): check a record, an inclusion proof and a checkpoint offline,
-with no daemon and no keys.
+"""``lucidctl verify`` (layer 4): check a record, an inclusion proof and a signed checkpoint
+offline, with no daemon and none of the host's keys (only its pinned verifier keys); or, with
+``--receipt``, a whole receipt (:mod:`lucidd.cli.trust`).
 
 The proof and checkpoint files are decoded into their Structs (:mod:`lucidd.cli.formats`);
 a file that does not fit is reported in the words of the field that failed. Every reason the
@@ -18,10 +19,13 @@ from typing import Final
 import msgspec
 
 from lucidd import crypto, merkle
-from lucidd.cli.formats import ORIGIN_PREFIX, CheckpointFile, InclusionProofFile
+from lucidd.cli.formats import CheckpointFile, InclusionProofFile
 from lucidd.cli.output import Output, to_hex
+from lucidd.cli.trust import load_verifiers, verify_receipt_file
 from lucidd.client import SessionIdError, format_session_id, parse_session_id
-from lucidd.errors import EX_DATAERR, EX_OK, FormatError
+from lucidd.errors import EX_DATAERR, EX_OK, FormatError, IntegrityError
+from lucidd.note import Verifier, open_checkpoint
+from lucidd.receipt import ReceiptError
 
 _PROOF_DECODER: Final = msgspec.json.Decoder(InclusionProofFile)
 _CHECKPOINT_DECODER: Final = msgspec.json.Decoder(CheckpointFile)
@@ -116,22 +120,32 @@ def _checkpoint_text(raw: bytes) -> bytes:
         raise _InvalidError(f"checkpoint file is not JSON: {exc}") from None
 
 
-def _load_checkpoint(path: str) -> tuple[merkle.Checkpoint, bytes]:
-    """The checkpoint (C2SP text, or JSON with a "checkpoint" string) and its session id."""
+def _load_checkpoint(path: str, verifiers: list[Verifier]) -> tuple[merkle.Checkpoint, bytes]:
+    """The signed checkpoint (a note, or JSON with a "checkpoint" string) and its session id.
+
+    Only a checkpoint signed by a pinned key counts: an unsigned one proves nothing (anyone
+    can write one), so it is refused.
+    """
     raw = Path(path).read_bytes()
     if raw.lstrip().startswith(b"{"):
         raw = _checkpoint_text(raw)
+    if b"\n\n" not in raw:
+        raise _InvalidError(
+            "the checkpoint is not signed: only a signed checkpoint proves anything "
+            "(lucidctl checkpoint SESSION, lucidctl finalize SESSION)"
+        )
     try:
-        checkpoint = merkle.Checkpoint.parse(raw)
-    except FormatError as exc:
+        checkpoint, signers = open_checkpoint(raw, verifiers)
+    except (FormatError, IntegrityError) as exc:
         raise _InvalidError(f"checkpoint: {exc}") from None
+    prefix = signers[0].name + "/"
     origin = checkpoint.origin
     session: bytes | None = None
-    if origin.startswith(ORIGIN_PREFIX):
+    if origin.startswith(prefix):
         with contextlib.suppress(SessionIdError):
-            session = parse_session_id(origin.removeprefix(ORIGIN_PREFIX))
-    if session is None or origin != ORIGIN_PREFIX + format_session_id(session):
-        raise _InvalidError(f"checkpoint origin {origin!r} is not {ORIGIN_PREFIX}<session id>")
+            session = parse_session_id(origin.removeprefix(prefix))
+    if session is None or origin != prefix + format_session_id(session):
+        raise _InvalidError(f"checkpoint origin {origin!r} is not {prefix}<session id>")
     return checkpoint, session
 
 
@@ -160,8 +174,14 @@ def _record_leaf_hash(path: str, proof: _Proof) -> bytes:
 
 def _verify(args: argparse.Namespace) -> tuple[_Proof, merkle.Checkpoint, str]:
     """Run every check; return what was verified, or raise :class:`_InvalidError` (why)."""
+    try:
+        verifiers = load_verifiers(args.vkey)
+    except ReceiptError as exc:
+        raise _InvalidError(str(exc)) from None
+    if args.proof is None or args.checkpoint is None:
+        raise _InvalidError("give --receipt FILE, or --proof FILE and --checkpoint FILE")
     proof = _load_proof(args.proof)
-    checkpoint, origin_session = _load_checkpoint(args.checkpoint)
+    checkpoint, origin_session = _load_checkpoint(args.checkpoint, verifiers)
     if origin_session != proof.session:
         raise _InvalidError(
             f"the proof is for session {format_session_id(proof.session)}, the checkpoint "
@@ -205,6 +225,8 @@ def _verify(args: argparse.Namespace) -> tuple[_Proof, merkle.Checkpoint, str]:
 
 
 def cmd_verify(args: argparse.Namespace, out: Output) -> int:
+    if args.receipt is not None:
+        return verify_receipt_file(args, out)
     try:
         proof, checkpoint, reason = _verify(args)
     except _InvalidError as exc:

@@ -35,6 +35,8 @@ LAYERS: Mapping[str, int] = {
     "crypto.seal": 1,  # chunk keys, seal/open, ChunkSealer, the FINAL record
     "crypto.keyring": 1,  # master keys, the Argon2id passphrase lock, secret wrapping
     "merkle": 1,
+    "tlog_proof": 1,  # the C2SP tlog-proof text
+    "receipt": 1,  # the receipt file and its offline verification
     "note": 1,  # C2SP signed notes (Ed25519), signed checkpoints
     "protocol.__init__": 1,  # the wire, re-exported as one module
     "protocol.messages": 1,  # the Structs of both sockets and the limits
@@ -64,11 +66,15 @@ LAYERS: Mapping[str, int] = {
     "daemon.aggregator.repair": 2,  # scrub, quarantine, choosing among authentic records
     "daemon.aggregator.merkle_log": 2,  # a session's MerkleLog: append, proofs, sync, recovery
     "daemon.aggregator.merkle_files": 2,  # the log's level files and its state record
+    "daemon.aggregator.note_files": 2,  # create-only folders of signed checkpoints by size
+    "daemon.aggregator.anchor_log": 2,  # the host's log of session checkpoints
+    "daemon.aggregator.notary": 2,  # signs, stores and logs checkpoints; the host origin
     # 3: process parts.
     "daemon.supervisor.admission": 3,  # which chunk may enter, where it goes (no sockets)
     "daemon.supervisor.ingest": 3,
     "daemon.supervisor.children": 3,
     "daemon.preload": 3,  # the forkserver's preload: imports the child mains
+    "daemon.aggregator.anchoring": 3,  # anchoring backends and their retry loop
     "daemon.aggregator.handlers": 3,  # one typed reply per control request
     "daemon.aggregator.control": 3,
     # 3: process mains — composition and lifecycle only.
@@ -90,6 +96,7 @@ LAYERS: Mapping[str, int] = {
     "cli.commands": 4,  # the daemon commands
     "cli.put": 4,  # put, resume, the interrupted-put report
     "cli.verify": 4,  # offline verification
+    "cli.trust": 4,  # signing-key, checkpoint, anchor, receipt; receipt and consistency checks
     "__main__": 4,
     "bench": 4,
     "testing": 4,  # the test and bench harness: starts `lucidd serve` as a subprocess
@@ -106,6 +113,21 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     "crypto.record": frozenset(),
     # A signed note's text is a checkpoint.
     "note": frozenset({"merkle"}),
+    "tlog_proof": frozenset({"merkle"}),
+    # A receipt chains a record (crypto) through tlog-proofs of signed notes.
+    "receipt": frozenset({"crypto.__init__", "merkle", "note", "tlog_proof"}),
+    "daemon.aggregator.note_files": frozenset({"daemon.store"}),
+    "daemon.aggregator.anchor_log": frozenset(
+        {"daemon.aggregator.merkle_log", "daemon.aggregator.note_files", "daemon.store"}
+    ),
+    "daemon.aggregator.notary": frozenset(
+        {
+            "daemon.aggregator.anchor_log",
+            "daemon.aggregator.note_files",
+            "daemon.aggregator.session",
+            "daemon.store",
+        }
+    ),
     "daemon.aggregator.ledger": frozenset(
         {
             "daemon.store",
@@ -151,8 +173,11 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
         }
     ),
     "daemon.supervisor.ingest": frozenset({"daemon.supervisor.admission"}),
-    "daemon.aggregator.main": frozenset({"daemon.aggregator.control"}),
+    "daemon.aggregator.main": frozenset(
+        {"daemon.aggregator.control", "daemon.aggregator.anchoring"}
+    ),
     "daemon.aggregator.control": frozenset({"daemon.aggregator.handlers"}),
+    "daemon.aggregator.handlers": frozenset({"daemon.aggregator.anchoring"}),
     "daemon.worker": frozenset(),
     # The client's front ends drive its cores; the package re-exports all of it.
     "client.core": frozenset({"client.ids"}),
@@ -164,13 +189,14 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     "cli.__init__": frozenset({"cli.output", "cli.parser"}),
     "cli.__main__": frozenset({"cli.__init__"}),
     "cli.parser": frozenset(
-        {"client.__init__", "cli.output", "cli.commands", "cli.put", "cli.verify"}
+        {"client.__init__", "cli.output", "cli.commands", "cli.put", "cli.verify", "cli.trust"}
     ),
     "cli.output": frozenset(),
     "cli.formats": frozenset(),
     "cli.commands": frozenset({"client.__init__", "cli.output", "cli.formats"}),
     "cli.put": frozenset({"client.__init__", "cli.output", "cli.commands"}),
-    "cli.verify": frozenset({"client.__init__", "cli.output", "cli.formats"}),
+    "cli.verify": frozenset({"client.__init__", "cli.output", "cli.formats", "cli.trust"}),
+    "cli.trust": frozenset({"client.__init__", "cli.output", "cli.formats", "cli.commands"}),
     "__main__": frozenset({"cli.__init__", "client.__init__"}),
     "bench": frozenset({"client.__init__"}),
     "testing": frozenset({"client.__init__"}),

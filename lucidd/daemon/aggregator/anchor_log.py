@@ -19,7 +19,6 @@ lost from it. A size is checkpointed only once the log is synced to it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 from pathlib import Path
@@ -29,15 +28,11 @@ from lucidd.daemon.aggregator.merkle_log import MerkleLog
 from lucidd.daemon.aggregator.note_files import NoteFolder
 from lucidd.daemon.store import write_all
 from lucidd.merkle import leaf_hash
+from lucidd.receipt import note_hash
 
 ANCHOR_DIR: Final = "anchor"
 _ENTRY: Final = struct.Struct(">16sQ32s")
 ENTRY_SIZE: Final = _ENTRY.size
-
-
-def note_hash(note: bytes) -> bytes:
-    """The leaf input of a signed checkpoint in the anchor log (and what gets anchored)."""
-    return hashlib.sha256(note).digest()
 
 
 class AnchorLog:

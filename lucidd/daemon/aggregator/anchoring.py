@@ -12,6 +12,7 @@ loop keeps serving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shlex
 import subprocess
@@ -21,11 +22,11 @@ from typing import Final, Protocol
 
 import msgspec
 
-from lucidd.daemon.aggregator.anchor_log import note_hash
 from lucidd.daemon.aggregator.notary import Notary
 from lucidd.errors import ConfigError, LucidError, UnavailableError
 from lucidd.merkle import Checkpoint
 from lucidd.note import parse_note
+from lucidd.receipt import note_hash
 
 log = logging.getLogger("lucidd.daemon.aggregator.anchoring")
 
@@ -121,10 +122,8 @@ class Anchorer:
         while True:
             retries = [self._next_try[b.name] for b in self.backends if self._delay[b.name] > 0]
             timeout = max(0.0, min(retries) - time.monotonic()) if retries else None
-            try:
+            with contextlib.suppress(TimeoutError):  # a retry is due
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                pass
             self._wake.clear()
             await self.attest_newest()
 
