@@ -76,7 +76,9 @@ LAYERS: Mapping[str, int] = {
     # 4: edges. The client package: ids and paths, the sans-IO cores, two front ends.
     "client.__init__": 4,
     "client.ids": 4,
-    "client.core": 4,
+    "client.core": 4,  # what the cores and the front ends share: Core, results, AckCollector
+    "client.data_core": 4,  # the data socket's sans-IO core (DataCore)
+    "client.control_core": 4,  # the control socket's sans-IO core: each request and its reply
     "client.blocking": 4,
     "client.aio": 4,
     # lucidctl, a package by job (lucidd/cli/):
@@ -149,10 +151,25 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     "daemon.aggregator.control": frozenset({"daemon.aggregator.handlers"}),
     "daemon.worker": frozenset(),
     # The client's front ends drive its cores; the package re-exports all of it.
-    "client.core": frozenset({"client.ids"}),
-    "client.blocking": frozenset({"client.ids", "client.core"}),
-    "client.aio": frozenset({"client.ids", "client.core"}),
-    "client.__init__": frozenset({"client.ids", "client.core", "client.blocking", "client.aio"}),
+    "client.core": frozenset(),
+    "client.data_core": frozenset({"client.ids", "client.core"}),
+    "client.control_core": frozenset({"client.ids", "client.core"}),
+    "client.blocking": frozenset(
+        {"client.ids", "client.core", "client.data_core", "client.control_core"}
+    ),
+    "client.aio": frozenset(
+        {"client.ids", "client.core", "client.data_core", "client.control_core"}
+    ),
+    "client.__init__": frozenset(
+        {
+            "client.ids",
+            "client.core",
+            "client.data_core",
+            "client.control_core",
+            "client.blocking",
+            "client.aio",
+        }
+    ),
     # The cli modules stack: output and formats at the bottom, the commands over them, the
     # parser naming every handler, main over the parser.
     "cli.__init__": frozenset({"cli.output", "cli.parser"}),
