@@ -44,6 +44,7 @@ LAYERS: Mapping[str, int] = {
     "daemon.ipc": 1,
     "daemon.access": 1,  # who may touch a session (the policy; credentials come from peers)
     "daemon.supervisor.slots": 1,
+    "daemon.supervisor.gates": 1,  # admission's records: a session's gate, a chunk in flight
     "daemon.aggregator.reorder": 1,
     # 2: I/O parts.
     "daemon.store": 2,
@@ -63,7 +64,8 @@ LAYERS: Mapping[str, int] = {
     "daemon.aggregator.merkle_log": 2,  # a session's MerkleLog: append, proofs, sync, recovery
     "daemon.aggregator.merkle_files": 2,  # the log's level files and its state record
     # 3: process parts.
-    "daemon.supervisor.admission": 3,  # which chunk may enter, where it goes (no sockets)
+    "daemon.supervisor.admission": 3,  # which chunk may enter, what its client is told
+    "daemon.supervisor.dispatch": 3,  # the worker side: which worker, recovery, outcomes
     "daemon.supervisor.ingest": 3,
     "daemon.supervisor.children": 3,
     "daemon.preload": 3,  # the forkserver's preload: imports the child mains
@@ -142,11 +144,18 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     "daemon.supervisor.main": frozenset(
         {
             "daemon.supervisor.admission",
+            "daemon.supervisor.dispatch",
             "daemon.supervisor.ingest",
             "daemon.supervisor.children",
         }
     ),
     "daemon.supervisor.ingest": frozenset({"daemon.supervisor.admission"}),
+    # Admission hands every admitted chunk to its dispatcher (the worker side).
+    "daemon.supervisor.admission": frozenset({"daemon.supervisor.dispatch"}),
+    # Admission's records are plain data over the wire's and the slots' types.
+    "daemon.supervisor.gates": frozenset(
+        {"protocol.__init__", "daemon.ipc", "daemon.access", "daemon.supervisor.slots"}
+    ),
     "daemon.aggregator.main": frozenset({"daemon.aggregator.control"}),
     "daemon.aggregator.control": frozenset({"daemon.aggregator.handlers"}),
     "daemon.worker": frozenset(),

@@ -39,8 +39,9 @@ from lucidd.daemon.keyfile import CREDENTIAL_NAME, resolve_keyring, state_keyrin
 from lucidd.daemon.peers import access_policy
 from lucidd.daemon.procutil import keep_keys_out_of_dumps
 from lucidd.daemon.ring import Ring, remove_stale_rings, ring_name
-from lucidd.daemon.supervisor.admission import Ingest, WorkerLink
+from lucidd.daemon.supervisor.admission import Ingest
 from lucidd.daemon.supervisor.children import AGGREGATOR, Child, Children
+from lucidd.daemon.supervisor.dispatch import WorkerLink
 from lucidd.daemon.supervisor.fds import fd_budget, fds_needed, open_fd_count, raise_nofile_limit
 from lucidd.daemon.supervisor.ingest import DataProtocol
 from lucidd.daemon.supervisor.systemd import Watchdog, listen_fds, notify
@@ -237,12 +238,14 @@ class Supervisor:
             config.workers,
             control_sock,
             on_death=self._child_died,
-            on_worker_batch=ingest.on_sealed_batch,
+            on_worker_batch=ingest.dispatcher.on_sealed_batch,
             on_start_failed=self._worker_start_failed,
         )
         self._ingest, self._children = ingest, children
         self._aggregator_spec = ipc.AggregatorSpec(config, keyring, ring.name, ring.size)
-        ingest.workers.extend(WorkerLink(*children.spawn_worker(k)) for k in range(config.workers))
+        ingest.dispatcher.workers.extend(
+            WorkerLink(*children.spawn_worker(k)) for k in range(config.workers)
+        )
         return ingest
 
     def _to_aggregator(self, message: Any) -> None:
@@ -315,7 +318,9 @@ class Supervisor:
         for conn in list(ingest.connections):
             conn.close()
         await asyncio.sleep(0)
-        await children.stop([link.writer for link in ingest.workers if link.writer is not None])
+        await children.stop(
+            [link.writer for link in ingest.dispatcher.workers if link.writer is not None]
+        )
         log.info("event=stopped exit_code=%d", self.exit_code)
 
     def _cleanup(self, ring: Ring) -> None:
@@ -386,7 +391,7 @@ class Supervisor:
         ingest, children = self._ingest, self._children
         while True:
             await asyncio.sleep(period)
-            for k in ingest.overdue_workers(time.monotonic_ns()):
+            for k in ingest.dispatcher.overdue_workers(time.monotonic_ns()):
                 child = children.workers[k]
                 if child is not None and child.process.is_alive():
                     log.error("event=worker_timeout worker=%d pid=%s", k, child.process.pid)
@@ -454,7 +459,7 @@ class Supervisor:
             else:
                 self._replace_aggregator()
             return
-        self._ingest.worker_died(child.worker)
+        self._ingest.dispatcher.worker_died(child.worker)
         self._respawn_worker(child.worker, self._respawn_delay(child))
 
     def _respawn_worker(self, k: int, delay: float) -> None:
@@ -470,18 +475,18 @@ class Supervisor:
             self._worker_start_failed(k, exc)
             return
         ready_at = time.monotonic() + delay if delay > 0 else 0.0
-        self._ingest.worker_link(k, WorkerLink(writer, incarnation, ready_at=ready_at))
+        self._ingest.dispatcher.worker_link(k, WorkerLink(writer, incarnation, ready_at=ready_at))
         self._send_status()
 
     def _worker_started(self, k: int) -> None:
         self._spawned(f"worker{k}")
-        self._ingest.workers[k].ready_at = 0.0  # up: a candidate like any other
+        self._ingest.dispatcher.workers[k].ready_at = 0.0  # up: a candidate like any other
         self._send_status()  # the health table changed
 
     def _worker_start_failed(self, k: int, exc: OSError) -> None:
         if self._stopping or self._stop.is_set():
             return
-        self._ingest.worker_not_started(k)
+        self._ingest.dispatcher.worker_not_started(k)
         retry = self._spawn_failed(f"worker{k}", exc)
         asyncio.get_running_loop().call_later(retry, self._respawn_worker, k, 0.0)
 
