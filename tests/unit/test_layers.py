@@ -58,6 +58,8 @@ LAYERS: Mapping[str, int] = {
     "daemon.folders": 2,  # the daemon's own folders: exact modes, refuse squatted ones
     "daemon.supervisor.fds": 2,  # descriptor limit, reserve and the connection budget
     "daemon.supervisor.systemd": 2,
+    "daemon.supervisor.sockets": 2,  # the listening sockets: bind (stale file replaced) or take
+    "daemon.supervisor.respawn": 2,  # respawn and spawn-retry delays, health reasons meanwhile
     "daemon.aggregator.ledger": 2,  # the book of sessions, and the cache of their open files
     "daemon.aggregator.session": 2,  # one session: index, reorder window, Merkle log, recovery
     "daemon.aggregator.repair": 2,  # scrub, quarantine, choosing among authentic records
