@@ -61,7 +61,8 @@ LAYERS: Mapping[str, int] = {
     "daemon.supervisor.sockets": 2,  # the listening sockets: bind (stale file replaced) or take
     "daemon.supervisor.respawn": 2,  # respawn and spawn-retry delays, health reasons meanwhile
     "daemon.aggregator.ledger": 2,  # the book of sessions, and the cache of their open files
-    "daemon.aggregator.session": 2,  # one session: index, reorder window, Merkle log, recovery
+    "daemon.aggregator.session": 2,  # one live session: index, reorder window, Merkle log
+    "daemon.aggregator.recovery": 2,  # a session rebuilt from its files and its records
     "daemon.aggregator.repair": 2,  # scrub, quarantine, choosing among authentic records
     "daemon.aggregator.merkle_log": 2,  # a session's MerkleLog: append, proofs, sync, recovery
     "daemon.aggregator.merkle_files": 2,  # the log's level files and its state record
@@ -113,6 +114,7 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
             "daemon.store",
             "daemon.segments",
             "daemon.aggregator.session",
+            "daemon.aggregator.recovery",
             "daemon.aggregator.repair",
             "daemon.aggregator.merkle_log",
         }
@@ -121,6 +123,15 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
         {
             "daemon.store",
             "daemon.segments",
+            "daemon.aggregator.repair",
+            "daemon.aggregator.merkle_log",
+        }
+    ),
+    "daemon.aggregator.recovery": frozenset(
+        {
+            "daemon.store",
+            "daemon.segments",
+            "daemon.aggregator.session",
             "daemon.aggregator.repair",
             "daemon.aggregator.merkle_log",
         }
