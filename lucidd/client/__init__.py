@@ -5,8 +5,9 @@ its own (DESIGN §8). The wire protocol it speaks is documented for third-party 
 ``docs/protocol.md``. Import everything from here; the modules are its parts:
 
 - :mod:`~lucidd.client.ids`: session ids, where the sockets are, and the trust checks.
-- :mod:`~lucidd.client.core` (h11 style, STYLE.md): :class:`DataCore` and :class:`ControlCore`
-  own no socket. They assign request ids, build frames, feed reply bytes to a
+- :mod:`~lucidd.client.data_core` and :mod:`~lucidd.client.control_core` (h11 style,
+  STYLE.md, over the shared base of :mod:`~lucidd.client.core`): :class:`DataCore` and
+  :class:`ControlCore` own no socket. They assign request ids, build frames, feed reply bytes to a
   :class:`~lucidd.protocol.FrameDecoder`, match each reply to the request it answers (replies
   may come out of order) and turn every wire ``Error`` into the
   :class:`~lucidd.errors.LucidError` subclass of its code, with the request's session and index
@@ -38,16 +39,16 @@ from lucidd.client.blocking import IOV_MAX as IOV_MAX
 from lucidd.client.blocking import ControlClient, DataClient
 from lucidd.client.blocking import _send_all as _send_all
 from lucidd.client.blocking import put_until_acked as put_until_acked
+from lucidd.client.control_core import ControlCore
 from lucidd.client.core import (
     DEFAULT_TIMEOUT,
     DEFAULT_WINDOW,
     Buffer,
     ChunkResult,
-    ControlCore,
     ControlResult,
-    DataCore,
 )
 from lucidd.client.core import FIRST_REQ as FIRST_REQ
+from lucidd.client.data_core import DataCore
 from lucidd.client.ids import (
     CONTROL_SOCKET_NAME,
     DATA_SOCKET_NAME,

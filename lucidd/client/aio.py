@@ -1,8 +1,9 @@
 """The asyncio front ends: :class:`AsyncDataClient` and :class:`AsyncControlClient` (layer 4).
 
-Each drives a core of :mod:`lucidd.client.core` over asyncio streams; any number of concurrent
-calls are pipelined on one connection, and a reader task hands each reply to the call it
-answers. The connection contract (what a broken connection means) is in :mod:`lucidd.client`.
+Each drives a core (:mod:`lucidd.client.data_core`, :mod:`lucidd.client.control_core`) over
+asyncio streams; any number of concurrent calls are pipelined on one connection, and a reader
+task hands each reply to the call it answers. The connection contract (what a broken
+connection means) is in :mod:`lucidd.client`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
+from lucidd.client.control_core import ControlCall, ControlCore
 from lucidd.client.core import (
     DEFAULT_TIMEOUT,
     DEFAULT_WINDOW,
@@ -22,16 +24,14 @@ from lucidd.client.core import (
     AckCollector,
     Buffer,
     ChunkResult,
-    ControlCall,
-    ControlCore,
     ControlResult,
     Core,
-    DataCore,
     Key,
     ResultT,
     check_window,
     flat_view,
 )
+from lucidd.client.data_core import DataCore
 from lucidd.client.ids import (
     CONTROL_SOCKET_NAME,
     DATA_SOCKET_NAME,

@@ -1,8 +1,9 @@
 """The blocking front ends: :class:`DataClient`, :class:`ControlClient` and
 :func:`put_until_acked` (layer 4).
 
-Each drives a core of :mod:`lucidd.client.core` over one blocking Unix socket; the connection
-contract (what a broken connection means) is in :mod:`lucidd.client`.
+Each drives a core (:mod:`lucidd.client.data_core`, :mod:`lucidd.client.control_core`) over
+one blocking Unix socket; the connection contract (what a broken connection means) is in
+:mod:`lucidd.client`.
 """
 
 from __future__ import annotations
@@ -16,21 +17,20 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Generic, Self, TypeVar
 
+from lucidd.client.control_core import ControlCall, ControlCore
 from lucidd.client.core import (
     DEFAULT_TIMEOUT,
     DEFAULT_WINDOW,
     RECV_SIZE,
     AckCollector,
     Buffer,
-    ControlCall,
-    ControlCore,
     Core,
-    DataCore,
     Key,
     ResultT,
     check_window,
     flat_view,
 )
+from lucidd.client.data_core import DataCore
 from lucidd.client.ids import (
     CONTROL_SOCKET_NAME,
     DATA_SOCKET_NAME,

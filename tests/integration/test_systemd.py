@@ -28,13 +28,8 @@ from lucidd.daemon.config import RANGES
 from lucidd.daemon.keyfile import CREDENTIAL_NAME, write_keyring
 from lucidd.daemon.logs import JournalFormatter, journal_priority, stderr_is_journal
 from lucidd.daemon.supervisor.fds import fd_budget
-from lucidd.daemon.supervisor.main import (
-    CONTROL_SOCKET,
-    DATA_SOCKET,
-    DRAIN_TIMEOUT_S,
-    EXTEND_INTERVAL_S,
-    SOCKET_MODE,
-)
+from lucidd.daemon.supervisor.main import DRAIN_TIMEOUT_S, EXTEND_INTERVAL_S
+from lucidd.daemon.supervisor.sockets import CONTROL_SOCKET, DATA_SOCKET, SOCKET_MODE
 from lucidd.daemon.supervisor.systemd import Watchdog, listen_fds, notify
 from lucidd.errors import EX_CONFIG
 from tests.conftest import READY_TIMEOUT_S, Daemon

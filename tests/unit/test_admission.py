@@ -19,7 +19,9 @@ from lucidd.daemon import ipc
 from lucidd.daemon.access import AccessPolicy, Peer
 from lucidd.daemon.channels import PipeWriter
 from lucidd.daemon.config import Config
-from lucidd.daemon.supervisor.admission import InFlight, Ingest, Wait, WorkerLink
+from lucidd.daemon.supervisor.admission import Ingest, Wait
+from lucidd.daemon.supervisor.dispatch import WorkerLink
+from lucidd.daemon.supervisor.gates import InFlight
 from lucidd.daemon.supervisor.slots import SlotRun
 from lucidd.errors import (
     BusyError,
@@ -74,7 +76,7 @@ def ingest() -> Iterator[tuple[Ingest, list[Any]]]:
     config = Config(ring_size=2 * MiB, slot_size=64 * KiB, max_chunk_size=MiB)
     ring = memoryview(bytearray(config.ring_size))
     admission = Ingest(config, ring, [], to_aggregator.append, AccessPolicy(daemon_uid=0))
-    admission.workers.append(WorkerLink(PipeWriter(loop, write_end)))
+    admission.dispatcher.workers.append(WorkerLink(PipeWriter(loop, write_end)))
     yield admission, to_aggregator
     loop.close()
     os.close(read_end)

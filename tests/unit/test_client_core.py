@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from lucidd import client as c
 from lucidd import protocol as p
-from lucidd.client.core import ControlCall
+from lucidd.client.control_core import ControlCall
 from lucidd.errors import (
     ERROR_BY_CODE,
     BadRequestError,

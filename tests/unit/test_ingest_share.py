@@ -18,7 +18,8 @@ from lucidd.daemon import ipc
 from lucidd.daemon.access import AccessPolicy
 from lucidd.daemon.channels import PipeWriter
 from lucidd.daemon.config import Config
-from lucidd.daemon.supervisor.admission import Ingest, WorkerLink
+from lucidd.daemon.supervisor.admission import Ingest
+from lucidd.daemon.supervisor.dispatch import WorkerLink
 from lucidd.daemon.supervisor.ingest import DataProtocol
 from lucidd.units import KiB, MiB
 
@@ -92,7 +93,7 @@ async def _over_its_share_a_connection_waits_while_another_waits_for_room() -> N
     )
     ring = memoryview(bytearray(config.ring_size))
     ingest = Ingest(config, ring, [], lambda message: None, AccessPolicy(daemon_uid=os.geteuid()))
-    ingest.workers.append(WorkerLink(PipeWriter(loop, write_end)))
+    ingest.dispatcher.workers.append(WorkerLink(PipeWriter(loop, write_end)))
     sessions = [os.urandom(16), os.urandom(16)]
     for session in sessions:
         view = ipc.SessionView(session, "open", "off", 0, 0, [])
@@ -114,13 +115,13 @@ async def _over_its_share_a_connection_waits_while_another_waits_for_room() -> N
     assert (a.slots_held, ingest.slots.used) == (24, 24) and not ta.reading
     # a's last chunk is acked (its slots are next to the free ones): b, the one that waited,
     # gets the room, not a.
-    ingest.on_sealed_batch(sealed(sessions[0], 2))
+    ingest.dispatcher.on_sealed_batch(sealed(sessions[0], 2))
     assert b.slots_held == 16 and tb.reading
     assert a.slots_held == 16 and not ta.reading  # the ring is full now
     # Nobody waits for room any more once b is in: a's chunk goes in as soon as it fits.
-    ingest.on_sealed_batch(sealed(sessions[0], 0))
+    ingest.dispatcher.on_sealed_batch(sealed(sessions[0], 0))
     assert a.slots_held == 16 and ta.reading and a.chunks_in_flight == 2
-    ingest.workers[0].writer.close()
+    ingest.dispatcher.workers[0].writer.close()
     os.close(read_end)
     for conn in (a, b):
         conn.connection_lost(None)

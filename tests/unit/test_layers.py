@@ -47,6 +47,7 @@ LAYERS: Mapping[str, int] = {
     "daemon.ipc": 1,
     "daemon.access": 1,  # who may touch a session (the policy; credentials come from peers)
     "daemon.supervisor.slots": 1,
+    "daemon.supervisor.gates": 1,  # admission's records: a session's gate, a chunk in flight
     "daemon.aggregator.reorder": 1,
     # 2: I/O parts.
     "daemon.store": 2,
@@ -61,8 +62,11 @@ LAYERS: Mapping[str, int] = {
     "daemon.folders": 2,  # the daemon's own folders: exact modes, refuse squatted ones
     "daemon.supervisor.fds": 2,  # descriptor limit, reserve and the connection budget
     "daemon.supervisor.systemd": 2,
+    "daemon.supervisor.sockets": 2,  # the listening sockets: bind (stale file replaced) or take
+    "daemon.supervisor.respawn": 2,  # respawn and spawn-retry delays, health reasons meanwhile
     "daemon.aggregator.ledger": 2,  # the book of sessions, and the cache of their open files
-    "daemon.aggregator.session": 2,  # one session: index, reorder window, Merkle log, recovery
+    "daemon.aggregator.session": 2,  # one live session: index, reorder window, Merkle log
+    "daemon.aggregator.recovery": 2,  # a session rebuilt from its files and its records
     "daemon.aggregator.repair": 2,  # scrub, quarantine, choosing among authentic records
     "daemon.aggregator.merkle_log": 2,  # a session's MerkleLog: append, proofs, sync, recovery
     "daemon.aggregator.merkle_files": 2,  # the log's level files and its state record
@@ -70,7 +74,8 @@ LAYERS: Mapping[str, int] = {
     "daemon.aggregator.anchor_log": 2,  # the host's log of session checkpoints
     "daemon.aggregator.notary": 2,  # signs, stores and logs checkpoints; the host origin
     # 3: process parts.
-    "daemon.supervisor.admission": 3,  # which chunk may enter, where it goes (no sockets)
+    "daemon.supervisor.admission": 3,  # which chunk may enter, what its client is told
+    "daemon.supervisor.dispatch": 3,  # the worker side: which worker, recovery, outcomes
     "daemon.supervisor.ingest": 3,
     "daemon.supervisor.children": 3,
     "daemon.preload": 3,  # the forkserver's preload: imports the child mains
@@ -84,7 +89,9 @@ LAYERS: Mapping[str, int] = {
     # 4: edges. The client package: ids and paths, the sans-IO cores, two front ends.
     "client.__init__": 4,
     "client.ids": 4,
-    "client.core": 4,
+    "client.core": 4,  # what the cores and the front ends share: Core, results, AckCollector
+    "client.data_core": 4,  # the data socket's sans-IO core (DataCore)
+    "client.control_core": 4,  # the control socket's sans-IO core: each request and its reply
     "client.blocking": 4,
     "client.aio": 4,
     # lucidctl, a package by job (lucidd/cli/):
@@ -133,6 +140,7 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
             "daemon.store",
             "daemon.segments",
             "daemon.aggregator.session",
+            "daemon.aggregator.recovery",
             "daemon.aggregator.repair",
             "daemon.aggregator.merkle_log",
         }
@@ -141,6 +149,15 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
         {
             "daemon.store",
             "daemon.segments",
+            "daemon.aggregator.repair",
+            "daemon.aggregator.merkle_log",
+        }
+    ),
+    "daemon.aggregator.recovery": frozenset(
+        {
+            "daemon.store",
+            "daemon.segments",
+            "daemon.aggregator.session",
             "daemon.aggregator.repair",
             "daemon.aggregator.merkle_log",
         }
@@ -168,11 +185,18 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     "daemon.supervisor.main": frozenset(
         {
             "daemon.supervisor.admission",
+            "daemon.supervisor.dispatch",
             "daemon.supervisor.ingest",
             "daemon.supervisor.children",
         }
     ),
     "daemon.supervisor.ingest": frozenset({"daemon.supervisor.admission"}),
+    # Admission hands every admitted chunk to its dispatcher (the worker side).
+    "daemon.supervisor.admission": frozenset({"daemon.supervisor.dispatch"}),
+    # Admission's records are plain data over the wire's and the slots' types.
+    "daemon.supervisor.gates": frozenset(
+        {"protocol.__init__", "daemon.ipc", "daemon.access", "daemon.supervisor.slots"}
+    ),
     "daemon.aggregator.main": frozenset(
         {"daemon.aggregator.control", "daemon.aggregator.anchoring"}
     ),
@@ -180,10 +204,25 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     "daemon.aggregator.handlers": frozenset({"daemon.aggregator.anchoring"}),
     "daemon.worker": frozenset(),
     # The client's front ends drive its cores; the package re-exports all of it.
-    "client.core": frozenset({"client.ids"}),
-    "client.blocking": frozenset({"client.ids", "client.core"}),
-    "client.aio": frozenset({"client.ids", "client.core"}),
-    "client.__init__": frozenset({"client.ids", "client.core", "client.blocking", "client.aio"}),
+    "client.core": frozenset(),
+    "client.data_core": frozenset({"client.ids", "client.core"}),
+    "client.control_core": frozenset({"client.ids", "client.core"}),
+    "client.blocking": frozenset(
+        {"client.ids", "client.core", "client.data_core", "client.control_core"}
+    ),
+    "client.aio": frozenset(
+        {"client.ids", "client.core", "client.data_core", "client.control_core"}
+    ),
+    "client.__init__": frozenset(
+        {
+            "client.ids",
+            "client.core",
+            "client.data_core",
+            "client.control_core",
+            "client.blocking",
+            "client.aio",
+        }
+    ),
     # The cli modules stack: output and formats at the bottom, the commands over them, the
     # parser naming every handler, main over the parser.
     "cli.__init__": frozenset({"cli.output", "cli.parser"}),

@@ -11,6 +11,7 @@ import pytest
 from lucidd.crypto import Keyring, seal_chunk
 from lucidd.daemon.aggregator.ledger import Ledger
 from lucidd.daemon.aggregator.merkle_log import FLUSH_BYTES
+from lucidd.daemon.aggregator.recovery import recover_segments
 from lucidd.daemon.segments import SegmentWriter
 from lucidd.errors import DamagedSessionError, KeyringError, LucidError
 from lucidd.merkle import HASH_SIZE, leaf_hash, root_of
@@ -81,7 +82,7 @@ def test_a_rebuild_on_a_full_disk_serves_every_chunk_and_syncs_once_space_is_bac
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
     try:
-        session.recover_segments(keyring, repair=True)
+        recover_segments(session, keyring, repair=True)
         assert session.merkle.broken  # its first flush failed; the rebuild went on
         with pytest.raises((OSError, LucidError)):
             session.sync()

@@ -1,6 +1,7 @@
 """The aggregator's book of sessions (layer 2): every session of one state folder.
 
-One :class:`~lucidd.daemon.aggregator.session.SessionLedger` per session, one :class:`Ledger`
+One :class:`~lucidd.daemon.aggregator.session.SessionLedger` per session (built and loaded by
+:func:`~lucidd.daemon.aggregator.recovery.open_session`), one :class:`Ledger`
 per aggregator process; the aggregator is the single writer of every file here except the
 segments (DESIGN §2, §7). Nothing in memory is authoritative: on start the ledger is rebuilt
 from the files, and the files from the records (the recovery scan). The sessions' open files
@@ -26,6 +27,7 @@ from lucidd.crypto import (
     wrap_secret,
 )
 from lucidd.daemon import ipc
+from lucidd.daemon.aggregator.recovery import open_session
 from lucidd.daemon.aggregator.session import SessionLedger, damaged_view
 from lucidd.daemon.store import (
     SessionPaths,
@@ -91,7 +93,7 @@ class Ledger:
                 refused.append(err)
                 continue
             try:
-                session = SessionLedger(session_id, paths, meta)
+                session = open_session(session_id, paths, meta)
             except (OSError, LucidError) as exc:
                 self.unreadable[session_id] = f"its files cannot be opened: {exc}"
                 continue
@@ -177,7 +179,7 @@ class Ledger:
             chunk_size=chunk_size,
         )
         create_session_dir(paths, meta)
-        session = SessionLedger(session_id, paths, meta)
+        session = open_session(session_id, paths, meta)
         self._add(session)
         return session
 

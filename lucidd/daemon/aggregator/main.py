@@ -35,6 +35,7 @@ from lucidd.daemon.aggregator.anchoring import AnchorBackend, Anchorer, build_ba
 from lucidd.daemon.aggregator.control import ControlLimits, ControlProtocol
 from lucidd.daemon.aggregator.ledger import Ledger
 from lucidd.daemon.aggregator.notary import Notary, resolve_origin, signing_key_name
+from lucidd.daemon.aggregator.recovery import recover_segments
 from lucidd.daemon.aggregator.session import SessionLedger
 from lucidd.daemon.channels import PipeReader, PipeWriter, take_fd
 from lucidd.daemon.config import Config, config_as_dict
@@ -243,7 +244,7 @@ class Aggregator:
         for session in self.ledger:
             where = session.paths.root.name
             try:
-                acked, repairs = session.recover_segments(self.ledger.keyring, repair=repair)
+                acked, repairs = recover_segments(session, self.ledger.keyring, repair=repair)
             except (OSError, LucidError) as exc:
                 # An I/O error reading its files: logged; the session serves what is indexed.
                 error = storage_error(exc, "recovery") if isinstance(exc, OSError) else exc
@@ -337,8 +338,8 @@ class Aggregator:
             if session is None:
                 continue
             try:
-                found, _ = session.recover_segments(
-                    self.ledger.keyring, request.worker, repair=False
+                found, _ = recover_segments(
+                    session, self.ledger.keyring, request.worker, repair=False
                 )
             except OSError as exc:
                 log.error(

@@ -1,15 +1,16 @@
-"""One session's durable state as the aggregator sees it (layer 2).
+"""One live session's durable state as the aggregator sees it (layer 2).
 
-:class:`SessionLedger` holds a session's index, reorder window and Merkle log, recovers them
-from its records at start (resynchronizing past damage, quarantining it, never cutting an
-authentic record), indexes new records, and serves reads, proofs and finalize. Its files are
-a cache that :class:`~lucidd.daemon.aggregator.ledger.Ledger` may close (``release_files``).
+:class:`SessionLedger` holds a session's index, reorder window and Merkle log, indexes new
+records, and serves reads, proofs, scrubs and finalize. Its files are a cache that
+:class:`~lucidd.daemon.aggregator.ledger.Ledger` may close (``release_files``). How its memory
+is rebuilt from its files, and its files from the records, is
+:mod:`~lucidd.daemon.aggregator.recovery`'s (which also builds every session:
+:func:`~lucidd.daemon.aggregator.recovery.open_session`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import shutil
 import uuid
 from collections.abc import Callable
 
@@ -26,19 +27,8 @@ from lucidd.daemon import ipc
 from lucidd.daemon.access import LEGACY_OWNER
 from lucidd.daemon.aggregator.merkle_log import MerkleLog
 from lucidd.daemon.aggregator.reorder import ReorderWindow
-from lucidd.daemon.aggregator.repair import (
-    ScrubTarget,
-    choose_record,
-    confirmed_prefix,
-    quarantine_ranges,
-)
-from lucidd.daemon.segments import (
-    DamagedRange,
-    ScannedRecord,
-    read_quarantine,
-    scan_segment,
-    sync_file,
-)
+from lucidd.daemon.aggregator.repair import ScrubTarget
+from lucidd.daemon.segments import read_quarantine
 from lucidd.daemon.store import (
     ChunkIndex,
     IndexEntry,
@@ -46,7 +36,6 @@ from lucidd.daemon.store import (
     SessionMeta,
     SessionPaths,
     parse_segment_name,
-    read_ledger_state,
     read_record,
     write_atomically,
     write_ledger_state,
@@ -59,9 +48,8 @@ from lucidd.errors import (
     InternalError,
     LucidError,
     NotFoundError,
-    StorageError,
 )
-from lucidd.merkle import Checkpoint, leaf_hash
+from lucidd.merkle import Checkpoint
 
 
 def checkpoint_origin(session_id: bytes) -> str:
@@ -90,71 +78,11 @@ class SessionLedger:
         #: Acknowledged records whose indexing failed (disk full); retried on every sync.
         self.unindexed: dict[int, ipc.Sealed] = {}
         #: Index entries found by recovery whose write failed (disk full); retried on sync.
-        self._unwritten: dict[int, IndexEntry] = {}
+        self.unwritten: dict[int, IndexEntry] = {}
         #: Chunks in the log or the window whose record is gone, with their leaf hash.
         self.missing: dict[int, bytes] = {}
         #: Damaged segment ranges copied aside (``<session>/quarantine/``).
         self.quarantine = read_quarantine(paths)
-        self._load()
-
-    def _load(self) -> None:
-        """Rebuild memory from the files: the ledger state says how much needs no rescan."""
-        state = read_ledger_state(self.paths)
-        size = self.merkle.size
-        index_intact = (
-            size == 0
-            or self.index.get(size - 1) is not None
-            or (state is not None and size - 1 in state.missing)
-        )
-        if state is not None and state.merkle_size == size and index_intact:
-            self.plaintext_bytes = state.prefix_bytes
-            self.segment_ends = dict(state.segments)
-            self.missing = dict(state.missing)
-        elif size or self.paths.segments() or self.paths.index.stat().st_size:
-            # No usable state (a crash before the first sync, or damaged files): the next
-            # recovery scan rebuilds the index and the Merkle log from the records.
-            self.full_rescan = True
-            return
-        for index, entry in self.index.scan(size):
-            self.plaintext_bytes += entry.plaintext_length
-            if index >= self.window.next_index:
-                self._add_recovered_leaf(index, entry.leaf_hash)
-            self._note_end(entry.segment, entry.offset + entry.record_length)
-        self._find_cut_segments()
-
-    def _find_cut_segments(self) -> None:
-        """Note as missing every indexed chunk whose segment is now shorter than the indexed
-        end (cut, or removed). Cheap: one ``stat`` per segment; the index is read only when
-        a segment is short. The segment's end then moves back to its last intact record (a
-        removed one is forgotten), so the rest of a cut segment is scanned and quarantined
-        like a torn tail, and a new segment that reuses a removed one's name is read from 0.
-        The missing chunks are kept in the ledger state."""
-        short: dict[str, int] = {}
-        for name, end in self.segment_ends.items():
-            try:
-                size = self.paths.segment(name).stat().st_size
-            except FileNotFoundError:
-                size = -1
-            if size < end:
-                short[name] = size
-        if not short:
-            return
-        intact = dict.fromkeys(short, 0)
-        for index, entry in self.index.scan():
-            cut_at = short.get(entry.segment)
-            if cut_at is None:
-                continue
-            end = entry.offset + entry.record_length
-            if end > cut_at:
-                self.missing.setdefault(index, entry.leaf_hash)
-            else:
-                intact[entry.segment] = max(intact[entry.segment], end)
-        for name, size in short.items():
-            if size < 0:
-                del self.segment_ends[name]
-            else:
-                self.segment_ends[name] = intact[name]
-        self.dirty = True
 
     @property
     def damaged(self) -> bool:
@@ -162,23 +90,16 @@ class SessionLedger:
         torn tail, which a crash mid-write leaves and which held no acknowledged record)."""
         return bool(self.missing) or any(not q.tail for q in self.quarantine)
 
-    def _note_end(self, segment: str, end: int) -> None:
+    def note_end(self, segment: str, end: int) -> None:
+        """Every record of ``segment`` below ``end`` is indexed (the end only moves forward)."""
         if end > self.segment_ends.get(segment, 0):
             self.segment_ends[segment] = end
 
-    def _add_leaf(self, index: int, leaf: bytes) -> None:
+    def add_leaf(self, index: int, leaf: bytes) -> None:
+        """Feed chunk ``index``'s leaf to the reorder window; the log takes what is in order."""
         ready = self.window.add(index, leaf)
         if ready:
             self.merkle.extend(ready)
-            self.dirty = True
-
-    def _add_recovered_leaf(self, index: int, leaf: bytes) -> None:
-        """:meth:`_add_leaf` for recovery, which must not stop half-way: a log write that
-        fails (disk full) leaves the log broken, and :meth:`sync` reopens it and re-appends
-        the leaves from the index (and :attr:`missing`) once the disk allows."""
-        try:
-            self._add_leaf(index, leaf)
-        except StorageError:
             self.dirty = True
 
     def stored_leaf(self, index: int) -> bytes | None:
@@ -188,191 +109,15 @@ class SessionLedger:
         if index < self.merkle.size:
             return self.merkle.leaf(index)
         if index in self.window:
-            entry = self._indexed(index)
+            entry = self.indexed(index)
             return entry.leaf_hash if entry is not None else None
         return None
 
-    def _indexed(self, index: int) -> IndexEntry | None:
-        """The index entry of ``index``, counting entries whose write still waits."""
-        waiting = self._unwritten.get(index)
+    def indexed(self, index: int) -> IndexEntry | None:
+        """The index entry of ``index``, counting entries whose write still waits
+        (:attr:`unwritten`)."""
+        waiting = self.unwritten.get(index)
         return waiting if waiting is not None else self.index.get(index)
-
-    def _put_entry(self, index: int, entry: IndexEntry) -> None:
-        """Index a record found by recovery; a failed write (disk full) is kept in memory and
-        retried on every :meth:`sync`, so recovery never stops half-way."""
-        try:
-            self.index.put(index, entry)
-        except OSError:
-            self._unwritten[index] = entry
-
-    def _authenticator(self, secret: bytes) -> Callable[[ScannedRecord], int | None]:
-        def authenticate(found: ScannedRecord) -> int | None:
-            try:
-                return len(open_record(secret, self.session_id, found.index, found.record))
-            except LucidError:
-                return None
-
-        return authenticate
-
-    def _quarantine(self, segment: str, damaged: list[DamagedRange]) -> list[tuple[str, str]]:
-        """Copy each damaged range not quarantined before aside (:func:`quarantine_ranges`)."""
-        self.quarantine, lines = quarantine_ranges(self.paths, self.quarantine, segment, damaged)
-        return lines
-
-    def recover_segments(
-        self, keyring: Keyring, worker: int | None = None, *, repair: bool
-    ) -> tuple[list[ipc.Acked], list[tuple[str, str]]]:
-        """Index every authentic record past the indexed part of the segments.
-
-        ``worker`` limits the scan to one worker's files (it died). Every file is fsynced
-        before it is read, since an ack must only ever follow durability. A range that holds
-        no authentic record (garbage, a record that fails authentication, a torn tail) is
-        skipped and the scan resynchronizes on the next authentic record behind it; with
-        ``repair`` (at start-up) such a range is also copied to the quarantine. No segment is
-        ever cut: a torn tail is harmless where it is, because no writer appends to a segment
-        of an earlier process (each worker opens a new file, ``O_EXCL``), so nothing is ever
-        written behind it. Returns the acks for newly indexed records and (event, details)
-        lines for the log.
-        """
-        if self.full_rescan:
-            return [], self._rebuild(keyring, repair=repair)
-        acked: list[ipc.Acked] = []
-        repairs: list[tuple[str, str]] = []
-        authenticate = self._authenticator(self.secret(keyring))
-        for name in self.paths.segments():
-            owner, number = parse_segment_name(name)
-            if worker is not None and owner != worker:
-                continue
-            path = self.paths.segment(name)
-            start = self.segment_ends.get(name, 0)
-            if path.stat().st_size <= start:
-                continue
-            sync_file(path)  # a worker may have written it without syncing yet
-            scan = scan_segment(path, start, authenticate)
-            # Without repair the end stays before the first damaged range, so that the next
-            # start scans it again and quarantines it (the records behind it are indexed now).
-            stop = scan.damaged[0].offset if scan.damaged and not repair else scan.size
-            for found, plaintext_length in scan.records:
-                leaf = leaf_hash(found.record)
-                if found.offset < stop:
-                    self._note_end(name, found.offset + len(found.record))
-                entry = IndexEntry(
-                    owner, number, found.offset, len(found.record), leaf, plaintext_length
-                )
-                if self._restore_entry(found.index, entry):
-                    acked.append(ipc.Acked(self.session_id, found.index, leaf))
-            if repair:
-                repairs += self._quarantine(name, scan.damaged)
-        if acked:
-            self.dirty = True
-        return acked, repairs
-
-    def _authentic_records(
-        self, keyring: Keyring, repair: bool, repairs: list[tuple[str, str]]
-    ) -> dict[int, list[IndexEntry]]:
-        """Every authentic record of every segment, by chunk index (damage quarantined if
-        ``repair``)."""
-        authenticate = self._authenticator(self.secret(keyring))
-        found: dict[int, list[IndexEntry]] = {}
-        for name in self.paths.segments():
-            owner, number = parse_segment_name(name)
-            path = self.paths.segment(name)
-            sync_file(path)  # trust nothing a dead worker may not have made durable
-            scan = scan_segment(path, 0, authenticate)
-            for record, plaintext_length in scan.records:
-                entry = IndexEntry(
-                    owner,
-                    number,
-                    record.offset,
-                    len(record.record),
-                    leaf_hash(record.record),
-                    plaintext_length,
-                )
-                found.setdefault(record.index, []).append(entry)
-                self._note_end(name, record.offset + len(record.record))
-            if repair:
-                repairs += self._quarantine(name, scan.damaged)
-        return found
-
-    def _rebuild(self, keyring: Keyring, repair: bool) -> list[tuple[str, str]]:
-        """Rebuild the index and the Merkle log from the records and the old log's leaves.
-
-        The old log is kept up to its last leaf that an authentic record (or the old index)
-        confirms, as long as no authentic record contradicts it: its leaves were acknowledged
-        (and may be anchored), so a chunk whose record is gone keeps its leaf and is noted
-        missing instead of shifting every later chunk out of the log. Past that, the log is
-        rebuilt from the records alone. For an index with several authentic records (a chunk
-        sealed twice) the one the old index named wins, else the one whose leaf the old log
-        holds (within the kept prefix only records with the kept leaf are candidates).
-        """
-        repairs: list[tuple[str, str]] = []
-        old_index = dict(self.index.scan())
-        old_leaves = [self.merkle.leaf(i) for i in range(self.merkle.size)]
-        found = self._authentic_records(keyring, repair, repairs)
-        kept = confirmed_prefix(old_leaves, found, old_index)
-        self.merkle.close()
-        shutil.rmtree(self.paths.merkle, ignore_errors=True)
-        self.merkle = MerkleLog.open(self.paths.merkle)
-        self.index.truncate()
-        self._unwritten.clear()
-        self.window = ReorderWindow(0)
-        self.plaintext_bytes = 0
-        self.missing = {}
-        for index in range(kept):
-            leaf = old_leaves[index]
-            matching = [e for e in found.get(index, []) if e.leaf_hash == leaf]
-            if matching:
-                entry = choose_record(matching, old_index.get(index), leaf)
-                self._put_entry(index, entry)
-                self.plaintext_bytes += entry.plaintext_length
-            else:
-                self.missing[index] = leaf
-                old = old_index.get(index)
-                self.plaintext_bytes += old.plaintext_length if old is not None else 0
-            self._add_recovered_leaf(index, leaf)
-        for index in sorted(i for i in found if i >= kept):
-            old_leaf = old_leaves[index] if index < len(old_leaves) else None
-            entry = choose_record(found[index], old_index.get(index), old_leaf)
-            self._put_entry(index, entry)
-            self.plaintext_bytes += entry.plaintext_length
-            self._add_recovered_leaf(index, entry.leaf_hash)
-        lost = [i for i in old_index if i not in found]
-        repairs.append(
-            (
-                "ledger_rebuilt",
-                f"chunks={len(found)} size={self.merkle.size} kept_leaves={kept} "
-                f"missing={len(self.missing)} indexed_but_gone={len(lost)}",
-            )
-        )
-        self.full_rescan = False
-        self.dirty = True
-        return repairs
-
-    def _restore_entry(self, index: int, entry: IndexEntry) -> bool:
-        """Index an authentic record found on disk; True if it is a chunk new to the ledger.
-
-        The index keeps the record already named for an index (a duplicate is ignored); a
-        lost index entry is restored only for the record whose leaf the Merkle log holds. The
-        record of a missing chunk that is back (a segment restored from a backup) heals it:
-        it is indexed again and no longer missing (its bytes were counted all along).
-        """
-        if index in self.missing:
-            if self.missing[index] == entry.leaf_hash:
-                self._put_entry(index, entry)
-                del self.missing[index]
-                self.dirty = True
-            return False
-        if self._indexed(index) is not None:
-            return False
-        if index < self.merkle.size:
-            if self.merkle.leaf(index) == entry.leaf_hash:
-                self._put_entry(index, entry)
-                self.plaintext_bytes += entry.plaintext_length
-            return False
-        self._put_entry(index, entry)
-        self.plaintext_bytes += entry.plaintext_length
-        self._add_recovered_leaf(index, entry.leaf_hash)
-        return True
 
     @property
     def state(self) -> str:
@@ -442,8 +187,8 @@ class SessionLedger:
         """Index a record of a chunk not stored yet (the caller checked)."""
         self.index.put(sealed.index, _entry_of(sealed))
         self.plaintext_bytes += sealed.plaintext_length
-        self._note_end(sealed.segment, sealed.offset + sealed.record_length)
-        self._add_leaf(sealed.index, sealed.leaf_hash)
+        self.note_end(sealed.segment, sealed.offset + sealed.record_length)
+        self.add_leaf(sealed.index, sealed.leaf_hash)
 
     def index_sealed(self, sealed: ipc.Sealed) -> None:
         """Index a chunk just acknowledged as new (:meth:`stored_leaf` was None). An index or
@@ -466,7 +211,7 @@ class SessionLedger:
                 session=self.session_id,
                 index=index,
             )
-        entry = self._indexed(index) if index >= 0 else None
+        entry = self.indexed(index) if index >= 0 else None
         if entry is None:
             raise NotFoundError(
                 f"chunk {index} is not stored", session=self.session_id, index=index
@@ -501,7 +246,7 @@ class SessionLedger:
         if index in self.missing:
             return None
         waiting = self.unindexed.get(index)
-        return _entry_of(waiting) if waiting is not None else self._indexed(index)
+        return _entry_of(waiting) if waiting is not None else self.indexed(index)
 
     def note_gone(self, gone: dict[int, bytes]) -> None:
         """A scrub found these chunks' records gone or unauthentic: from now on they are
@@ -565,23 +310,23 @@ class SessionLedger:
         Order matters: the state may only describe what the index and the log hold durably.
         A clean session is not a use of its files (the periodic sync visits every session).
         """
-        if not (self.dirty or self.unindexed or self._unwritten or self._merkle.broken):
+        if not (self.dirty or self.unindexed or self.unwritten or self._merkle.broken):
             return
         if self._merkle.broken:
             self.reopen_merkle()
         for index, sealed in list(self.unindexed.items()):
             self.record_sealed(sealed)  # raises again while the disk is full
             del self.unindexed[index]
-        for index, unwritten in list(self._unwritten.items()):
+        for index, unwritten in list(self.unwritten.items()):
             self._index.put(index, unwritten)  # raises again while the disk is full
-            del self._unwritten[index]
+            del self.unwritten[index]
         if self.dirty:
             self._index.sync()
             self._merkle.sync()
             prefix_bytes = self.plaintext_bytes - sum(
                 entry.plaintext_length
                 for index in self.window.held_indices()
-                if (entry := self._indexed(index)) is not None
+                if (entry := self.indexed(index)) is not None
             )
             state = LedgerState(
                 merkle_size=self._merkle.size,
@@ -631,7 +376,7 @@ class SessionLedger:
             self.merkle.close()
         self.merkle = MerkleLog.open(self.paths.merkle)
         for index in range(self.merkle.size, self.window.next_index):
-            entry = self._indexed(index)
+            entry = self.indexed(index)
             leaf = entry.leaf_hash if entry is not None else self.missing.get(index)
             if leaf is None:
                 raise InternalError(f"index entry {index} missing below the reorder window")

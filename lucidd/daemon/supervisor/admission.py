@@ -1,8 +1,12 @@
-"""Admission (layer 3): which chunk may enter, where it goes, and who is told what.
+"""Admission (layer 3): which chunk may enter, and what its client is told.
 
-:class:`Ingest` is the single owner of admission state: the sessions' gates (owner, writer's
-lease, stored indices, freezes), the slot allocator, the in-flight table and the worker links.
-It does no socket I/O: a connection is anything that fits :class:`Client` (the data socket's
+:class:`Ingest` is the client side of the supervisor's data path and the small interface the
+data socket uses (``admit``, ``complete``, ``abandon``, ``end_leases``, backpressure). It owns
+the sessions' gates (owner, writer's lease, stored indices, freezes), the slot allocator and
+the in-flight count, and answers every chunk (:meth:`Ingest._finish`). The worker side —
+which worker seals a chunk, a dead worker's recovery, the workers' outcomes — is its
+:class:`~lucidd.daemon.supervisor.dispatch.Dispatcher`. It does no socket I/O: a connection is
+anything that fits :class:`~lucidd.daemon.supervisor.gates.Client` (the data socket's
 :class:`~lucidd.daemon.supervisor.ingest.DataProtocol` in the daemon; plain objects in unit
 tests), so admission is tested without a socket. Everything runs on the supervisor's event
 loop, so nothing here needs a lock.
@@ -14,144 +18,41 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from lucidd import protocol as p
 from lucidd.daemon import ipc
-from lucidd.daemon.access import AccessPolicy, Peer
-from lucidd.daemon.channels import PipeWriter
+from lucidd.daemon.access import AccessPolicy
 from lucidd.daemon.config import Config, connection_limit
 from lucidd.daemon.logs import RefusalLog
-from lucidd.daemon.supervisor.slots import SlotAllocator, SlotRun
+from lucidd.daemon.supervisor.dispatch import Dispatcher, WorkerLink
+from lucidd.daemon.supervisor.gates import (
+    SESSION_OPENING,
+    ChunkKind,
+    Client,
+    InFlight,
+    SessionGate,
+    gate_from_view,
+)
+from lucidd.daemon.supervisor.slots import SlotAllocator
 from lucidd.errors import (
     BusyError,
     DamagedSessionError,
     DuplicateIndexError,
     InternalError,
     LucidError,
-    RequestTimeoutError,
     SessionBusyError,
     SessionFinalizedError,
     SessionFullError,
     error_from_wire,
 )
-from lucidd.vocabulary import SessionState
 
 log = logging.getLogger("lucidd.daemon.supervisor.admission")
 
-#: A chunk whose worker timed out is retried once; a second timeout fails it.
-MAX_ATTEMPTS: Final = 2
-#: How many payload bytes a worker is given before the next worker is used (see _pick_worker).
-PACK_BYTES: Final = 2 * 1024 * 1024
-#: A gate's state between a new id's first chunk and the aggregator's answer.
-SESSION_OPENING: Final = SessionState.OPENING
-
-
-class ChunkKind(StrEnum):
-    """What the supervisor does with an admitted chunk."""
-
-    SEAL = "seal"  # a new index: a worker seals and stores it
-    COMPARE = "compare"  # a stored index resent: the aggregator compares it with the record
-
-
 _SEAL: Final = ChunkKind.SEAL
 _COMPARE: Final = ChunkKind.COMPARE
-
-
-class Client(Protocol):
-    """What admission needs of one data connection."""
-
-    peer: Peer
-    #: Sessions this connection holds the writer's lease of (SessionGate.writer).
-    leases: set[bytes]
-    chunks_in_flight: int
-    slots_held: int
-    waits_for_own: bool
-
-    def send(self, message: p.Message) -> None:
-        """Queue a reply to the client."""
-
-    def hold(self, run: SlotRun) -> None:
-        """One more admitted chunk of this connection."""
-
-    def unhold(self, run: SlotRun) -> None:
-        """That chunk was answered or abandoned."""
-
-    def retry_admission(self) -> bool:
-        """Capacity was freed: try the chunk that waited; True if the connection proceeds."""
-
-    def close(self) -> None:
-        """Send what is queued, then close (at shutdown)."""
-
-
-@dataclass(eq=False)
-class InFlight:
-    """One admitted chunk from ChunkStart to its ack (or error)."""
-
-    conn: Client
-    req: int
-    session: bytes
-    index: int
-    length: int
-    run: SlotRun
-    kind: str
-    received: int = 0
-    worker: int = -1  # the worker sealing it; -1 while not dispatched (or being recovered)
-    dispatched_ns: int = 0
-    attempts: int = 0  # worker timeouts this chunk went through
-
-
-@dataclass(eq=False)
-class SessionGate:
-    """The supervisor's admission view of one session (DESIGN §2)."""
-
-    session: bytes
-    state: str
-    compression: str
-    owner_uid: int
-    plaintext_bytes: int = 0
-    prefix: int = 0
-    above: set[int] = field(default_factory=set)
-    in_flight: dict[int, InFlight] = field(default_factory=dict)
-    waiting_for_open: list[InFlight] = field(default_factory=list)
-    frozen: bool = False
-    freeze_tokens: list[int] = field(default_factory=list)
-    #: The one connection that may write to the session now (its lease ends when it closes).
-    writer: Client | None = None
-
-    def stored(self, index: int) -> bool:
-        return index < self.prefix or index in self.above
-
-    def mark_stored(self, index: int) -> None:
-        if index == self.prefix:
-            self.prefix += 1
-            above = self.above
-            while self.prefix in above:
-                above.remove(self.prefix)
-                self.prefix += 1
-        elif index > self.prefix:
-            self.above.add(index)
-
-
-#: The incarnation of a slot with no process: no worker's batch matches it.
-NO_INCARNATION: Final = -1
-
-
-@dataclass
-class WorkerLink:
-    #: None while the slot has no process and no inbox (its respawn failed and is retried):
-    #: such a slot is given no chunks.
-    writer: PipeWriter | None
-    incarnation: int = 0  # of the process behind ``writer`` (WorkerSpec.incarnation)
-    #: CLOCK_MONOTONIC seconds when its process starts (later than now: a delayed respawn).
-    ready_at: float = 0.0
-    outstanding: int = 0
-    outstanding_bytes: int = 0
 
 
 class Wait(Exception):  # noqa: N818 - flow control, not an error
@@ -164,7 +65,8 @@ class WaitOwn(Wait):
 
 
 class Ingest:
-    """Admission, dispatch and acknowledgement for every data connection."""
+    """Admission and the answer to every chunk of every data connection (the worker side:
+    :attr:`dispatcher`)."""
 
     def __init__(
         self,
@@ -177,7 +79,6 @@ class Ingest:
         self.config = config
         self.policy = policy
         self.ring = ring
-        self.workers = workers
         self._to_aggregator = to_aggregator
         self.slots = SlotAllocator(config.ring_size // config.slot_size, config.slot_size)
         self.gates: dict[bytes, SessionGate] = {}
@@ -185,16 +86,12 @@ class Ingest:
         self.draining = False
         self._blocked: deque[Client] = deque()
         self._compares: dict[int, InFlight] = {}
-        #: RecoverWorker token -> (dead worker, its chunks awaiting the scan's verdict)
-        self._recoveries: dict[int, tuple[int, list[InFlight]]] = {}
         self._tokens = itertools.count(1)
         self.connections: set[Client] = set()
         #: Connections beyond min(max_connections, this) get ``busy`` and are closed as soon as
         #: they are accepted, so clients never take the descriptors the supervisor keeps for
         #: itself. Set by the supervisor from fds.fd_budget; None: no clamp.
         self.fd_budget: int | None = None
-        #: Chunks that found no worker slot with an inbox; dispatched when one is back.
-        self._parked: list[InFlight] = []
         self.counters: dict[str, float] = {
             "chunks_received_total": 0.0,
             "chunks_acked_total": 0.0,
@@ -208,8 +105,18 @@ class Ingest:
             "peer_hangups_total": 0.0,
         }
         self.drained = asyncio.Event()
+        #: The worker side: the worker links, dispatch, recovery, the workers' outcomes.
+        self.dispatcher = Dispatcher(
+            config,
+            workers,
+            self.gates,
+            to_aggregator,
+            finish=self._finish,
+            counters=self.counters,
+            tokens=self._tokens,
+        )
         self._aggregator_handlers: dict[type, Callable[[Any], None]] = {
-            ipc.Outcomes: self.on_outcomes,
+            ipc.Outcomes: self.dispatcher.on_outcomes,
             ipc.SessionChanged: self.on_session_changed,
             ipc.CompareResult: self.on_compared,
             ipc.FreezeRequest: self.on_freeze,
@@ -226,9 +133,7 @@ class Ingest:
         gate = self.gates.get(view.session)
         if view.state == ipc.SESSION_SHREDDED:
             self.gates.pop(view.session, None)
-            for link in self.workers:
-                if link.writer is not None:
-                    link.writer.send(ipc.Forget(view.session))
+            self.dispatcher.forget(view.session)
             return
         if message.error_code:
             if gate is not None and gate.state == SESSION_OPENING:
@@ -240,7 +145,7 @@ class Ingest:
                     self._finish(chunk, err)
             return
         if gate is None:
-            self.gates[view.session] = _gate_from_view(view)
+            self.gates[view.session] = gate_from_view(view)
             return
         was_opening = gate.state == SESSION_OPENING
         gate.state = view.state
@@ -252,7 +157,7 @@ class Ingest:
             waiting, gate.waiting_for_open = gate.waiting_for_open, []
             for chunk in waiting:
                 if self.policy.may_touch(chunk.conn.peer, gate.owner_uid):
-                    self._dispatch(gate, chunk)
+                    self.dispatcher.dispatch(gate, chunk)
                 else:
                     refusal = self.policy.refusal(chunk.conn.peer, gate.session, exists=True)
                     self._finish(chunk, refusal)
@@ -364,117 +269,7 @@ class Ingest:
         elif gate.state == SESSION_OPENING:
             gate.waiting_for_open.append(chunk)
         else:
-            self._dispatch(gate, chunk)
-
-    def _dispatch(self, gate: SessionGate, chunk: InFlight, avoid: int = -1) -> None:
-        workers = self.workers
-        # Every link with an inbox takes messages, but one whose process starts later
-        # (respawn backoff) only when no other can; a slot without an inbox takes none.
-        usable = [i for i in range(len(workers)) if workers[i].writer is not None]
-        if not usable:
-            chunk.worker = -1
-            self._parked.append(chunk)
-            return
-        now = time.monotonic()
-        others = [i for i in usable if i != avoid]
-        candidates = [i for i in others if workers[i].ready_at <= now] or others or usable
-        k = _pick_worker(workers, candidates, chunk.length)
-        link = workers[k]
-        assert link.writer is not None
-        link.outstanding += 1
-        link.outstanding_bytes += chunk.length
-        chunk.worker = k
-        chunk.dispatched_ns = time.monotonic_ns()
-        link.writer.send(
-            ipc.Seal(
-                chunk.session,
-                chunk.index,
-                chunk.run.offset,
-                chunk.length,
-                gate.compression,
-                chunk.dispatched_ns,
-            )
-        )
-
-    def worker_died(self, worker: int) -> None:
-        """A worker died: first learn what it made durable, then re-dispatch the rest.
-
-        Its chunks' bytes are still in the ring. Re-sealing a chunk the dead worker had
-        already written would leave two records of one index, so the aggregator first scans
-        that worker's segments (``RecoverWorker``); the reply acks what it found, and only the
-        chunks still unacknowledged then go to a live worker (:meth:`_recovered`). The slot
-        takes no chunks until :meth:`worker_link` gives it a new inbox.
-        """
-        orphans = self._detach(worker)
-        token = next(self._tokens)
-        self._recoveries[token] = (worker, orphans)
-        sessions = sorted({chunk.session for chunk in orphans})
-        self._to_aggregator(ipc.RecoverWorker(token, worker, sessions))
-
-    def worker_not_started(self, worker: int) -> None:
-        """A (delayed) respawn failed: its inbox is gone, and no process ever read it, so the
-        chunks sent to it go to another worker at once."""
-        for chunk in self._detach(worker):
-            gate = self.gates.get(chunk.session)
-            if gate is not None and gate.in_flight.get(chunk.index) is chunk:
-                self._dispatch(gate, chunk)
-
-    def worker_link(self, worker: int, link: WorkerLink) -> None:
-        """Give slot ``worker`` the inbox of its new process (which may start later)."""
-        old = self.workers[worker].writer
-        if old is not None:
-            old.close()
-        self.workers[worker] = link
-        parked, self._parked = self._parked, []
-        for chunk in parked:
-            gate = self.gates.get(chunk.session)
-            if gate is not None and gate.in_flight.get(chunk.index) is chunk:
-                self._dispatch(gate, chunk)
-
-    def _detach(self, worker: int) -> list[InFlight]:
-        """Close slot ``worker``'s inbox; return its chunks, now dispatched to nobody."""
-        old = self.workers[worker].writer
-        if old is not None:
-            old.close()
-        self.workers[worker] = WorkerLink(None, NO_INCARNATION)
-        orphans = [
-            chunk
-            for gate in self.gates.values()
-            for chunk in gate.in_flight.values()
-            if chunk.worker == worker
-        ]
-        for chunk in orphans:
-            chunk.worker = -1
-        return orphans
-
-    def _recovered(self, worker: int, orphans: list[InFlight]) -> None:
-        for chunk in orphans:
-            gate = self.gates.get(chunk.session)
-            if gate is None or gate.in_flight.get(chunk.index) is not chunk:
-                continue  # acknowledged by the recovery, or gone
-            if chunk.attempts >= MAX_ATTEMPTS:
-                err = RequestTimeoutError(
-                    f"chunk {chunk.index} was not sealed within worker_timeout "
-                    f"({self.config.worker_timeout:g} s), twice",
-                    session=chunk.session,
-                    index=chunk.index,
-                )
-                self._finish(chunk, err)
-            else:
-                # After a timeout, prefer another worker: the replacement of the one that
-                # hung would see the same fate if the fault was in that process's state.
-                self._dispatch(gate, chunk, avoid=worker if chunk.attempts else -1)
-
-    def overdue_workers(self, now_ns: int) -> list[int]:
-        """Workers holding a chunk for longer than ``worker_timeout``; marks those chunks."""
-        limit = int(self.config.worker_timeout * 1e9)
-        overdue: set[int] = set()
-        for gate in self.gates.values():
-            for chunk in gate.in_flight.values():
-                if chunk.worker >= 0 and now_ns - chunk.dispatched_ns > limit:
-                    chunk.attempts += 1
-                    overdue.add(chunk.worker)
-        return sorted(overdue)
+            self.dispatcher.dispatch(gate, chunk)
 
     def aggregator_replaced(self) -> None:
         """A new aggregator runs: repeat every request the dead one may have swallowed."""
@@ -489,16 +284,14 @@ class Ingest:
                     token, chunk.session, chunk.index, chunk.run.offset, chunk.length
                 )
             )
-        for token, (worker, orphans) in self._recoveries.items():
-            sessions = sorted({chunk.session for chunk in orphans})
-            self._to_aggregator(ipc.RecoverWorker(token, worker, sessions))
+        self.dispatcher.repeat_recoveries()
 
     def merge_sessions(self, views: list[ipc.SessionView]) -> None:
         """Take a (new) aggregator's session table without losing what is in flight here."""
         for view in views:
             gate = self.gates.get(view.session)
             if gate is None:
-                self.gates[view.session] = _gate_from_view(view)
+                self.gates[view.session] = gate_from_view(view)
                 continue
             gate.state = view.state
             gate.compression = view.compression
@@ -526,53 +319,7 @@ class Ingest:
             self._maybe_frozen(gate)
         self._release(chunk)
 
-    # -- outcomes -----------------------------------------------------------------------
-
-    def on_sealed_batch(self, batch: ipc.SealedBatch) -> None:
-        """A worker's group commit: ack its durable chunks, refuse its failed ones.
-
-        A message that a worker wrote just before it died and that is read after its death
-        was handled is ignored: the recovery scan (``worker_died``) acks every record that
-        worker made durable and re-dispatches the rest.
-        """
-        worker = batch.worker
-        if not 0 <= worker < len(self.workers):
-            return
-        if batch.incarnation != self.workers[worker].incarnation:
-            return
-        for sealed in batch.sealed:
-            chunk = self._take_from(worker, sealed.session, sealed.index)
-            if chunk is not None:
-                self._finish(chunk, None, sealed.leaf_hash)
-        if batch.sealed:
-            self.counters["stage_ack_seconds_total"] += (
-                (time.monotonic_ns() - batch.sent_ns) * len(batch.sealed) / 1e9
-            )
-        for failed in batch.failed:
-            chunk = self._take_from(worker, failed.session, failed.index)
-            if chunk is not None:
-                err = error_from_wire(
-                    failed.code, failed.message, session=failed.session, index=failed.index
-                )
-                self._finish(chunk, err)
-
-    def on_outcomes(self, outcomes: ipc.Outcomes) -> None:
-        """The verdict of a RecoverWorker scan."""
-        for acked in outcomes.acked:
-            chunk = self._take(acked.session, acked.index)
-            if chunk is not None:
-                self._finish(chunk, None, acked.leaf_hash)
-        for failed in outcomes.failed:
-            chunk = self._take(failed.session, failed.index)
-            if chunk is not None:
-                err = error_from_wire(
-                    failed.code, failed.message, session=failed.session, index=failed.index
-                )
-                self._finish(chunk, err)
-        if outcomes.token:
-            recovery = self._recoveries.pop(outcomes.token, None)
-            if recovery is not None:
-                self._recovered(*recovery)
+    # -- answers ------------------------------------------------------------------------
 
     def on_compared(self, result: ipc.CompareResult) -> None:
         chunk = self._compares.pop(result.token, None)
@@ -589,22 +336,6 @@ class Ingest:
         else:
             err = None
         self._finish(chunk, err, result.leaf_hash)
-
-    def _take_from(self, worker: int, session: bytes, index: int) -> InFlight | None:
-        gate = self.gates.get(session)
-        chunk = gate.in_flight.get(index) if gate is not None else None
-        if chunk is None or chunk.worker != worker or chunk.kind != _SEAL:
-            return None
-        return self._take(session, index)
-
-    def _take(self, session: bytes, index: int) -> InFlight | None:
-        gate = self.gates.get(session)
-        chunk = gate.in_flight.get(index) if gate is not None else None
-        if chunk is not None and chunk.worker >= 0:
-            link = self.workers[chunk.worker]
-            link.outstanding -= 1
-            link.outstanding_bytes -= chunk.length
-        return chunk
 
     def _finish(self, chunk: InFlight, err: LucidError | None, leaf_hash: bytes = b"") -> None:
         """Reply to the client, update the gate and release the slots."""
@@ -685,32 +416,3 @@ class Ingest:
         self.draining = True
         if self.in_flight == 0:
             self.drained.set()
-
-
-def _pick_worker(workers: list[WorkerLink], live: list[int], length: int) -> int:
-    """The worker for the next chunk: pack, then spread.
-
-    Each worker commits (fdatasyncs) once per batch, and a batch is what waits in its pipe.
-    Spreading chunks thinly over all workers gives every fsync about one chunk (figures in
-    docs/bench.md). So a chunk goes to the first worker
-    holding less than :data:`PACK_BYTES` — the first one that is idle, with one chunk in
-    flight, so latency does not suffer — and only when all are that full to the least loaded.
-    More workers join as the load grows, and while one is in its fsync the next fills up.
-    """
-    for i in live:
-        link = workers[i]
-        if link.outstanding == 0 or link.outstanding_bytes + length <= PACK_BYTES:
-            return i
-    return min(live, key=lambda i: workers[i].outstanding_bytes)
-
-
-def _gate_from_view(view: ipc.SessionView) -> SessionGate:
-    return SessionGate(
-        view.session,
-        view.state,
-        view.compression,
-        view.owner_uid,
-        view.plaintext_bytes,
-        view.prefix,
-        set(view.above),
-    )

@@ -18,6 +18,7 @@ stop a respawn, so:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import resource
 from collections.abc import Iterator
@@ -28,11 +29,15 @@ __all__ = [
     "FDS_PER_WORKER",
     "RESERVE_FDS",
     "FdReserve",
+    "connection_budget",
     "fd_budget",
     "fds_needed",
     "open_fd_count",
+    "raise_and_log_nofile_limit",
     "raise_nofile_limit",
 ]
+
+log = logging.getLogger("lucidd.daemon.supervisor.fds")
 
 #: stdio, the two listening sockets, the notify socket, the event loop's own (epoll, signal
 #: pipe, timers), the forkserver's socket and alive pipe, the aggregator's two pipes, sentinel
@@ -79,6 +84,40 @@ def raise_nofile_limit() -> tuple[int, int]:
 def open_fd_count() -> int:
     """How many descriptors this process has open now (Linux ``/proc/self/fd``)."""
     return len(os.listdir("/proc/self/fd")) - 1  # listdir's own descriptor
+
+
+def raise_and_log_nofile_limit() -> None:
+    """Take every descriptor the hard limit allows (children inherit it); log the change."""
+    try:
+        old, new = raise_nofile_limit()
+    except OSError as exc:  # a seccomp filter (SystemCallFilter=~@resources): LimitNOFILE=
+        log.warning("event=nofile_unchanged error=%r", exc.strerror)
+        return
+    if old != new:
+        log.info("event=nofile_raised from=%d to=%d", old, new)
+
+
+def connection_budget(workers: int) -> int:
+    """Data connections allowed at once: what the descriptor limit leaves after the
+    supervisor's own needs (:func:`fd_budget`). Logged, with what is open now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    budget = fd_budget(soft, workers)
+    log.info(
+        "event=fd_budget nofile=%d hard=%d reserved=%d open=%d connections=%d",
+        soft,
+        hard,
+        fds_needed(workers),
+        open_fd_count(),
+        budget,
+    )
+    if budget == 0:
+        log.warning(
+            "event=fd_limit_low nofile=%d needed=%d detail=no data connection can be "
+            "accepted; raise LimitNOFILE= (ulimit -n)",
+            soft,
+            fds_needed(workers),
+        )
+    return budget
 
 
 class FdReserve:

@@ -20,7 +20,8 @@ from lucidd.daemon.access import Peer
 from lucidd.daemon.channels import ReadPauses, peer_hung_up
 from lucidd.daemon.logs import ClientErrorLog
 from lucidd.daemon.peers import peer_of
-from lucidd.daemon.supervisor.admission import InFlight, Ingest, Wait, WaitOwn
+from lucidd.daemon.supervisor.admission import Ingest, Wait, WaitOwn
+from lucidd.daemon.supervisor.gates import InFlight
 from lucidd.daemon.supervisor.slots import SlotRun
 from lucidd.errors import BusyError, IdleTimeoutError, LucidError, PayloadTimeoutError
 

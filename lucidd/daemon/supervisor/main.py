@@ -5,6 +5,9 @@ workers (forkserver) → wait for the aggregator's recovered session table → s
 socket → ``READY=1``. Shutdown on SIGTERM/SIGINT: ``STOPPING=1``, stop accepting, refuse new
 chunks, let every admitted chunk reach its ack, close the workers' pipes (EOF ends them), stop
 the aggregator (it syncs every log), unlink the ring, exit 0.
+
+The parts it composes do the rest: the listening sockets are :mod:`.sockets`'s, the descriptor
+limit and budget :mod:`.fds`'s, the respawn and retry delays :mod:`.respawn`'s.
 """
 
 from __future__ import annotations
@@ -16,10 +19,8 @@ import functools
 import gc
 import logging
 import os
-import resource
 import signal
 import socket
-import stat
 import time
 from pathlib import Path
 from typing import Any, Final
@@ -39,18 +40,18 @@ from lucidd.daemon.keyfile import CREDENTIAL_NAME, resolve_keyring, state_keyrin
 from lucidd.daemon.peers import access_policy
 from lucidd.daemon.procutil import keep_keys_out_of_dumps
 from lucidd.daemon.ring import Ring, remove_stale_rings, ring_name
-from lucidd.daemon.supervisor.admission import Ingest, WorkerLink
+from lucidd.daemon.supervisor.admission import Ingest
 from lucidd.daemon.supervisor.children import AGGREGATOR, Child, Children
-from lucidd.daemon.supervisor.fds import fd_budget, fds_needed, open_fd_count, raise_nofile_limit
+from lucidd.daemon.supervisor.dispatch import WorkerLink
+from lucidd.daemon.supervisor.fds import connection_budget, raise_and_log_nofile_limit
 from lucidd.daemon.supervisor.ingest import DataProtocol
+from lucidd.daemon.supervisor.respawn import Respawns
+from lucidd.daemon.supervisor.sockets import listening_sockets
 from lucidd.daemon.supervisor.systemd import Watchdog, listen_fds, notify
-from lucidd.errors import EX_CONFIG, ConfigError
+from lucidd.errors import EX_CONFIG
 
 log = logging.getLogger("lucidd.daemon.supervisor.main")
 
-DATA_SOCKET: Final = "data.sock"
-CONTROL_SOCKET: Final = "control.sock"
-SOCKET_MODE: Final = 0o660
 STATUS_INTERVAL_S: Final = 1.0
 #: The aggregator answers ``metrics`` from the counters the supervisor last relayed; while they
 #: change they are relayed this often, so a reading lags the supervisor by at most this much.
@@ -59,15 +60,6 @@ DRAIN_TIMEOUT_S: Final = 25.0  # inside systemd's TimeoutStopSec=30
 TIMEOUT_CHECK_S: Final = 0.5
 EXTEND_INTERVAL_S: Final = 5.0
 EXTEND_BY_S: Final = 15.0
-#: A child that dies within RESPAWN_FAST_S of its start is replaced after a delay that doubles
-#: from RESPAWN_BASE_S up to RESPAWN_MAX_S, not in a tight loop.
-RESPAWN_FAST_S: Final = 2.0
-RESPAWN_BASE_S: Final = 0.1
-RESPAWN_MAX_S: Final = 5.0
-#: A spawn that failed (EMFILE, EAGAIN, ...) is retried after a delay that doubles from
-#: SPAWN_RETRY_BASE_S up to SPAWN_RETRY_MAX_S while it keeps failing.
-SPAWN_RETRY_BASE_S: Final = 0.1
-SPAWN_RETRY_MAX_S: Final = 2.0
 
 
 def keyring_path(config: Config, env: dict[str, str]) -> Path:
@@ -79,35 +71,6 @@ def keyring_path(config: Config, env: dict[str, str]) -> Path:
     if credentials and os.path.lexists(Path(credentials) / CREDENTIAL_NAME):
         return Path(credentials) / CREDENTIAL_NAME
     return configured if configured is not None else state_keyring_path(state_dir)
-
-
-def bind_socket(path: Path) -> socket.socket:
-    """Bind a listening Unix socket at ``path`` (mode 0660), replacing a stale socket file.
-
-    A socket file that still accepts connections belongs to a running daemon: refuse to start.
-    """
-    if os.path.lexists(path):
-        if not stat.S_ISSOCK(os.lstat(path).st_mode):
-            raise ConfigError(f"{path} exists and is not a socket")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            path.unlink()  # left behind by a crashed run
-        else:
-            raise ConfigError(f"another lucidd is already serving {path}")
-        finally:
-            probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o117)
-    try:
-        sock.bind(str(path))
-    finally:
-        os.umask(old_umask)
-    os.chmod(path, SOCKET_MODE)
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
 
 
 class Supervisor:
@@ -124,12 +87,9 @@ class Supervisor:
         self._aggregator_spec: ipc.AggregatorSpec
         self._stopping = False
         self._watchdog = Watchdog.from_env() if config.watchdog else None
-        self._fast_deaths: dict[str, int] = {}  # role -> deaths in a row soon after start
         self._state_lock = -1  # the flock on the state folder (folders.lock_state_folder)
-        self._spawn_failures: dict[str, int] = {}  # role -> failed spawns in a row
-        #: Why health is degraded, by role ("worker1: cannot start a process (...); retrying"),
-        #: relayed to the aggregator with every status.
-        self._reasons: dict[str, str] = {}
+        #: Respawn and spawn-retry delays by role, and why health is degraded meanwhile.
+        self._respawns = Respawns()
         self.exit_code = 0
 
     async def run(self) -> int:
@@ -148,24 +108,11 @@ class Supervisor:
             log.warning("event=stale_ring_removed name=%s", name)
         ring = Ring(ring_name(os.getpid()), config.ring_size)
         try:
-            data_sock, control_sock = self._sockets(runtime)
+            data_sock, control_sock = listening_sockets(runtime, listen_fds(), self._bound)
             await self._serve(ring, keyring, data_sock, control_sock)
         finally:
             self._cleanup(ring)
         return self.exit_code
-
-    def _sockets(self, runtime: Path) -> tuple[socket.socket, socket.socket]:
-        activated = listen_fds()
-        socks: list[socket.socket] = []
-        for name, filename in (("data", DATA_SOCKET), ("control", CONTROL_SOCKET)):
-            if name in activated:
-                sock = socket.socket(fileno=activated[name])
-                sock.setblocking(False)
-            else:
-                sock = bind_socket(runtime / filename)
-                self._bound.append(runtime / filename)
-            socks.append(sock)
-        return socks[0], socks[1]
 
     async def _serve(
         self, ring: Ring, keyring: str, data_sock: socket.socket, control_sock: socket.socket
@@ -230,19 +177,21 @@ class Supervisor:
         ingest = Ingest(
             config, ring.buf, [], self._to_aggregator, access_policy(config.admin_group)
         )
-        ingest.fd_budget = self._connection_limit()
+        ingest.fd_budget = connection_budget(config.workers)
         children = Children(
             loop,
             worker_spec,
             config.workers,
             control_sock,
             on_death=self._child_died,
-            on_worker_batch=ingest.on_sealed_batch,
+            on_worker_batch=ingest.dispatcher.on_sealed_batch,
             on_start_failed=self._worker_start_failed,
         )
         self._ingest, self._children = ingest, children
         self._aggregator_spec = ipc.AggregatorSpec(config, keyring, ring.name, ring.size)
-        ingest.workers.extend(WorkerLink(*children.spawn_worker(k)) for k in range(config.workers))
+        ingest.dispatcher.workers.extend(
+            WorkerLink(*children.spawn_worker(k)) for k in range(config.workers)
+        )
         return ingest
 
     def _to_aggregator(self, message: Any) -> None:
@@ -261,29 +210,6 @@ class Supervisor:
         if aggregator is not None and aggregator.process.is_alive():
             log.warning("event=recovery_abandoned pid=%s", aggregator.process.pid)
             aggregator.process.kill()
-
-    def _connection_limit(self) -> int:
-        """Data connections allowed at once: what the descriptor limit leaves after the
-        supervisor's own needs (fds.fd_budget). Logged, with what is open now."""
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        workers = self.config.workers
-        budget = fd_budget(soft, workers)
-        log.info(
-            "event=fd_budget nofile=%d hard=%d reserved=%d open=%d connections=%d",
-            soft,
-            hard,
-            fds_needed(workers),
-            open_fd_count(),
-            budget,
-        )
-        if budget == 0:
-            log.warning(
-                "event=fd_limit_low nofile=%d needed=%d detail=no data connection can be "
-                "accepted; raise LimitNOFILE= (ulimit -n)",
-                soft,
-                fds_needed(workers),
-            )
-        return budget
 
     def _spawn_aggregator(self, repair: bool) -> None:
         spec = dataclasses.replace(self._aggregator_spec, repair=repair)
@@ -315,7 +241,9 @@ class Supervisor:
         for conn in list(ingest.connections):
             conn.close()
         await asyncio.sleep(0)
-        await children.stop([link.writer for link in ingest.workers if link.writer is not None])
+        await children.stop(
+            [link.writer for link in ingest.dispatcher.workers if link.writer is not None]
+        )
         log.info("event=stopped exit_code=%d", self.exit_code)
 
     def _cleanup(self, ring: Ring) -> None:
@@ -375,7 +303,7 @@ class Supervisor:
         )
         aggregator = children.aggregator
         metrics["aggregator_restarts_total"] = float(aggregator.restarts if aggregator else 0)
-        reasons = [self._reasons[role] for role in sorted(self._reasons)]
+        reasons = self._respawns.reasons()
         children.send_to_aggregator(
             ipc.SupervisorStatus(children.process_table(), metrics, reasons)
         )
@@ -386,7 +314,7 @@ class Supervisor:
         ingest, children = self._ingest, self._children
         while True:
             await asyncio.sleep(period)
-            for k in ingest.overdue_workers(time.monotonic_ns()):
+            for k in ingest.dispatcher.overdue_workers(time.monotonic_ns()):
                 child = children.workers[k]
                 if child is not None and child.process.is_alive():
                     log.error("event=worker_timeout worker=%d pid=%s", k, child.process.pid)
@@ -417,7 +345,7 @@ class Supervisor:
             retry = self._spawn_failed(AGGREGATOR, exc)
             asyncio.get_running_loop().call_later(retry, self._replace_aggregator)
             return
-        self._spawned(AGGREGATOR)
+        self._respawns.spawned(AGGREGATOR)
         self._ingest.aggregator_replaced()
         self._send_status()
 
@@ -448,14 +376,14 @@ class Supervisor:
             if self._ready is not None and not self._ready.done():
                 self._fail_start(code)
                 return
-            delay = self._respawn_delay(child)
+            delay = self._respawns.respawn_delay(child.role, child.started)
             if delay:
                 asyncio.get_running_loop().call_later(delay, self._replace_aggregator)
             else:
                 self._replace_aggregator()
             return
-        self._ingest.worker_died(child.worker)
-        self._respawn_worker(child.worker, self._respawn_delay(child))
+        self._ingest.dispatcher.worker_died(child.worker)
+        self._respawn_worker(child.worker, self._respawns.respawn_delay(child.role, child.started))
 
     def _respawn_worker(self, k: int, delay: float) -> None:
         """Replace worker ``k`` (``delay`` seconds from now); its slot takes chunks again
@@ -470,72 +398,34 @@ class Supervisor:
             self._worker_start_failed(k, exc)
             return
         ready_at = time.monotonic() + delay if delay > 0 else 0.0
-        self._ingest.worker_link(k, WorkerLink(writer, incarnation, ready_at=ready_at))
+        self._ingest.dispatcher.worker_link(k, WorkerLink(writer, incarnation, ready_at=ready_at))
         self._send_status()
 
     def _worker_started(self, k: int) -> None:
-        self._spawned(f"worker{k}")
-        self._ingest.workers[k].ready_at = 0.0  # up: a candidate like any other
+        self._respawns.spawned(f"worker{k}")
+        self._ingest.dispatcher.workers[k].ready_at = 0.0  # up: a candidate like any other
         self._send_status()  # the health table changed
 
     def _worker_start_failed(self, k: int, exc: OSError) -> None:
         if self._stopping or self._stop.is_set():
             return
-        self._ingest.worker_not_started(k)
+        self._ingest.dispatcher.worker_not_started(k)
         retry = self._spawn_failed(f"worker{k}", exc)
         asyncio.get_running_loop().call_later(retry, self._respawn_worker, k, 0.0)
 
     def _spawn_failed(self, role: str, exc: OSError) -> float:
         """Log a failed spawn, say it in health, and return the delay before the next try."""
-        failures = self._spawn_failures.get(role, 0) + 1
-        self._spawn_failures[role] = failures
-        retry = min(SPAWN_RETRY_MAX_S, SPAWN_RETRY_BASE_S * 2.0 ** (failures - 1))
-        reason = exc.strerror or type(exc).__name__
-        log.error(
-            "event=spawn_failed role=%s errno=%s error=%r attempt=%d retry_s=%.1f",
-            role,
-            exc.errno,
-            reason,
-            failures,
-            retry,
-        )
-        self._reasons[role] = f"{role}: cannot start a process ({reason}); retrying"
+        retry = self._respawns.spawn_failed(role, exc)
         self._send_status()
         return retry
-
-    def _spawned(self, role: str) -> None:
-        if self._spawn_failures.pop(role, 0):
-            log.info("event=spawn_recovered role=%s", role)
-        self._reasons.pop(role, None)
-
-    def _respawn_delay(self, child: Child) -> float:
-        """0 for a child that lived a while; growing delays for one that keeps dying young."""
-        lived = time.monotonic() - child.started
-        fast = self._fast_deaths.get(child.role, 0) + 1 if lived < RESPAWN_FAST_S else 0
-        self._fast_deaths[child.role] = fast
-        delay = min(RESPAWN_MAX_S, RESPAWN_BASE_S * 2 ** (fast - 1)) if fast else 0.0
-        if delay:
-            log.warning("event=respawn_delayed role=%s seconds=%.1f", child.role, delay)
-        return delay
 
 
 def serve(config: Config) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the process exit code."""
-    _raise_nofile_limit()
+    raise_and_log_nofile_limit()
     if config.durability != "fsync":
         log.warning(
             "event=durability_os detail=acks are sent after write(2) without fdatasync; "
             "acknowledged chunks can be lost on power failure"
         )
     return uvloop.run(Supervisor(config).run())
-
-
-def _raise_nofile_limit() -> None:
-    """Take every descriptor the hard limit allows (children inherit it); log the change."""
-    try:
-        old, new = raise_nofile_limit()
-    except OSError as exc:  # a seccomp filter (SystemCallFilter=~@resources): LimitNOFILE=
-        log.warning("event=nofile_unchanged error=%r", exc.strerror)
-        return
-    if old != new:
-        log.info("event=nofile_raised from=%d to=%d", old, new)
