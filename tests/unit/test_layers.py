@@ -29,6 +29,7 @@ LAYERS: Mapping[str, int] = {
     "daemon.__init__": 0,
     "daemon.supervisor.__init__": 0,
     "daemon.aggregator.__init__": 0,
+    "anchoring.__init__": 0,
     # 1: pure — no I/O, no asyncio, no logging; return or raise. Shared by daemon and clients:
     "crypto.__init__": 1,  # re-exports the three below
     "crypto.record": 1,  # the record format: named sizes, header parse/build, codecs
@@ -62,6 +63,8 @@ LAYERS: Mapping[str, int] = {
     "daemon.aggregator.repair": 2,  # scrub, quarantine, choosing among authentic records
     "daemon.aggregator.merkle_log": 2,  # a session's MerkleLog: append, proofs, sync, recovery
     "daemon.aggregator.merkle_files": 2,  # the log's level files and its state record
+    # Shared by the daemon and the CLI, so never importing lucidd.daemon:
+    "anchoring.ethereum": 2,  # deploy LucidAnchor, anchor a checkpoint, check an attestation
     # 3: process parts.
     "daemon.supervisor.admission": 3,  # which chunk may enter, where it goes (no sockets)
     "daemon.supervisor.ingest": 3,
