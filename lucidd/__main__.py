@@ -1,4 +1,4 @@
-"""``lucidd``: the daemon's command line (``serve``, ``keygen``).
+"""``lucidd``: the daemon's command line (``serve``, ``keygen``, ``anchor deploy``).
 
 ``lucidd serve`` without options runs unprivileged on the defaults of DESIGN §7: state under
 ``$XDG_STATE_HOME/lucidd`` (else ``~/.local/state/lucidd``), sockets under
@@ -8,12 +8,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 from pathlib import Path
 
 from lucidd import __version__
+from lucidd.anchoring import ethereum
 from lucidd.crypto import Keyring
 from lucidd.daemon.config import load_config, resolve_dirs, unknown_env_settings
 from lucidd.daemon.keyfile import write_keyring
@@ -36,6 +38,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--durability", choices=["fsync", "os"], help="when to acknowledge")
     keygen = sub.add_parser("keygen", help="write a new keyring (for systemd-creds)")
     keygen.add_argument("-o", "--output", type=Path, help="file to create (default: stdout)")
+    anchor = sub.add_parser("anchor", help="the Ethereum anchoring contract")
+    anchor_sub = anchor.add_subparsers(dest="anchor_command", required=True)
+    deploy = anchor_sub.add_parser(
+        "deploy", help='deploy a LucidAnchor contract; prints {"contract": "0x..."}'
+    )
+    deploy.add_argument(
+        "--credentials",
+        type=Path,
+        required=True,
+        help='JSON file {"rpc_url": ..., "private_key": "0x..."}, mode 0600',
+    )
     return parser
 
 
@@ -65,11 +78,19 @@ def _keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _anchor_deploy(args: argparse.Namespace) -> int:
+    creds = ethereum.load_credentials(args.credentials)
+    print(json.dumps({"contract": ethereum.deploy(creds)}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "anchor":
+            return _anchor_deploy(args)
         return _keygen(args)
     except LucidError as err:
         print(f"lucidd: {err.code}: {err}", file=sys.stderr)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from lucidd.testing import READY_TIMEOUT_S, STOP_TIMEOUT_S, Daemon, DaemonError
+from tests.anvil import anvil
 from tests.users import NO_USERS_REASON, HostUsers, make_host_users
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "STOP_TIMEOUT_S",
     "Daemon",
     "DaemonError",
+    "anvil",
     "daemon",
     "host_users",
     "make_daemon",

@@ -29,6 +29,7 @@ LAYERS: Mapping[str, int] = {
     "daemon.__init__": 0,
     "daemon.supervisor.__init__": 0,
     "daemon.aggregator.__init__": 0,
+    "anchoring.__init__": 0,
     # 1: pure — no I/O, no asyncio, no logging; return or raise. Shared by daemon and clients:
     "crypto.__init__": 1,  # re-exports the three below
     "crypto.record": 1,  # the record format: named sizes, header parse/build, codecs
@@ -73,6 +74,8 @@ LAYERS: Mapping[str, int] = {
     "daemon.aggregator.note_files": 2,  # create-only folders of signed checkpoints by size
     "daemon.aggregator.anchor_log": 2,  # the host's log of session checkpoints
     "daemon.aggregator.notary": 2,  # signs, stores and logs checkpoints; the host origin
+    # Shared by the daemon and the CLI, so never importing lucidd.daemon:
+    "anchoring.ethereum": 2,  # deploy LucidAnchor, anchor a checkpoint, check an attestation
     # 3: process parts.
     "daemon.supervisor.admission": 3,  # which chunk may enter, what its client is told
     "daemon.supervisor.dispatch": 3,  # the worker side: which worker, recovery, outcomes
@@ -281,6 +284,11 @@ CLI_MAY_IMPORT = frozenset(
         "crypto.seal",
         "crypto.keyring",
         "merkle",
+        "note",
+        "tlog_proof",
+        "receipt",
+        "anchoring.__init__",
+        "anchoring.ethereum",  # verify --rpc; web3 is imported only then
         "__init__",
     }
 )
