@@ -86,7 +86,8 @@ class ReceiptFacts:
     anchor_size: int
     anchor_root: bytes
     anchor_note_hash: bytes
-    attestations: list[tuple[str, Any]]
+    #: (backend, what was checked offline: an EthereumClaim or the opaque bytes, the bytes)
+    attestations: list[tuple[str, Any, bytes]]
 
 
 def note_hash(note: bytes) -> bytes:
@@ -173,7 +174,8 @@ def verify_receipt(
         raise ReceiptError("checkpoint_proof does not lead to the anchor checkpoint's root")
     anchor_hash = note_hash(anchor_proof.checkpoint)
     attestations = [
-        (a.backend, _check_attestation(a, anchor, anchor_hash)) for a in receipt.attestations
+        (a.backend, _check_attestation(a, anchor, anchor_hash), a.data)
+        for a in receipt.attestations
     ]
     return ReceiptFacts(
         key=anchor_signer.vkey,

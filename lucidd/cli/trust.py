@@ -25,6 +25,7 @@ from lucidd.receipt import (
     EthereumClaim,
     ReceiptAttestation,
     ReceiptError,
+    ReceiptFacts,
     ReceiptFile,
     decode_receipt,
     verify_checkpoint_consistency,
@@ -115,11 +116,11 @@ def load_verifiers(values: list[str] | None) -> list[Verifier]:
     return verifiers
 
 
-def _check_on_chain(rpc_url: str, attestation: EthereumClaim, anchor: Any) -> str:
+def _check_on_chain(rpc_url: str, data: bytes, anchor: ReceiptFacts) -> str:
     """Ask the chain whether the attestation holds (lucidd[ethereum])."""
-    from lucidd.anchoring import ethereum  # noqa: PLC0415 (an optional extra)
+    from lucidd.anchoring import ethereum  # noqa: PLC0415 (web3 is loaded only here)
 
-    on_chain = msgspec.convert(msgspec.to_builtins(attestation), ethereum.EthereumAttestation)
+    on_chain = msgspec.json.decode(data, type=ethereum.EthereumAttestation)
     try:
         return ethereum.check_attestation(
             rpc_url,
@@ -135,10 +136,10 @@ def _check_on_chain(rpc_url: str, attestation: EthereumClaim, anchor: Any) -> st
         raise
 
 
-def _attestation_lines(facts: Any, rpc_url: str | None) -> tuple[list[Any], list[str]]:
+def _attestation_lines(facts: ReceiptFacts, rpc_url: str | None) -> tuple[list[Any], list[str]]:
     described: list[Any] = []
     lines = []
-    for backend, value in facts.attestations:
+    for backend, value, data in facts.attestations:
         if isinstance(value, EthereumClaim):
             entry = {
                 "backend": backend,
@@ -150,7 +151,7 @@ def _attestation_lines(facts: Any, rpc_url: str | None) -> tuple[list[Any], list
                 "checked_on_chain": False,
             }
             if rpc_url is not None:
-                entry["on_chain"] = _check_on_chain(rpc_url, value, facts)
+                entry["on_chain"] = _check_on_chain(rpc_url, data, facts)
                 entry["checked_on_chain"] = True
                 lines.append(f"ethereum: {entry['on_chain']}")
             else:
@@ -160,8 +161,8 @@ def _attestation_lines(facts: Any, rpc_url: str | None) -> tuple[list[Any], list
                 )
             described.append(entry)
         else:
-            text = value.decode("utf-8", "replace").strip() if isinstance(value, bytes) else ""
-            described.append({"backend": backend, "data": base64.b64encode(value).decode()})
+            text = data.decode("utf-8", "replace").strip()
+            described.append({"backend": backend, "data": base64.b64encode(data).decode()})
             lines.append(f"{backend}: {text[:200]!r} (opaque; not checked)")
     return described, lines
 

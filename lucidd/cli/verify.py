@@ -23,7 +23,7 @@ from lucidd.cli.formats import CheckpointFile, InclusionProofFile
 from lucidd.cli.output import Output, to_hex
 from lucidd.cli.trust import load_verifiers, verify_receipt_file
 from lucidd.client import SessionIdError, format_session_id, parse_session_id
-from lucidd.errors import EX_DATAERR, EX_OK, FormatError, IntegrityError
+from lucidd.errors import EX_DATAERR, EX_OK, BadRequestError, FormatError, IntegrityError
 from lucidd.note import Verifier, open_checkpoint
 from lucidd.receipt import ReceiptError
 
@@ -174,13 +174,11 @@ def _record_leaf_hash(path: str, proof: _Proof) -> bytes:
 
 def _verify(args: argparse.Namespace) -> tuple[_Proof, merkle.Checkpoint, str]:
     """Run every check; return what was verified, or raise :class:`_InvalidError` (why)."""
+    proof = _load_proof(args.proof)
     try:
         verifiers = load_verifiers(args.vkey)
     except ReceiptError as exc:
         raise _InvalidError(str(exc)) from None
-    if args.proof is None or args.checkpoint is None:
-        raise _InvalidError("give --receipt FILE, or --proof FILE and --checkpoint FILE")
-    proof = _load_proof(args.proof)
     checkpoint, origin_session = _load_checkpoint(args.checkpoint, verifiers)
     if origin_session != proof.session:
         raise _InvalidError(
@@ -227,6 +225,8 @@ def _verify(args: argparse.Namespace) -> tuple[_Proof, merkle.Checkpoint, str]:
 def cmd_verify(args: argparse.Namespace, out: Output) -> int:
     if args.receipt is not None:
         return verify_receipt_file(args, out)
+    if args.proof is None or args.checkpoint is None:
+        raise BadRequestError("verify needs --receipt FILE, or --proof FILE and --checkpoint FILE")
     try:
         proof, checkpoint, reason = _verify(args)
     except _InvalidError as exc:

@@ -29,6 +29,7 @@ import pytest
 from lucidd.client import ControlClient, DataClient, format_session_id, parse_session_id
 from lucidd.crypto import HEADER_SIZE, RecordType, parse_header
 from lucidd.merkle import Checkpoint, leaf_hash, root_of, verify_consistency, verify_inclusion
+from lucidd.note import Verifier, open_checkpoint
 from tests.conftest import Daemon
 
 KiB = 1024
@@ -124,6 +125,19 @@ def fetch_record(daemon: Daemon, session: str, index: int, folder: Path) -> byte
         "leaf_hash": leaf_hash(record).hex(),
     }
     return record
+
+
+def vkey(daemon: Daemon) -> str:
+    """The daemon's verifier key, as a user pins it (lucidctl --json signing-key)."""
+    key: str = ctl(daemon, "--json", "signing-key").ok()["vkey"]
+    return key
+
+
+def open_signed(daemon: Daemon, note: str) -> tuple[Checkpoint, str]:
+    """The checkpoint of a signed note, checked against the daemon's key; and the key name."""
+    verifier = Verifier.from_vkey(vkey(daemon))
+    checkpoint, _ = open_checkpoint(note.encode(), [verifier])
+    return checkpoint, verifier.name
 
 
 def metrics(daemon: Daemon) -> dict[str, float]:
@@ -283,8 +297,8 @@ def test_put_finalize_prints_the_checkpoint_and_later_puts_are_refused(
     put = put_file(daemon, path, "--finalize")
     session = put["session"]
     assert (put["chunks"], put["size"]) == (5, 5)
-    checkpoint = Checkpoint.parse(put["checkpoint"].encode())
-    assert checkpoint == Checkpoint(f"lucidd/{session}", 5, bytes.fromhex(put["root"]))
+    checkpoint, host = open_signed(daemon, put["checkpoint"])
+    assert checkpoint == Checkpoint(f"{host}/{session}", 5, bytes.fromhex(put["root"]))
     assert ctl(daemon, "--json", "info", session).ok()["state"] == "finalized"
 
     refused = ctl(daemon, "put", "--session", session, "-", stdin=b"more data")
@@ -309,9 +323,8 @@ def test_put_of_an_empty_file_makes_an_empty_session_and_get_gives_an_empty_file
     session = put["session"]
     # zero chunks (not one empty chunk): the empty tree, whose root is SHA-256("")
     assert (put["chunks"], put["bytes"], put["size"], put["root"]) == (0, 0, 0, EMPTY_TREE_ROOT)
-    assert Checkpoint.parse(put["checkpoint"].encode()) == Checkpoint(
-        f"lucidd/{session}", 0, bytes.fromhex(EMPTY_TREE_ROOT)
-    )
+    checkpoint, host = open_signed(daemon, put["checkpoint"])
+    assert checkpoint == Checkpoint(f"{host}/{session}", 0, bytes.fromhex(EMPTY_TREE_ROOT))
     info = ctl(daemon, "--json", "info", session).ok()
     assert (info["state"], info["size"], info["chunks"]) == ("finalized", 0, 0)
     copy = short_tmp / "copy.bin"
@@ -395,6 +408,7 @@ class Evidence:
     checkpoint: Path
     proofs: dict[int, Path]
     records: dict[int, Path]
+    vkey: str
 
 
 def keep_evidence(daemon: Daemon, folder: Path, indices: tuple[int, ...]) -> Evidence:
@@ -412,6 +426,7 @@ def keep_evidence(daemon: Daemon, folder: Path, indices: tuple[int, ...]) -> Evi
         records[index] = folder / f"chunk{index}.rec"
         stored = ctl(daemon, "record", session, str(index), "-o", records[index])
         assert (stored.code, stored.stderr) == (0, ""), stored.stderr
+    key = vkey(daemon)  # pinned while the daemon runs, as a user would
     final = ctl(daemon, "--json", "finalize", session)  # again: the README finalizes twice
     assert final.ok()["checkpoint"] == put["checkpoint"]
     checkpoint = folder / "final.json"
@@ -419,7 +434,7 @@ def keep_evidence(daemon: Daemon, folder: Path, indices: tuple[int, ...]) -> Evi
     assert daemon.stop() == 0
     shutil.rmtree(daemon.state_dir)  # no keyring, no segments: verify must need neither
     assert not (daemon.runtime_dir / "control.sock").exists()
-    return Evidence(session, put["root"], checkpoint, proofs, records)
+    return Evidence(session, put["root"], checkpoint, proofs, records, key)
 
 
 def verify(evidence: Evidence, proof: Path, record: Path, *options: str) -> Result:
@@ -431,6 +446,8 @@ def verify(evidence: Evidence, proof: Path, record: Path, *options: str) -> Resu
         proof,
         "--checkpoint",
         evidence.checkpoint,
+        "--vkey",
+        evidence.vkey,
         *options,
     )
 
@@ -463,6 +480,8 @@ def test_offline_verify_of_a_record_needs_neither_daemon_nor_keys(
         evidence.proofs[2],
         "--checkpoint",
         text,
+        "--vkey",
+        evidence.vkey,
     )
     assert (human.code, human.stderr) == (0, "")
     assert human.stdout.decode().startswith("valid: ")

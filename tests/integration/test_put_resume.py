@@ -185,7 +185,8 @@ def test_verify_without_data_says_no_data_was_checked(daemon: Daemon, short_tmp:
     final = short_tmp / "final.json"
     proof.write_bytes(ctl(daemon, "--json", "proof", session, "0").stdout)
     final.write_bytes(ctl(daemon, "--json", "finalize", session).stdout)
-    result = lucidctl("verify", "--proof", proof, "--checkpoint", final)
+    key = ctl(daemon, "--json", "signing-key").ok()["vkey"]
+    result = lucidctl("verify", "--proof", proof, "--checkpoint", final, "--vkey", key)
     assert result.code == 0, result.stderr
     assert "no data was checked" in result.stdout.decode()
 

@@ -16,12 +16,19 @@ from typing import Any
 
 import msgspec
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lucidd import crypto, merkle
 from lucidd.cli import main
 from lucidd.cli.formats import CheckpointFile, InclusionProofFile
 from lucidd.client import format_session_id, new_session_id
 from lucidd.daemon.aggregator.merkle_log import MerkleLog
+from lucidd.note import Signer, sign_checkpoint
+
+#: The host key of these tests; verify pins it with --vkey.
+HOST = "test.example/lucidd"
+SIGNER = Signer(HOST, Ed25519PrivateKey.generate())
+OTHER_SIGNER = Signer(HOST, Ed25519PrivateKey.generate())
 
 N_CHUNKS = 7
 INDEX = 3
@@ -56,7 +63,11 @@ class Fixture:
 
 
 def origin(session: bytes) -> str:
-    return "lucidd/" + format_session_id(session)
+    return f"{HOST}/{format_session_id(session)}"
+
+
+def signed(checkpoint: merkle.Checkpoint, signer: Signer = SIGNER) -> bytes:
+    return sign_checkpoint(checkpoint, signer)
 
 
 def proof_json(session: bytes, log: MerkleLog, index: int, size: int) -> dict[str, Any]:
@@ -88,7 +99,7 @@ def fx(tmp_path: Path) -> Fixture:
     session, records, log = build_session(N_CHUNKS)
     fixture = Fixture(tmp_path, session, records, log, Path(), Path(), Path())
     fixture.proof = fixture.write_proof(INDEX, N_CHUNKS)
-    fixture.checkpoint = fixture.write_checkpoint(log.checkpoint(origin(session)).encode())
+    fixture.checkpoint = fixture.write_checkpoint(signed(log.checkpoint(origin(session))))
     fixture.record = fixture.write_record(records[INDEX])
     return fixture
 
@@ -105,7 +116,15 @@ def run(capsys: pytest.CaptureFixture[str]) -> Run:
 
 def verify_json(run: Run, fx: Fixture, *extra: str | Path) -> tuple[int, dict[str, Any]]:
     code, out, err = run(
-        "--json", "verify", "--proof", fx.proof, "--checkpoint", fx.checkpoint, *extra
+        "--json",
+        "verify",
+        "--proof",
+        fx.proof,
+        "--checkpoint",
+        fx.checkpoint,
+        "--vkey",
+        SIGNER.verifier.vkey,
+        *extra,
     )
     assert out.endswith("\n") and out.count("\n") == 1, "exactly one JSON object on stdout"
     obj = json.loads(out)
@@ -152,7 +171,7 @@ def test_checkpoint_may_be_the_json_that_finalize_prints(run: Run, fx: Fixture) 
         "session": format_session_id(fx.session),
         "size": N_CHUNKS,
         "root": fx.log.root().hex(),
-        "checkpoint": fx.log.checkpoint(origin(fx.session)).encode().decode(),
+        "checkpoint": signed(fx.log.checkpoint(origin(fx.session))).decode(),
     }
     fx.checkpoint = fx.write_checkpoint(json.dumps(finalize_output).encode(), "final.json")
     code, obj = verify_json(run, fx, "--record", fx.record)
@@ -161,7 +180,15 @@ def test_checkpoint_may_be_the_json_that_finalize_prints(run: Run, fx: Fixture) 
 
 def test_human_output_says_valid(run: Run, fx: Fixture) -> None:
     code, out, _ = run(
-        "verify", "--proof", fx.proof, "--checkpoint", fx.checkpoint, "--record", fx.record
+        "verify",
+        "--proof",
+        fx.proof,
+        "--checkpoint",
+        fx.checkpoint,
+        "--vkey",
+        SIGNER.verifier.vkey,
+        "--record",
+        fx.record,
     )
     assert code == 0
     assert out.startswith("valid: ")
@@ -256,7 +283,7 @@ def test_checkpoint_of_another_tree_is_invalid(run: Run, fx: Fixture) -> None:
     # Same session and size, different leaves: the root differs.
     _, _, other_log = build_session(N_CHUNKS)
     fake = merkle.Checkpoint(origin(fx.session), N_CHUNKS, other_log.root())
-    fx.checkpoint = fx.write_checkpoint(fake.encode(), "wrong-root.txt")
+    fx.checkpoint = fx.write_checkpoint(signed(fake), "wrong-root.txt")
     code, obj = verify_json(run, fx, "--record", fx.record)
     assert_invalid(code, obj, "root")
 
@@ -280,16 +307,36 @@ def test_proof_for_a_smaller_tree_needs_a_consistency_proof(run: Run, fx: Fixtur
 def test_proof_for_a_larger_tree_is_invalid(run: Run, fx: Fixture) -> None:
     small = fx.log.checkpoint(origin(fx.session))
     small = merkle.Checkpoint(small.origin, N_CHUNKS - 1, fx.log.root(N_CHUNKS - 1))
-    fx.checkpoint = fx.write_checkpoint(small.encode(), "small.txt")
+    fx.checkpoint = fx.write_checkpoint(signed(small), "small.txt")
     code, obj = verify_json(run, fx, "--record", fx.record)
     assert_invalid(code, obj, "larger")
 
 
 def test_checkpoint_of_another_session_is_invalid(run: Run, fx: Fixture) -> None:
     other = merkle.Checkpoint(origin(new_session_id()), N_CHUNKS, fx.log.root())
-    fx.checkpoint = fx.write_checkpoint(other.encode(), "other-origin.txt")
+    fx.checkpoint = fx.write_checkpoint(signed(other), "other-origin.txt")
     code, obj = verify_json(run, fx, "--record", fx.record)
     assert_invalid(code, obj, "session")
+
+
+def test_an_unsigned_checkpoint_proves_nothing(run: Run, fx: Fixture) -> None:
+    fx.checkpoint = fx.write_checkpoint(fx.log.checkpoint(origin(fx.session)).encode())
+    code, obj = verify_json(run, fx, "--record", fx.record)
+    assert_invalid(code, obj, "not signed")
+
+
+def test_a_checkpoint_signed_by_another_key_is_invalid(run: Run, fx: Fixture) -> None:
+    # The same name (a fake daemon calling itself the host) but not the pinned key.
+    forged = signed(fx.log.checkpoint(origin(fx.session)), OTHER_SIGNER)
+    fx.checkpoint = fx.write_checkpoint(forged, "forged.txt")
+    code, obj = verify_json(run, fx, "--record", fx.record)
+    assert_invalid(code, obj, "no signature from a known key")
+
+
+def test_verify_without_a_pinned_key_is_refused(run: Run, fx: Fixture) -> None:
+    code, out, _ = run("--json", "verify", "--proof", fx.proof, "--checkpoint", fx.checkpoint)
+    assert code == 65
+    assert "--vkey" in json.loads(out)["reason"]
 
 
 @pytest.mark.parametrize(
@@ -326,7 +373,15 @@ def test_malformed_proof_is_invalid(
 
 def test_human_output_says_invalid_in_one_line(run: Run, fx: Fixture) -> None:
     code, out, _ = run(
-        "verify", "--proof", fx.proof, "--checkpoint", fx.checkpoint, "--leaf-hash", "00" * 32
+        "verify",
+        "--proof",
+        fx.proof,
+        "--checkpoint",
+        fx.checkpoint,
+        "--vkey",
+        SIGNER.verifier.vkey,
+        "--leaf-hash",
+        "00" * 32,
     )
     assert code == 65
     assert out.startswith("INVALID: ") and out.count("\n") == 1
@@ -372,7 +427,6 @@ def test_json_failure_is_one_error_object(run: Run, tmp_path: Path) -> None:
         ["put", "file", "--chunk-size", "0"],
         ["put", "file", "--chunk-size", "12 parsecs"],
         ["put", "file", "--window", "0"],
-        ["verify", "--proof", "p.json"],
         ["verify", "--proof", "p", "--checkpoint", "c", "--record", "r", "--leaf-hash", "00"],
     ],
 )
@@ -397,3 +451,9 @@ def test_get_json_needs_an_output_file(run: Run, tmp_path: Path) -> None:
     assert code == 64
     assert json.loads(out)["error"]["code"] == "bad_request"
     assert err.count("\n") == 1
+
+
+def test_verify_with_a_proof_and_no_checkpoint_is_a_usage_error(run: Run) -> None:
+    code, _, err = run("verify", "--proof", "p.json")
+    assert code == 64
+    assert "--checkpoint" in err and "Traceback" not in err
