@@ -30,17 +30,18 @@ ANCHOR_ORIGIN_SUFFIX: Final = "/anchor"
 HashHex = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
 
 
-class ReceiptAttestation(msgspec.Struct, frozen=True):
+class ReceiptAttestation(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """What an anchoring backend returned, base64 of its bytes (ethereum: JSON)."""
 
     backend: str
     data: bytes
 
 
-class ReceiptFile(msgspec.Struct, frozen=True, kw_only=True):
-    """``lucidctl --json receipt SESSION INDEX -o FILE`` (docs/receipts.md)."""
+class ReceiptFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``lucidctl --json receipt SESSION INDEX -o FILE`` (docs/receipts.md). Decoded strictly:
+    an unknown or missing field is refused, so no byte of the file is silently ignored."""
 
-    format: str = RECEIPT_FORMAT
+    format: str
     session: str
     index: int
     leaf_hash: HashHex

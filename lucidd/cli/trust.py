@@ -22,6 +22,7 @@ from lucidd.client import format_session_id
 from lucidd.errors import EX_DATAERR, EX_OK, BadRequestError, FormatError, LucidError
 from lucidd.note import Verifier
 from lucidd.receipt import (
+    RECEIPT_FORMAT,
     EthereumClaim,
     ReceiptAttestation,
     ReceiptError,
@@ -72,6 +73,7 @@ def cmd_receipt(args: argparse.Namespace, out: Output) -> int:
         reply.anchor_index, tuple(reply.anchor_path), reply.anchor_checkpoint
     )
     receipt = ReceiptFile(
+        format=RECEIPT_FORMAT,
         session=format_session_id(reply.session),
         index=reply.index,
         leaf_hash=to_hex(reply.leaf_hash),
