@@ -144,7 +144,9 @@ def verify_receipt(
     try:
         session = uuid.UUID(receipt.session).bytes
     except ValueError:
-        raise ReceiptError(f"receipt: session {receipt.session!r} is not a UUID") from None
+        session = b""
+    if not session or str(uuid.UUID(bytes=session)) != receipt.session:
+        raise ReceiptError(f"receipt: session {receipt.session!r} is not a canonical UUID")
     leaf = bytes.fromhex(receipt.leaf_hash)
     if record is not None and record_leaf(record, session, receipt.index) != leaf:
         raise ReceiptError("the record's leaf hash is not the receipt's leaf_hash")

@@ -74,6 +74,13 @@ def test_defaults_equal_the_spec() -> None:
         "idle_timeout": 300.0,
         "max_reply_buffer": 4 * MiB,
         "max_pipelined_requests": 16,
+        "origin": "",
+        "checkpoint_interval": 10.0,
+        "anchor_interval": 60.0,
+        "anchors": "",
+        "anchor_command": "",
+        "ethereum_credentials": "",
+        "ethereum_contract": "",
     }
 
 
@@ -138,6 +145,8 @@ RANGE_CASES: list[tuple[str, int | float, int | float | None, str, dict[str, Any
     ("idle_timeout", 0.1, 86_400.0, "allowed 0.1..86400", {}),
     ("max_reply_buffer", 64 * KiB, 1 * GiB, "allowed 65536..1073741824 (64 KiB..1 GiB)", {}),
     ("max_pipelined_requests", 1, 10_000, "allowed 1..10000", {}),
+    ("checkpoint_interval", 0.05, 86_400.0, "allowed 0.05..86400", {}),
+    ("anchor_interval", 0.05, 86_400.0, "allowed 0.05..86400", {}),
 ]
 
 
@@ -601,3 +610,22 @@ def test_connection_limit_is_max_connections_clamped_to_the_fd_budget() -> None:
     assert connection_limit(config, fd_budget=100) == 100
     assert connection_limit(config, fd_budget=1000) == 256
     assert connection_limit(config, fd_budget=0) == 1  # never refuse every client
+
+
+@pytest.mark.parametrize(
+    "origin", ["has space", "trailing/", "a//b", "+plus", "x" * 201, "é.example/log"]
+)
+def test_an_origin_that_cannot_name_a_key_or_a_log_is_refused(origin: str) -> None:
+    with pytest.raises(ConfigError, match="origin"):
+        load_config(None, {"LUCIDD_ORIGIN": origin}, {})
+
+
+def test_a_valid_origin_and_known_anchor_backends_are_accepted() -> None:
+    env = {"LUCIDD_ORIGIN": "rec.example.com/lucidd", "LUCIDD_ANCHORS": "ethereum, command"}
+    config = load_config(None, env, {})
+    assert (config.origin, config.anchors) == ("rec.example.com/lucidd", "ethereum, command")
+
+
+def test_an_unknown_anchor_backend_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match="'bitcoin'"):
+        load_config(None, {"LUCIDD_ANCHORS": "command,bitcoin"}, {})

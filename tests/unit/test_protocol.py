@@ -161,6 +161,11 @@ CONTROL_REQUESTS: list[p.Message] = [
     p.ReadChunk(req=15, session=SID, index=0),
     p.Shred(req=16, session=SID),
     p.Check(req=17, session=SID),
+    p.GetSigningKey(req=18),
+    p.GetCheckpoint(req=19, session=SID),
+    p.GetCheckpoint(req=20, session=SID, size=7),
+    p.Anchor(req=21),
+    p.GetReceipt(req=22, session=SID, index=3),
 ]
 
 CONTROL_REPLIES: list[p.Message] = [
@@ -192,6 +197,24 @@ CONTROL_REPLIES: list[p.Message] = [
     p.ShredReply(req=14, session=SID),
     p.CheckReply(req=16, session=SID, size=3, checked=3, bad=[1]),
     p.CheckReply(req=17, session=SID, size=0, checked=0),
+    p.SigningKeyReply(req=18, name="h.example/lucidd", key_id=b"\x01\x02\x03\x04", vkey="v"),
+    p.CheckpointReply(req=19, session=SID, size=7, checkpoint=b"o\n7\nr\n\n\xe2\x80\x94 k s\n"),
+    p.AnchorReply(req=21, size=0, checkpoint=b""),
+    p.AnchorReply(req=21, size=3, checkpoint=b"n", backends=["command"]),
+    p.ReceiptReply(
+        req=22,
+        session=SID,
+        index=3,
+        leaf_hash=b"\x00" * 32,
+        session_size=7,
+        session_checkpoint=b"note",
+        path=[b"\x01" * 32],
+        anchor_index=0,
+        anchor_size=1,
+        anchor_path=[],
+        anchor_checkpoint=b"anchor note",
+        attestations=[p.Attestation("command", b"out")],
+    ),
     p.HealthReply(req=18, status="degraded", processes=[], sessions=2, damaged_sessions=1),
     p.SessionInfoReply(
         req=19,
