@@ -14,12 +14,15 @@ import os
 import sys
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from lucidd import __version__
 from lucidd.anchoring import ethereum
 from lucidd.crypto import Keyring
 from lucidd.daemon.config import load_config, resolve_dirs, unknown_env_settings
 from lucidd.daemon.keyfile import write_keyring
 from lucidd.daemon.logs import setup_logging
+from lucidd.daemon.signing_key import signing_key_file
 from lucidd.daemon.supervisor.main import serve
 from lucidd.errors import EX_CONFIG, LucidError
 
@@ -38,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--durability", choices=["fsync", "os"], help="when to acknowledge")
     keygen = sub.add_parser("keygen", help="write a new keyring (for systemd-creds)")
     keygen.add_argument("-o", "--output", type=Path, help="file to create (default: stdout)")
+    keygen.add_argument(
+        "--signing", action="store_true", help="a checkpoint-signing key instead of a keyring"
+    )
     anchor = sub.add_parser("anchor", help="the Ethereum anchoring contract")
     anchor_sub = anchor.add_subparsers(dest="anchor_command", required=True)
     deploy = anchor_sub.add_parser(
@@ -73,6 +79,15 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _keygen(args: argparse.Namespace) -> int:
+    if args.signing:
+        data = signing_key_file(Ed25519PrivateKey.generate())
+        if args.output is None:
+            sys.stdout.buffer.write(data)
+        else:
+            fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        return 0
     keyring = Keyring.generate()
     write_keyring(keyring, args.output if args.output is not None else sys.stdout.buffer)
     return 0

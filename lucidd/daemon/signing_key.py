@@ -8,7 +8,7 @@ credentials folder it took from the environment at the edge.
 The file is one line: the 32-byte Ed25519 private seed (RFC 8032's private key) in standard
 padded base64, then ``\\n`` (45 bytes in all). Make one for a credential with::
 
-    python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())'
+    lucidd keygen --signing | systemd-creds encrypt --name=lucidd.signing - FILE
 
 The key's name in signed notes is passed in (the daemon uses its configured origin), so the
 file holds no name: renaming the log renames the key (and changes its key id).
@@ -29,6 +29,7 @@ import os
 from pathlib import Path
 from typing import Final
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lucidd.daemon.keyfile import (
@@ -67,6 +68,14 @@ def state_signing_key_path(state_dir: Path) -> Path:
 
 def _encode_seed(seed: bytes) -> bytes:
     return base64.b64encode(seed) + b"\n"
+
+
+def signing_key_file(key: Ed25519PrivateKey) -> bytes:
+    """The file content of ``key`` (``lucidd keygen --signing`` writes it for systemd-creds)."""
+    seed = key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    return _encode_seed(seed)
 
 
 def _decode_seed(data: bytes, path: Path) -> bytes:

@@ -199,7 +199,11 @@ def test_one_anchor_log_takes_every_session_checkpoint_and_is_anchored_per_inter
     path, _ = random_file(short_tmp, "a.bin", 2 * CHUNK)
     sessions = [put_file(daemon, path)["session"] for _ in range(3)]
     for session in sessions:
-        wait_until("a checkpoint", lambda s=session: stored_checkpoints(daemon, s))
+
+        def has_checkpoint(s: str = session) -> bool:
+            return bool(stored_checkpoints(daemon, s))
+
+        wait_until("a checkpoint", has_checkpoint)
     anchor = daemon.state_dir / "anchor" / "checkpoints"
     wait_until("an attested anchor checkpoint", lambda: any(anchor.glob("*.command")))
     daemon.stop()
