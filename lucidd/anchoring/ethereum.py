@@ -26,10 +26,12 @@ import importlib.resources
 import os
 import re
 import stat
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
@@ -180,21 +182,37 @@ def load_credentials(path: Path) -> EthereumCredentials:
 # --- web3 ---------------------------------------------------------------------------------
 
 
-def _connect(rpc_url: str) -> Web3:
-    """A Web3 on ``rpc_url`` that does not retry by itself (callers back off instead)."""
+def _import_web3() -> ModuleType:
+    """``import web3``, keeping this process's recursion limit.
+
+    py_ecc (a web3 dependency) raises the limit to 100 000 when imported. The daemon's
+    decoders rely on the default limit to refuse deeply nested input from clients with a
+    typed error; at 100 000 such input would overflow the C stack and kill the process.
+    """
+    limit = sys.getrecursionlimit()
     try:
         import web3  # noqa: PLC0415 - optional extra, imported on first use
     except ImportError:
         raise ConfigError(f"Ethereum anchoring needs web3.py: {INSTALL_HINT}") from None
+    finally:
+        sys.setrecursionlimit(limit)
+    return web3
+
+
+def _connect(rpc_url: str) -> Web3:
+    """A Web3 on ``rpc_url`` that does not retry by itself (callers back off instead)."""
+    web3 = _import_web3()
     provider = web3.HTTPProvider(
         rpc_url,
         request_kwargs={"timeout": REQUEST_TIMEOUT_S},
         exception_retry_configuration=None,
     )
-    return web3.Web3(provider)
+    w3: Web3 = web3.Web3(provider)
+    return w3
 
 
 def _account(creds: EthereumCredentials) -> LocalAccount:
+    _import_web3()  # first, for the recursion limit
     from eth_account import Account  # noqa: PLC0415 - comes with web3
 
     try:

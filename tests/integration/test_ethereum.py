@@ -428,3 +428,15 @@ def test_an_account_without_gas_is_unavailable_with_the_nodes_reason(
         anchor(broke, contract, ORIGIN, SIZE, ROOT, NOTE_HASH)
     assert "42" * 32 not in str(caught.value)
     assert "fund" in str(caught.value).lower()
+
+
+def test_loading_web3_keeps_the_processes_recursion_limit() -> None:
+    """py_ecc raises it to 100 000 on import; the daemon's decoders need the default bound."""
+    pytest.importorskip("web3")
+    code = (
+        "import sys; from lucidd.anchoring import ethereum; before = sys.getrecursionlimit(); "
+        "ethereum._import_web3(); import py_ecc; print(before, sys.getrecursionlimit())"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+    before, after = done.stdout.split()
+    assert before == after
