@@ -230,6 +230,17 @@ class UnavailableError(LucidError):
     retryable = True
 
 
+class ObjectConflictError(LucidError):
+    """A different object already exists under a create-only key in the replication store.
+
+    Replicated objects are never overwritten, so this is tampering or a bug: an alarm, not a
+    retry (lucidd.daemon.replication.objects).
+    """
+
+    code = "replication_conflict"
+    exit_code = EX_DATAERR
+
+
 _ALL: tuple[type[LucidError], ...] = (
     InternalError,
     FormatError,
@@ -256,6 +267,7 @@ _ALL: tuple[type[LucidError], ...] = (
     IdleTimeoutError,
     NotAnchoredError,
     UnavailableError,
+    ObjectConflictError,
 )
 
 ERROR_BY_CODE: dict[str, type[LucidError]] = {cls.code: cls for cls in _ALL}

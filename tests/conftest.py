@@ -17,6 +17,7 @@ import pytest
 
 from lucidd.testing import READY_TIMEOUT_S, STOP_TIMEOUT_S, Daemon, DaemonError
 from tests.anvil import anvil
+from tests.seaweed import seaweed
 from tests.users import NO_USERS_REASON, HostUsers, make_host_users
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "host_users",
     "make_daemon",
     "ring_segments",
+    "seaweed",
     "short_tmp",
     "user_daemon",
 ]

@@ -29,6 +29,7 @@ LAYERS: Mapping[str, int] = {
     "daemon.__init__": 0,
     "daemon.supervisor.__init__": 0,
     "daemon.aggregator.__init__": 0,
+    "daemon.replication.__init__": 0,
     "anchoring.__init__": 0,
     # 1: pure — no I/O, no asyncio, no logging; return or raise. Shared by daemon and clients:
     "crypto.__init__": 1,  # re-exports the three below
@@ -74,6 +75,7 @@ LAYERS: Mapping[str, int] = {
     "daemon.aggregator.note_files": 2,  # create-only folders of signed checkpoints by size
     "daemon.aggregator.anchor_log": 2,  # the host's log of session checkpoints
     "daemon.aggregator.notary": 2,  # signs, stores and logs checkpoints; the host origin
+    "daemon.replication.objects": 2,  # the S3 client: create-only puts, gets, lists
     # Shared by the daemon and the CLI, so never importing lucidd.daemon:
     "anchoring.ethereum": 2,  # deploy LucidAnchor, anchor a checkpoint, check an attestation
     # 3: process parts.

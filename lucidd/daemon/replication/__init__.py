@@ -1,0 +1,1 @@
+"""The replicator: sealed session logs copied to S3-compatible object storage."""
