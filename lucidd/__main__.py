@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -19,9 +20,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from lucidd import __version__
 from lucidd.anchoring import ethereum
 from lucidd.crypto import Keyring
-from lucidd.daemon.config import load_config, resolve_dirs, unknown_env_settings
+from lucidd.daemon.config import (
+    DURABILITY_CHOICES,
+    Config,
+    load_config,
+    resolve_dirs,
+    unknown_env_settings,
+)
 from lucidd.daemon.keyfile import write_keyring
 from lucidd.daemon.logs import setup_logging
+from lucidd.daemon.replication.cli import run_restore
 from lucidd.daemon.signing_key import signing_key_file
 from lucidd.daemon.supervisor.main import serve
 from lucidd.errors import EX_CONFIG, LucidError
@@ -38,7 +46,25 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--state-dir", help="folder for sessions and keys")
     serve.add_argument("--runtime-dir", help="folder for data.sock and control.sock")
     serve.add_argument("--workers", type=int, help="worker processes (1-50)")
-    serve.add_argument("--durability", choices=["fsync", "os"], help="when to acknowledge")
+    serve.add_argument("--durability", choices=DURABILITY_CHOICES, help="when to acknowledge")
+    restore = sub.add_parser(
+        "restore",
+        help="bring a host's sessions back from the object store (daemon stopped)",
+    )
+    restore.add_argument("--config", type=Path, help="TOML config file")
+    restore.add_argument("--state-dir", help="folder for sessions and keys")
+    restore.add_argument(
+        "--host", metavar="HOST_ID", help="whose sessions (default: this state folder's host id)"
+    )
+    restore.add_argument(
+        "--session", action="append", metavar="ID", help="only these sessions (repeatable)"
+    )
+    restore.add_argument(
+        "--vkey", action="append", default=[], metavar="VKEY", help="also trust this key"
+    )
+    restore.add_argument(
+        "--list", action="store_true", help="list the hosts and their sessions; restore nothing"
+    )
     keygen = sub.add_parser("keygen", help="write a new keyring (for systemd-creds)")
     keygen.add_argument("-o", "--output", type=Path, help="file to create (default: stdout)")
     keygen.add_argument(
@@ -56,6 +82,24 @@ def _parser() -> argparse.ArgumentParser:
         help='JSON file {"rpc_url": ..., "private_key": "0x..."}, mode 0600',
     )
     return parser
+
+
+def _load(args: argparse.Namespace, overrides: dict[str, object]) -> Config:
+    config_file: Path | None = args.config
+    if config_file is None and DEFAULT_CONFIG_FILE.is_file():
+        config_file = DEFAULT_CONFIG_FILE
+    toml_text = config_file.read_bytes() if config_file is not None else None
+    env = dict(os.environ)
+    config = load_config(toml_text, env, overrides)
+    return resolve_dirs(config, env, str(Path.home()), os.getuid())
+
+
+def _restore(args: argparse.Namespace) -> int:
+    config = _load(args, {"state_dir": args.state_dir})
+    setup_logging("restore", config.log_level)
+    results = asyncio.run(run_restore(config, os.environ.get("CREDENTIALS_DIRECTORY"), args))
+    print(json.dumps(results))
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -106,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "anchor":
             return _anchor_deploy(args)
+        if args.command == "restore":
+            return _restore(args)
         return _keygen(args)
     except LucidError as err:
         print(f"lucidd: {err.code}: {err}", file=sys.stderr)

@@ -36,7 +36,9 @@ ENV_PREFIX: Final = "LUCIDD_"
 COMPRESSION_CHOICES: Final = tuple(c.value for c in Compression)
 #: ``fsync``: ack after fdatasync (the default). ``os``: ack after write(2) — acked chunks may be
 #: lost on power loss; for benchmarks and users who accept that (the daemon logs a warning).
-DURABILITY_CHOICES: Final = ("fsync", "os")
+#: ``replicated``: ack after fdatasync and once the pack holding the chunk is in the object
+#: store (``replication_url``).
+DURABILITY_CHOICES: Final = ("fsync", "os", "replicated")
 LOG_LEVEL_CHOICES: Final = ("debug", "info", "warning", "error")
 
 #: The socket files created in ``runtime_dir`` (DESIGN §7); the longest bounds its path length.
@@ -115,6 +117,18 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     ethereum_credentials: str = ""
     #: Address of the deployed LucidAnchor contract (``lucidd anchor deploy``).
     ethereum_contract: str = ""
+    # -- replication to S3-compatible object storage (issue 14) --
+    #: ``s3://BUCKET/PREFIX``; empty: no replication.
+    replication_url: str = ""
+    #: The S3 endpoint (``http://127.0.0.1:8333``); empty: AWS's for the region.
+    replication_endpoint: str = ""
+    replication_region: str = "us-east-1"
+    #: JSON file with ``access_key_id`` and ``secret_access_key``; empty:
+    #: ``$CREDENTIALS_DIRECTORY/lucidd.s3``, else ``<state>/keys/s3.json``.
+    replication_credentials: str = ""
+    #: With ``durability = "replicated"``: seconds a chunk may wait for its upload before the
+    #: client is told ``unavailable`` (the chunk stays stored locally and is uploaded later).
+    replication_timeout: float = 30.0
 
     @property
     def slots(self) -> int:
@@ -158,6 +172,7 @@ RANGES: Final[Mapping[str, tuple[int | float, int | float | None]]] = {
     "max_pipelined_requests": (1, 10_000),
     "checkpoint_interval": (0.05, 86_400.0),
     "anchor_interval": (0.05, 86_400.0),
+    "replication_timeout": (0.1, 3600.0),
 }
 
 CHOICES: Final[Mapping[str, tuple[str, ...]]] = {
@@ -179,7 +194,13 @@ SIZE_FIELDS: Final = frozenset(
     }
 )
 #: Settings holding a filesystem path; empty means the default, otherwise it must be absolute.
-PATH_FIELDS: Final = ("state_dir", "runtime_dir", "keyring", "ethereum_credentials")
+PATH_FIELDS: Final = (
+    "state_dir",
+    "runtime_dir",
+    "keyring",
+    "ethereum_credentials",
+    "replication_credentials",
+)
 #: A host origin: a schema-less URL-like name (no spaces, no ``+``, no trailing ``/``).
 _ORIGIN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}$")
 _ANCHOR_BACKENDS: Final = ("ethereum", "command")
@@ -294,6 +315,18 @@ def _cross_field_problems(config: Config) -> list[tuple[str, str]]:
                     f"choose among {', '.join(_ANCHOR_BACKENDS)}",
                 )
             )
+    url = config.replication_url
+    if url and not (url.startswith("s3://") and len(url) > len("s3://") and url[5] != "/"):
+        problems.append(
+            ("replication_url", f"replication_url = {url!r} is not s3://BUCKET[/PREFIX]")
+        )
+    if config.durability == "replicated" and not url:
+        problems.append(
+            (
+                "durability",
+                'durability = "replicated" needs replication_url (s3://BUCKET/PREFIX)',
+            )
+        )
     runtime = config.runtime_dir
     if runtime:
         longest = max(

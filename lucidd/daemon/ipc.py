@@ -288,6 +288,50 @@ SupervisorToAggregator = (
 )
 
 
+# --- supervisor <-> replicator ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplicatorSpec:
+    """Everything the replicator is started with (a credentials path, never a secret)."""
+
+    config: Config
+    credentials_dir: str = ""
+
+
+class Replicate(IpcMessage, tag="replicate", frozen=True):
+    """Records made durable locally, to upload (the supervisor forwards each worker batch).
+
+    ``wait``: the supervisor holds these chunks' acks until :class:`Replicated` names them
+    (``durability = "replicated"``), so they are uploaded at once instead of being grouped.
+    """
+
+    sealed: list[Sealed]
+    wait: bool = False
+
+
+class Replicated(IpcMessage, tag="replicated", frozen=True):
+    """These chunks are in the object store (their pack exists)."""
+
+    chunks: list[Acked]
+
+
+class ReplicatorStatus(IpcMessage, tag="replicator_status", frozen=True):
+    """The replicator's lag and counters, every second (health and metrics)."""
+
+    pending_chunks: int
+    pending_bytes: int
+    #: Seconds the oldest pending record has waited (0: nothing pending).
+    oldest_pending_s: float
+    counters: dict[str, float]
+    #: Why the object store cannot be written now ("" when it can).
+    problem: str = ""
+
+
+SupervisorToReplicator = Replicate | Shutdown
+ReplicatorToSupervisor = Replicated | ReplicatorStatus
+
+
 def encoder() -> msgspec.msgpack.Encoder:
     return msgspec.msgpack.Encoder()
 

@@ -293,18 +293,7 @@ class ChunkIndex:
 
     def scan(self, first: int = 0) -> Iterator[tuple[int, IndexEntry]]:
         """Every present entry from index ``first`` on, in order (reads in large blocks)."""
-        block = INDEX_ENTRY_SIZE * 16384
-        position = first * INDEX_ENTRY_SIZE
-        while True:
-            data = os.pread(self._fd, block, position)
-            usable = len(data) - len(data) % INDEX_ENTRY_SIZE
-            for offset in range(0, usable, INDEX_ENTRY_SIZE):
-                entry = _unpack_entry(data, offset)
-                if entry is not None:
-                    yield (position + offset) // INDEX_ENTRY_SIZE, entry
-            if len(data) < block:
-                return
-            position += block
+        return _scan_index(self._fd, first)
 
     def sync(self) -> None:
         os.fdatasync(self._fd)
@@ -334,6 +323,34 @@ def _unpack_entry(data: bytes, offset: int) -> IndexEntry | None:
     if not flags & _PRESENT:
         return None
     return IndexEntry(worker, number, record_offset, length, leaf, plaintext)
+
+
+def read_index_entries(path: Path, first: int = 0) -> Iterator[tuple[int, IndexEntry]]:
+    """Every present entry of an ``index.bin`` from ``first`` on, opened read-only (for a
+    process that must not write it: the replicator). Nothing if the file does not exist."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        yield from _scan_index(fd, first)
+    finally:
+        os.close(fd)
+
+
+def _scan_index(fd: int, first: int) -> Iterator[tuple[int, IndexEntry]]:
+    block = INDEX_ENTRY_SIZE * 16384
+    position = first * INDEX_ENTRY_SIZE
+    while True:
+        data = os.pread(fd, block, position)
+        usable = len(data) - len(data) % INDEX_ENTRY_SIZE
+        for offset in range(0, usable, INDEX_ENTRY_SIZE):
+            entry = _unpack_entry(data, offset)
+            if entry is not None:
+                yield (position + offset) // INDEX_ENTRY_SIZE, entry
+        if len(data) < block:
+            return
+        position += block
 
 
 def read_record(paths: SessionPaths, entry: IndexEntry) -> bytes:

@@ -34,7 +34,12 @@ from lucidd.daemon.aggregator.anchor_log import AnchorLog
 from lucidd.daemon.aggregator.anchoring import AnchorBackend, Anchorer, build_backends
 from lucidd.daemon.aggregator.control import ControlLimits, ControlProtocol
 from lucidd.daemon.aggregator.ledger import Ledger
-from lucidd.daemon.aggregator.notary import Notary, resolve_origin, signing_key_name
+from lucidd.daemon.aggregator.notary import (
+    Notary,
+    publish_verifier_key,
+    resolve_origin,
+    signing_key_name,
+)
 from lucidd.daemon.aggregator.recovery import recover_segments
 from lucidd.daemon.aggregator.session import SessionLedger
 from lucidd.daemon.channels import PipeReader, PipeWriter, take_fd
@@ -97,6 +102,7 @@ class Aggregator:
         origin = resolve_origin(spec.config.origin, state_dir)
         credentials = Path(credentials_dir) if credentials_dir else None
         signer = resolve_signing_key(state_dir, credentials, signing_key_name(origin))
+        publish_verifier_key(state_dir, signer.verifier.vkey)
         self.notary = Notary(signer, origin, AnchorLog.open(state_dir))
         self.anchorer = Anchorer(self.notary, _backends(spec.config, state_dir, credentials))
         self._ring = RingReader(spec.ring_name, spec.ring_size)

@@ -158,6 +158,19 @@ def signing_key_name(host_origin: str) -> str:
 
 
 ORIGIN_FILE: Final = "origin"
+#: The public verifier key, for parts that must not hold the signing key (the replicator).
+VKEY_FILE: Final = "vkey"
+
+
+def publish_verifier_key(state_dir: Path, vkey: str) -> None:
+    """Write ``<state>/vkey`` (public) unless it already says ``vkey``."""
+    path = state_dir / VKEY_FILE
+    try:
+        if path.read_text().strip() == vkey:
+            return
+    except FileNotFoundError:
+        pass
+    write_atomically(path, f"{vkey}\n".encode())
 
 
 def default_origin() -> str:

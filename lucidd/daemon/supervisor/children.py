@@ -43,6 +43,7 @@ log = logging.getLogger("lucidd.daemon.supervisor.children")
 
 JOIN_TIMEOUT_S: Final = 10.0
 AGGREGATOR: Final = "aggregator"
+REPLICATOR: Final = "replicator"
 
 
 def forkserver_context() -> ForkServerContext:
@@ -132,6 +133,10 @@ class Children:
         self.aggregator: Child | None = None
         self._to_aggregator: PipeWriter | None = None
         self._from_aggregator: PipeReader | None = None
+        #: The replicator (only with replication_url) and its two pipes.
+        self.replicator: Child | None = None
+        self._to_replicator: PipeWriter | None = None
+        self._from_replicator: PipeReader | None = None
         self.stopping = False
 
     # -- spawning -----------------------------------------------------------------------
@@ -273,6 +278,45 @@ class Children:
         self.aggregator = Child(AGGREGATOR, process, previous.restarts + 1 if previous else 0)
         self._watch(self.aggregator)
 
+    def spawn_replicator(
+        self,
+        spec: ipc.ReplicatorSpec,
+        on_message: Callable[[Any], None],
+        on_eof: Callable[[], None],
+    ) -> None:
+        """Start (or replace) the replicator with fresh pipes (OSError if that fails)."""
+        with self.reserve.released():
+            to_r, to_w = self._ctx.Pipe(duplex=False)
+            from_r, from_w = self._ctx.Pipe(duplex=False)
+            process = self._ctx.Process(
+                target=_run_child,
+                args=("lucidd.daemon.replication.main", "replicator_main", spec, to_r, from_w),
+                name="lucidd-replicator",
+            )
+            try:
+                process.start()
+            except OSError:
+                for conn in (to_r, to_w, from_r, from_w):
+                    conn.close()
+                raise
+        to_r.close()
+        from_w.close()
+        if self._to_replicator is not None:
+            self._to_replicator.close()
+        if self._from_replicator is not None:
+            self._from_replicator.close()
+        self._to_replicator = PipeWriter(self._loop, take_fd(to_w))
+        decoder = ipc.decoder(ipc.ReplicatorToSupervisor)
+        self._from_replicator = PipeReader(self._loop, take_fd(from_r), decoder, on_message, on_eof)
+        previous = self.replicator
+        self.replicator = Child(REPLICATOR, process, previous.restarts + 1 if previous else 0)
+        self._watch(self.replicator)
+
+    def send_to_replicator(self, message: Any) -> None:
+        """Queue a message for the replicator (lost if it dies: its scan finds the records)."""
+        if self._to_replicator is not None:
+            self._to_replicator.send(message)
+
     def send_to_aggregator(self, message: Any) -> None:
         """Queue a message for the current aggregator (lost if it dies: callers resend)."""
         if self._to_aggregator is not None:
@@ -290,7 +334,7 @@ class Children:
             self._on_death(child)
 
     def all(self) -> list[Child]:
-        children = [self.aggregator, *self.workers]
+        children = [self.aggregator, *self.workers, self.replicator]
         return [c for c in children if c is not None]
 
     def process_table(self) -> list[ipc.ProcessInfo]:
@@ -319,8 +363,11 @@ class Children:
             if worker is not None:
                 await self._loop.run_in_executor(None, _join, worker.process)
         self.send_to_aggregator(ipc.Shutdown())
+        self.send_to_replicator(ipc.Shutdown())
         if self.aggregator is not None:
             await self._loop.run_in_executor(None, _join, self.aggregator.process)
+        if self.replicator is not None:
+            await self._loop.run_in_executor(None, _join, self.replicator.process)
         for results_r, results_w in self._results:
             results_r.close()
             results_w.close()
@@ -332,6 +379,9 @@ class Children:
             self._to_aggregator.close()
         if self._from_aggregator is not None:
             self._from_aggregator.close()
+        for pipe in (self._to_replicator, self._from_replicator):
+            if pipe is not None:
+                pipe.close()
         self.reserve.close()
 
 

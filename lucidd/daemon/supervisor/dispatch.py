@@ -22,6 +22,7 @@ from lucidd.daemon import ipc
 from lucidd.daemon.channels import PipeWriter
 from lucidd.daemon.config import Config
 from lucidd.daemon.supervisor.gates import ChunkKind, InFlight, SessionGate
+from lucidd.daemon.supervisor.replication_link import ReplicationLink
 from lucidd.errors import LucidError, RequestTimeoutError, error_from_wire
 
 #: A chunk whose worker timed out is retried once; a second timeout fails it.
@@ -80,6 +81,13 @@ class Dispatcher:
         self._recoveries: dict[int, tuple[int, list[InFlight]]] = {}
         #: Chunks that found no worker slot with an inbox; dispatched when one is back.
         self._parked: list[InFlight] = []
+        #: The replicator's feed, and where acks wait with ``durability = "replicated"``
+        #: (None: no replication configured).
+        self.replication: ReplicationLink | None = None
+
+    def finish(self, chunk: InFlight, err: LucidError | None, leaf_hash: bytes = b"") -> None:
+        """Answer the client (admission's ``_finish``): for the replication link."""
+        self._finish(chunk, err, leaf_hash)
 
     # -- dispatch -----------------------------------------------------------------------
 
@@ -223,10 +231,17 @@ class Dispatcher:
             return
         if batch.incarnation != self.workers[worker].incarnation:
             return
+        link = self.replication
         for sealed in batch.sealed:
             chunk = self._take_from(worker, sealed.session, sealed.index)
-            if chunk is not None:
+            if chunk is None:
+                continue
+            if link is not None and link.wait:
+                link.hold(chunk, sealed)  # answered once its pack is in the object store
+            else:
                 self._finish(chunk, None, sealed.leaf_hash)
+        if link is not None:
+            link.forward(batch.sealed)
         if batch.sealed:
             self._counters["stage_ack_seconds_total"] += (
                 (time.monotonic_ns() - batch.sent_ns) * len(batch.sealed) / 1e9
@@ -241,9 +256,18 @@ class Dispatcher:
 
     def on_outcomes(self, outcomes: ipc.Outcomes) -> None:
         """The verdict of a RecoverWorker scan."""
+        link = self.replication
         for acked in outcomes.acked:
             chunk = self._take(acked.session, acked.index)
-            if chunk is not None:
+            if chunk is None:
+                continue
+            if link is not None and link.wait:
+                # Where the dead worker put it is the index's to say: the replicator's scan
+                # finds it there (an empty segment name asks for that).
+                sealed = ipc.Sealed(acked.session, acked.index, acked.leaf_hash, "", 0, 0, 0)
+                link.hold(chunk, sealed)
+                link.forward([sealed])
+            else:
                 self._finish(chunk, None, acked.leaf_hash)
         for failed in outcomes.failed:
             chunk = self._take(failed.session, failed.index)

@@ -41,10 +41,11 @@ from lucidd.daemon.peers import access_policy
 from lucidd.daemon.procutil import keep_keys_out_of_dumps
 from lucidd.daemon.ring import Ring, remove_stale_rings, ring_name
 from lucidd.daemon.supervisor.admission import Ingest
-from lucidd.daemon.supervisor.children import AGGREGATOR, Child, Children
+from lucidd.daemon.supervisor.children import AGGREGATOR, REPLICATOR, Child, Children
 from lucidd.daemon.supervisor.dispatch import WorkerLink
 from lucidd.daemon.supervisor.fds import connection_budget, raise_and_log_nofile_limit
 from lucidd.daemon.supervisor.ingest import DataProtocol
+from lucidd.daemon.supervisor.replication_link import ReplicationLink
 from lucidd.daemon.supervisor.respawn import Respawns
 from lucidd.daemon.supervisor.sockets import listening_sockets
 from lucidd.daemon.supervisor.systemd import Watchdog, listen_fds, notify
@@ -90,12 +91,16 @@ class Supervisor:
         self._state_lock = -1  # the flock on the state folder (folders.lock_state_folder)
         #: Respawn and spawn-retry delays by role, and why health is degraded meanwhile.
         self._respawns = Respawns()
+        #: The replicator's feed and held acks (None: no replication_url).
+        self._replication: ReplicationLink | None = None
+        self._credentials_dir = ""
         self.exit_code = 0
 
     async def run(self) -> int:
         config = self.config
         access_policy(config.admin_group)  # an unknown admin_group stops the start (exit 78)
         env = dict(os.environ)
+        self._credentials_dir = env.get("CREDENTIALS_DIRECTORY", "")
         keep_keys_out_of_dumps()  # before the keyring is read
         ensure_own_folder(Path(config.state_dir), STATE_DIR_MODE, "state folder")
         self._state_lock = lock_state_folder(Path(config.state_dir))  # held until exit
@@ -125,6 +130,8 @@ class Supervisor:
         ingest = self._build(loop, ring, keyring, control_sock)
         self._ready = loop.create_future()
         self._spawn_aggregator(repair=True)
+        if self._replication is not None:
+            self._spawn_replicator()
         recovery = asyncio.ensure_future(self._extend_timeout_while_recovering())
         stop_wait = asyncio.ensure_future(self._stop.wait())
         ready = self._ready
@@ -188,11 +195,34 @@ class Supervisor:
             on_start_failed=self._worker_start_failed,
         )
         self._ingest, self._children = ingest, children
+        if config.replication_url:
+            self._replication = ReplicationLink(
+                children.send_to_replicator,
+                ingest.dispatcher.finish,
+                wait=config.durability == "replicated",
+                timeout=config.replication_timeout,
+            )
+            ingest.dispatcher.replication = self._replication
         self._aggregator_spec = ipc.AggregatorSpec(config, keyring, ring.name, ring.size)
         ingest.dispatcher.workers.extend(
             WorkerLink(*children.spawn_worker(k)) for k in range(config.workers)
         )
         return ingest
+
+    def _spawn_replicator(self) -> None:
+        """Start (or replace) the replicator; a spawn that fails is retried with backoff."""
+        link = self._replication
+        if link is None or self._stopping or self._stop.is_set():
+            return
+        spec = ipc.ReplicatorSpec(self.config, self._credentials_dir)
+        try:
+            self._children.spawn_replicator(spec, link.on_message, _nothing)
+        except OSError as exc:
+            retry = self._spawn_failed(REPLICATOR, exc)
+            asyncio.get_running_loop().call_later(retry, self._spawn_replicator)
+            return
+        self._respawns.spawned(REPLICATOR)
+        link.replaced()
 
     def _to_aggregator(self, message: Any) -> None:
         # Admission and the children need each other; this one hop breaks the cycle.
@@ -304,6 +334,14 @@ class Supervisor:
         aggregator = children.aggregator
         metrics["aggregator_restarts_total"] = float(aggregator.restarts if aggregator else 0)
         reasons = self._respawns.reasons()
+        link = self._replication
+        if link is not None:
+            metrics.update(link.metrics())
+            replicator = children.replicator
+            metrics["replicator_restarts_total"] = float(replicator.restarts if replicator else 0)
+            why = link.reason()
+            if why is not None:
+                reasons.append(why)
         children.send_to_aggregator(
             ipc.SupervisorStatus(children.process_table(), metrics, reasons)
         )
@@ -314,6 +352,8 @@ class Supervisor:
         ingest, children = self._ingest, self._children
         while True:
             await asyncio.sleep(period)
+            if self._replication is not None:
+                self._replication.expire(time.monotonic())
             for k in ingest.dispatcher.overdue_workers(time.monotonic_ns()):
                 child = children.workers[k]
                 if child is not None and child.process.is_alive():
@@ -372,6 +412,10 @@ class Supervisor:
         )
         if self._stopping or self._stop.is_set():
             return
+        if child.role == REPLICATOR:
+            delay = self._respawns.respawn_delay(child.role, child.started)
+            asyncio.get_running_loop().call_later(delay, self._spawn_replicator)
+            return
         if child.worker is None:  # the aggregator
             if self._ready is not None and not self._ready.done():
                 self._fail_start(code)
@@ -418,6 +462,10 @@ class Supervisor:
         retry = self._respawns.spawn_failed(role, exc)
         self._send_status()
         return retry
+
+
+def _nothing() -> None:
+    """The replicator's pipe closed; its sentinel reports the death itself."""
 
 
 def serve(config: Config) -> int:

@@ -1,0 +1,158 @@
+"""What lucidd keeps in an object store, and the pack format (layer 1, pure).
+
+Every object is written once (create-only) and never changed, like restic's packs and
+Tessera's tiles; a host's objects live under ``PREFIX/<host id>/``::
+
+    <host id>/host                               HostRecord (JSON): origin, vkey
+    <host id>/sessions/<session id>/meta         the session's metadata (msgpack, as on disk:
+                                                 the secret is wrapped under the master key)
+    <host id>/sessions/<session id>/packs/<first index, 20 digits>-<pack digest>.pack
+                                                 sealed records, then a footer indexing them
+    <host id>/sessions/<session id>/checkpoints/<size, 20 digits>
+                                                 the session's signed checkpoints
+    <host id>/sessions/<session id>/final        the FINAL record (after finalize)
+    <host id>/anchor/checkpoints/<size>[.<backend>]
+                                                 anchor checkpoints and their attestations
+
+A pack holds records of one session, concatenated, then the footer (one :data:`_ENTRY` per
+record: index, offset, length, leaf hash), then the footer's length (8 bytes, big-endian) and
+:data:`PACK_MAGIC`. Records are self-describing and authenticated, and the leaf hash of each
+is ``SHA-256(0x00 || record)``, so a pack needs no trust: a reader checks every record against
+the footer and the footer against the signed checkpoints. Its name carries the digest of its
+bytes, so two hosts never write different bytes under one name, and a conflict on create is
+either the same pack again (success) or tampering (an alarm).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import msgspec
+
+from lucidd.errors import FormatError
+from lucidd.merkle import HASH_SIZE, leaf_hash
+
+PACK_MAGIC: Final = b"LUCIDPK1"
+_ENTRY: Final = struct.Struct(">QQQ32s")
+_TRAILER: Final = struct.Struct(">Q8s")
+#: Hex digits of the pack digest in its name (128 bits: collisions are not a concern).
+DIGEST_HEX: Final = 32
+_PACK_NAME: Final = re.compile(r"^(\d{20})-([0-9a-f]{32})\.pack$")
+_SIZE_NAME: Final = re.compile(r"^(\d{20})(?:\.([a-z0-9_-]+))?$")
+
+
+class HostRecord(msgspec.Struct, frozen=True):
+    """``<host id>/host``: whose objects these are, and the key its checkpoints verify with."""
+
+    host_id: str
+    origin: str
+    vkey: str
+
+
+@dataclass(frozen=True)
+class PackEntry:
+    index: int
+    offset: int
+    length: int
+    leaf_hash: bytes
+
+
+def host_prefix(prefix: str, host_id: str) -> str:
+    return f"{prefix.strip('/')}/{host_id}/" if prefix.strip("/") else f"{host_id}/"
+
+
+def session_prefix(prefix: str, host_id: str, session: bytes) -> str:
+    return f"{host_prefix(prefix, host_id)}sessions/{uuid.UUID(bytes=session)}/"
+
+
+def meta_key(prefix: str, host_id: str, session: bytes) -> str:
+    return session_prefix(prefix, host_id, session) + "meta"
+
+
+def final_key(prefix: str, host_id: str, session: bytes) -> str:
+    return session_prefix(prefix, host_id, session) + "final"
+
+
+def checkpoint_key(prefix: str, host_id: str, session: bytes, size: int) -> str:
+    return f"{session_prefix(prefix, host_id, session)}checkpoints/{size:020d}"
+
+
+def anchor_key(prefix: str, host_id: str, size: int, kind: str | None = None) -> str:
+    name = f"{size:020d}" if kind is None else f"{size:020d}.{kind}"
+    return f"{host_prefix(prefix, host_id)}anchor/checkpoints/{name}"
+
+
+def pack_key(prefix: str, host_id: str, session: bytes, first_index: int, pack: bytes) -> str:
+    digest = hashlib.sha256(pack).hexdigest()[:DIGEST_HEX]
+    return f"{session_prefix(prefix, host_id, session)}packs/{first_index:020d}-{digest}.pack"
+
+
+def parse_pack_name(name: str) -> tuple[int, str] | None:
+    """(first index, digest) of a pack object's last path element, or None."""
+    match = _PACK_NAME.match(name.rsplit("/", 1)[-1])
+    return (int(match.group(1)), match.group(2)) if match else None
+
+
+def parse_size_name(name: str) -> tuple[int, str | None] | None:
+    """(size, kind) of a checkpoint object's last path element, or None."""
+    match = _SIZE_NAME.match(name.rsplit("/", 1)[-1])
+    return (int(match.group(1)), match.group(2)) if match else None
+
+
+def build_pack(records: Sequence[tuple[int, bytes]]) -> bytes:
+    """A pack of ``(index, record)`` pairs (any order; kept as given)."""
+    if not records:
+        raise ValueError("a pack holds at least one record")
+    body = bytearray()
+    footer = bytearray()
+    for index, record in records:
+        footer += _ENTRY.pack(index, len(body), len(record), leaf_hash(record))
+        body += record
+    return bytes(body + footer + _TRAILER.pack(len(footer), PACK_MAGIC))
+
+
+def pack_entries(pack: bytes) -> list[PackEntry]:
+    """The footer of a pack; FormatError if it is not one (nothing here is trusted yet)."""
+    if len(pack) < _TRAILER.size:
+        raise FormatError("pack is shorter than its trailer")
+    footer_size, magic = _TRAILER.unpack_from(pack, len(pack) - _TRAILER.size)
+    if magic != PACK_MAGIC:
+        raise FormatError("not a lucidd pack (bad magic)")
+    body_size = len(pack) - _TRAILER.size - footer_size
+    if footer_size % _ENTRY.size or body_size < 0:
+        raise FormatError("pack footer has a bad length")
+    entries = []
+    end = 0
+    for at in range(body_size, body_size + footer_size, _ENTRY.size):
+        index, offset, length, leaf = _ENTRY.unpack_from(pack, at)
+        if offset != end or offset + length > body_size:
+            raise FormatError("pack footer does not tile the records")
+        end = offset + length
+        entries.append(PackEntry(index, offset, length, leaf))
+    if end != body_size:
+        raise FormatError("pack footer does not cover every byte of the records")
+    return entries
+
+
+def pack_records(pack: bytes) -> list[tuple[PackEntry, bytes]]:
+    """Every record of a pack with its entry, each checked against its leaf hash.
+
+    FormatError if the pack is malformed or a record does not hash to its footer's leaf (a
+    flipped byte). The caller still checks the leaves against a signed checkpoint.
+    """
+    found = []
+    for entry in pack_entries(pack):
+        record = pack[entry.offset : entry.offset + entry.length]
+        if leaf_hash(record) != entry.leaf_hash:
+            raise FormatError(f"pack record of chunk {entry.index} does not match its leaf hash")
+        found.append((entry, record))
+    return found
+
+
+assert _ENTRY.size == 24 + HASH_SIZE
