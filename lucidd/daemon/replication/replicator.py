@@ -229,7 +229,7 @@ class Replicator:
         except ObjectConflictError as exc:
             self.counters["replication_conflicts_total"] += 1
             log.error("event=replication_conflict key=%s error=%s", key, exc.message)
-            self._failed(f"conflict at {key}: an object there differs (tampering?)")
+            self._failed(_conflict(key))
             return
         except LucidError as exc:
             self._failed(exc.message)
@@ -279,7 +279,12 @@ class Replicator:
     async def _put_object(
         self, progress: SessionProgress, name: str, key: str, data: bytes
     ) -> None:
-        await self.store.put_once(key, data)
+        try:
+            await self.store.put_once(key, data)
+        except ObjectConflictError as exc:
+            self.counters["replication_conflicts_total"] += 1
+            log.error("event=replication_conflict key=%s error=%s", key, exc.message)
+            raise
         progress.add_object(name)
         self.counters["replication_objects_total"] += 1
         self.counters["replication_bytes_total"] += len(data)
@@ -301,13 +306,14 @@ class Replicator:
         for session, paths in list_session_dirs(self.state_dir):
             try:
                 await self._scan_session(session, paths)
-            except (OSError, LucidError) as exc:
-                if isinstance(exc, LucidError):
-                    self._failed(exc.message)
-                    return
-                if not paths.root.exists():
-                    continue  # shredded meanwhile
-                self._failed(f"scanning {paths.root.name}: {exc}")
+            except ObjectConflictError as exc:  # this session's; the others go on
+                self._failed(_conflict(str(exc.context.get("key", paths.root.name))))
+            except LucidError as exc:  # the store is away: the next scan tries again
+                self._failed(exc.message)
+                return
+            except OSError as exc:
+                if paths.root.exists():  # else: shredded meanwhile
+                    self._failed(f"scanning {paths.root.name}: {exc}")
             await asyncio.sleep(0)
 
     async def _scan_session(self, session: bytes, paths: SessionPaths) -> None:
@@ -331,18 +337,23 @@ class Replicator:
                     entry.plaintext_length,
                 )
             )
-        await self._upload_checkpoints(session, paths, progress)
-        self._scan_marks[session] = mark
+        if await self._upload_checkpoints(session, paths, progress):
+            self._scan_marks[session] = mark  # nothing deferred: skip until files change
 
     async def _upload_checkpoints(
         self, session: bytes, paths: SessionPaths, progress: SessionProgress
-    ) -> None:
+    ) -> bool:
+        """Upload the checkpoints (and FINAL) whose records are all up; True if none waits."""
         folder = paths.root / CHECKPOINTS_DIR
         sizes = sorted(int(name) for name in _listdir(folder) if name.isdigit() and len(name) == 20)
+        complete = True
         for size in sizes:
             name = f"{CHECKPOINTS_DIR}/{size:020d}"
-            if name in progress.objects or size > progress.prefix:
-                continue  # uploaded, or its records are not all up yet
+            if name in progress.objects:
+                continue
+            if size > progress.prefix:  # its records are not all up yet
+                complete = False
+                continue
             data = (folder / f"{size:020d}").read_bytes()
             key = layout.checkpoint_key(self.prefix, self.host_id, session, size)
             await self._put_object(progress, name, key, data)
@@ -354,6 +365,9 @@ class Replicator:
             ):
                 key = layout.final_key(self.prefix, self.host_id, session)
                 await self._put_object(progress, FINAL_FILE, key, paths.final.read_bytes())
+            else:
+                complete = False
+        return complete
 
     async def scan_anchor(self) -> None:
         """The anchor log's checkpoints and attestations (each once)."""
@@ -381,6 +395,10 @@ class Replicator:
         except ObjectConflictError:
             log.warning("event=host_record_differs key=%s (the origin or key changed)", key)
         return True
+
+
+def _conflict(key: str) -> str:
+    return f"conflict at {key}: a different object is there, never overwritten (tampering?)"
 
 
 def _read(paths: SessionPaths, sealed: ipc.Sealed) -> bytes:
