@@ -51,6 +51,8 @@ LAYERS: Mapping[str, int] = {
     "daemon.supervisor.slots": 1,
     "daemon.supervisor.gates": 1,  # admission's records: a session's gate, a chunk in flight
     "daemon.aggregator.reorder": 1,
+    "daemon.replication.layout": 1,  # object names and the pack format
+    "daemon.supervisor.replication_link": 1,  # the replicator's feed, acks held for it
     # 2: I/O parts.
     "daemon.store": 2,
     "daemon.segments": 2,  # segment files: append, scan, quarantine
@@ -84,6 +86,11 @@ LAYERS: Mapping[str, int] = {
     "daemon.supervisor.ingest": 3,
     "daemon.supervisor.children": 3,
     "daemon.preload": 3,  # the forkserver's preload: imports the child mains
+    "daemon.replication.progress": 2,  # what is uploaded, durably (resume)
+    "daemon.replication.replicator": 2,  # packs, the scan, uploads
+    "daemon.replication.restore": 3,  # lucidd restore: fetch, verify, write
+    "daemon.replication.cli": 3,  # lucidd restore's command
+    "daemon.replication.main": 3,  # the replicator process
     "daemon.aggregator.anchoring": 3,  # anchoring backends and their retry loop
     "daemon.aggregator.handlers": 3,  # one typed reply per control request
     "daemon.aggregator.control": 3,
@@ -129,6 +136,15 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     # A receipt chains a record (crypto) through tlog-proofs of signed notes.
     "receipt": frozenset({"crypto.__init__", "merkle", "note", "tlog_proof"}),
     "daemon.aggregator.note_files": frozenset({"daemon.store"}),
+    # Replication: packs are records (crypto) with their leaves (merkle); the replicator
+    # reads the store's files and keeps its progress; restore's command drives restore.
+    "daemon.replication.layout": frozenset({"crypto.__init__", "merkle"}),
+    "daemon.replication.progress": frozenset({"daemon.store"}),
+    "daemon.replication.replicator": frozenset(
+        {"daemon.replication.objects", "daemon.replication.progress", "daemon.store"}
+    ),
+    "daemon.replication.cli": frozenset({"daemon.replication.restore"}),
+    "daemon.supervisor.replication_link": frozenset({"daemon.ipc"}),
     "daemon.aggregator.anchor_log": frozenset(
         {"daemon.aggregator.merkle_log", "daemon.aggregator.note_files", "daemon.store"}
     ),

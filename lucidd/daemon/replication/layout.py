@@ -35,6 +35,7 @@ from typing import Final
 
 import msgspec
 
+from lucidd.crypto import parse_header
 from lucidd.errors import FormatError
 from lucidd.merkle import HASH_SIZE, leaf_hash
 
@@ -140,17 +141,24 @@ def pack_entries(pack: bytes) -> list[PackEntry]:
     return entries
 
 
-def pack_records(pack: bytes) -> list[tuple[PackEntry, bytes]]:
-    """Every record of a pack with its entry, each checked against its leaf hash.
+def pack_records(pack: bytes, session: bytes | None = None) -> list[tuple[PackEntry, bytes]]:
+    """Every record of a pack with its entry, each checked against its leaf hash and its own
+    header (the chunk index, and the session when given: the footer is not trusted).
 
-    FormatError if the pack is malformed or a record does not hash to its footer's leaf (a
-    flipped byte). The caller still checks the leaves against a signed checkpoint.
+    FormatError if the pack is malformed, a record does not hash to its footer's leaf, or its
+    header names another chunk or session (a flipped byte). The caller still checks the
+    leaves against a signed checkpoint.
     """
     found = []
     for entry in pack_entries(pack):
         record = pack[entry.offset : entry.offset + entry.length]
         if leaf_hash(record) != entry.leaf_hash:
             raise FormatError(f"pack record of chunk {entry.index} does not match its leaf hash")
+        header = parse_header(record)
+        if header.index != entry.index or header.record_length != len(record):
+            raise FormatError(f"pack footer says chunk {entry.index}, the record is another")
+        if session is not None and header.session_id != session:
+            raise FormatError(f"pack record of chunk {entry.index} belongs to another session")
         found.append((entry, record))
     return found
 

@@ -120,7 +120,7 @@ async def fetch_session(
             if pack is None:
                 raise RestoreError(f"session {sid}: pack {key} vanished")
             try:
-                for entry, record in layout.pack_records(pack):
+                for entry, record in layout.pack_records(pack, session):
                     records[entry.index] = record
             except FormatError as exc:
                 raise RestoreError(f"session {sid}: pack {key}: {exc.message}") from None

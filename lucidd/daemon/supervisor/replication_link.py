@@ -1,4 +1,4 @@
-"""The supervisor's side of replication (layer 3): feed the replicator, hold acks for it.
+"""The supervisor's side of replication (layer 1, pure): feed the replicator, hold acks for it.
 
 Every worker batch is forwarded to the replicator (:class:`ipc.Replicate`) as it is acked.
 With ``durability = "replicated"`` the acks wait instead: a chunk is answered only once the

@@ -1,0 +1,128 @@
+"""The replication parts that need no server: packs, the progress file, held acks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lucidd import crypto
+from lucidd.daemon import ipc
+from lucidd.daemon.replication import layout
+from lucidd.daemon.replication.progress import SessionProgress
+from lucidd.daemon.supervisor.replication_link import ReplicationLink
+from lucidd.errors import FormatError, LucidError, UnavailableError
+from lucidd.merkle import leaf_hash
+
+SESSION = uuid.uuid4().bytes
+
+
+SECRET = os.urandom(crypto.KEY_SIZE)
+
+
+def records(n: int) -> list[tuple[int, bytes]]:
+    return [
+        (i * 3, crypto.seal_chunk(SECRET, SESSION, i * 3, os.urandom(50 + i), "off"))
+        for i in range(n)
+    ]
+
+
+def test_a_pack_round_trips_its_records_and_their_leaves() -> None:
+    given_records = records(5)
+    pack = layout.build_pack(given_records)
+    found = layout.pack_records(pack, SESSION)
+    assert [(e.index, r) for e, r in found] == given_records
+    assert [e.leaf_hash for e, _ in found] == [leaf_hash(r) for _, r in given_records]
+
+
+def test_a_packs_name_carries_its_digest_and_first_index() -> None:
+    pack = layout.build_pack(records(2))
+    key = layout.pack_key("pre/fix", "h1", SESSION, 0, pack)
+    assert key.startswith(f"pre/fix/h1/sessions/{uuid.UUID(bytes=SESSION)}/packs/")
+    assert layout.parse_pack_name(key) == (0, key.rsplit("-", 1)[1][: layout.DIGEST_HEX])
+    other = layout.build_pack(records(2))
+    assert layout.pack_key("pre/fix", "h1", SESSION, 0, other) != key
+
+
+def test_every_flipped_byte_of_a_pack_is_refused() -> None:
+    pack = layout.build_pack(records(3))
+    for position in range(len(pack)):
+        flipped = bytearray(pack)
+        flipped[position] ^= 0x04
+        with pytest.raises(FormatError):
+            layout.pack_records(bytes(flipped), SESSION)
+
+
+def test_a_pack_of_another_session_is_refused() -> None:
+    with pytest.raises(FormatError, match="another session"):
+        layout.pack_records(layout.build_pack(records(1)), uuid.uuid4().bytes)
+
+
+@given(st.binary(max_size=400))
+def test_pack_parsing_refuses_garbage_with_a_format_error_only(data: bytes) -> None:
+    with contextlib.suppress(FormatError):
+        layout.pack_records(data)
+
+
+def test_progress_survives_a_reopen_and_a_torn_last_line(tmp_path: Path) -> None:
+    path = tmp_path / "replication" / "s"
+    progress = SessionProgress(path)
+    progress.add_records([0, 1, 2, 5, 6])
+    progress.add_object("meta")
+    progress.close()
+    with open(path, "ab") as f:
+        f.write(b"r 7 9")  # a crash mid-append: no newline
+    again = SessionProgress(path)
+    assert again.prefix == 3 and again.above == {5, 6}
+    assert again.has_record(6) and not again.has_record(7) and not again.has_record(3)
+    assert again.objects == {"meta"}
+    assert path.read_bytes().endswith(b"\n")
+    again.add_records([3, 4])
+    assert again.prefix == 7 and not again.above
+    again.close()
+
+
+class Finished:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, LucidError | None, bytes]] = []
+
+    def __call__(self, chunk: Any, err: LucidError | None, leaf: bytes) -> None:
+        self.calls.append((chunk, err, leaf))
+
+
+def sealed(index: int) -> ipc.Sealed:
+    return ipc.Sealed(SESSION, index, bytes([index]) * 32, "w0-000000.seg", index * 100, 100, 90)
+
+
+def test_held_acks_are_answered_when_replicated_and_expire_as_unavailable() -> None:
+    sent: list[Any] = []
+    finished = Finished()
+    link = ReplicationLink(sent.append, finished, wait=True, timeout=5.0)
+    for index in range(3):
+        link.hold(f"chunk{index}", sealed(index))
+    link.forward([sealed(i) for i in range(3)])
+    assert isinstance(sent[0], ipc.Replicate) and sent[0].wait is True
+    link.on_message(ipc.Replicated([ipc.Acked(SESSION, 1, b"")]))
+    assert finished.calls == [("chunk1", None, bytes([1]) * 32)]
+    link.expire(now=0.0)  # nothing is late yet
+    assert len(finished.calls) == 1
+    link.expire(now=float("inf"))
+    late = finished.calls[1:]
+    assert sorted(chunk for chunk, _, _ in late) == ["chunk0", "chunk2"]
+    assert all(isinstance(err, UnavailableError) for _, err, _ in late)
+    assert link.metrics()["replication_timeouts_total"] == 2
+    assert not link.held
+
+
+def test_a_new_replicator_is_given_every_chunk_still_held() -> None:
+    sent: list[Any] = []
+    link = ReplicationLink(sent.append, Finished(), wait=True, timeout=5.0)
+    link.hold("c", sealed(4))
+    link.replaced()
+    assert [s.index for s in sent[-1].sealed] == [4] and sent[-1].wait
