@@ -88,6 +88,8 @@ def cmd_config(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_sessions(args: argparse.Namespace, out: Output) -> int:
+    if args.remote:
+        return _remote_sessions(args, out)
     with control_client(args) as control:
         sessions = control.sessions()
     header = (
@@ -101,6 +103,28 @@ def cmd_sessions(args: argparse.Namespace, out: Output) -> int:
         for s in sessions
     ]
     out.result({"sessions": [_summary_json(s) for s in sessions]}, human)
+    return EX_OK
+
+
+def _remote_sessions(args: argparse.Namespace, out: Output) -> int:
+    with control_client(args) as control:
+        hosts = control.remote_sessions()
+    human = []
+    for host in hosts:
+        human.append(f"host {host.host_id} ({host.origin}), {len(host.sessions)} session(s)")
+        human += [f"  {format_session_id(s)}" for s in host.sessions]
+    result = {
+        "hosts": [
+            {
+                "host_id": h.host_id,
+                "origin": h.origin,
+                "vkey": h.vkey,
+                "sessions": [format_session_id(s) for s in h.sessions],
+            }
+            for h in hosts
+        ]
+    }
+    out.result(result, human or ["no host in the object store yet"])
     return EX_OK
 
 

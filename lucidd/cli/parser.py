@@ -175,7 +175,12 @@ def build_parser() -> Parser:
     command("health", cmd_health, "the daemon's status and processes")
     command("metrics", cmd_metrics, "the daemon's counters and gauges")
     command("config", cmd_config, "the daemon's effective configuration")
-    command("sessions", cmd_sessions, "list sessions")
+    sub = command("sessions", cmd_sessions, "list sessions")
+    sub.add_argument(
+        "--remote",
+        action="store_true",
+        help="the object store's sessions, by host (root or the admin group)",
+    )
 
     sub = command("info", cmd_info, "one session's state, size and chunk count")
     session(sub)

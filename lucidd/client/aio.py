@@ -55,6 +55,7 @@ from lucidd.protocol import (
     HealthReply,
     InclusionProofReply,
     ReceiptReply,
+    RemoteHost,
     RootReply,
     SessionSummary,
     SigningKeyReply,
@@ -407,6 +408,10 @@ class AsyncControlClient:
     async def receipt(self, session: SessionRef, index: int) -> ReceiptReply:
         """As :meth:`ControlClient.receipt`."""
         return await self._call(self._core.receipt(session, index))
+
+    async def remote_sessions(self) -> list[RemoteHost]:
+        """As :meth:`ControlClient.remote_sessions`."""
+        return await self._call(self._core.remote_sessions())
 
     async def read_chunk(self, session: SessionRef, index: int) -> ChunkReply:
         """As :meth:`ControlClient.read_chunk`."""

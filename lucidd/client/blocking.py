@@ -53,6 +53,7 @@ from lucidd.protocol import (
     HealthReply,
     InclusionProofReply,
     ReceiptReply,
+    RemoteHost,
     RootReply,
     SessionSummary,
     SigningKeyReply,
@@ -421,6 +422,10 @@ class ControlClient:
     def receipt(self, session: SessionRef, index: int) -> ReceiptReply:
         """What proves chunk ``index`` offline: proofs, signed checkpoints, attestations."""
         return self._call(self._core.receipt(session, index))
+
+    def remote_sessions(self) -> list[RemoteHost]:
+        """The object store's sessions by host (privileged; ``replication_url`` set)."""
+        return self._call(self._core.remote_sessions())
 
     def read_chunk(self, session: SessionRef, index: int) -> ChunkReply:
         """Decrypt one stored chunk: its plaintext and its sealed record."""

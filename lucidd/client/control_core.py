@@ -50,10 +50,11 @@ _SIGNING_KEY: Final = _Exchange(p.GetSigningKey, p.SigningKeyReply)
 _CHECKPOINT: Final = _Exchange(p.GetCheckpoint, p.CheckpointReply)
 _ANCHOR: Final = _Exchange(p.Anchor, p.AnchorReply)
 _RECEIPT: Final = _Exchange(p.GetReceipt, p.ReceiptReply)
+_REMOTE_SESSIONS: Final = _Exchange(p.ListRemoteSessions, p.RemoteSessionsReply)
 _EXCHANGES: Final[tuple[_Exchange[Any, Any], ...]] = (
     _HEALTH, _METRICS, _CONFIG, _OPEN_SESSION, _SESSIONS, _INFO, _ROOT, _INCLUSION_PROOF,
     _CONSISTENCY_PROOF, _FINALIZE, _READ_CHUNK, _SHRED, _CHECK, _SIGNING_KEY, _CHECKPOINT,
-    _ANCHOR, _RECEIPT,
+    _ANCHOR, _RECEIPT, _REMOTE_SESSIONS,
 )  # fmt: skip
 _REPLY_TYPE: Final[dict[type[p.Message], type[p.Message]]] = {
     exchange.request: exchange.reply for exchange in _EXCHANGES
@@ -214,6 +215,10 @@ class ControlCore(Core[ControlResult]):
     def receipt(self, session: SessionRef, index: int) -> ControlCall[p.ReceiptReply]:
         request = p.GetReceipt(req=0, session=session_bytes(session), index=index)
         return self._start(_RECEIPT, request, _itself)
+
+    def remote_sessions(self) -> ControlCall[list[p.RemoteHost]]:
+        request = p.ListRemoteSessions(req=0)
+        return self._start(_REMOTE_SESSIONS, request, lambda reply: reply.hosts)
 
     def _on_reply(self, message: Any) -> list[ControlResult]:
         expected = self._pending.pop(message.req, None)

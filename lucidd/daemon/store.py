@@ -42,6 +42,8 @@ META_FILE: Final = "meta"
 INDEX_FILE: Final = "index.bin"
 MERKLE_DIR: Final = "merkle"
 FINAL_FILE: Final = "final"
+#: In a session folder: a read-only copy of another host's session; it holds that host's id.
+REMOTE_FILE: Final = "remote"
 META_VERSION: Final = 1
 _SEGMENT_NAME = re.compile(r"^w(\d+)-(\d+)\.seg$")
 
@@ -148,6 +150,13 @@ class SessionPaths:
     @property
     def final(self) -> Path:
         return self.root / FINAL_FILE
+
+    def remote_host(self) -> str | None:
+        """The host whose session this is a read-only copy of (None: this host's own)."""
+        try:
+            return (self.root / REMOTE_FILE).read_text().strip() or None
+        except FileNotFoundError:
+            return None
 
     def segment(self, name: str) -> Path:
         return self.root / name

@@ -159,6 +159,9 @@ from lucidd.protocol.messages import (
     InclusionProofReply as InclusionProofReply,
 )
 from lucidd.protocol.messages import (
+    ListRemoteSessions as ListRemoteSessions,
+)
+from lucidd.protocol.messages import (
     ListSessions as ListSessions,
 )
 from lucidd.protocol.messages import (
@@ -181,6 +184,12 @@ from lucidd.protocol.messages import (
 )
 from lucidd.protocol.messages import (
     ReceiptReply as ReceiptReply,
+)
+from lucidd.protocol.messages import (
+    RemoteHost as RemoteHost,
+)
+from lucidd.protocol.messages import (
+    RemoteSessionsReply as RemoteSessionsReply,
 )
 from lucidd.protocol.messages import (
     RootReply as RootReply,

@@ -181,6 +181,10 @@ class GetReceipt(Message, tag="receipt", frozen=True):
     index: int
 
 
+class ListRemoteSessions(Message, tag="remote_sessions", frozen=True):
+    """The object store's sessions, by host (root, the daemon's uid and the admin group)."""
+
+
 ControlRequest = (
     Health
     | Metrics
@@ -199,6 +203,7 @@ ControlRequest = (
     | GetCheckpoint
     | Anchor
     | GetReceipt
+    | ListRemoteSessions
 )
 
 
@@ -377,6 +382,17 @@ class ReceiptReply(Message, tag="receipt_reply", frozen=True):
     attestations: list[Attestation] = []
 
 
+class RemoteHost(msgspec.Struct, frozen=True):
+    host_id: str
+    origin: str
+    vkey: str
+    sessions: list[bytes]
+
+
+class RemoteSessionsReply(Message, tag="remote_sessions_reply", frozen=True):
+    hosts: list[RemoteHost]
+
+
 ControlReply = (
     HealthReply
     | MetricsReply
@@ -395,6 +411,7 @@ ControlReply = (
     | CheckpointReply
     | AnchorReply
     | ReceiptReply
+    | RemoteSessionsReply
     | Error
 )
 

@@ -47,11 +47,14 @@ def wait_until(what: str, probe: Callable[[], Any]) -> Any:
 
 
 def settings(seaweed: Seaweed, folder: Path, prefix: str, **extra: object) -> dict[str, object]:
+    credentials = folder / f"{prefix}.json"
+    if not credentials.exists():
+        seaweed.credentials_file(folder, credentials.name)
     return {
         "replication_url": f"s3://{seaweed.bucket}/{prefix}",
         "replication_endpoint": seaweed.endpoint,
         "replication_region": seaweed.region,
-        "replication_credentials": str(seaweed.credentials_file(folder, f"{prefix}.json")),
+        "replication_credentials": str(credentials),
         "checkpoint_interval": 0.2,
         **extra,
     }
@@ -272,3 +275,33 @@ def _read(path: Path) -> str | None:
         return path.read_text().strip() or None
     except FileNotFoundError:
         return None
+
+
+def test_a_second_host_reads_the_first_hosts_session_through_the_object_store(
+    make_daemon: MakeDaemon, short_tmp: Path, seaweed: Seaweed
+) -> None:
+    first = make_daemon(**settings(seaweed, short_tmp, "shared"))
+    path, data = random_file(short_tmp, "a.bin", 5 * CHUNK)
+    put = put_file(first, path, "--finalize")
+    session = put["session"]
+    wait_until("the session replicated", lambda: fully_replicated(first, session, 5, True))
+    # The second host shares the bucket and the keyring (a key holder may decrypt).
+    second = make_daemon(**settings(seaweed, short_tmp, "shared", checkpoint_interval=10))
+    second.stop()
+    shutil.copy(first.state_dir / "keys" / "keyring", second.state_dir / "keys" / "keyring")
+    second.start()
+    remote = ctl(second, "--json", "sessions", "--remote").ok()["hosts"]
+    first_host = (first.state_dir / "host_id").read_text().strip()
+    assert session in next(h for h in remote if h["host_id"] == first_host)["sessions"]
+    assert ctl(second, "--json", "root", session).ok()["root"] == put["root"]
+    assert ctl(second, "get", session).stdout == data
+    proof = ctl(second, "--json", "proof", session, "2").ok()
+    assert proof["size"] == 5
+    info = ctl(second, "--json", "info", session).ok()
+    assert info["state"] == "finalized"
+    # Read-only here: no chunk is admitted to it, and it is not uploaded as the second's own.
+    refused = ctl(second, "put", "--session", session, path)
+    assert refused.code != 0 and "session_finalized" in refused.stderr
+    second_host = (second.state_dir / "host_id").read_text().strip()
+    time.sleep(3)  # two scans of the second's replicator
+    assert not [k for k in objects(seaweed, "shared") if f"{second_host}/sessions/{session}" in k]

@@ -166,6 +166,7 @@ CONTROL_REQUESTS: list[p.Message] = [
     p.GetCheckpoint(req=20, session=SID, size=7),
     p.Anchor(req=21),
     p.GetReceipt(req=22, session=SID, index=3),
+    p.ListRemoteSessions(req=23),
 ]
 
 CONTROL_REPLIES: list[p.Message] = [
@@ -215,6 +216,8 @@ CONTROL_REPLIES: list[p.Message] = [
         anchor_checkpoint=b"anchor note",
         attestations=[p.Attestation("command", b"out")],
     ),
+    p.RemoteSessionsReply(req=23, hosts=[]),
+    p.RemoteSessionsReply(req=23, hosts=[p.RemoteHost("h1", "o.example/l", "v", [SID])]),
     p.HealthReply(req=18, status="degraded", processes=[], sessions=2, damaged_sessions=1),
     p.SessionInfoReply(
         req=19,

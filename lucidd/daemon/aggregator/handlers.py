@@ -18,12 +18,19 @@ from lucidd.daemon.access import LEGACY_OWNER, AccessPolicy, Peer
 from lucidd.daemon.aggregator.anchoring import Anchorer
 from lucidd.daemon.aggregator.ledger import Ledger
 from lucidd.daemon.aggregator.notary import Notary
+from lucidd.daemon.aggregator.remote import RemoteSessions
 from lucidd.daemon.aggregator.repair import quarantine_records, scrub
 from lucidd.daemon.aggregator.session import SessionLedger
 from lucidd.daemon.config import Config
 from lucidd.daemon.logs import NOTICE
 from lucidd.daemon.store import storage_error
-from lucidd.errors import BadRequestError, ForbiddenError, LucidError, NotAnchoredError
+from lucidd.errors import (
+    BadRequestError,
+    ForbiddenError,
+    LucidError,
+    NotAnchoredError,
+    SessionFinalizedError,
+)
 
 log = logging.getLogger("lucidd.daemon.aggregator.handlers")
 
@@ -37,6 +44,8 @@ class ControlServices(Protocol):
     notary: Notary
     anchorer: Anchorer
     config: Config
+    #: Sessions of other hosts in the object store (None: no replication configured).
+    remote: RemoteSessions | None
 
     def catch_up(self) -> None:
         """Take in every result the workers have sent, so an acked chunk is visible."""
@@ -117,6 +126,25 @@ def _session(s: ControlServices, peer: Peer, session_id: bytes) -> SessionLedger
     return session
 
 
+async def _readable(s: ControlServices, peer: Peer, session_id: bytes) -> SessionLedger:
+    """As :func:`_session`, but a session this host does not hold is looked for in the object
+    store first (aggregator.remote) when the peer is privileged: owner uids of other hosts
+    mean nothing here, so only root, the daemon's uid and the admin group read them."""
+    remote = s.remote
+    if (
+        remote is not None
+        and session_id not in s.ledger.sessions
+        and session_id not in s.ledger.unreadable
+        and s.policy.may_touch(peer, LEGACY_OWNER)
+    ):
+        async with s.session_lock(session_id):
+            if session_id not in s.ledger.sessions:
+                session = await remote.hydrate(s.ledger, session_id)
+                if session is not None:
+                    s.session_changed(session)
+    return _session(s, peer, session_id)
+
+
 async def handle_request(services: ControlServices, request: Any, peer: Peer) -> p.Message:
     """One reply for one request from ``peer``; every failure becomes a typed ``Error``."""
     req: int = request.req
@@ -188,17 +216,17 @@ async def _sessions(s: ControlServices, r: p.ListSessions, peer: Peer) -> p.Mess
 
 
 async def _info(s: ControlServices, r: p.SessionInfo, peer: Peer) -> p.Message:
-    return p.SessionInfoReply(req=r.req, info=_summary(_session(s, peer, r.session)))
+    return p.SessionInfoReply(req=r.req, info=_summary(await _readable(s, peer, r.session)))
 
 
 async def _root(s: ControlServices, r: p.GetRoot, peer: Peer) -> p.Message:
-    session = _session(s, peer, r.session)
+    session = await _readable(s, peer, r.session)
     size = session.check_size(r.size)
     return p.RootReply(req=r.req, session=r.session, size=size, root=session.merkle.root(size))
 
 
 async def _proof(s: ControlServices, r: p.GetInclusionProof, peer: Peer) -> p.Message:
-    session = _session(s, peer, r.session)
+    session = await _readable(s, peer, r.session)
     size = session.check_size(r.size)
     if not 0 <= r.index < size:
         raise BadRequestError(
@@ -216,7 +244,7 @@ async def _proof(s: ControlServices, r: p.GetInclusionProof, peer: Peer) -> p.Me
 
 
 async def _consistency(s: ControlServices, r: p.GetConsistencyProof, peer: Peer) -> p.Message:
-    session = _session(s, peer, r.session)
+    session = await _readable(s, peer, r.session)
     size2 = session.check_size(r.size2)
     size1 = session.check_size(r.size1)
     if size1 > size2:
@@ -245,6 +273,12 @@ async def _finalize(s: ControlServices, r: p.Finalize, peer: Peer) -> p.Message:
     async with s.session_lock(r.session):
         # Looked up again under the lock: a shred that held it may have removed the session.
         session = _session(s, peer, r.session)
+        if session.remote_host is not None:
+            raise SessionFinalizedError(
+                f"this is a read-only copy of host {session.remote_host}'s session; "
+                "finalize it on that host",
+                session=r.session,
+            )
         already = session.state == ipc.SESSION_FINALIZED
         if not already:
             await s.freeze(r.session)
@@ -269,7 +303,7 @@ async def _finalize(s: ControlServices, r: p.Finalize, peer: Peer) -> p.Message:
 
 
 async def _read(s: ControlServices, r: p.ReadChunk, peer: Peer) -> p.Message:
-    session = _session(s, peer, r.session)
+    session = await _readable(s, peer, r.session)
     plaintext, record = session.read_chunk(s.ledger.keyring, r.index)
     return p.ChunkReply(req=r.req, session=r.session, index=r.index, data=plaintext, record=record)
 
@@ -360,7 +394,7 @@ async def _anchor(s: ControlServices, r: p.Anchor, peer: Peer) -> p.Message:
 
 
 async def _receipt(s: ControlServices, r: p.GetReceipt, peer: Peer) -> p.Message:
-    session = _session(s, peer, r.session)
+    session = await _readable(s, peer, r.session)
     if not 0 <= r.index < session.merkle.size:
         raise BadRequestError(
             f"chunk {r.index} is not in the log of session (size {session.merkle.size})",
@@ -418,6 +452,25 @@ def _anchor_covering(s: ControlServices, leaf: int) -> int:
     return 0
 
 
+async def _remote_sessions(s: ControlServices, r: p.ListRemoteSessions, peer: Peer) -> p.Message:
+    if not s.policy.may_touch(peer, LEGACY_OWNER):
+        raise ForbiddenError(
+            "listing the object store is for root, the daemon's user and the admin group"
+        )
+    if s.remote is None:
+        raise BadRequestError("this daemon replicates nowhere (replication_url is not set)")
+    by_host = await s.remote.sessions_by_host()
+    hosts = await s.remote.hosts()
+    return p.RemoteSessionsReply(
+        req=r.req,
+        hosts=[
+            p.RemoteHost(host_id, hosts[host_id].origin, hosts[host_id].vkey, sessions)
+            for host_id, sessions in by_host.items()
+            if host_id in hosts
+        ],
+    )
+
+
 _Handler = Callable[[ControlServices, Any, Peer], Awaitable[p.Message]]
 _HANDLERS: dict[type, _Handler] = {
     p.Health: _health,
@@ -437,4 +490,5 @@ _HANDLERS: dict[type, _Handler] = {
     p.GetCheckpoint: _checkpoint,
     p.Anchor: _anchor,
     p.GetReceipt: _receipt,
+    p.ListRemoteSessions: _remote_sessions,
 }

@@ -30,6 +30,7 @@ from lucidd.daemon import ipc
 from lucidd.daemon.aggregator.recovery import open_session
 from lucidd.daemon.aggregator.session import SessionLedger, damaged_view
 from lucidd.daemon.store import (
+    SessionMeta,
     SessionPaths,
     create_session_dir,
     list_session_dirs,
@@ -85,26 +86,39 @@ class Ledger:
                 continue
             readable += 1
             try:
-                secret = unwrap_secret(keyring, session_id, meta.wrapped_secret)
-            except LucidError as err:
-                self.unreadable[session_id] = (
-                    f"its secret cannot be unwrapped: {err.code}: {err.message}"
-                )
+                self.load(session_id, paths, meta)
+            except DamagedSessionError:  # its files: kept aside, the others are served
+                continue
+            except LucidError as err:  # its secret: the keyring may be the wrong one
                 refused.append(err)
-                continue
-            try:
-                session = open_session(session_id, paths, meta)
-            except (OSError, LucidError) as exc:
-                self.unreadable[session_id] = f"its files cannot be opened: {exc}"
-                continue
-            session._secret = secret
-            self._add(session)
         if refused and len(refused) == readable:
             first = refused[0]
             raise KeyringError(
                 f"the keyring opens none of the {readable} stored session(s) "
                 f"({first.code}: {first.message})"
             )
+
+    def load(self, session_id: bytes, paths: SessionPaths, meta: SessionMeta) -> SessionLedger:
+        """Open one session folder and add it (also for a session restored while running).
+
+        A secret the keyring cannot unwrap, or files that cannot be opened, put the session in
+        :attr:`unreadable` and raise the error (its code says which).
+        """
+        try:
+            secret = unwrap_secret(self.keyring, session_id, meta.wrapped_secret)
+        except LucidError as err:
+            self.unreadable[session_id] = (
+                f"its secret cannot be unwrapped: {err.code}: {err.message}"
+            )
+            raise
+        try:
+            session = open_session(session_id, paths, meta)
+        except (OSError, LucidError) as exc:
+            self.unreadable[session_id] = f"its files cannot be opened: {exc}"
+            raise DamagedSessionError(self.unreadable[session_id], session=session_id) from None
+        session._secret = secret
+        self._add(session)
+        return session
 
     def __iter__(self) -> Iterator[SessionLedger]:
         return iter(self.sessions.values())

@@ -41,6 +41,7 @@ from lucidd.daemon.aggregator.notary import (
     signing_key_name,
 )
 from lucidd.daemon.aggregator.recovery import recover_segments
+from lucidd.daemon.aggregator.remote import RemoteSessions
 from lucidd.daemon.aggregator.session import SessionLedger
 from lucidd.daemon.channels import PipeReader, PipeWriter, take_fd
 from lucidd.daemon.config import Config, config_as_dict
@@ -51,6 +52,11 @@ from lucidd.daemon.procutil import (
     die_with_parent,
     keep_keys_out_of_dumps,
     leave_shutdown_to_the_supervisor,
+)
+from lucidd.daemon.replication.objects import (
+    ObjectStore,
+    ReplicationTarget,
+    resolve_s3_credentials,
 )
 from lucidd.daemon.ring import RingReader
 from lucidd.daemon.signing_key import resolve_signing_key
@@ -105,6 +111,7 @@ class Aggregator:
         publish_verifier_key(state_dir, signer.verifier.vkey)
         self.notary = Notary(signer, origin, AnchorLog.open(state_dir))
         self.anchorer = Anchorer(self.notary, _backends(spec.config, state_dir, credentials))
+        self.remote = _remote_sessions(spec.config, state_dir, credentials)
         self._ring = RingReader(spec.ring_name, spec.ring_size)
         self._control_sock = control_sock
         self._fds = (
@@ -452,6 +459,19 @@ def _backends(config: Config, state_dir: Path, credentials: Path | None) -> list
     else:
         ethereum = state_dir / "keys" / "ethereum.json"
     return build_backends(config.anchors, config.anchor_command, ethereum, config.ethereum_contract)
+
+
+def _remote_sessions(
+    config: Config, state_dir: Path, credentials: Path | None
+) -> RemoteSessions | None:
+    """Reading other hosts' sessions from the object store (replication configured)."""
+    if not config.replication_url:
+        return None
+    target = ReplicationTarget.parse(
+        config.replication_url, config.replication_endpoint, config.replication_region
+    )
+    creds = resolve_s3_credentials(config.replication_credentials, credentials, state_dir)
+    return RemoteSessions(state_dir, ObjectStore(target, creds), target.prefix)
 
 
 def _sid(session_id: bytes) -> str:

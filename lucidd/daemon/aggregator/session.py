@@ -60,6 +60,8 @@ class SessionLedger:
     """One session's durable state as the aggregator sees it."""
 
     def __init__(self, session_id: bytes, paths: SessionPaths, meta: SessionMeta) -> None:
+        #: The host whose session this is a read-only copy of (aggregator.remote), or None.
+        self.remote_host = paths.remote_host()
         self.session_id = session_id
         self.paths = paths
         self.meta = meta
@@ -160,9 +162,11 @@ class SessionLedger:
         return self._secret
 
     def view(self) -> ipc.SessionView:
+        # A read-only copy of another host's session admits no chunk: the supervisor sees it
+        # finalized whatever its state on its own host.
         return ipc.SessionView(
             self.session_id,
-            self.state,
+            ipc.SESSION_FINALIZED if self.remote_host is not None else self.state,
             self.meta.compression,
             self.plaintext_bytes,
             self.merkle.size,

@@ -175,8 +175,13 @@ def write_session(
     records: list[tuple[int, bytes]],
     checkpoints: dict[int, bytes],
     final: bytes | None,
+    record_progress: bool = True,
 ) -> None:
-    """Write a verified session into the state folder (refused if it is there already)."""
+    """Write a verified session into the state folder (refused if it is there already).
+
+    ``record_progress``: tell the replicator it is uploaded (a restore of this host's own
+    session); False for a read-only copy of another host's.
+    """
     paths = SessionPaths.of(state_dir, session)
     if paths.meta.exists():
         raise FileExistsError(f"session {uuid.UUID(bytes=session)} is already in {state_dir}")
@@ -198,6 +203,8 @@ def write_session(
         meta = msgspec.structs.replace(meta, state=SessionState.FINALIZED)
     write_meta(paths, meta)  # last: a folder without meta is ignored (a torn restore)
     fsync_dir(paths.root.parent)
+    if not record_progress:
+        return
     progress = SessionProgress(state_dir / REPLICATION_DIR / str(uuid.UUID(bytes=session)))
     if records:
         progress.add_records([index for index, _ in records])

@@ -1,0 +1,93 @@
+"""Sessions this host does not hold, read from the object store (layer 3, issue 14).
+
+A request naming a session the ledger does not know asks here before it is refused: the
+bucket is searched under every host of the prefix, and a session found is fetched and
+verified as ``lucidd restore`` does (every record against its pack, the packs against the
+newest checkpoint signed by that host's key), written into the state folder with a ``remote``
+marker naming its host, and loaded like any session. From then on it is served from the local
+copy. It is read-only here: its view says finalized (no chunk is admitted to it), and the
+replicator never uploads it again under this host's id.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+
+from lucidd.daemon.aggregator.ledger import Ledger
+from lucidd.daemon.aggregator.recovery import recover_segments
+from lucidd.daemon.aggregator.session import SessionLedger
+from lucidd.daemon.replication import layout
+from lucidd.daemon.replication.objects import ObjectStore
+from lucidd.daemon.replication.restore import (
+    fetch_session,
+    list_hosts,
+    list_sessions,
+    write_session,
+)
+from lucidd.daemon.store import REMOTE_FILE, SessionPaths, read_meta
+from lucidd.note import Verifier
+
+log = logging.getLogger("lucidd.daemon.aggregator.remote")
+
+
+class RemoteSessions:
+    def __init__(self, state_dir: Path, store: ObjectStore, prefix: str) -> None:
+        self.state_dir = state_dir
+        self.store = store
+        self.prefix = prefix
+        self._hosts: dict[str, layout.HostRecord] = {}
+
+    async def hosts(self) -> dict[str, layout.HostRecord]:
+        self._hosts = await list_hosts(self.store, self.prefix)
+        return self._hosts
+
+    async def sessions_by_host(self) -> dict[str, list[bytes]]:
+        return {
+            host_id: await list_sessions(self.store, self.prefix, host_id)
+            for host_id in sorted(await self.hosts())
+        }
+
+    async def _holder(self, session_id: bytes) -> str | None:
+        for host_id in sorted(await self.hosts()):
+            if await self.store.exists(layout.meta_key(self.prefix, host_id, session_id)):
+                return host_id
+        return None
+
+    async def hydrate(self, ledger: Ledger, session_id: bytes) -> SessionLedger | None:
+        """Fetch, verify and load a session held by some host of the bucket (None: none has
+        it). Raises the restore's error when what is stored does not verify."""
+        host_id = await self._holder(session_id)
+        if host_id is None:
+            return None
+        record = self._hosts[host_id]
+        verifiers = [Verifier.from_vkey(record.vkey)]
+        meta, records, checkpoints, final = await fetch_session(
+            self.store, self.prefix, host_id, session_id, verifiers
+        )
+        paths = SessionPaths.of(self.state_dir, session_id)
+        if session_id not in ledger.sessions and not paths.meta.exists():
+            paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            (paths.root / REMOTE_FILE).write_text(host_id + "\n")
+            write_session(
+                self.state_dir,
+                session_id,
+                meta=meta,
+                records=records,
+                checkpoints=checkpoints,
+                final=final,
+                record_progress=False,  # not this host's to upload
+            )
+        session = ledger.sessions.get(session_id) or ledger.load(
+            session_id, paths, read_meta(paths)
+        )
+        recover_segments(session, ledger.keyring, repair=False)
+        session.sync()
+        log.info(
+            "event=remote_session_loaded session=%s host_id=%s chunks=%d",
+            uuid.UUID(bytes=session_id),
+            host_id,
+            len(records),
+        )
+        return session
