@@ -81,6 +81,11 @@ def test_defaults_equal_the_spec() -> None:
         "anchor_command": "",
         "ethereum_credentials": "",
         "ethereum_contract": "",
+        "replication_url": "",
+        "replication_endpoint": "",
+        "replication_region": "us-east-1",
+        "replication_credentials": "",
+        "replication_timeout": 30.0,
     }
 
 
@@ -190,7 +195,7 @@ def test_nan_timeout_is_out_of_range() -> None:
     ("field", "choices"),
     [
         ("compression", ["auto", "zstd", "zlib", "off"]),
-        ("durability", ["fsync", "os"]),
+        ("durability", ["fsync", "os", "replicated"]),
         ("log_level", ["debug", "info", "warning", "error"]),
     ],
 )
@@ -198,7 +203,8 @@ def test_each_choice_is_accepted_and_others_rejected_listing_the_choices(
     field: str, choices: list[str]
 ) -> None:
     for choice in choices:
-        make(**{field: choice}).validate()
+        extra = {"replication_url": "s3://b/p"} if choice == "replicated" else {}
+        make(**{field: choice}, **extra).validate()
     message = invalid(**{field: "bogus"})
     assert message == f"{field} = 'bogus' is not allowed: choose one of {', '.join(choices)}"
 
@@ -629,3 +635,18 @@ def test_a_valid_origin_and_known_anchor_backends_are_accepted() -> None:
 def test_an_unknown_anchor_backend_is_refused_by_name() -> None:
     with pytest.raises(ConfigError, match="'bitcoin'"):
         load_config(None, {"LUCIDD_ANCHORS": "command,bitcoin"}, {})
+
+
+def test_replicated_durability_needs_a_replication_url() -> None:
+    with pytest.raises(ConfigError, match="replication_url"):
+        load_config(None, {"LUCIDD_DURABILITY": "replicated"}, {})
+    config = load_config(
+        None, {"LUCIDD_DURABILITY": "replicated", "LUCIDD_REPLICATION_URL": "s3://b/p"}, {}
+    )
+    assert config.durability == "replicated"
+
+
+@pytest.mark.parametrize("url", ["http://b/p", "s3://", "s3:///p", "b/p"])
+def test_a_replication_url_must_be_s3_bucket_prefix(url: str) -> None:
+    with pytest.raises(ConfigError, match="replication_url"):
+        load_config(None, {"LUCIDD_REPLICATION_URL": url}, {})
