@@ -129,6 +129,9 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     #: With ``durability = "replicated"``: seconds a chunk may wait for its upload before the
     #: client is told ``unavailable`` (the chunk stays stored locally and is uploaded later).
     replication_timeout: float = 30.0
+    #: Seconds a finalized session stays on the local disk once the object store holds all of
+    #: it; then its records are freed locally and reads fetch them back. 0: kept forever.
+    local_retention: float = 0.0
 
     @property
     def slots(self) -> int:
@@ -173,6 +176,7 @@ RANGES: Final[Mapping[str, tuple[int | float, int | float | None]]] = {
     "checkpoint_interval": (0.05, 86_400.0),
     "anchor_interval": (0.05, 86_400.0),
     "replication_timeout": (0.1, 3600.0),
+    "local_retention": (0.0, 10 * 365 * 86_400.0),
 }
 
 CHOICES: Final[Mapping[str, tuple[str, ...]]] = {
@@ -326,6 +330,10 @@ def _cross_field_problems(config: Config) -> list[tuple[str, str]]:
                 "durability",
                 'durability = "replicated" needs replication_url (s3://BUCKET/PREFIX)',
             )
+        )
+    if config.local_retention and not url:
+        problems.append(
+            ("local_retention", "local_retention needs replication_url (s3://BUCKET/PREFIX)")
         )
     runtime = config.runtime_dir
     if runtime:

@@ -44,6 +44,9 @@ MERKLE_DIR: Final = "merkle"
 FINAL_FILE: Final = "final"
 #: In a session folder: a read-only copy of another host's session; it holds that host's id.
 REMOTE_FILE: Final = "remote"
+#: In a session folder: its records were freed locally (local_retention); they are in the
+#: object store, under this host's id, which the file holds.
+EVICTED_FILE: Final = "evicted"
 META_VERSION: Final = 1
 _SEGMENT_NAME = re.compile(r"^w(\d+)-(\d+)\.seg$")
 
@@ -150,6 +153,13 @@ class SessionPaths:
     @property
     def final(self) -> Path:
         return self.root / FINAL_FILE
+
+    def evicted_to(self) -> str | None:
+        """The host id under which the freed records are in the object store, or None."""
+        try:
+            return (self.root / EVICTED_FILE).read_text().strip() or None
+        except FileNotFoundError:
+            return None
 
     def remote_host(self) -> str | None:
         """The host whose session this is a read-only copy of (None: this host's own)."""

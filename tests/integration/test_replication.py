@@ -305,3 +305,22 @@ def test_a_second_host_reads_the_first_hosts_session_through_the_object_store(
     second_host = (second.state_dir / "host_id").read_text().strip()
     time.sleep(3)  # two scans of the second's replicator
     assert not [k for k in objects(seaweed, "shared") if f"{second_host}/sessions/{session}" in k]
+
+
+def test_local_retention_frees_a_replicated_session_and_reads_fetch_it_back(
+    make_daemon: MakeDaemon, short_tmp: Path, seaweed: Seaweed
+) -> None:
+    daemon = make_daemon(**settings(seaweed, short_tmp, "retention", local_retention=1))
+    path, data = random_file(short_tmp, "a.bin", 6 * CHUNK)
+    put = put_file(daemon, path, "--finalize")
+    session = put["session"]
+    folder = daemon.state_dir / "sessions" / session
+    wait_until("the session freed locally", (folder / "evicted").exists)
+    assert not list(folder.glob("*.seg")) and not (folder / "index.bin").exists()
+    listed = ctl(daemon, "--json", "sessions").ok()["sessions"]
+    assert [s["state"] for s in listed if s["session"] == session] == ["finalized"]
+    # A read brings it back, verified against its own signed checkpoints.
+    assert ctl(daemon, "get", session).stdout == data
+    assert ctl(daemon, "--json", "root", session).ok()["root"] == put["root"]
+    assert not (folder / "evicted").exists()
+    assert "event=session_freed_locally" in daemon.log()

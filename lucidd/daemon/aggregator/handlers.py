@@ -23,7 +23,7 @@ from lucidd.daemon.aggregator.repair import quarantine_records, scrub
 from lucidd.daemon.aggregator.session import SessionLedger
 from lucidd.daemon.config import Config
 from lucidd.daemon.logs import NOTICE
-from lucidd.daemon.store import storage_error
+from lucidd.daemon.store import SessionMeta, storage_error
 from lucidd.errors import (
     BadRequestError,
     ForbiddenError,
@@ -95,6 +95,23 @@ def _summary(session: SessionLedger) -> p.SessionSummary:
     )
 
 
+def _evicted_summary(session_id: bytes, meta: SessionMeta) -> p.SessionSummary:
+    """A session whose records are only in the object store now (local_retention)."""
+    return p.SessionSummary(
+        session=session_id,
+        state=ipc.SESSION_FINALIZED,
+        size=0,
+        chunks=0,
+        plaintext_bytes=0,
+        compression=meta.compression,
+        owner_uid=meta.owner_uid,
+        created_ns=meta.created_ns,
+        label=meta.label,
+        chunk_size=meta.chunk_size,
+        problem="freed locally (local_retention); read from the object store on use",
+    )
+
+
 def _unreadable_summary(session_id: bytes, problem: str) -> p.SessionSummary:
     return p.SessionSummary(
         session=session_id,
@@ -131,6 +148,12 @@ async def _readable(s: ControlServices, peer: Peer, session_id: bytes) -> Sessio
     store first (aggregator.remote) when the peer is privileged: owner uids of other hosts
     mean nothing here, so only root, the daemon's uid and the admin group read them."""
     remote = s.remote
+    evicted = s.ledger.evicted.get(session_id)
+    if remote is not None and evicted is not None:
+        s.policy.check(peer, session_id, evicted.owner_uid)
+        async with s.session_lock(session_id):
+            if session_id in s.ledger.evicted:  # its records were freed: fetch them back
+                await remote.fetch_back(s.ledger, session_id)
     if (
         remote is not None
         and session_id not in s.ledger.sessions
@@ -210,6 +233,11 @@ async def _sessions(s: ControlServices, r: p.ListSessions, peer: Peer) -> p.Mess
         key=lambda x: x.meta.created_ns,
     )
     visible = [_summary(x) for x in readable]
+    visible += [
+        _evicted_summary(session_id, meta)
+        for session_id, meta in s.ledger.evicted.items()
+        if s.policy.may_touch(peer, meta.owner_uid)
+    ]
     if s.policy.may_touch(peer, LEGACY_OWNER):
         visible += [_unreadable_summary(i, why) for i, why in s.ledger.unreadable.items()]
     return p.SessionListReply(req=r.req, sessions=visible)

@@ -12,6 +12,7 @@ bounded however many sessions the host sees.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -30,13 +31,17 @@ from lucidd.daemon import ipc
 from lucidd.daemon.aggregator.recovery import open_session
 from lucidd.daemon.aggregator.session import SessionLedger, damaged_view
 from lucidd.daemon.store import (
+    EVICTED_FILE,
+    LEDGER_STATE_FILE,
     SessionMeta,
     SessionPaths,
     create_session_dir,
+    fsync_dir,
     list_session_dirs,
     new_meta,
     read_meta,
     shred_session,
+    write_atomically,
 )
 from lucidd.errors import (
     BadRequestError,
@@ -76,6 +81,8 @@ class Ledger:
         self._last_used: SessionLedger | None = None
         #: Session id -> what is wrong with it, for the sessions that cannot be loaded.
         self.unreadable: dict[bytes, str] = {}
+        #: Sessions whose records were freed locally (local_retention): id -> metadata.
+        self.evicted: dict[bytes, SessionMeta] = {}
         readable = 0
         refused: list[LucidError] = []
         for session_id, paths in list_session_dirs(state_dir):
@@ -85,6 +92,9 @@ class Ledger:
                 self.unreadable[session_id] = f"its metadata cannot be read: {exc}"
                 continue
             readable += 1
+            if paths.evicted_to() is not None:
+                self.evicted[session_id] = meta
+                continue
             try:
                 self.load(session_id, paths, meta)
             except DamagedSessionError:  # its files: kept aside, the others are served
@@ -136,6 +146,10 @@ class Ledger:
         """What the supervisor admits by: every session, the unreadable ones as damaged."""
         views = [session.view() for session in self.sessions.values()]
         views += [damaged_view(session_id) for session_id in self.unreadable]
+        views += [
+            ipc.SessionView(sid, ipc.SESSION_FINALIZED, meta.compression, 0, 0, [], meta.owner_uid)
+            for sid, meta in self.evicted.items()
+        ]
         return views
 
     @property
@@ -175,6 +189,8 @@ class Ledger:
         existing = self.sessions.get(session_id)
         if existing is not None:
             return existing
+        if session_id in self.evicted:
+            raise SessionFinalizedError("session is finalized", session=session_id)
         damaged = self.damaged_error(session_id)
         if damaged is not None:
             raise damaged
@@ -273,6 +289,27 @@ class Ledger:
             session.merkle.close()
             session.index.close()
         shred_session(session.paths)
+
+    def evict(self, session_id: bytes, host_id: str) -> None:
+        """Free a finalized session's records locally (they are verified in the object store
+        under ``host_id``): its segments, index, Merkle files and ledger state go; its
+        metadata, checkpoints and FINAL record stay, so it is still listed and its owner
+        known. The marker is written first, so a crash half-way leaves an evicted session."""
+        session = self.get(session_id)
+        paths = session.paths
+        write_atomically(paths.root / EVICTED_FILE, f"{host_id}\n".encode())
+        del self.sessions[session_id]
+        self._in_use.pop(session_id, None)
+        self._last_used = None
+        session.close()
+        for name in paths.segments():
+            paths.segment(name).unlink()
+        for path in (paths.index, paths.root / LEDGER_STATE_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        shutil.rmtree(paths.merkle, ignore_errors=True)
+        fsync_dir(paths.root)
+        self.evicted[session_id] = session.meta
 
     def sync(self) -> None:
         for session in self.sessions.values():

@@ -58,9 +58,11 @@ from lucidd.daemon.replication.objects import (
     ReplicationTarget,
     resolve_s3_credentials,
 )
+from lucidd.daemon.replication.progress import REPLICATION_DIR, SessionProgress
+from lucidd.daemon.replication.replicator import HOST_ID_FILE
 from lucidd.daemon.ring import RingReader
 from lucidd.daemon.signing_key import resolve_signing_key
-from lucidd.daemon.store import storage_error
+from lucidd.daemon.store import FINAL_FILE, storage_error
 from lucidd.errors import LucidError
 
 log = logging.getLogger("lucidd.daemon.aggregator.main")
@@ -83,6 +85,8 @@ AGGREGATOR_COUNTERS = (
     "stage_aggregate_seconds_total",
     "checkpoints_signed_total",
 )
+#: How often finalized sessions are checked against local_retention (at most).
+RETENTION_CHECK_S = 60.0
 #: Where the ethereum backend's credentials are looked for when ``ethereum_credentials`` is empty.
 ETHEREUM_CREDENTIAL_NAME = "lucidd.ethereum"
 
@@ -171,6 +175,7 @@ class Aggregator:
                 self._checkpoint_periodically(),
                 self._anchor_periodically(),
                 self.anchorer.run(),
+                self._free_retained_periodically(),
             )
         ]
         await self._stop.wait()
@@ -225,6 +230,49 @@ class Aggregator:
         while True:
             await asyncio.sleep(self.config.anchor_interval)
             self.anchor_now()
+
+    async def _free_retained_periodically(self) -> None:
+        """Free the local records of finalized, fully replicated sessions after
+        ``local_retention`` (the object store's copy verified first); reads fetch them back."""
+        retention = self.config.local_retention
+        if not retention or self.remote is None:
+            return
+        while True:
+            await asyncio.sleep(min(RETENTION_CHECK_S, retention / 2))
+            await self.free_retained(self.remote, retention)
+
+    async def free_retained(self, remote: RemoteSessions, retention: float) -> None:
+        state_dir = Path(self.config.state_dir)
+        host_id = _read_text(state_dir / HOST_ID_FILE)
+        if host_id is None:
+            return
+        now = time.time()
+        for session in list(self.ledger):
+            if session.remote_host is not None or session.state != ipc.SESSION_FINALIZED:
+                continue
+            try:
+                if now - session.paths.final.stat().st_mtime < retention:
+                    continue
+            except FileNotFoundError:
+                continue
+            sid = session.paths.root.name
+            progress = SessionProgress(state_dir / REPLICATION_DIR / sid)
+            uploaded = FINAL_FILE in progress.objects
+            progress.close()
+            if not uploaded:
+                continue
+            try:
+                verified = await remote.verified_copy(session, host_id)
+            except (OSError, LucidError) as exc:
+                log.warning("event=retention_check_failed session=%s error=%s", sid, exc)
+                continue
+            if not verified:
+                log.warning("event=retention_kept session=%s reason=replica_incomplete", sid)
+                continue
+            async with self.session_lock(session.session_id):
+                if session.session_id in self.ledger.sessions:
+                    self.ledger.evict(session.session_id, host_id)
+                    log.info("event=session_freed_locally session=%s", sid)
 
     def anchor_now(self) -> tuple[int, bytes] | None:
         """Sign the anchor log's checkpoint at its size (if it grew) and wake the backends."""
@@ -472,6 +520,13 @@ def _remote_sessions(
     )
     creds = resolve_s3_credentials(config.replication_credentials, credentials, state_dir)
     return RemoteSessions(state_dir, ObjectStore(target, creds), target.prefix)
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None
 
 
 def _sid(session_id: bytes) -> str:

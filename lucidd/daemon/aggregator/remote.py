@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 from lucidd.daemon.aggregator.ledger import Ledger
+from lucidd.daemon.aggregator.notary import VKEY_FILE
 from lucidd.daemon.aggregator.recovery import recover_segments
 from lucidd.daemon.aggregator.session import SessionLedger
 from lucidd.daemon.replication import layout
@@ -24,9 +25,10 @@ from lucidd.daemon.replication.restore import (
     fetch_session,
     list_hosts,
     list_sessions,
+    write_segment,
     write_session,
 )
-from lucidd.daemon.store import REMOTE_FILE, SessionPaths, read_meta
+from lucidd.daemon.store import EVICTED_FILE, REMOTE_FILE, SessionPaths, fsync_dir, read_meta
 from lucidd.note import Verifier
 
 log = logging.getLogger("lucidd.daemon.aggregator.remote")
@@ -54,6 +56,41 @@ class RemoteSessions:
             if await self.store.exists(layout.meta_key(self.prefix, host_id, session_id)):
                 return host_id
         return None
+
+    async def fetch_back(self, ledger: Ledger, session_id: bytes) -> SessionLedger:
+        """Bring an evicted session's records back (local_retention freed them), verified
+        against this host's own signed checkpoints, and load it again."""
+        paths = SessionPaths.of(self.state_dir, session_id)
+        host_id = paths.evicted_to()
+        assert host_id is not None, "not an evicted session"
+        verifiers = [Verifier.from_vkey((self.state_dir / VKEY_FILE).read_text().strip())]
+        _, records, _, _ = await fetch_session(
+            self.store, self.prefix, host_id, session_id, verifiers
+        )
+        write_segment(paths, records)
+        (paths.root / EVICTED_FILE).unlink()
+        fsync_dir(paths.root)
+        meta = ledger.evicted.pop(session_id)
+        session = ledger.load(session_id, paths, meta)
+        recover_segments(session, ledger.keyring, repair=False)
+        session.sync()
+        log.info("event=session_fetched_back session=%s", uuid.UUID(bytes=session_id))
+        return session
+
+    async def verified_copy(self, session: SessionLedger, host_id: str) -> bool:
+        """Whether the object store holds all of a finalized session, verified against its
+        own signed checkpoints, with the same root as here (before its records are freed)."""
+        verifiers = [Verifier.from_vkey((self.state_dir / VKEY_FILE).read_text().strip())]
+        _, records, checkpoints, final = await fetch_session(
+            self.store, self.prefix, host_id, session.session_id, verifiers
+        )
+        size = session.merkle.size
+        return (
+            final is not None
+            and len(records) == size
+            and max(checkpoints) == size
+            and all(index == position for position, (index, _) in enumerate(records))
+        )
 
     async def hydrate(self, ledger: Ledger, session_id: bytes) -> SessionLedger | None:
         """Fetch, verify and load a session held by some host of the bucket (None: none has

@@ -304,8 +304,8 @@ class Replicator:
     async def scan(self) -> None:
         """Find what the feed missed; upload checkpoints and FINAL records that are due."""
         for session, paths in list_session_dirs(self.state_dir):
-            if paths.remote_host() is not None:
-                continue  # a read-only copy of another host's session
+            if paths.remote_host() is not None or paths.evicted_to() is not None:
+                continue  # another host's session, or one whose records are uploaded and freed
             try:
                 await self._scan_session(session, paths)
             except ObjectConflictError as exc:  # this session's; the others go on

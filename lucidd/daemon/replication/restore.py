@@ -186,14 +186,7 @@ def write_session(
     if paths.meta.exists():
         raise FileExistsError(f"session {uuid.UUID(bytes=session)} is already in {state_dir}")
     paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    segment = paths.segment(segment_name(RESTORE_WORKER, 0))
-    fd = os.open(segment, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        for _, record in records:
-            write_all(fd, record)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_segment(paths, records)
     folder = paths.root / CHECKPOINTS_DIR
     folder.mkdir(mode=0o700, exist_ok=True)
     for size, note in checkpoints.items():
@@ -214,6 +207,20 @@ def write_session(
     if final is not None:
         progress.add_object(FINAL_FILE)
     progress.close()
+
+
+def write_segment(paths: SessionPaths, records: list[tuple[int, bytes]]) -> None:
+    """The records, in one segment of worker RESTORE_WORKER (fsynced); the daemon's recovery
+    indexes it like any segment."""
+    segment = paths.segment(segment_name(RESTORE_WORKER, 0))
+    fd = os.open(segment, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        for _, record in records:
+            write_all(fd, record)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(paths.root)
 
 
 def adopt_host_id(state_dir: Path, host_id: str) -> None:
