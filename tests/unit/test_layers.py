@@ -92,6 +92,7 @@ LAYERS: Mapping[str, int] = {
     "daemon.replication.cli": 3,  # lucidd restore's command
     "daemon.replication.main": 3,  # the replicator process
     "daemon.aggregator.anchoring": 3,  # anchoring backends and their retry loop
+    "daemon.aggregator.remote": 3,  # other hosts' sessions, and freed ones, from the store
     "daemon.aggregator.handlers": 3,  # one typed reply per control request
     "daemon.aggregator.control": 3,
     # 3: process mains — composition and lifecycle only.
@@ -219,10 +220,14 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
         {"protocol.__init__", "daemon.ipc", "daemon.access", "daemon.supervisor.slots"}
     ),
     "daemon.aggregator.main": frozenset(
-        {"daemon.aggregator.control", "daemon.aggregator.anchoring"}
+        {"daemon.aggregator.control", "daemon.aggregator.anchoring", "daemon.aggregator.remote"}
     ),
     "daemon.aggregator.control": frozenset({"daemon.aggregator.handlers"}),
-    "daemon.aggregator.handlers": frozenset({"daemon.aggregator.anchoring"}),
+    "daemon.aggregator.handlers": frozenset(
+        {"daemon.aggregator.anchoring", "daemon.aggregator.remote"}
+    ),
+    # Reading another host's session is a restore into the state folder.
+    "daemon.aggregator.remote": frozenset({"daemon.replication.restore"}),
     "daemon.worker": frozenset(),
     # The client's front ends drive its cores; the package re-exports all of it.
     "client.core": frozenset(),
