@@ -164,9 +164,19 @@ def test_replicated_acks_wait_for_the_pack_and_time_out_as_unavailable(
                 client.put(session, 1, b"second chunk")
         finally:
             seaweed.restart()
-    # Stored locally all along; once the store is back it is uploaded and a resend is acked.
-    with DataClient(daemon.runtime_dir) as client:
-        client.put(session, 1, b"second chunk")
+    # Stored locally all along; once the store is back it is uploaded and a resend is acked
+    # (the client resends after unavailable, as the message says; the replicator may still be
+    # backing off from the outage for a while).
+
+    def resent() -> bool:
+        try:
+            with DataClient(daemon.runtime_dir) as client:
+                client.put(session, 1, b"second chunk")
+        except UnavailableError:
+            return False
+        return True
+
+    wait_until("a resend acked", resent)
     control.close()
 
 

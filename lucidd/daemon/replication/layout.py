@@ -90,7 +90,11 @@ def anchor_key(prefix: str, host_id: str, size: int, kind: str | None = None) ->
 
 
 def pack_key(prefix: str, host_id: str, session: bytes, first_index: int, pack: bytes) -> str:
-    digest = hashlib.sha256(pack).hexdigest()[:DIGEST_HEX]
+    """The pack's name: its first index and the digest of its footer, which commits to every
+    record through their leaf hashes (hashing the footer, not the megabytes, is the point)."""
+    footer_size, _ = _TRAILER.unpack_from(pack, len(pack) - _TRAILER.size)
+    tail = memoryview(pack)[len(pack) - _TRAILER.size - footer_size :]
+    digest = hashlib.sha256(tail).hexdigest()[:DIGEST_HEX]
     return f"{session_prefix(prefix, host_id, session)}packs/{first_index:020d}-{digest}.pack"
 
 
@@ -106,16 +110,27 @@ def parse_size_name(name: str) -> tuple[int, str | None] | None:
     return (int(match.group(1)), match.group(2)) if match else None
 
 
-def build_pack(records: Sequence[tuple[int, bytes]]) -> bytes:
-    """A pack of ``(index, record)`` pairs (any order; kept as given)."""
+def build_pack(
+    records: Sequence[tuple[int, bytes]], leaves: Sequence[bytes] | None = None
+) -> bytes:
+    """A pack of ``(index, record)`` pairs (any order; kept as given), written once into one
+    buffer. ``leaves``: the records' leaf hashes when the caller has them (the workers
+    computed them; a wrong one is caught by every reader), else they are computed."""
     if not records:
         raise ValueError("a pack holds at least one record")
-    body = bytearray()
-    footer = bytearray()
-    for index, record in records:
-        footer += _ENTRY.pack(index, len(body), len(record), leaf_hash(record))
-        body += record
-    return bytes(body + footer + _TRAILER.pack(len(footer), PACK_MAGIC))
+    body_size = sum(len(record) for _, record in records)
+    footer_size = _ENTRY.size * len(records)
+    pack = bytearray(body_size + footer_size + _TRAILER.size)
+    offset = 0
+    at = body_size
+    for position, (index, record) in enumerate(records):
+        leaf = leaves[position] if leaves is not None else leaf_hash(record)
+        pack[offset : offset + len(record)] = record
+        _ENTRY.pack_into(pack, at, index, offset, len(record), leaf)
+        offset += len(record)
+        at += _ENTRY.size
+    _TRAILER.pack_into(pack, at, footer_size, PACK_MAGIC)
+    return bytes(pack)
 
 
 def pack_entries(pack: bytes) -> list[PackEntry]:

@@ -93,7 +93,7 @@ class ReplicatorProcess:
                 await asyncio.wait_for(wake.wait(), GROUP_S / 2)
             wake.clear()
             await self.replicator.backoff()
-            await self.replicator.flush_due()
+            self.replicator.flush_due()
             self._answer()
 
     async def _scan_loop(self) -> None:

@@ -84,6 +84,12 @@ class Pending:
     since: float = field(default_factory=time.monotonic)
     nbytes: int = 0
     waited_for: set[int] = field(default_factory=set)  # chunks whose acks wait (replicated)
+    #: Records in a pack being uploaded now, and the bytes of those that are not.
+    taken: set[int] = field(default_factory=set)
+    free_bytes: int = 0
+
+    def untaken(self) -> int:
+        return len(self.records) - len(self.taken)
 
 
 class Replicator:
@@ -109,8 +115,7 @@ class Replicator:
         self.wake = asyncio.Event()
         #: Chunks whose acks wait but whose location only the index knows (see enqueue).
         self.awaited: set[tuple[bytes, int]] = set()
-        self._slots = asyncio.Semaphore(CONCURRENT_UPLOADS)
-        self._uploading: set[bytes] = set()
+        self._uploads: set[asyncio.Future[None]] = set()
         self._scan_marks: dict[bytes, tuple[int, int]] = {}
         self._anchor_progress = SessionProgress(config_state / REPLICATION_DIR / "anchor")
         #: Chunks whose acks the supervisor holds, now uploaded (sent and cleared by main).
@@ -167,36 +172,53 @@ class Replicator:
 
     def _due(self, now: float) -> Iterator[bytes]:
         for session, pending in self.pending.items():
-            if not pending.records or session in self._uploading:
+            if not pending.untaken():
                 continue
             if (
-                pending.waited_for
-                or pending.nbytes >= PACK_BYTES
-                or len(pending.records) >= RECORDS_PER_PACK
+                pending.waited_for - pending.taken
+                or pending.free_bytes >= PACK_BYTES
+                or pending.untaken() >= RECORDS_PER_PACK
                 or now - pending.since >= GROUP_S
             ):
                 yield session
 
-    async def flush_due(self) -> None:
-        """Start an upload for every session whose pack is due; wait for them."""
+    def flush_due(self) -> None:
+        """Start uploads of due packs while upload slots are free; returns at once (each
+        upload wakes the loop when it ends, so the next pack starts as soon as a slot does)."""
         now = time.monotonic()
-        jobs = [self._upload_session(session) for session in list(self._due(now))]
-        if jobs:
-            await asyncio.gather(*jobs)
+        for session in list(self._due(now)):
+            while len(self._uploads) < CONCURRENT_UPLOADS and self.pending[session].untaken():
+                pending = self.pending[session]
+                if not (
+                    pending.waited_for - pending.taken
+                    or pending.free_bytes >= PACK_BYTES
+                    or pending.untaken() >= RECORDS_PER_PACK
+                    or now - pending.since >= GROUP_S
+                ):
+                    break  # what is left waits for more records to group with
+                chosen = self._take(session)
+                task = asyncio.ensure_future(self._upload_pack(session, chosen))
+                self._uploads.add(task)
+                task.add_done_callback(self._upload_done)
+            if len(self._uploads) >= CONCURRENT_UPLOADS:
+                return
 
-    async def _upload_session(self, session: bytes) -> None:
-        self._uploading.add(session)
-        try:
-            async with self._slots:
-                await self._upload_pack(session)
-        finally:
-            self._uploading.discard(session)
+    def _upload_done(self, task: asyncio.Future[None]) -> None:
+        self._uploads.discard(task)
+        self.wake.set()
+
+    async def drain(self) -> None:
+        """Wait for the uploads in flight (tests and shutdown)."""
+        while self._uploads:
+            await asyncio.wait(set(self._uploads))
 
     def _take(self, session: bytes) -> list[ipc.Sealed]:
         pending = self.pending[session]
         chosen: list[ipc.Sealed] = []
         size = 0
         for index in sorted(pending.records):
+            if index in pending.taken:
+                continue
             sealed = pending.records[index]
             if chosen and (
                 size + sealed.record_length > PACK_BYTES or len(chosen) >= RECORDS_PER_PACK
@@ -204,34 +226,49 @@ class Replicator:
                 break
             chosen.append(sealed)
             size += sealed.record_length
+        pending.taken.update(s.index for s in chosen)
+        pending.free_bytes -= size
         return chosen
 
-    async def _upload_pack(self, session: bytes) -> None:
+    def _give_back(self, session: bytes, chosen: list[ipc.Sealed]) -> None:
+        """An upload failed: its records wait for the next try."""
+        pending = self.pending.get(session)
+        if pending is None:
+            return
+        for sealed in chosen:
+            if sealed.index in pending.taken:
+                pending.taken.discard(sealed.index)
+                pending.free_bytes += sealed.record_length
+
+    async def _upload_pack(self, session: bytes, chosen: list[ipc.Sealed]) -> None:
         paths = SessionPaths.of(self.state_dir, session)
         progress = self._progress(session)
-        chosen = self._take(session)
         try:
             await self._ensure_meta(session, paths, progress)
-            records = [(s.index, _read(paths, s)) for s in chosen]
+            # Reading and building run in a thread: the loop keeps uploading meanwhile.
+            pack = await asyncio.to_thread(_build, paths, chosen)
         except FileNotFoundError:  # shredded meanwhile: nothing left to upload
             self._drop(session, [s.index for s in chosen])
             return
         except OSError as exc:
+            self._give_back(session, chosen)
             self._failed(f"reading session {uuid.UUID(bytes=session)}: {exc}")
             return
         except LucidError as exc:
+            self._give_back(session, chosen)
             self._failed(exc.message)
             return
-        pack = layout.build_pack(records)
         key = layout.pack_key(self.prefix, self.host_id, session, chosen[0].index, pack)
         try:
             created = await self.store.put_once(key, pack)
         except ObjectConflictError as exc:
+            self._give_back(session, chosen)
             self.counters["replication_conflicts_total"] += 1
             log.error("event=replication_conflict key=%s error=%s", key, exc.message)
             self._failed(_conflict(key))
             return
         except LucidError as exc:
+            self._give_back(session, chosen)
             self._failed(exc.message)
             return
         indices = [s.index for s in chosen]
@@ -251,6 +288,10 @@ class Replicator:
             sealed = pending.records.pop(index, None)
             if sealed is not None:
                 pending.nbytes -= sealed.record_length
+                if index in pending.taken:
+                    pending.taken.discard(index)
+                else:
+                    pending.free_bytes -= sealed.record_length
             if index in pending.waited_for:
                 pending.waited_for.discard(index)
                 self.on_replicated.append(ipc.Acked(session, index, b""))
@@ -401,6 +442,11 @@ class Replicator:
 
 def _conflict(key: str) -> str:
     return f"conflict at {key}: a different object is there, never overwritten (tampering?)"
+
+
+def _build(paths: SessionPaths, chosen: list[ipc.Sealed]) -> bytes:
+    records = [(s.index, _read(paths, s)) for s in chosen]
+    return layout.build_pack(records, [s.leaf_hash for s in chosen])
 
 
 def _read(paths: SessionPaths, sealed: ipc.Sealed) -> bytes:

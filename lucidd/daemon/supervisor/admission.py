@@ -335,6 +335,14 @@ class Ingest:
             )
         else:
             err = None
+            link = self.dispatcher.replication
+            if link is not None and link.wait:
+                # Stored already, but maybe not uploaded yet: the same promise as a new chunk.
+                # Where the record lies is the index's to say (an empty segment name).
+                sealed = ipc.Sealed(chunk.session, chunk.index, result.leaf_hash, "", 0, 0, 0)
+                link.hold(chunk, sealed)
+                link.forward([sealed])
+                return
         self._finish(chunk, err, result.leaf_hash)
 
     def _finish(self, chunk: InFlight, err: LucidError | None, leaf_hash: bytes = b"") -> None:
