@@ -107,22 +107,31 @@ def env_of(config: dict[str, object]) -> dict[str, str]:
 def test_replicate_lose_the_disk_restore_the_same_bytes_and_root(
     make_daemon: MakeDaemon, short_tmp: Path, seaweed: Seaweed
 ) -> None:
-    config = settings(seaweed, short_tmp, "restore")
+    config = settings(seaweed, short_tmp, "restore", anchor_interval=0.4)
     daemon = make_daemon(**config)
     path, data = random_file(short_tmp, "rec.bin", 7 * CHUNK + 123)
     put = put_file(daemon, path, "--finalize")
     session, root = put["session"], put["root"]
     wait_until("the session replicated", lambda: fully_replicated(daemon, session, 8, True))
     host_id = (daemon.state_dir / "host_id").read_text().strip()
-    keyring = (daemon.state_dir / "keys" / "keyring").read_bytes()
+    vkey = ctl(daemon, "--json", "signing-key").ok()["vkey"]
+    anchor_progress = daemon.state_dir / "replication" / "anchor"
+    wait_until(
+        "an anchor checkpoint replicated",
+        lambda: anchor_progress.exists() and "o anchor/0" in anchor_progress.read_text(),
+    )
+    keys = {
+        name: (daemon.state_dir / "keys" / name).read_bytes() for name in ("keyring", "signing.key")
+    }
     assert daemon.stop() == 0
-    # The disk is lost; the keyring was kept apart (a systemd credential, a vault).
+    # The disk is lost; the keys were kept apart (systemd credentials, a vault).
     shutil.rmtree(daemon.state_dir)
     (daemon.state_dir / "keys").mkdir(parents=True, mode=0o700)
     os.chmod(daemon.state_dir, 0o700)
-    fd = os.open(daemon.state_dir / "keys" / "keyring", os.O_WRONLY | os.O_CREAT, 0o600)
-    os.write(fd, keyring)
-    os.close(fd)
+    for name, key in keys.items():
+        fd = os.open(daemon.state_dir / "keys" / name, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, key)
+        os.close(fd)
     listed = lucidd("restore", "--list", "--state-dir", daemon.state_dir, env=env_of(config))
     assert listed.returncode == 0, listed.stderr
     hosts = json.loads(listed.stdout)["hosts"]
@@ -138,6 +147,15 @@ def test_replicate_lose_the_disk_restore_the_same_bytes_and_root(
     assert ctl(daemon, "--json", "root", session).ok()["root"] == root
     assert ctl(daemon, "get", session).stdout == data
     assert ctl(daemon, "--json", "check", session).ok()["bad"] == []
+    # The anchor log came back too: a receipt proves into it, under the same key.
+    receipt = short_tmp / "after-restore.receipt"
+    ctl(daemon, "--json", "receipt", session, "3", "-o", receipt).ok()
+    record = short_tmp / "c3.rec"
+    ctl(daemon, "record", session, "3", "-o", record)
+    verified = ctl(
+        daemon, "--json", "verify", "--receipt", receipt, "--record", record, "--vkey", vkey
+    )
+    assert verified.ok()["valid"] is True
 
 
 def test_replicated_acks_wait_for_the_pack_and_time_out_as_unavailable(
@@ -334,3 +352,30 @@ def test_local_retention_frees_a_replicated_session_and_reads_fetch_it_back(
     assert ctl(daemon, "--json", "root", session).ok()["root"] == put["root"]
     assert not (folder / "evicted").exists()
     assert "event=session_freed_locally" in daemon.log()
+
+
+def test_a_second_host_makes_a_receipt_of_the_first_hosts_session(
+    make_daemon: MakeDaemon, short_tmp: Path, seaweed: Seaweed
+) -> None:
+    first = make_daemon(**settings(seaweed, short_tmp, "receipts", anchor_interval=0.4))
+    first_key = ctl(first, "--json", "signing-key").ok()["vkey"]
+    path, _ = random_file(short_tmp, "a.bin", 4 * CHUNK)
+    session = put_file(first, path, "--finalize")["session"]
+    record = short_tmp / "c2.rec"
+    ctl(first, "record", session, "2", "-o", record)
+    wait_until("the session replicated", lambda: fully_replicated(first, session, 4, True))
+    anchor_progress = first.state_dir / "replication" / "anchor"
+    wait_until(
+        "an anchor checkpoint replicated",
+        lambda: anchor_progress.exists() and "o anchor/0" in anchor_progress.read_text(),
+    )
+    second = make_daemon(**settings(seaweed, short_tmp, "receipts", checkpoint_interval=10))
+    second.stop()
+    shutil.copy(first.state_dir / "keys" / "keyring", second.state_dir / "keys" / "keyring")
+    second.start()
+    receipt = short_tmp / "remote.receipt"
+    ctl(second, "--json", "receipt", session, "2", "-o", receipt).ok()
+    verified = ctl(
+        second, "--json", "verify", "--receipt", receipt, "--record", record, "--vkey", first_key
+    ).ok()
+    assert verified["valid"] is True and verified["key"] == first_key

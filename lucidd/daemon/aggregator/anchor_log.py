@@ -35,6 +35,11 @@ _ENTRY: Final = struct.Struct(">16sQ32s")
 ENTRY_SIZE: Final = _ENTRY.size
 
 
+def unpack_entries(raw: bytes) -> list[tuple[bytes, int, bytes]]:
+    """(session id, session tree size, note hash) of each whole entry of ``entries.bin``."""
+    return [_ENTRY.unpack_from(raw, i) for i in range(0, len(raw) - ENTRY_SIZE + 1, ENTRY_SIZE)]
+
+
 class AnchorLog:
     """The anchor log of one state folder (single writer: the aggregator)."""
 

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
+from lucidd.daemon.aggregator.anchor_log import unpack_entries
 from lucidd.daemon.aggregator.ledger import Ledger
+from lucidd.daemon.aggregator.merkle_log import MerkleLog
 from lucidd.daemon.aggregator.notary import VKEY_FILE
 from lucidd.daemon.aggregator.recovery import recover_segments
 from lucidd.daemon.aggregator.session import SessionLedger
@@ -29,9 +32,41 @@ from lucidd.daemon.replication.restore import (
     write_session,
 )
 from lucidd.daemon.store import EVICTED_FILE, REMOTE_FILE, SessionPaths, fsync_dir, read_meta
+from lucidd.merkle import leaf_hash
 from lucidd.note import Verifier
 
 log = logging.getLogger("lucidd.daemon.aggregator.remote")
+
+
+class RemoteCheckpoints:
+    """Another host's anchor checkpoints and attestations, as fetched (NoteFolder's reads)."""
+
+    def __init__(self, objects: dict[tuple[int, str | None], bytes]) -> None:
+        self._objects = objects
+
+    def index(self) -> dict[int, set[str]]:
+        found: dict[int, set[str]] = {}
+        for size, kind in self._objects:
+            kinds = found.setdefault(size, set())
+            if kind is not None:
+                kinds.add(kind)
+        return found
+
+    def read(self, size: int, kind: str | None = None) -> bytes | None:
+        return self._objects.get((size, kind))
+
+
+@dataclass
+class RemoteAnchorLog:
+    """Another host's anchor log rebuilt in memory from its replicated entries: what a
+    receipt of one of its sessions needs (AnchorLog's reading side)."""
+
+    merkle: MerkleLog
+    checkpoints: RemoteCheckpoints
+    by_session: dict[bytes, list[tuple[int, int]]]
+
+    def logged(self, session: bytes) -> list[tuple[int, int]]:
+        return self.by_session.get(session, [])
 
 
 class RemoteSessions:
@@ -56,6 +91,35 @@ class RemoteSessions:
             if await self.store.exists(layout.meta_key(self.prefix, host_id, session_id)):
                 return host_id
         return None
+
+    async def anchor_log(self, host_id: str) -> RemoteAnchorLog:
+        """That host's anchor log as far as its entries are replicated (fetched each time: a
+        receipt is rare, and the log grows)."""
+        base = layout.host_prefix(self.prefix, host_id) + "anchor/"
+        entries: list[tuple[int, bytes]] = []
+        objects: dict[tuple[int, str | None], bytes] = {}
+        for key in await self.store.list(base):
+            name = key[len(base) :]
+            data = await self.store.get(key)
+            if data is None:
+                continue
+            if name.startswith("entries/") and (span := layout.parse_entries_name(name)):
+                entries.append((span[0], data))
+            elif name.startswith("checkpoints/") and (sized := layout.parse_size_name(name)):
+                objects[sized] = data
+        log_ = MerkleLog()
+        by_session: dict[bytes, list[tuple[int, int]]] = {}
+        for first, data in sorted(entries):
+            if first != log_.size:
+                break  # a gap: the rest cannot be placed
+            for session, size, digest in unpack_entries(data):
+                index = log_.append(leaf_hash(digest))
+                by_session.setdefault(session, []).append((size, index))
+        sizes = [size for size, _ in objects]
+        for size in sizes:
+            if size > log_.size:  # a checkpoint past the entries: unprovable here
+                objects = {k: v for k, v in objects.items() if k[0] != size}
+        return RemoteAnchorLog(log_, RemoteCheckpoints(objects), by_session)
 
     async def fetch_back(self, ledger: Ledger, session_id: bytes) -> SessionLedger:
         """Bring an evicted session's records back (local_retention freed them), verified

@@ -11,6 +11,7 @@ Tessera's tiles; a host's objects live under ``PREFIX/<host id>/``::
     <host id>/sessions/<session id>/checkpoints/<size, 20 digits>
                                                  the session's signed checkpoints
     <host id>/sessions/<session id>/final        the FINAL record (after finalize)
+    <host id>/anchor/entries/<first>-<count>     the anchor log's leaves (what they are)
     <host id>/anchor/checkpoints/<size>[.<backend>]
                                                  anchor checkpoints and their attestations
 
@@ -45,6 +46,7 @@ _TRAILER: Final = struct.Struct(">Q8s")
 #: Hex digits of the pack digest in its name (128 bits: collisions are not a concern).
 DIGEST_HEX: Final = 32
 _PACK_NAME: Final = re.compile(r"^(\d{20})-([0-9a-f]{32})\.pack$")
+_ENTRIES_NAME: Final = re.compile(r"^(\d{20})-(\d{20})$")
 _SIZE_NAME: Final = re.compile(r"^(\d{20})(?:\.([a-z0-9_-]+))?$")
 
 
@@ -87,6 +89,17 @@ def checkpoint_key(prefix: str, host_id: str, session: bytes, size: int) -> str:
 def anchor_key(prefix: str, host_id: str, size: int, kind: str | None = None) -> str:
     name = f"{size:020d}" if kind is None else f"{size:020d}.{kind}"
     return f"{host_prefix(prefix, host_id)}anchor/checkpoints/{name}"
+
+
+def anchor_entries_key(prefix: str, host_id: str, first: int, count: int) -> str:
+    """Entries ``first..first+count-1`` of the anchor log (``entries.bin``'s 56-byte records)."""
+    return f"{host_prefix(prefix, host_id)}anchor/entries/{first:020d}-{count:020d}"
+
+
+def parse_entries_name(name: str) -> tuple[int, int] | None:
+    """(first, count) of an anchor entries object's last path element, or None."""
+    match = _ENTRIES_NAME.match(name.rsplit("/", 1)[-1])
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 def pack_key(prefix: str, host_id: str, session: bytes, first_index: int, pack: bytes) -> str:

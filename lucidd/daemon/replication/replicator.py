@@ -30,6 +30,7 @@ from typing import Final
 import msgspec
 
 from lucidd.daemon import ipc
+from lucidd.daemon.aggregator.anchor_log import ENTRY_SIZE
 from lucidd.daemon.replication import layout
 from lucidd.daemon.replication.objects import ObjectConflictError, ObjectStore
 from lucidd.daemon.replication.progress import REPLICATION_DIR, SessionProgress
@@ -413,12 +414,28 @@ class Replicator:
         return complete
 
     async def scan_anchor(self) -> None:
-        """The anchor log's checkpoints and attestations (each once)."""
-        folder = self.state_dir / "anchor" / CHECKPOINTS_DIR
+        """The anchor log's new entries, then its checkpoints of sizes those cover, then their
+        attestations (each object once), so a reader can prove any logged checkpoint."""
         progress = self._anchor_progress
+        uploaded = max(
+            (sum(p) for n in progress.objects if (p := layout.parse_entries_name(n)) is not None),
+            default=0,
+        )
+        try:
+            raw = (self.state_dir / "anchor" / "entries.bin").read_bytes()
+        except FileNotFoundError:
+            raw = b""
+        total = len(raw) // ENTRY_SIZE
+        if total > uploaded:
+            data = raw[uploaded * ENTRY_SIZE : total * ENTRY_SIZE]
+            key = layout.anchor_entries_key(self.prefix, self.host_id, uploaded, total - uploaded)
+            name = f"anchor/entries/{uploaded:020d}-{total - uploaded:020d}"
+            await self._put_object(progress, name, key, data)
+            uploaded = total
+        folder = self.state_dir / "anchor" / CHECKPOINTS_DIR
         for name in sorted(_listdir(folder)):
             parsed = layout.parse_size_name(name)
-            if parsed is None or f"anchor/{name}" in progress.objects:
+            if parsed is None or f"anchor/{name}" in progress.objects or parsed[0] > uploaded:
                 continue
             key = layout.anchor_key(self.prefix, self.host_id, parsed[0], parsed[1])
             await self._put_object(progress, f"anchor/{name}", key, (folder / name).read_bytes())

@@ -25,6 +25,7 @@ from typing import Final
 import msgspec
 
 from lucidd import merkle
+from lucidd.daemon.aggregator.anchor_log import ENTRY_SIZE
 from lucidd.daemon.aggregator.merkle_log import MerkleLog
 from lucidd.daemon.replication import layout
 from lucidd.daemon.replication.objects import ObjectStore
@@ -264,4 +265,47 @@ async def restore(
         log.info(
             "event=session_restored session=%s chunks=%d", uuid.UUID(bytes=session), len(records)
         )
+    if sessions is None:
+        await restore_anchor_log(store, prefix, state_dir, host_id)
     return done
+
+
+async def restore_anchor_log(
+    store: ObjectStore, prefix: str, state_dir: Path, host_id: str
+) -> None:
+    """The host's anchor log from its replicated entries, checkpoints and attestations, when
+    the state folder has none (a lost disk): the daemon's AnchorLog.open rebuilds the tree from
+    the entries, so receipts keep proving into the same log. Its objects are recorded as
+    uploaded for the replicator."""
+    anchor = state_dir / "anchor"
+    if anchor.exists():
+        return
+    base = layout.host_prefix(prefix, host_id) + "anchor/"
+    spans: list[tuple[int, bytes]] = []
+    notes: dict[str, bytes] = {}
+    for key in await store.list(base):
+        name = key[len(base) :]
+        data = await store.get(key)
+        if data is None:
+            continue
+        if name.startswith("entries/") and (span := layout.parse_entries_name(name)):
+            spans.append((span[0], data))
+        elif name.startswith(f"{CHECKPOINTS_DIR}/") and layout.parse_size_name(name):
+            notes[name] = data
+    if not spans:
+        return
+    entries = bytearray()
+    names = []
+    for first, data in sorted(spans):
+        if first * ENTRY_SIZE != len(entries):
+            break  # a gap: keep the prefix
+        entries += data
+        names.append(f"anchor/entries/{first:020d}-{len(data) // ENTRY_SIZE:020d}")
+    (anchor / CHECKPOINTS_DIR).mkdir(mode=0o700, parents=True)
+    write_atomically(anchor / "entries.bin", bytes(entries))
+    for name, data in notes.items():
+        write_atomically(anchor / name, data)
+    progress = SessionProgress(state_dir / REPLICATION_DIR / "anchor")
+    for name in [*names, *(f"anchor/{n.split('/', 1)[1]}" for n in notes)]:
+        progress.add_object(name)
+    progress.close()
