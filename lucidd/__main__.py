@@ -19,14 +19,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lucidd import __version__
 from lucidd.anchoring import ethereum
+from lucidd.anchoring.ethereum_credentials import load_credentials
 from lucidd.crypto import Keyring
 from lucidd.daemon.config import (
     DURABILITY_CHOICES,
     Config,
     load_config,
-    resolve_dirs,
     unknown_env_settings,
 )
+from lucidd.daemon.default_dirs import resolve_dirs
 from lucidd.daemon.keyfile import write_keyring
 from lucidd.daemon.logs import setup_logging
 from lucidd.daemon.replication.cli import run_restore
@@ -138,7 +139,7 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _anchor_deploy(args: argparse.Namespace) -> int:
-    creds = ethereum.load_credentials(args.credentials)
+    creds = load_credentials(args.credentials)
     print(json.dumps({"contract": ethereum.deploy(creds)}))
     return 0
 

@@ -9,7 +9,8 @@ for that block and receipt again and compares every field.
 
 web3.py is an optional extra (``pip install 'lucidd[ethereum]'``), imported on first use;
 without it these functions raise :class:`~lucidd.errors.ConfigError`. Transactions are signed
-here with the credentials' key and sent raw, so the node never sees the key. Failures to reach
+here with the credentials' key (anchoring.ethereum_credentials reads them) and sent raw, so
+the node never sees the key. Failures to reach
 or use the node raise :class:`~lucidd.errors.UnavailableError` (retryable: callers back off and
 try again); no message names the key or the RPC URL (hosted nodes put API tokens in it).
 
@@ -20,23 +21,19 @@ own (``tx_hash``, ``block_hash``) keep their ``0x``, as explorers and wallets pr
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import importlib.resources
-import os
 import re
-import stat
 import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
 
 import msgspec
 
+from lucidd.anchoring.ethereum_credentials import PRIVATE_KEY, EthereumCredentials
 from lucidd.errors import ConfigError, IntegrityError, UnavailableError
 
 if TYPE_CHECKING:
@@ -50,12 +47,10 @@ __all__ = [
     "ARTIFACT_NAME",
     "INSTALL_HINT",
     "EthereumAttestation",
-    "EthereumCredentials",
     "anchor",
     "anchored_at",
     "check_attestation",
     "deploy",
-    "load_credentials",
 ]
 
 INSTALL_HINT: Final = "pip install 'lucidd[ethereum]'"
@@ -63,31 +58,12 @@ ARTIFACT_NAME: Final = "LucidAnchor.json"
 EVENT_NAME: Final = "Anchored"
 HASH_SIZE: Final = 32  # bytes of a root, a note hash, a block or transaction hash
 MAX_TREE_SIZE: Final = 2**64 - 1  # the contract's uint64
-CREDENTIALS_MAX_BYTES: Final = 64 * 1024
-CREDENTIALS_FORBIDDEN_BITS: Final = 0o077  # no group or other access
 REQUEST_TIMEOUT_S: Final = 30.0  # one JSON-RPC request
 RECEIPT_POLL_FIRST_S: Final = 0.05  # first pause between receipt look-ups, then doubling
 RECEIPT_POLL_MAX_S: Final = 2.0
 
-_PRIVATE_KEY: Final = re.compile(r"0x[0-9a-fA-F]{64}")
 _ETH_HASH: Final = re.compile(r"0x[0-9a-f]{64}")
 _LUCID_HASH: Final = re.compile(r"[0-9a-f]{64}")
-
-
-class EthereumCredentials(msgspec.Struct, frozen=True):
-    """Where to send transactions and the key that signs them (an account holding gas).
-
-    Neither field is ever printed: ``repr`` shows the RPC host only.
-    """
-
-    rpc_url: str
-    private_key: str
-
-    def __repr__(self) -> str:
-        return f"EthereumCredentials(rpc_url={_redacted_url(self.rpc_url)!r}, private_key=...)"
-
-    def __rich_repr__(self) -> list[tuple[str, Any]]:
-        return [("rpc_url", _redacted_url(self.rpc_url)), ("private_key", "...")]
 
 
 class EthereumAttestation(msgspec.Struct, frozen=True, tag="ethereum"):
@@ -119,64 +95,6 @@ class _Artifact(msgspec.Struct, frozen=True):
 def _artifact() -> _Artifact:
     data = importlib.resources.files(__package__).joinpath(ARTIFACT_NAME).read_bytes()
     return msgspec.json.decode(data, type=_Artifact)
-
-
-# --- credentials --------------------------------------------------------------------------
-
-
-def _redacted_url(url: str) -> str:
-    """``https://host:port/…``: the scheme and host of an RPC URL, never its path or user."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    port = f":{parts.port}" if parts.port is not None else ""
-    more = "/…" if parts.path.strip("/") or parts.query or parts.username else ""
-    return f"{parts.scheme}://{host}{port}{more}"
-
-
-def load_credentials(path: Path) -> EthereumCredentials:
-    """Read ``{"rpc_url": "https://…", "private_key": "0x…"}`` from ``path``.
-
-    Refused (:class:`ConfigError`, naming the path and the fix, never the contents) unless
-    ``path`` is a regular file (not a symlink) that neither group nor others may access, and
-    its fields are an http(s) URL and a 32-byte hex key.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as err:
-        why = "is a symlink" if err.errno == errno.ELOOP else f"cannot be opened ({err.strerror})"
-        raise ConfigError(f"Ethereum credentials {path} {why}", path=str(path)) from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise ConfigError(f"Ethereum credentials {path} is not a regular file", path=str(path))
-        if mode & CREDENTIALS_FORBIDDEN_BITS:
-            raise ConfigError(
-                f"Ethereum credentials {path} have mode {stat.S_IMODE(mode):04o}: group and "
-                f"others must have no access (chmod 600 {path})",
-                path=str(path),
-            )
-        with open(fd, "rb", closefd=False) as file:
-            data = file.read(CREDENTIALS_MAX_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) > CREDENTIALS_MAX_BYTES:
-        raise ConfigError(f"Ethereum credentials {path} are over {CREDENTIALS_MAX_BYTES} bytes")
-    try:
-        # msgspec's messages name the field and the expected type, never the value.
-        creds = msgspec.json.decode(data, type=EthereumCredentials)
-    except msgspec.DecodeError as err:
-        raise ConfigError(f"Ethereum credentials {path}: {err}", path=str(path)) from None
-    if not _PRIVATE_KEY.fullmatch(creds.private_key):
-        raise ConfigError(
-            f"Ethereum credentials {path}: private_key must be 0x and 64 hex digits",
-            path=str(path),
-        )
-    if urlsplit(creds.rpc_url).scheme not in ("http", "https"):
-        raise ConfigError(
-            f"Ethereum credentials {path}: rpc_url must be an http:// or https:// URL",
-            path=str(path),
-        )
-    return creds
 
 
 # --- web3 ---------------------------------------------------------------------------------
@@ -216,7 +134,7 @@ def _account(creds: EthereumCredentials) -> LocalAccount:
     from eth_account import Account  # noqa: PLC0415 - comes with web3
 
     try:
-        if not _PRIVATE_KEY.fullmatch(creds.private_key):
+        if not PRIVATE_KEY.fullmatch(creds.private_key):
             raise ValueError
         account: LocalAccount = Account.from_key(bytes.fromhex(creds.private_key[2:]))
     except ValueError:

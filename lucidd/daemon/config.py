@@ -18,7 +18,6 @@ Every setting may also be written as a string in its environment-variable syntax
 from __future__ import annotations
 
 import difflib
-import posixpath
 import re
 from collections.abc import Mapping
 from typing import Final
@@ -53,7 +52,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     """The daemon's settings. Construct with :func:`load_config`, which also validates.
 
     A directly constructed ``Config`` is not checked until :meth:`validate` is called. Empty
-    ``state_dir``/``runtime_dir`` mean "the default" (see :func:`resolve_dirs`); an empty
+    ``state_dir``/``runtime_dir`` mean "the default" (see
+    :func:`lucidd.daemon.default_dirs.resolve_dirs`); an empty
     ``keyring`` means "``$CREDENTIALS_DIRECTORY/lucidd.keyring``, else ``<state>/keys/keyring``"
     (decided by the keyring loader, DESIGN §4).
     """
@@ -479,60 +479,6 @@ def unknown_env_settings(env: Mapping[str, str]) -> list[str]:
     """Sorted names of ``LUCIDD_*`` variables that set nothing (likely typos, worth a warning)."""
     known = {env_var_name(name) for name in FIELD_TYPES}
     return sorted(var for var in env if var.startswith(ENV_PREFIX) and var not in known)
-
-
-# --- directories ------------------------------------------------------------------------
-
-
-def _env_dir(env: Mapping[str, str], var: str) -> str | None:
-    """The first absolute path in ``env[var]`` (systemd may list several, colon-separated)."""
-    first = env.get(var, "").split(":")[0]
-    return first if first.startswith("/") else None
-
-
-def default_state_dir(env: Mapping[str, str], home: str) -> str:
-    """``$STATE_DIRECTORY`` (systemd ``StateDirectory=``), else ``$XDG_STATE_HOME/lucidd``,
-    else ``<home>/.local/state/lucidd``. Relative XDG values are ignored, as the spec says."""
-    systemd = _env_dir(env, "STATE_DIRECTORY")
-    if systemd is not None:
-        return systemd
-    xdg = _env_dir(env, "XDG_STATE_HOME")
-    if xdg is not None:
-        return posixpath.join(xdg, "lucidd")
-    return posixpath.join(home, ".local", "state", "lucidd")
-
-
-def default_runtime_dir(env: Mapping[str, str], uid: int) -> str:
-    """``$RUNTIME_DIRECTORY`` (systemd ``RuntimeDirectory=``), else ``$XDG_RUNTIME_DIR/lucidd``,
-    else ``/tmp/lucidd-<uid>``."""
-    systemd = _env_dir(env, "RUNTIME_DIRECTORY")
-    if systemd is not None:
-        return systemd
-    xdg = _env_dir(env, "XDG_RUNTIME_DIR")
-    if xdg is not None:
-        return posixpath.join(xdg, "lucidd")
-    return fallback_runtime_dir(uid)
-
-
-def fallback_runtime_dir(uid: int) -> str:
-    """The runtime folder of last resort, ``/tmp/lucidd-<uid>``: in a folder everyone can
-    write, so the daemon makes it 0700 and never trusts one it finds (lucidd.daemon.folders)."""
-    return f"/tmp/lucidd-{uid}"
-
-
-def resolve_dirs(config: Config, env: Mapping[str, str], home: str, uid: int) -> Config:
-    """A validated copy of ``config`` with empty ``state_dir``/``runtime_dir`` filled in.
-
-    ``keyring`` stays as configured: an empty one is resolved by the keyring loader, which must
-    prefer ``$CREDENTIALS_DIRECTORY`` over ``<state>/keys/keyring``.
-    """
-    resolved = msgspec.structs.replace(
-        config,
-        state_dir=config.state_dir or default_state_dir(env, home),
-        runtime_dir=config.runtime_dir or default_runtime_dir(env, uid),
-    )
-    resolved.validate()
-    return resolved
 
 
 def config_as_dict(config: Config) -> dict[str, object]:

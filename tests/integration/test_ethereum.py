@@ -20,13 +20,12 @@ import pytest
 from lucidd.anchoring import ethereum
 from lucidd.anchoring.ethereum import (
     EthereumAttestation,
-    EthereumCredentials,
     anchor,
     anchored_at,
     check_attestation,
     deploy,
-    load_credentials,
 )
+from lucidd.anchoring.ethereum_credentials import EthereumCredentials, load_credentials
 from lucidd.errors import ConfigError, IntegrityError, UnavailableError
 from tests.anvil import (
     ANVIL_CHAIN_ID,

@@ -14,13 +14,11 @@ from lucidd.daemon.config import (
     Config,
     config_as_dict,
     connection_limit,
-    default_runtime_dir,
-    default_state_dir,
     env_var_name,
     load_config,
-    resolve_dirs,
     unknown_env_settings,
 )
+from lucidd.daemon.default_dirs import default_runtime_dir, default_state_dir, resolve_dirs
 from lucidd.errors import EX_CONFIG, ConfigError
 from lucidd.units import parse_size
 

@@ -46,6 +46,7 @@ LAYERS: Mapping[str, int] = {
     "units": 1,  # sizes and their spelling
     # ... and the daemon's own:
     "daemon.config": 1,
+    "daemon.default_dirs": 1,  # the default state and runtime folders (systemd, XDG, fallback)
     "daemon.ipc": 1,
     "daemon.access": 1,  # who may touch a session (the policy; credentials come from peers)
     "daemon.supervisor.slots": 1,
@@ -80,6 +81,7 @@ LAYERS: Mapping[str, int] = {
     "daemon.replication.objects": 2,  # the S3 client: create-only puts, gets, lists
     # Shared by the daemon and the CLI, so never importing lucidd.daemon:
     "anchoring.ethereum": 2,  # deploy LucidAnchor, anchor a checkpoint, check an attestation
+    "anchoring.ethereum_credentials": 2,  # the RPC URL and signing key, read from a 0600 file
     # 3: process parts.
     "daemon.supervisor.admission": 3,  # which chunk may enter, what its client is told
     "daemon.supervisor.dispatch": 3,  # the worker side: which worker, recovery, outcomes
@@ -93,7 +95,11 @@ LAYERS: Mapping[str, int] = {
     "daemon.replication.main": 3,  # the replicator process
     "daemon.aggregator.anchoring": 3,  # anchoring backends and their retry loop
     "daemon.aggregator.remote": 3,  # other hosts' sessions, and freed ones, from the store
+    "daemon.aggregator.services": 3,  # ControlServices; session lookups with the access check
     "daemon.aggregator.handlers": 3,  # one typed reply per control request
+    "daemon.aggregator.trust_handlers": 3,  # signing key, checkpoint, anchor, receipt, remote
+    "daemon.aggregator.retention": 3,  # local_retention: replicated sessions freed locally
+    "daemon.aggregator.startup": 3,  # crash recovery of every session at start
     "daemon.aggregator.control": 3,
     # 3: process mains — composition and lifecycle only.
     "daemon.supervisor.main": 3,
@@ -191,6 +197,8 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     "daemon.ipc": frozenset({"daemon.config"}),
     # Settings are sizes, spelled the one way (units).
     "daemon.config": frozenset({"units", "protocol.__init__"}),
+    # The default folders fill in a Config's empty ones.
+    "daemon.default_dirs": frozenset({"daemon.config"}),
     "protocol.__init__": frozenset({"protocol.messages", "protocol.codec"}),
     "protocol.codec": frozenset({"protocol.messages"}),
     "daemon.store": frozenset(),
@@ -220,12 +228,29 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
         {"protocol.__init__", "daemon.ipc", "daemon.access", "daemon.supervisor.slots"}
     ),
     "daemon.aggregator.main": frozenset(
-        {"daemon.aggregator.control", "daemon.aggregator.anchoring", "daemon.aggregator.remote"}
+        {
+            "daemon.aggregator.control",
+            "daemon.aggregator.anchoring",
+            "daemon.aggregator.remote",
+            "daemon.aggregator.retention",
+            "daemon.aggregator.startup",
+        }
     ),
-    "daemon.aggregator.control": frozenset({"daemon.aggregator.handlers"}),
+    "daemon.aggregator.control": frozenset(
+        {"daemon.aggregator.handlers", "daemon.aggregator.services"}
+    ),
+    # The handlers see the aggregator through services; the trust chain's are a table apart.
     "daemon.aggregator.handlers": frozenset(
+        {"daemon.aggregator.services", "daemon.aggregator.trust_handlers"}
+    ),
+    "daemon.aggregator.trust_handlers": frozenset({"daemon.aggregator.services"}),
+    "daemon.aggregator.services": frozenset(
         {"daemon.aggregator.anchoring", "daemon.aggregator.remote"}
     ),
+    "daemon.aggregator.retention": frozenset({"daemon.aggregator.remote"}),
+    "daemon.aggregator.startup": frozenset(),
+    # The ethereum backend signs with the credentials' key.
+    "anchoring.ethereum": frozenset({"anchoring.ethereum_credentials"}),
     # Reading another host's session is a restore into the state folder.
     "daemon.aggregator.remote": frozenset({"daemon.replication.restore"}),
     "daemon.worker": frozenset(),

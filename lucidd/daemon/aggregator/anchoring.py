@@ -23,6 +23,7 @@ from typing import Final, Protocol
 import msgspec
 
 from lucidd.daemon.aggregator.notary import Notary
+from lucidd.daemon.config import Config
 from lucidd.errors import ConfigError, LucidError, UnavailableError
 from lucidd.merkle import Checkpoint
 from lucidd.note import parse_note
@@ -36,6 +37,9 @@ COMMAND_TIMEOUT_S: Final = 60.0
 #: Bound on what a command may print as its attestation.
 MAX_ATTESTATION_SIZE: Final = 64 * 1024
 BACKEND_NAMES: Final = ("ethereum", "command")
+
+#: Where the ethereum backend's credentials are looked for when ``ethereum_credentials`` is empty.
+ETHEREUM_CREDENTIAL_NAME: Final = "lucidd.ethereum"
 
 
 class AnchorBackend(Protocol):
@@ -84,11 +88,12 @@ class EthereumBackend:
 
     def __init__(self, credentials: Path, contract: str) -> None:
         from lucidd.anchoring import ethereum  # noqa: PLC0415 (an optional extra)
+        from lucidd.anchoring.ethereum_credentials import load_credentials  # noqa: PLC0415
 
         if not contract:
             raise ConfigError("ethereum_contract is not set (deploy one: lucidd anchor deploy)")
         self._ethereum = ethereum
-        self._credentials = ethereum.load_credentials(credentials)
+        self._credentials = load_credentials(credentials)
         self._contract = contract
 
     def attest(self, note: bytes, checkpoint: Checkpoint) -> bytes:
@@ -176,3 +181,20 @@ def build_backends(
         else:
             raise ConfigError(f"anchors: unknown backend {name!r} (known: {BACKEND_NAMES})")
     return backends
+
+
+def configured_backends(
+    config: Config, state_dir: Path, credentials: Path | None
+) -> list[AnchorBackend]:
+    """The configured anchoring backends (an unusable one stops the start: exit 78).
+
+    The ethereum backend's credentials: ``ethereum_credentials``, else
+    ``<credentials>/lucidd.ethereum`` when systemd passed it, else ``<state>/keys/ethereum.json``.
+    """
+    if config.ethereum_credentials:
+        ethereum = Path(config.ethereum_credentials)
+    elif credentials is not None and (credentials / ETHEREUM_CREDENTIAL_NAME).exists():
+        ethereum = credentials / ETHEREUM_CREDENTIAL_NAME
+    else:
+        ethereum = state_dir / "keys" / "ethereum.json"
+    return build_backends(config.anchors, config.anchor_command, ethereum, config.ethereum_contract)

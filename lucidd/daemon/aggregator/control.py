@@ -16,7 +16,8 @@ from typing import Any, Final, cast
 
 from lucidd import protocol as p
 from lucidd.daemon.access import Peer
-from lucidd.daemon.aggregator.handlers import ControlServices, handle_request
+from lucidd.daemon.aggregator.handlers import handle_request
+from lucidd.daemon.aggregator.services import ControlServices
 from lucidd.daemon.channels import ReadPauses, peer_hung_up
 from lucidd.daemon.config import Config, connection_limit
 from lucidd.daemon.logs import ClientErrorLog, RefusalLog

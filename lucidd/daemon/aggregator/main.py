@@ -19,7 +19,6 @@ import logging
 import os
 import socket
 import time
-import uuid
 from collections import defaultdict
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -31,7 +30,7 @@ import uvloop
 from lucidd import protocol as p
 from lucidd.daemon import ipc
 from lucidd.daemon.aggregator.anchor_log import AnchorLog
-from lucidd.daemon.aggregator.anchoring import AnchorBackend, Anchorer, build_backends
+from lucidd.daemon.aggregator.anchoring import Anchorer, configured_backends
 from lucidd.daemon.aggregator.control import ControlLimits, ControlProtocol
 from lucidd.daemon.aggregator.ledger import Ledger
 from lucidd.daemon.aggregator.notary import (
@@ -41,10 +40,12 @@ from lucidd.daemon.aggregator.notary import (
     signing_key_name,
 )
 from lucidd.daemon.aggregator.recovery import recover_segments
-from lucidd.daemon.aggregator.remote import RemoteSessions
+from lucidd.daemon.aggregator.remote import configured_remote
+from lucidd.daemon.aggregator.retention import LocalRetention
 from lucidd.daemon.aggregator.session import SessionLedger
+from lucidd.daemon.aggregator.startup import recover_ledger
 from lucidd.daemon.channels import PipeReader, PipeWriter, take_fd
-from lucidd.daemon.config import Config, config_as_dict
+from lucidd.daemon.config import config_as_dict
 from lucidd.daemon.keyfile import load_keyring
 from lucidd.daemon.logs import setup_logging
 from lucidd.daemon.peers import access_policy
@@ -53,16 +54,9 @@ from lucidd.daemon.procutil import (
     keep_keys_out_of_dumps,
     leave_shutdown_to_the_supervisor,
 )
-from lucidd.daemon.replication.objects import (
-    ObjectStore,
-    ReplicationTarget,
-    resolve_s3_credentials,
-)
-from lucidd.daemon.replication.progress import REPLICATION_DIR, SessionProgress
-from lucidd.daemon.replication.replicator import HOST_ID_FILE
 from lucidd.daemon.ring import RingReader
 from lucidd.daemon.signing_key import resolve_signing_key
-from lucidd.daemon.store import FINAL_FILE, storage_error
+from lucidd.daemon.store import storage_error
 from lucidd.errors import LucidError
 
 log = logging.getLogger("lucidd.daemon.aggregator.main")
@@ -85,14 +79,10 @@ AGGREGATOR_COUNTERS = (
     "stage_aggregate_seconds_total",
     "checkpoints_signed_total",
 )
-#: How often finalized sessions are checked against local_retention (at most).
-RETENTION_CHECK_S = 60.0
-#: Where the ethereum backend's credentials are looked for when ``ethereum_credentials`` is empty.
-ETHEREUM_CREDENTIAL_NAME = "lucidd.ethereum"
 
 
 class Aggregator:
-    """State and loop of the aggregator process; implements ``control.ControlServices``."""
+    """State and loop of the aggregator process; implements ``services.ControlServices``."""
 
     def __init__(
         self,
@@ -114,8 +104,11 @@ class Aggregator:
         signer = resolve_signing_key(state_dir, credentials, signing_key_name(origin))
         publish_verifier_key(state_dir, signer.verifier.vkey)
         self.notary = Notary(signer, origin, AnchorLog.open(state_dir))
-        self.anchorer = Anchorer(self.notary, _backends(spec.config, state_dir, credentials))
-        self.remote = _remote_sessions(spec.config, state_dir, credentials)
+        self.anchorer = Anchorer(
+            self.notary, configured_backends(spec.config, state_dir, credentials)
+        )
+        self.remote = configured_remote(spec.config, state_dir, credentials)
+        self._retention = LocalRetention(self.ledger, state_dir, self.remote, self.session_lock)
         self._ring = RingReader(spec.ring_name, spec.ring_size)
         self._control_sock = control_sock
         self._fds = (
@@ -175,7 +168,7 @@ class Aggregator:
                 self._checkpoint_periodically(),
                 self._anchor_periodically(),
                 self.anchorer.run(),
-                self._free_retained_periodically(),
+                self._retention.run(self.config.local_retention),
             )
         ]
         await self._stop.wait()
@@ -231,49 +224,6 @@ class Aggregator:
             await asyncio.sleep(self.config.anchor_interval)
             self.anchor_now()
 
-    async def _free_retained_periodically(self) -> None:
-        """Free the local records of finalized, fully replicated sessions after
-        ``local_retention`` (the object store's copy verified first); reads fetch them back."""
-        retention = self.config.local_retention
-        if not retention or self.remote is None:
-            return
-        while True:
-            await asyncio.sleep(min(RETENTION_CHECK_S, retention / 2))
-            await self.free_retained(self.remote, retention)
-
-    async def free_retained(self, remote: RemoteSessions, retention: float) -> None:
-        state_dir = Path(self.config.state_dir)
-        host_id = _read_text(state_dir / HOST_ID_FILE)
-        if host_id is None:
-            return
-        now = time.time()
-        for session in list(self.ledger):
-            if session.remote_host is not None or session.state != ipc.SESSION_FINALIZED:
-                continue
-            try:
-                if now - session.paths.final.stat().st_mtime < retention:
-                    continue
-            except FileNotFoundError:
-                continue
-            sid = session.paths.root.name
-            progress = SessionProgress(state_dir / REPLICATION_DIR / sid)
-            uploaded = FINAL_FILE in progress.objects
-            progress.close()
-            if not uploaded:
-                continue
-            try:
-                verified = await remote.verified_copy(session, host_id)
-            except (OSError, LucidError) as exc:
-                log.warning("event=retention_check_failed session=%s error=%s", sid, exc)
-                continue
-            if not verified:
-                log.warning("event=retention_kept session=%s reason=replica_incomplete", sid)
-                continue
-            async with self.session_lock(session.session_id):
-                if session.session_id in self.ledger.sessions:
-                    self.ledger.evict(session.session_id, host_id)
-                    log.info("event=session_freed_locally session=%s", sid)
-
     def anchor_now(self) -> tuple[int, bytes] | None:
         """Sign the anchor log's checkpoint at its size (if it grew) and wake the backends."""
         try:
@@ -290,49 +240,6 @@ class Aggregator:
         self._to_supervisor.send(message)
 
     # -- from workers -------------------------------------------------------------------
-
-    def recover(self, repair: bool) -> None:
-        """Index what the segments hold beyond the last sync (crash recovery), then sync.
-
-        A sync that fails here (disk full, an I/O error) is logged and left to the periodic
-        sync, which retries every tick: the daemon starts and serves what it recovered.
-        """
-        started = time.monotonic()
-        records = 0
-        for name in self.ledger.unreadable:
-            damaged = self.ledger.damaged_error(name)
-            log.error("event=session_damaged session=%s error=%s", _sid(name), damaged)
-        for session in self.ledger:
-            where = session.paths.root.name
-            try:
-                acked, repairs = recover_segments(session, self.ledger.keyring, repair=repair)
-            except (OSError, LucidError) as exc:
-                # An I/O error reading its files: logged; the session serves what is indexed.
-                error = storage_error(exc, "recovery") if isinstance(exc, OSError) else exc
-                log.error("event=recovery_failed session=%s error=%s", where, error)
-                continue
-            records += len(acked)
-            for event, details in repairs:
-                log.warning("event=%s session=%s %s", event, where, details)
-            if session.damaged:
-                log.warning(
-                    "event=session_damaged session=%s missing=%d quarantined=%d",
-                    where,
-                    len(session.missing),
-                    len(session.quarantine),
-                )
-            try:
-                session.sync()
-            except (OSError, LucidError) as exc:
-                log.error("event=ledger_sync_failed session=%s error=%s", where, exc)
-            self.ledger.release_idle()
-        log.info(
-            "event=recovered sessions=%d damaged=%d records_indexed=%d seconds=%.3f",
-            len(self.ledger.sessions) + len(self.ledger.unreadable),
-            self.ledger.damaged_count,
-            records,
-            time.monotonic() - started,
-        )
 
     def catch_up(self) -> None:
         """Index every batch the workers have written so far (read-your-writes).
@@ -498,41 +405,6 @@ class Aggregator:
         self._locks.pop(session_id, None)
 
 
-def _backends(config: Config, state_dir: Path, credentials: Path | None) -> list[AnchorBackend]:
-    """The configured anchoring backends (an unusable one stops the start: exit 78)."""
-    if config.ethereum_credentials:
-        ethereum = Path(config.ethereum_credentials)
-    elif credentials is not None and (credentials / ETHEREUM_CREDENTIAL_NAME).exists():
-        ethereum = credentials / ETHEREUM_CREDENTIAL_NAME
-    else:
-        ethereum = state_dir / "keys" / "ethereum.json"
-    return build_backends(config.anchors, config.anchor_command, ethereum, config.ethereum_contract)
-
-
-def _remote_sessions(
-    config: Config, state_dir: Path, credentials: Path | None
-) -> RemoteSessions | None:
-    """Reading other hosts' sessions from the object store (replication configured)."""
-    if not config.replication_url:
-        return None
-    target = ReplicationTarget.parse(
-        config.replication_url, config.replication_endpoint, config.replication_region
-    )
-    creds = resolve_s3_credentials(config.replication_credentials, credentials, state_dir)
-    return RemoteSessions(state_dir, ObjectStore(target, creds), target.prefix)
-
-
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text().strip() or None
-    except FileNotFoundError:
-        return None
-
-
-def _sid(session_id: bytes) -> str:
-    return str(uuid.UUID(bytes=session_id))
-
-
 def _rss(pid: int) -> int:
     try:
         return int(psutil.Process(pid).memory_info().rss)
@@ -569,7 +441,7 @@ def aggregator_main(
             credentials_dir=credentials_dir,
         )
         log.info("event=ledger_loaded seconds=%.3f", time.monotonic() - started)
-        aggregator.recover(repair=spec.repair)
+        recover_ledger(aggregator.ledger, repair=spec.repair)
     except LucidError as err:
         # A keyring that cannot open the stored sessions, a damaged state folder: say why
         # and exit with the error's status (78 for configuration); the supervisor decides.

@@ -22,8 +22,13 @@ from lucidd.daemon.aggregator.merkle_log import MerkleLog
 from lucidd.daemon.aggregator.notary import VKEY_FILE
 from lucidd.daemon.aggregator.recovery import recover_segments
 from lucidd.daemon.aggregator.session import SessionLedger
+from lucidd.daemon.config import Config
 from lucidd.daemon.replication import layout
-from lucidd.daemon.replication.objects import ObjectStore
+from lucidd.daemon.replication.objects import (
+    ObjectStore,
+    ReplicationTarget,
+    resolve_s3_credentials,
+)
 from lucidd.daemon.replication.restore import (
     fetch_session,
     list_hosts,
@@ -192,3 +197,16 @@ class RemoteSessions:
             len(records),
         )
         return session
+
+
+def configured_remote(
+    config: Config, state_dir: Path, credentials: Path | None
+) -> RemoteSessions | None:
+    """Reading other hosts' sessions from the object store (None: replication not configured)."""
+    if not config.replication_url:
+        return None
+    target = ReplicationTarget.parse(
+        config.replication_url, config.replication_endpoint, config.replication_region
+    )
+    creds = resolve_s3_credentials(config.replication_credentials, credentials, state_dir)
+    return RemoteSessions(state_dir, ObjectStore(target, creds), target.prefix)

@@ -28,7 +28,8 @@ from typing import Any, Final
 import uvloop
 
 from lucidd.daemon import ipc
-from lucidd.daemon.config import Config, fallback_runtime_dir
+from lucidd.daemon.config import Config
+from lucidd.daemon.default_dirs import fallback_runtime_dir
 from lucidd.daemon.folders import (
     PRIVATE_RUNTIME_DIR_MODE,
     RUNTIME_DIR_MODE,
