@@ -84,6 +84,7 @@ def test_defaults_equal_the_spec() -> None:
         "replication_region": "us-east-1",
         "replication_credentials": "",
         "replication_timeout": 30.0,
+        "local_retention": 0.0,
     }
 
 

@@ -148,7 +148,12 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     "daemon.replication.layout": frozenset({"crypto.__init__", "merkle"}),
     "daemon.replication.progress": frozenset({"daemon.store"}),
     "daemon.replication.replicator": frozenset(
-        {"daemon.replication.objects", "daemon.replication.progress", "daemon.store"}
+        {
+            "daemon.replication.objects",
+            "daemon.replication.progress",
+            "daemon.store",
+            "daemon.aggregator.anchor_log",  # the entries' size, to upload them whole
+        }
     ),
     "daemon.replication.cli": frozenset({"daemon.replication.restore"}),
     "daemon.supervisor.replication_link": frozenset({"daemon.ipc"}),

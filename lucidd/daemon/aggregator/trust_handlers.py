@@ -8,6 +8,8 @@ holds the single failure boundary (docs/receipts.md describes what they return).
 
 from __future__ import annotations
 
+from typing import Any
+
 from lucidd import protocol as p
 from lucidd.daemon.access import LEGACY_OWNER, Peer
 from lucidd.daemon.aggregator.services import (
@@ -65,9 +67,14 @@ async def _receipt(s: ControlServices, r: p.GetReceipt, peer: Peer) -> p.Message
             index=r.index,
         )
     notary, config = s.notary, s.config
-    logged = next(
-        ((n, leaf) for n, leaf in notary.anchor_log.logged(r.session) if n > r.index), None
-    )
+    # A read-only copy of another host's session proves into that host's anchor log.
+    remote = s.remote
+    anchor: Any = notary.anchor_log
+    backends = bool(s.anchorer.backends)
+    if session.remote_host is not None and remote is not None:
+        anchor = await remote.anchor_log(session.remote_host)
+        backends = False  # whatever that host attested is in its checkpoints' folder
+    logged = next(((n, leaf) for n, leaf in anchor.logged(r.session) if n > r.index), None)
     if logged is None:
         raise NotAnchoredError(
             f"chunk {r.index} is in no signed checkpoint yet: the next is due within "
@@ -77,9 +84,9 @@ async def _receipt(s: ControlServices, r: p.GetReceipt, peer: Peer) -> p.Message
             index=r.index,
         )
     size, leaf = logged
-    anchor_size = _anchor_covering(s, leaf)
+    anchor_size = _anchor_covering(anchor.checkpoints.index(), leaf, backends)
     note = notary.stored_session_note(session, size)
-    anchor_note = notary.anchor_log.checkpoints.read(anchor_size) if anchor_size else None
+    anchor_note = anchor.checkpoints.read(anchor_size) if anchor_size else None
     if note is None or anchor_note is None:
         pending = ", ".join(b.name for b in s.anchorer.backends)
         raise NotAnchoredError(
@@ -89,6 +96,12 @@ async def _receipt(s: ControlServices, r: p.GetReceipt, peer: Peer) -> p.Message
             session=r.session,
             index=r.index,
         )
+    stored = anchor.checkpoints.index()[anchor_size]
+    attestations = [
+        p.Attestation(kind, data)
+        for kind in sorted(stored)
+        if (data := anchor.checkpoints.read(anchor_size, kind)) is not None
+    ]
     return p.ReceiptReply(
         req=r.req,
         session=r.session,
@@ -99,18 +112,17 @@ async def _receipt(s: ControlServices, r: p.GetReceipt, peer: Peer) -> p.Message
         path=session.merkle.inclusion_proof(r.index, size),
         anchor_index=leaf,
         anchor_size=anchor_size,
-        anchor_path=notary.anchor_log.merkle.inclusion_proof(leaf, anchor_size),
+        anchor_path=anchor.merkle.inclusion_proof(leaf, anchor_size),
         anchor_checkpoint=anchor_note,
-        attestations=[p.Attestation(k, v) for k, v in notary.attestations(anchor_size).items()],
+        attestations=attestations,
     )
 
 
-def _anchor_covering(s: ControlServices, leaf: int) -> int:
+def _anchor_covering(stored: dict[int, set[str]], leaf: int, backends: bool) -> int:
     """The smallest anchor checkpoint covering ``leaf`` that is attested (when backends are
     configured, by at least one); 0 if there is none yet."""
-    stored = s.notary.anchor_log.checkpoints.index()
     for size in sorted(stored):
-        if size > leaf and (not s.anchorer.backends or stored[size]):
+        if size > leaf and (not backends or stored[size]):
             return size
     return 0
 
