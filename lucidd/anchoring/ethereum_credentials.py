@@ -9,10 +9,7 @@ not needed here.
 
 from __future__ import annotations
 
-import errno
-import os
 import re
-import stat
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -20,9 +17,8 @@ from urllib.parse import urlsplit
 import msgspec
 
 from lucidd.errors import ConfigError
+from lucidd.private_files import read_private_file
 
-CREDENTIALS_MAX_BYTES: Final = 64 * 1024
-CREDENTIALS_FORBIDDEN_BITS: Final = 0o077  # no group or other access
 #: A secp256k1 private key as the credentials file spells it: 0x and 64 hex digits.
 PRIVATE_KEY: Final = re.compile(r"0x[0-9a-fA-F]{64}")
 
@@ -59,27 +55,7 @@ def load_credentials(path: Path) -> EthereumCredentials:
     ``path`` is a regular file (not a symlink) that neither group nor others may access, and
     its fields are an http(s) URL and a 32-byte hex key.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as err:
-        why = "is a symlink" if err.errno == errno.ELOOP else f"cannot be opened ({err.strerror})"
-        raise ConfigError(f"Ethereum credentials {path} {why}", path=str(path)) from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise ConfigError(f"Ethereum credentials {path} is not a regular file", path=str(path))
-        if mode & CREDENTIALS_FORBIDDEN_BITS:
-            raise ConfigError(
-                f"Ethereum credentials {path} have mode {stat.S_IMODE(mode):04o}: group and "
-                f"others must have no access (chmod 600 {path})",
-                path=str(path),
-            )
-        with open(fd, "rb", closefd=False) as file:
-            data = file.read(CREDENTIALS_MAX_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) > CREDENTIALS_MAX_BYTES:
-        raise ConfigError(f"Ethereum credentials {path} are over {CREDENTIALS_MAX_BYTES} bytes")
+    data = read_private_file(path, "Ethereum credentials")
     try:
         # msgspec's messages name the field and the expected type, never the value.
         creds = msgspec.json.decode(data, type=EthereumCredentials)

@@ -55,6 +55,7 @@ LAYERS: Mapping[str, int] = {
     "daemon.replication.layout": 1,  # object names and the pack format
     "daemon.supervisor.replication_link": 1,  # the replicator's feed, acks held for it
     # 2: I/O parts.
+    "private_files": 2,  # a private file of secrets: read, check, bound
     "daemon.store": 2,
     "daemon.segments": 2,  # segment files: append, scan, quarantine
     "daemon.keyfile": 2,
@@ -256,6 +257,9 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     "daemon.aggregator.startup": frozenset(),
     # The ethereum backend signs with the credentials' key.
     "anchoring.ethereum": frozenset({"anchoring.ethereum_credentials"}),
+    # Both backends' credentials files are read one way.
+    "anchoring.ethereum_credentials": frozenset({"private_files"}),
+    "daemon.replication.objects": frozenset({"private_files"}),
     # Reading another host's session is a restore into the state folder.
     "daemon.aggregator.remote": frozenset({"daemon.replication.restore"}),
     "daemon.worker": frozenset(),
@@ -342,6 +346,8 @@ CLI_MAY_IMPORT = frozenset(
         "receipt",
         "anchoring.__init__",
         "anchoring.ethereum",  # verify --rpc; web3 is imported only then
+        "anchoring.ethereum_credentials",
+        "private_files",
         "__init__",
     }
 )

@@ -20,10 +20,8 @@ SeaweedFS (4.48) and AWS S3 both honour ``If-None-Match: *`` on PUT (412 when th
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import re
-import stat
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -42,6 +40,7 @@ from obstore.exceptions import (
 from obstore.store import S3Store
 
 from lucidd.errors import ConfigError, ObjectConflictError, UnavailableError
+from lucidd.private_files import read_private_file
 
 if TYPE_CHECKING:
     from obstore import ObjectMeta
@@ -61,8 +60,6 @@ __all__ = [
 
 CREDENTIALS_NAME: Final = "lucidd.s3"
 """File name of the S3 credentials inside ``$CREDENTIALS_DIRECTORY``."""
-CREDENTIALS_MAX_BYTES: Final = 64 * 1024
-CREDENTIALS_FORBIDDEN_BITS: Final = 0o077
 DEFAULT_TIMEOUT_S: Final = 30.0
 CONNECT_TIMEOUT_S: Final = 5.0
 #: obstore retries 5xx replies and dropped connections this often, within the request timeout.
@@ -145,27 +142,7 @@ def load_s3_credentials(path: Path) -> S3Credentials:
     ``path`` is a regular file (not a symlink) that neither group nor others may access, and
     both fields are non-empty strings.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as err:
-        why = "is a symlink" if err.errno == errno.ELOOP else f"cannot be opened ({err.strerror})"
-        raise ConfigError(f"S3 credentials {path} {why}", path=str(path)) from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise ConfigError(f"S3 credentials {path} is not a regular file", path=str(path))
-        if mode & CREDENTIALS_FORBIDDEN_BITS:
-            raise ConfigError(
-                f"S3 credentials {path} have mode {stat.S_IMODE(mode):04o}: group and "
-                f"others must have no access (chmod 600 {path})",
-                path=str(path),
-            )
-        with open(fd, "rb", closefd=False) as file:
-            data = file.read(CREDENTIALS_MAX_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) > CREDENTIALS_MAX_BYTES:
-        raise ConfigError(f"S3 credentials {path} are over {CREDENTIALS_MAX_BYTES} bytes")
+    data = read_private_file(path, "S3 credentials")
     try:
         # msgspec's messages name the field and the expected type, never the value.
         credentials = msgspec.json.decode(data, type=S3Credentials)
