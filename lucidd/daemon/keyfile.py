@@ -121,6 +121,32 @@ def _read_all(fd: int, path: Path) -> bytes:
     return b"".join(chunks)
 
 
+def open_key_file(path: Path, what: str, *, symlink_fix: str, missing_fix: str) -> int:
+    """Open a key file (``what``: "keyring", "signing key") without following a symlink and
+    check its folder and the open descriptor (``fstat``: a file swapped after a check cannot
+    be read); the descriptor, for the caller to read and close. KeyringError naming the path,
+    the problem and the fix (``symlink_fix``, ``missing_fix``) otherwise."""
+    _check_parent(path, what)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise KeyringError(
+                f"{what} {path} is a symlink; {symlink_fix}", path=str(path)
+            ) from None
+        if exc.errno == errno.ENOENT:
+            raise KeyringError(
+                f"{what} {path} does not exist; {missing_fix}", path=str(path)
+            ) from None
+        raise KeyringError(f"cannot open {what} {path}: {exc.strerror}", path=str(path)) from None
+    try:
+        _check_file(path, os.fstat(fd), what)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def load_keyring(path: Path) -> Keyring:
     """Open, check and parse the keyring at ``path``.
 
@@ -130,24 +156,13 @@ def load_keyring(path: Path) -> Keyring:
     than one hard link, lies in a folder not ours (nor root's) or group/other-writable, or is
     malformed.
     """
-    _check_parent(path)
+    fd = open_key_file(
+        path,
+        "keyring",
+        symlink_fix="lucidd refuses symlinked keyrings: point the configuration at the real file",
+        missing_fix="create one with 'lucidd keygen'",
+    )
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise KeyringError(
-                f"keyring {path} is a symlink; lucidd refuses symlinked keyrings: "
-                "point the configuration at the real file",
-                path=str(path),
-            ) from None
-        if exc.errno == errno.ENOENT:
-            raise KeyringError(
-                f"keyring {path} does not exist; create one with 'lucidd keygen'",
-                path=str(path),
-            ) from None
-        raise KeyringError(f"cannot open keyring {path}: {exc.strerror}", path=str(path)) from None
-    try:
-        _check_file(path, os.fstat(fd))
         data = _read_all(fd, path)
     finally:
         os.close(fd)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import errno
 import os
 from pathlib import Path
 from typing import Final
@@ -34,10 +33,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lucidd.daemon.keyfile import (
     KEYRING_DIR_MODE,
-    _check_file,
     _check_parent,
     _lexists,
     _write_new_file,
+    open_key_file,
 )
 from lucidd.errors import KeyringError
 from lucidd.note import ED25519_SEED_SIZE, Signer, is_valid_key_name
@@ -92,25 +91,14 @@ def _decode_seed(data: bytes, path: Path) -> bytes:
 
 def _read_file(path: Path) -> bytes:
     """Open ``path`` without following a symlink, check the open file, read it whole."""
-    _check_parent(path, WHAT)
+    fd = open_key_file(
+        path,
+        WHAT,
+        symlink_fix="lucidd refuses symlinked keys: put the real file there",
+        missing_fix=f"lucidd creates {path.name} under its state folder on first start, "
+        "or give it as the lucidd.signing credential",
+    )
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise KeyringError(
-                f"{WHAT} {path} is a symlink; lucidd refuses symlinked keys: "
-                "put the real file there",
-                path=str(path),
-            ) from None
-        if exc.errno == errno.ENOENT:
-            raise KeyringError(
-                f"{WHAT} {path} does not exist; lucidd creates {path.name} under its state "
-                "folder on first start, or give it as the lucidd.signing credential",
-                path=str(path),
-            ) from None
-        raise KeyringError(f"cannot open {WHAT} {path}: {exc.strerror}", path=str(path)) from None
-    try:
-        _check_file(path, os.fstat(fd), WHAT)
         data = b""
         while len(data) <= MAX_SIGNING_KEY_FILE_SIZE and (
             chunk := os.read(fd, MAX_SIGNING_KEY_FILE_SIZE + 1 - len(data))
