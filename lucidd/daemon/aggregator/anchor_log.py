@@ -75,8 +75,7 @@ class AnchorLog:
             raise OSError(f"{self.root}/entries.bin holds fewer entries than the log")
         if len(raw) != count * ENTRY_SIZE:  # a torn last entry: never in the log
             os.ftruncate(self._entries_fd, count * ENTRY_SIZE)
-        for i in range(count):
-            session, size, digest = _ENTRY.unpack_from(raw, i * ENTRY_SIZE)
+        for i, (session, size, digest) in enumerate(unpack_entries(raw)):
             if i >= self.merkle.size:  # in entries, lost by the log: append it again
                 self.merkle.append(leaf_hash(digest))
             self._remember(session, size, i)

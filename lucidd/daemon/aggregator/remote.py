@@ -120,10 +120,8 @@ class RemoteSessions:
             for session, size, digest in unpack_entries(data):
                 index = log_.append(leaf_hash(digest))
                 by_session.setdefault(session, []).append((size, index))
-        sizes = [size for size, _ in objects]
-        for size in sizes:
-            if size > log_.size:  # a checkpoint past the entries: unprovable here
-                objects = {k: v for k, v in objects.items() if k[0] != size}
+        # A checkpoint past the replicated entries cannot be proven here.
+        objects = {key: data for key, data in objects.items() if key[0] <= log_.size}
         return RemoteAnchorLog(log_, RemoteCheckpoints(objects), by_session)
 
     async def fetch_back(self, ledger: Ledger, session_id: bytes) -> SessionLedger:

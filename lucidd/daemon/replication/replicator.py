@@ -208,11 +208,6 @@ class Replicator:
         self._uploads.discard(task)
         self.wake.set()
 
-    async def drain(self) -> None:
-        """Wait for the uploads in flight (tests and shutdown)."""
-        while self._uploads:
-            await asyncio.wait(set(self._uploads))
-
     def _take(self, session: bytes) -> list[ipc.Sealed]:
         pending = self.pending[session]
         chosen: list[ipc.Sealed] = []
