@@ -81,6 +81,8 @@ def test_another_user_can_neither_see_nor_touch_a_session(
             ("root", target),
             ("proof", target, "0"),
             ("consistency", target, "1", "2"),
+            ("checkpoint", target),
+            ("receipt", target, "0", "-o", "/dev/null"),
             ("record", target, "0", "-o", "/dev/null"),
             ("get", target, "-o", "/dev/null"),
             ("finalize", target),
