@@ -338,7 +338,7 @@ def test_a_second_host_reads_the_first_hosts_session_through_the_object_store(
 def test_local_retention_frees_a_replicated_session_and_reads_fetch_it_back(
     make_daemon: MakeDaemon, short_tmp: Path, seaweed: Seaweed
 ) -> None:
-    daemon = make_daemon(**settings(seaweed, short_tmp, "retention", local_retention=1))
+    daemon = make_daemon(**settings(seaweed, short_tmp, "retention", local_retention=3))
     path, data = random_file(short_tmp, "a.bin", 6 * CHUNK)
     put = put_file(daemon, path, "--finalize")
     session = put["session"]
@@ -347,7 +347,8 @@ def test_local_retention_frees_a_replicated_session_and_reads_fetch_it_back(
     assert not list(folder.glob("*.seg")) and not (folder / "index.bin").exists()
     listed = ctl(daemon, "--json", "sessions").ok()["sessions"]
     assert [s["state"] for s in listed if s["session"] == session] == ["finalized"]
-    # A read brings it back, verified against its own signed checkpoints.
+    # A read brings it back, verified against its own signed checkpoints, and it is kept
+    # another local_retention from then (not freed again at the next pass).
     assert ctl(daemon, "get", session).stdout == data
     assert ctl(daemon, "--json", "root", session).ok()["root"] == put["root"]
     assert not (folder / "evicted").exists()

@@ -3,8 +3,9 @@
 With ``local_retention`` set and replication configured, a finalized session of this host
 whose final record is uploaded, and whose copy in the object store verifies
 (:meth:`~lucidd.daemon.aggregator.remote.RemoteSessions.verified_copy`), has its local
-records freed ``local_retention`` seconds after it was finalized; a later read fetches them
-back (aggregator.services). A copy that cannot be checked or is incomplete keeps the session.
+records freed ``local_retention`` seconds after they were last written here (finalized, or
+fetched back by a read); a later read fetches them back (aggregator.services). A copy that
+cannot be checked or is incomplete keeps the session.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from lucidd.daemon.aggregator.ledger import Ledger
 from lucidd.daemon.aggregator.remote import RemoteSessions
 from lucidd.daemon.replication.progress import REPLICATION_DIR, SessionProgress
 from lucidd.daemon.replication.replicator import HOST_ID_FILE
-from lucidd.daemon.store import FINAL_FILE
+from lucidd.daemon.store import FINAL_FILE, SessionPaths
 from lucidd.errors import LucidError
 
 log = logging.getLogger("lucidd.daemon.aggregator.retention")
@@ -65,10 +66,8 @@ class LocalRetention:
         for session in list(self.ledger):
             if session.remote_host is not None or session.state != ipc.SESSION_FINALIZED:
                 continue
-            try:
-                if now - session.paths.final.stat().st_mtime < retention:
-                    continue
-            except FileNotFoundError:
+            written = _last_written(session.paths)
+            if written is None or now - written < retention:
                 continue
             sid = session.paths.root.name
             progress = SessionProgress(self.state_dir / REPLICATION_DIR / sid)
@@ -88,6 +87,18 @@ class LocalRetention:
                 if session.session_id in self.ledger.sessions:
                     self.ledger.evict(session.session_id, host_id)
                     log.info("event=session_freed_locally session=%s", sid)
+
+
+def _last_written(paths: SessionPaths) -> float | None:
+    """When the session's records were last written here: its FINAL record, or the segment
+    a read fetched back (so a session just read is kept another ``local_retention``)."""
+    try:
+        return max(
+            path.stat().st_mtime
+            for path in (paths.final, *(paths.segment(name) for name in paths.segments()))
+        )
+    except FileNotFoundError:
+        return None
 
 
 def _read_text(path: Path) -> str | None:
