@@ -33,9 +33,14 @@ from lucidd.daemon.logs import setup_logging
 from lucidd.daemon.replication.cli import run_restore
 from lucidd.daemon.signing_key import signing_key_file
 from lucidd.daemon.supervisor.main import serve
-from lucidd.errors import EX_CONFIG, LucidError
+from lucidd.daemon.supervisor.systemd import notify
+from lucidd.errors import EX_CONFIG, ConfigError, LucidError
+from lucidd.http.main import GatewaySettings, run_gateway
+from lucidd.http.server import HttpLimits
 
 DEFAULT_CONFIG_FILE = Path("/etc/lucidd/lucidd.toml")
+#: The tokens file's name in ``$CREDENTIALS_DIRECTORY`` (LoadCredential= of lucidd-http).
+HTTP_TOKENS_CREDENTIAL = "lucidd.http-tokens"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument(
         "--list", action="store_true", help="list the hosts and their sessions; restore nothing"
     )
+    http = sub.add_parser("http", help="run the REST gateway (a client of the daemon)")
+    http.add_argument("--config", type=Path, help="TOML config file")
+    http.add_argument("--runtime-dir", help="folder of the daemon's sockets")
+    http.add_argument("--state-dir", help="the daemon's state folder (for keys/http-tokens)")
+    http.add_argument("--listen", help="127.0.0.1:PORT, [::1]:PORT or unix:PATH (http_listen)")
     keygen = sub.add_parser("keygen", help="write a new keyring (for systemd-creds)")
     keygen.add_argument("-o", "--output", type=Path, help="file to create (default: stdout)")
     keygen.add_argument(
@@ -123,6 +133,40 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(config)
 
 
+def _http(args: argparse.Namespace) -> int:
+    config = _load(
+        args,
+        {
+            "runtime_dir": args.runtime_dir,
+            "state_dir": args.state_dir,
+            "http_listen": args.listen,
+        },
+    )
+    setup_logging("http", config.log_level)
+    if not config.http_listen:
+        raise ConfigError("lucidd http needs http_listen (or --listen): where to serve")
+    settings = GatewaySettings(
+        listen=config.http_listen,
+        runtime_dir=Path(config.runtime_dir),
+        tokens_file=_tokens_file(config),
+        limits=HttpLimits(max_connections=config.http_max_connections),
+    )
+
+    def ready(address: str) -> None:
+        notify(f"READY=1\nSTATUS=serving the REST API on {address}")
+
+    return run_gateway(settings, ready)
+
+
+def _tokens_file(config: Config) -> Path:
+    if config.http_tokens:
+        return Path(config.http_tokens)
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials:
+        return Path(credentials) / HTTP_TOKENS_CREDENTIAL
+    return Path(config.state_dir) / "keys" / "http-tokens"
+
+
 def _keygen(args: argparse.Namespace) -> int:
     if args.signing:
         data = signing_key_file(Ed25519PrivateKey.generate())
@@ -153,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             return _anchor_deploy(args)
         if args.command == "restore":
             return _restore(args)
+        if args.command == "http":
+            return _http(args)
         return _keygen(args)
     except LucidError as err:
         print(f"lucidd: {err.code}: {err}", file=sys.stderr)

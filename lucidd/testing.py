@@ -268,3 +268,49 @@ def _copy_output(proc: subprocess.Popen[bytes], log: BinaryIO) -> None:
         while data := os.read(proc.stdout.fileno(), 65536):
             log.write(data)
             log.flush()
+
+
+class HttpGateway(Daemon):
+    """A ``lucidd http`` process in front of ``daemon``, listening on ``listen``
+    (``127.0.0.1:0``: a port the kernel picks; :attr:`address` says which once started).
+
+    Its folder is ``daemon.base/http`` (its log and notify socket); readiness is its
+    ``READY=1``, whose status line names the address."""
+
+    def __init__(
+        self,
+        daemon: Daemon,
+        listen: str,
+        env: Mapping[str, str] | None = None,
+        *,
+        user: RunAs | None = None,
+        name: str = "http",
+    ) -> None:
+        base = daemon.base / name
+        base.mkdir(exist_ok=True)
+        super().__init__(base, 0, env, user=user)
+        self.state_dir = daemon.state_dir
+        self.runtime_dir = daemon.runtime_dir
+        self.listen_on = listen
+        #: Where it listens (``127.0.0.1:PORT`` or ``unix:PATH``), known after :meth:`start`.
+        self.address = ""
+
+    def command(self) -> list[str]:
+        cmd = [
+            sys.executable, "-m", "lucidd", "http",
+            "--state-dir", str(self.state_dir),
+            "--runtime-dir", str(self.runtime_dir),
+            "--listen", self.listen_on,
+        ]  # fmt: skip
+        return self.user.command(cmd) if self.user is not None else cmd
+
+    def start(self) -> Self:
+        super().start()
+        ready = next(m for m in self.notifications if "READY=1" in m)
+        self.address = ready.rsplit(" on ", 1)[1].strip()
+        return self
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT`` (TCP only)."""
+        return f"http://{self.address}"

@@ -25,6 +25,7 @@ from typing import Final
 import msgspec
 
 from lucidd.errors import ConfigError
+from lucidd.listen import parse_listen
 from lucidd.protocol import MAX_BATCH_ITEMS
 from lucidd.units import GiB, KiB, MiB, format_size, parse_size
 from lucidd.vocabulary import Compression
@@ -132,6 +133,17 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     #: Seconds a finalized session stays on the local disk once the object store holds all of
     #: it; then its records are freed locally and reads fetch them back. 0: kept forever.
     local_retention: float = 0.0
+    # -- HTTP (issue 15): Prometheus metrics, and the REST gateway ``lucidd http`` --
+    #: Where the daemon serves ``GET /metrics``: ``127.0.0.1:PORT``, ``[::1]:PORT`` or
+    #: ``unix:PATH``; empty: not served.
+    metrics_listen: str = ""
+    #: Where ``lucidd http`` serves the REST API (the same spellings); it is its own process.
+    http_listen: str = ""
+    #: ``USER TOKEN`` lines (mode 0600) for bearer tokens on TCP; empty:
+    #: ``$CREDENTIALS_DIRECTORY/lucidd.http-tokens``, else ``<state>/keys/http-tokens``.
+    http_tokens: str = ""
+    #: HTTP connections ``lucidd http`` keeps open at once (beyond it: 503).
+    http_max_connections: int = 256
 
     @property
     def slots(self) -> int:
@@ -177,6 +189,7 @@ RANGES: Final[Mapping[str, tuple[int | float, int | float | None]]] = {
     "anchor_interval": (0.05, 86_400.0),
     "replication_timeout": (0.1, 3600.0),
     "local_retention": (0.0, 10 * 365 * 86_400.0),
+    "http_max_connections": (1, 65_536),
 }
 
 CHOICES: Final[Mapping[str, tuple[str, ...]]] = {
@@ -204,6 +217,7 @@ PATH_FIELDS: Final = (
     "keyring",
     "ethereum_credentials",
     "replication_credentials",
+    "http_tokens",
 )
 #: A host origin: a schema-less URL-like name (no spaces, no ``+``, no trailing ``/``).
 _ORIGIN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}$")
@@ -335,6 +349,13 @@ def _cross_field_problems(config: Config) -> list[tuple[str, str]]:
         problems.append(
             ("local_retention", "local_retention needs replication_url (s3://BUCKET/PREFIX)")
         )
+    for name in ("metrics_listen", "http_listen"):
+        listen = getattr(config, name)
+        if listen:
+            try:
+                parse_listen(listen)
+            except ValueError as exc:
+                problems.append((name, f"{name}: {exc}"))
     runtime = config.runtime_dir
     if runtime:
         longest = max(
