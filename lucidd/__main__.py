@@ -149,7 +149,12 @@ def _http(args: argparse.Namespace) -> int:
         listen=config.http_listen,
         runtime_dir=Path(config.runtime_dir),
         tokens_file=_tokens_file(config),
-        limits=HttpLimits(max_connections=config.http_max_connections),
+        limits=HttpLimits(
+            max_connections=config.http_max_connections,
+            header_timeout=config.http_request_timeout,
+            body_timeout=config.http_request_timeout,
+        ),
+        max_requests_per_user=config.http_user_requests,
     )
 
     def ready(address: str) -> None:

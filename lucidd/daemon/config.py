@@ -144,6 +144,10 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     http_tokens: str = ""
     #: HTTP connections ``lucidd http`` keeps open at once (beyond it: 503).
     http_max_connections: int = 256
+    #: Requests of one user ``lucidd http`` serves at once (beyond it: 429).
+    http_user_requests: int = 64
+    #: Seconds an HTTP request may take to arrive: its head, or a gap in its body.
+    http_request_timeout: float = 10.0
 
     @property
     def slots(self) -> int:
@@ -190,6 +194,8 @@ RANGES: Final[Mapping[str, tuple[int | float, int | float | None]]] = {
     "replication_timeout": (0.1, 3600.0),
     "local_retention": (0.0, 10 * 365 * 86_400.0),
     "http_max_connections": (1, 65_536),
+    "http_user_requests": (1, 65_536),
+    "http_request_timeout": (0.1, 3600.0),
 }
 
 CHOICES: Final[Mapping[str, tuple[str, ...]]] = {

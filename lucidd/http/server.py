@@ -58,6 +58,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._peer_uid = _peer_uid(transport)
         self._header_bytes = 0
         self._refused = False
+        self._head_done = False
         self._deadline: asyncio.TimerHandle | None = None
         self._arm(self.limits.header_timeout, "request_timeout")
 
@@ -68,18 +69,24 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.scope["extensions"] = {PEER_UID: self._peer_uid}  # type: ignore[typeddict-unknown-key]
-        self._header_bytes = 0
         self._arm(self.limits.header_timeout, "request_timeout")
 
-    def on_url(self, url: bytes) -> None:
-        self._count(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value))
-        super().on_header(name, value)
+    def data_received(self, data: bytes) -> None:
+        # Bytes that arrive while a head is incomplete count against max_header_bytes (the
+        # parser reports a header only once it ends, so a header that never ends must be
+        # caught here); the read that completes a head may carry body bytes too.
+        if self._refused:
+            return
+        in_head = not self._head_done
+        if in_head:
+            self._header_bytes += len(data)
+        super().data_received(data)
+        if in_head and not self._head_done and self._header_bytes > self.limits.max_header_bytes:
+            self._refused = True
+            self._close_with(431, "Request Header Fields Too Large", "header_too_large")
 
     def on_headers_complete(self) -> None:
+        self._head_done = True
         self._arm(self.limits.body_timeout, "body_timeout")
         super().on_headers_complete()
 
@@ -89,18 +96,9 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._disarm()
+        self._head_done = False  # the next request's head starts
+        self._header_bytes = 0
         super().on_message_complete()
-
-    def send_400_response(self, msg: str) -> None:
-        if not self._refused:  # a 431 already went out
-            super().send_400_response(msg)
-
-    def _count(self, nbytes: int) -> None:
-        self._header_bytes += nbytes
-        if self._header_bytes > self.limits.max_header_bytes and not self._refused:
-            self._refused = True
-            self._close_with(431, "Request Header Fields Too Large", "header_too_large")
-            raise _Refused  # stops the parser; uvicorn's parse-error path stays quiet
 
     def _arm(self, seconds: float, event: str) -> None:
         self._disarm()
@@ -134,10 +132,6 @@ class GuardedProtocol(HttpToolsProtocol):
         ).encode()
         self.transport.write(head + body)
         self.transport.close()
-
-
-class _Refused(Exception):
-    """Raised inside a parser callback to stop parsing a refused request."""
 
 
 def _peer_uid(transport: asyncio.Transport) -> int | None:
