@@ -55,22 +55,29 @@ class Request:
         values = parse_qs(self._query.decode("latin-1")).get(name)
         return values[0] if values else None
 
-    async def body(self, limit: int) -> bytes:
+    async def body(self, limit: int) -> bytes | bytearray:
         """The whole body; ``too_large`` (413) past ``limit`` bytes, told before reading when
-        Content-Length says so."""
+        Content-Length says so. One piece is returned as it came, several joined once."""
         length = self.header(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             raise HttpProblem("too_large", f"the body is {length} bytes; at most {limit}")
-        parts = bytearray()
+        first: bytes | None = None
+        parts: bytearray | None = None
         while True:
             message = await self._receive()
             if message["type"] == "http.disconnect":
                 raise HttpProblem("bad_request", "the client went away before its body ended")
-            parts += message.get("body", b"")
-            if len(parts) > limit:
+            piece: bytes = message.get("body", b"")
+            if first is None:
+                first = piece
+            else:
+                if parts is None:
+                    parts = bytearray(first)
+                parts += piece
+            if len(parts if parts is not None else first) > limit:
                 raise HttpProblem("too_large", f"the body is over {limit} bytes")
             if not message.get("more_body", False):
-                return bytes(parts)
+                return parts if parts is not None else first
 
 
 async def respond(

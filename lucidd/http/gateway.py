@@ -17,7 +17,7 @@ import os
 import re
 import struct
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
@@ -200,6 +200,7 @@ class Gateway:
     async def _process(self, call: Call) -> None:
         limits = await self.limits(call)
         kind = call.request.content_type
+        data: bytes | bytearray
         if kind == JSON:
             raw = await call.request.body(_base64_size(limits.max_chunk_size) + JSON_SLACK)
             body = _decode(raw, _ChunkBody)
@@ -216,6 +217,7 @@ class Gateway:
     async def _process_batch(self, call: Call) -> None:
         limits = await self.limits(call)
         kind = call.request.content_type
+        items: Sequence[tuple[int, bytes | memoryview]]
         if kind == JSON:
             raw = await call.request.body(_base64_size(limits.batch_bytes) + JSON_SLACK)
             batch = _decode(raw, _BatchBody)
@@ -280,7 +282,7 @@ class Gateway:
 
 
 async def _put_each(
-    client: AsyncDataClient, session: bytes, items: list[tuple[int, bytes]]
+    client: AsyncDataClient, session: bytes, items: Sequence[tuple[int, bytes | memoryview]]
 ) -> list[Ack | LucidError]:
     """Every chunk pipelined on one connection, each with its own outcome (a batch reply
     says which were stored, so a client resends just the others)."""
@@ -320,8 +322,8 @@ def _summary(info: Any) -> dict[str, Any]:
     }
 
 
-def _binary_batch(body: bytes) -> list[tuple[int, bytes]]:
-    items: list[tuple[int, bytes]] = []
+def _binary_batch(body: bytes | bytearray) -> list[tuple[int, memoryview]]:
+    items: list[tuple[int, memoryview]] = []
     view, offset = memoryview(body), 0
     while offset < len(body):
         if len(body) - offset < BATCH_ITEM_HEAD.size:
@@ -330,12 +332,12 @@ def _binary_batch(body: bytes) -> list[tuple[int, bytes]]:
         offset += BATCH_ITEM_HEAD.size
         if len(body) - offset < length:
             raise HttpProblem("bad_request", f"chunk {index} of the batch is cut short")
-        items.append((index, bytes(view[offset : offset + length])))
+        items.append((index, view[offset : offset + length]))
         offset += length
     return items
 
 
-def _decode(raw: bytes, kind: type[Any]) -> Any:
+def _decode(raw: bytes | bytearray, kind: type[Any]) -> Any:
     try:
         return msgspec.json.decode(raw, type=kind)
     except msgspec.ValidationError as err:

@@ -68,7 +68,8 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.scope["extensions"] = {PEER_UID: self._peer_uid}  # type: ignore[typeddict-unknown-key]
+        extensions: dict[str, Any] = {PEER_UID: self._peer_uid}
+        self.scope["extensions"] = extensions
         self._arm(self.limits.header_timeout, "request_timeout")
 
     def data_received(self, data: bytes) -> None:
