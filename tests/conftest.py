@@ -17,6 +17,7 @@ import pytest
 
 from lucidd.testing import READY_TIMEOUT_S, STOP_TIMEOUT_S, Daemon, DaemonError
 from tests.anvil import anvil
+from tests.prometheus import make_prometheus
 from tests.seaweed import seaweed
 from tests.users import NO_USERS_REASON, HostUsers, make_host_users
 
@@ -29,6 +30,7 @@ __all__ = [
     "daemon",
     "host_users",
     "make_daemon",
+    "make_prometheus",
     "ring_segments",
     "seaweed",
     "short_tmp",

@@ -54,6 +54,7 @@ from lucidd.protocol import (
     FinalizeReply,
     HealthReply,
     InclusionProofReply,
+    MetricsReply,
     ReceiptReply,
     RemoteHost,
     RootReply,
@@ -348,6 +349,11 @@ class AsyncControlClient:
     async def metrics(self) -> dict[str, float]:
         """Counters and gauges by name."""
         return await self._call(self._core.metrics())
+
+    async def metrics_reply(self) -> MetricsReply:
+        """The whole ``metrics_reply``: counters and gauges (``metrics``) and histograms
+        (``histograms``: :class:`~lucidd.protocol.Histogram` by name), taken at once."""
+        return await self._call(self._core.metrics_reply())
 
     async def config(self) -> dict[str, Any]:
         """The daemon's effective configuration (never secrets)."""

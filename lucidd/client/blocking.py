@@ -52,6 +52,7 @@ from lucidd.protocol import (
     FinalizeReply,
     HealthReply,
     InclusionProofReply,
+    MetricsReply,
     ReceiptReply,
     RemoteHost,
     RootReply,
@@ -356,6 +357,11 @@ class ControlClient:
     def metrics(self) -> dict[str, float]:
         """Counters and gauges by name."""
         return self._call(self._core.metrics())
+
+    def metrics_reply(self) -> MetricsReply:
+        """The whole ``metrics_reply``: counters and gauges (``metrics``) and histograms
+        (``histograms``: :class:`~lucidd.protocol.Histogram` by name), taken at once."""
+        return self._call(self._core.metrics_reply())
 
     def config(self) -> dict[str, Any]:
         """The daemon's effective configuration (never secrets)."""

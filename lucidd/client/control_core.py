@@ -140,6 +140,9 @@ class ControlCore(Core[ControlResult]):
     def metrics(self) -> ControlCall[dict[str, float]]:
         return self._start(_METRICS, p.Metrics(req=0), lambda reply: reply.metrics)
 
+    def metrics_reply(self) -> ControlCall[p.MetricsReply]:
+        return self._start(_METRICS, p.Metrics(req=0), _itself)
+
     def config(self) -> ControlCall[dict[str, Any]]:
         return self._start(_CONFIG, p.GetConfig(req=0), lambda reply: reply.config)
 

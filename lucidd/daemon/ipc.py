@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import msgspec
 
+from lucidd import protocol as p
 from lucidd.daemon.config import Config
 from lucidd.vocabulary import SessionState
 
@@ -107,12 +108,19 @@ class Failed(msgspec.Struct, frozen=True, array_like=True):
 
 
 class StageTimes(msgspec.Struct, frozen=True, array_like=True):
-    """Nanoseconds one worker batch spent per stage (for the metrics breakdown)."""
+    """Nanoseconds one worker batch spent per stage (for the metrics breakdown), and how
+    many chunks the batch held (sealed and failed).
+
+    A batch too large for one atomic pipe write goes out in several :class:`SealedBatch`
+    messages: the first carries the whole batch's figures, the others ``StageTimes()``
+    (``chunks`` 0), so a reader counts each group commit once.
+    """
 
     queue_wait: int = 0
     seal: int = 0
     write: int = 0
     fsync: int = 0
+    chunks: int = 0
 
 
 class SealedBatch(IpcMessage, tag="batch", frozen=True):
@@ -266,6 +274,9 @@ class SupervisorStatus(IpcMessage, tag="status", frozen=True):
     #: Why the daemon is degraded beyond the table (a child that cannot be started), one line
     #: each; empty when nothing is wrong.
     reasons: list[str] = []
+    #: The supervisor's histograms since it started (cumulative: each status replaces the
+    #: last one's), by name (lucidd.daemon.histograms).
+    histograms: dict[str, p.Histogram] = msgspec.field(default_factory=dict)
 
 
 class RecoverWorker(IpcMessage, tag="recover", frozen=True):

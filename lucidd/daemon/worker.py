@@ -121,7 +121,10 @@ class Worker:
                 self._seal_one(message, batch)
         fsync_ns = self._commit(batch)
         if batch.sealed or batch.failed:
-            times = ipc.StageTimes(batch.queue_wait_ns, batch.seal_ns, batch.write_ns, fsync_ns)
+            chunks = len(batch.sealed) + len(batch.failed)
+            times = ipc.StageTimes(
+                batch.queue_wait_ns, batch.seal_ns, batch.write_ns, fsync_ns, chunks
+            )
             self._send(batch.sealed, batch.failed, times, batch.plaintext_bytes)
         for writer in self._writers.values():  # after the acks: they need not wait for it
             with contextlib.suppress(OSError):  # only a page-cache hint

@@ -156,6 +156,9 @@ from lucidd.protocol.messages import (
     HealthReply as HealthReply,
 )
 from lucidd.protocol.messages import (
+    Histogram as Histogram,
+)
+from lucidd.protocol.messages import (
     InclusionProofReply as InclusionProofReply,
 )
 from lucidd.protocol.messages import (

@@ -231,8 +231,23 @@ class HealthReply(Message, tag="health_reply", frozen=True):
     damaged_sessions: int = 0
 
 
+class Histogram(msgspec.Struct, frozen=True):
+    """Observations in fixed buckets: ``bounds`` ascending (upper bounds, seconds or counts);
+    ``counts`` has ``len(bounds) + 1`` entries, ``counts[i]`` the observations in
+    ``(bounds[i-1], bounds[i]]``, the last those above every bound (not cumulative); ``sum``
+    of all observations."""
+
+    bounds: list[float]
+    counts: list[int]
+    sum: float
+
+
 class MetricsReply(Message, tag="metrics_reply", frozen=True):
+    """Counters and gauges by name; ``histograms`` by name (a reply without them, from an
+    older daemon, decodes as {})."""
+
     metrics: dict[str, float]
+    histograms: dict[str, Histogram] = msgspec.field(default_factory=dict)
 
 
 class ConfigReply(Message, tag="config_reply", frozen=True):

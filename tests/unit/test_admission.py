@@ -19,6 +19,7 @@ from lucidd.daemon import ipc
 from lucidd.daemon.access import AccessPolicy, Peer
 from lucidd.daemon.channels import PipeWriter
 from lucidd.daemon.config import Config
+from lucidd.daemon.histograms import ACK_LATENCY
 from lucidd.daemon.supervisor.admission import Ingest, Wait
 from lucidd.daemon.supervisor.dispatch import WorkerLink
 from lucidd.daemon.supervisor.gates import InFlight
@@ -158,3 +159,24 @@ def test_a_full_ring_makes_the_chunk_wait_and_never_drops_it(
     with pytest.raises(Wait):
         admission.admit(alice, start(session, 2, length=MiB))
     assert admission.in_flight == 2
+
+
+def _sealed(session: bytes, index: int) -> ipc.Sealed:
+    return ipc.Sealed(session, index, b"\x01" * 32, "w0-0.seg", 0, 100, 1000)
+
+
+def test_every_ack_and_no_refusal_is_an_ack_latency(ingest: tuple[Ingest, list[Any]]) -> None:
+    admission, _ = ingest
+    session = os.urandom(16)
+    opened(admission, session, ALICE)
+    alice = client(ALICE)
+    chunks = [admission.admit(alice, start(session, i, req=i + 1)) for i in range(3)]
+    for chunk in chunks:
+        admission.complete(chunk)
+    failed = ipc.Failed(session, 2, "storage", "disk full")
+    sealed = [_sealed(session, 0), _sealed(session, 1)]
+    admission.dispatcher.on_sealed_batch(ipc.SealedBatch(0, sealed, [failed], ipc.StageTimes()))
+    assert [type(m) for m in alice.sent] == [p.Ack, p.Ack, p.Error]
+    latency = admission.histograms[ACK_LATENCY].snapshot()
+    assert sum(latency.counts) == 2
+    assert latency.sum >= 0.0

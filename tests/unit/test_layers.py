@@ -49,6 +49,7 @@ LAYERS: Mapping[str, int] = {
     "daemon.default_dirs": 1,  # the default state and runtime folders (systemd, XDG, fallback)
     "daemon.ipc": 1,
     "daemon.access": 1,  # who may touch a session (the policy; credentials come from peers)
+    "daemon.histograms": 1,  # fixed-bucket histograms of the daemon's figures, merged
     "daemon.supervisor.slots": 1,
     "daemon.supervisor.gates": 1,  # admission's records: a session's gate, a chunk in flight
     "daemon.aggregator.reorder": 1,
@@ -124,6 +125,10 @@ LAYERS: Mapping[str, int] = {
     "cli.put": 4,  # put, resume, the interrupted-put report
     "cli.verify": 4,  # offline verification
     "cli.trust": 4,  # signing-key, checkpoint, anchor, receipt; receipt and consistency checks
+    # The HTTP side, a client of the daemon's sockets like lucidctl (lucidd/http/):
+    "http.__init__": 4,
+    "http.metric_catalog": 4,  # each figure's Prometheus name, type, unit and help
+    "http.exposition": 4,  # a metrics_reply in the text format or OpenMetrics
     "__main__": 4,
     "bench": 4,
     "testing": 4,  # the test and bench harness: starts `lucidd serve` as a subprocess
@@ -200,7 +205,9 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     "daemon.aggregator.merkle_log": frozenset({"daemon.aggregator.merkle_files"}),
     "daemon.aggregator.merkle_files": frozenset(),
     # The children's start-up specs carry the validated Config.
-    "daemon.ipc": frozenset({"daemon.config"}),
+    "daemon.ipc": frozenset({"daemon.config", "protocol.__init__"}),
+    # A histogram's snapshot is the wire's Histogram.
+    "daemon.histograms": frozenset({"protocol.__init__"}),
     # Settings are sizes, spelled the one way (units).
     "daemon.config": frozenset({"units", "protocol.__init__"}),
     # The default folders fill in a Config's empty ones.
@@ -296,6 +303,9 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     "cli.put": frozenset({"client.__init__", "cli.output", "cli.commands"}),
     "cli.verify": frozenset({"client.__init__", "cli.output", "cli.formats", "cli.trust"}),
     "cli.trust": frozenset({"client.__init__", "cli.output", "cli.formats", "cli.commands"}),
+    "http.__init__": frozenset(),
+    "http.metric_catalog": frozenset(),
+    "http.exposition": frozenset({"http.metric_catalog"}),
     "__main__": frozenset({"cli.__init__", "client.__init__"}),
     "bench": frozenset({"client.__init__"}),
     "testing": frozenset({"client.__init__"}),
@@ -489,6 +499,8 @@ GRAPH = import_graph(MODULES)
 CLASSIFIED = sorted(name for name in MODULES if name in LAYERS)
 #: Every module of lucidctl's package (lucidd/cli/).
 CLI_MODULES = sorted(name for name in MODULES if name.startswith("cli."))
+#: Every module of the HTTP side (lucidd/http/): a client of the daemon, as lucidctl is.
+HTTP_MODULES = sorted(name for name in MODULES if name.startswith("http."))
 
 
 # --- the package ------------------------------------------------------------------------
@@ -542,6 +554,26 @@ def test_the_command_line_is_a_package_of_modules() -> None:
 def test_the_command_line_imports_nothing_of_the_daemon(module: str) -> None:
     extra = sorted(GRAPH[module] - CLI_MAY_IMPORT - set(CLI_MODULES))
     assert not extra, f"{module} imports {extra}; the client side must ship without the daemon"
+
+
+def test_the_http_side_is_a_package_of_modules() -> None:
+    # Guards the test below against checking nothing (the package moved or was renamed).
+    assert {"http.__init__", "http.exposition", "http.metric_catalog"} <= set(HTTP_MODULES)
+
+
+@pytest.mark.parametrize("module", HTTP_MODULES)
+def test_the_http_side_imports_nothing_of_the_daemon(module: str) -> None:
+    extra = sorted(GRAPH[module] - CLI_MAY_IMPORT - set(HTTP_MODULES))
+    assert not extra, f"{module} imports {extra}; the HTTP side is a client of the daemon"
+
+
+def test_importing_the_exposition_loads_no_daemon_module() -> None:
+    code = (
+        "import sys, lucidd.http.exposition\n"
+        "print(sorted(m for m in sys.modules if m.startswith('lucidd.daemon')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 def test_importing_the_client_the_cli_and_the_harness_loads_no_daemon_module() -> None:

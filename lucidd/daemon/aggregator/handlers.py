@@ -117,7 +117,7 @@ async def _health(s: ControlServices, r: p.Health, peer: Peer) -> p.Message:
 
 
 async def _metrics(s: ControlServices, r: p.Metrics, peer: Peer) -> p.Message:
-    return p.MetricsReply(req=r.req, metrics=s.metrics())
+    return p.MetricsReply(req=r.req, metrics=s.metrics(), histograms=s.histograms())
 
 
 async def _config(s: ControlServices, r: p.GetConfig, peer: Peer) -> p.Message:

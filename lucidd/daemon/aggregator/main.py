@@ -46,6 +46,17 @@ from lucidd.daemon.aggregator.session import SessionLedger
 from lucidd.daemon.aggregator.startup import recover_ledger
 from lucidd.daemon.channels import PipeReader, PipeWriter, take_fd
 from lucidd.daemon.config import config_as_dict
+from lucidd.daemon.histograms import (
+    BATCH_CHUNKS,
+    FSYNC,
+    SEAL,
+    WRITE,
+    HistogramAccumulator,
+    batch_chunk_bounds,
+    merge_histograms,
+    snapshots,
+    time_histograms,
+)
 from lucidd.daemon.keyfile import load_keyring
 from lucidd.daemon.logs import setup_logging
 from lucidd.daemon.peers import access_policy
@@ -122,8 +133,14 @@ class Aggregator:
         self._processes: list[ipc.ProcessInfo] = []
         self._reasons: list[str] = []
         self._supervisor_metrics: dict[str, float] = {}
+        self._supervisor_histograms: dict[str, p.Histogram] = {}
         self._control_limits = ControlLimits.from_config(spec.config)
         self._counters: dict[str, float] = dict.fromkeys(AGGREGATOR_COUNTERS, 0.0)
+        #: Per group commit, of every worker (lucidd.daemon.histograms).
+        self._histograms: dict[str, HistogramAccumulator] = time_histograms((SEAL, WRITE, FSYNC))
+        self._histograms[BATCH_CHUNKS] = HistogramAccumulator(
+            batch_chunk_bounds(spec.config.batch_size)
+        )
         self._stop = asyncio.Event()
         self._to_supervisor: PipeWriter | None = None
         self._from_workers: list[PipeReader] = []
@@ -271,10 +288,17 @@ class Aggregator:
         counters["chunks_sealed_total"] += sealed_count
         counters["chunks_failed_total"] += len(batch.failed)
         counters["plaintext_bytes_total"] += batch.plaintext_bytes
-        counters["batches_total"] += 1
-        counters["stage_seal_seconds_total"] += batch.times.seal / 1e9
-        counters["stage_write_seconds_total"] += batch.times.write / 1e9
-        counters["stage_fsync_seconds_total"] += batch.times.fsync / 1e9
+        times = batch.times
+        if times.chunks:  # the group commit's first message (ipc.StageTimes): count it once
+            counters["batches_total"] += 1
+            counters["stage_seal_seconds_total"] += times.seal / 1e9
+            counters["stage_write_seconds_total"] += times.write / 1e9
+            counters["stage_fsync_seconds_total"] += times.fsync / 1e9
+            histograms = self._histograms
+            histograms[SEAL].observe(times.seal / 1e9)
+            histograms[WRITE].observe(times.write / 1e9)
+            histograms[FSYNC].observe(times.fsync / 1e9)
+            histograms[BATCH_CHUNKS].observe(times.chunks)
 
     # -- from the supervisor ------------------------------------------------------------
 
@@ -292,6 +316,7 @@ class Aggregator:
         elif isinstance(message, ipc.SupervisorStatus):
             self._processes = message.processes
             self._supervisor_metrics = message.metrics
+            self._supervisor_histograms = message.histograms
             self._reasons = message.reasons
         elif isinstance(message, ipc.RecoverWorker):
             self._send(self._recover_worker(message))
@@ -382,6 +407,9 @@ class Aggregator:
         merged["control_connections"] = float(len(self._control_limits.connections))
         merged["control_connections_refused_total"] = float(self._control_limits.refused)
         return merged
+
+    def histograms(self) -> dict[str, p.Histogram]:
+        return merge_histograms(self._supervisor_histograms, snapshots(self._histograms))
 
     def session_lock(self, session_id: bytes) -> asyncio.Lock:
         return self._locks[session_id]

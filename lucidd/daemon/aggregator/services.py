@@ -43,6 +43,9 @@ class ControlServices(Protocol):
 
     def metrics(self) -> dict[str, float]: ...
 
+    def histograms(self) -> dict[str, p.Histogram]:
+        """Every process's histograms by name, those of one name merged."""
+
     def session_lock(self, session_id: bytes) -> asyncio.Lock: ...
 
     async def freeze(self, session_id: bytes) -> None:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
@@ -26,6 +27,7 @@ from lucidd import protocol as p
 from lucidd.daemon import ipc
 from lucidd.daemon.access import AccessPolicy
 from lucidd.daemon.config import Config, connection_limit
+from lucidd.daemon.histograms import ACK_LATENCY, HistogramAccumulator, time_histograms
 from lucidd.daemon.logs import RefusalLog
 from lucidd.daemon.supervisor.dispatch import Dispatcher, WorkerLink
 from lucidd.daemon.supervisor.gates import (
@@ -104,6 +106,9 @@ class Ingest:
             "idle_timeouts_total": 0.0,
             "peer_hangups_total": 0.0,
         }
+        #: ``ack_latency_seconds``: payload received -> ack sent (lucidd.daemon.histograms).
+        self.histograms: dict[str, HistogramAccumulator] = time_histograms((ACK_LATENCY,))
+        self._ack_latency = self.histograms[ACK_LATENCY]
         self.drained = asyncio.Event()
         #: The worker side: the worker links, dispatch, recovery, the workers' outcomes.
         self.dispatcher = Dispatcher(
@@ -254,6 +259,7 @@ class Ingest:
 
     def complete(self, chunk: InFlight) -> None:
         """The payload is in its slot: hand it on."""
+        chunk.received_ns = time.monotonic_ns()
         gate = self.gates.get(chunk.session)
         if gate is None:  # shredded while the payload was arriving
             self._finish(chunk, InternalError("session disappeared"))
@@ -358,6 +364,8 @@ class Ingest:
         if err is None:
             self.counters["chunks_acked_total"] += 1
             chunk.conn.send(p.Ack(chunk.req, chunk.session, chunk.index, leaf_hash))
+            if chunk.received_ns:
+                self._ack_latency.observe((time.monotonic_ns() - chunk.received_ns) / 1e9)
         else:
             self.counters["chunks_refused_total"] += 1
             chunk.conn.send(p.error_reply(chunk.req, err))

@@ -68,6 +68,8 @@ class InFlight:
     run: SlotRun
     kind: str
     received: int = 0
+    #: CLOCK_MONOTONIC when its payload was all in its slot (0 until then): ack latency.
+    received_ns: int = 0
     worker: int = -1  # the worker sealing it; -1 while not dispatched (or being recovered)
     dispatched_ns: int = 0
     attempts: int = 0  # worker timeouts this chunk went through

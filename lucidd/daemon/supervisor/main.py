@@ -37,6 +37,7 @@ from lucidd.daemon.folders import (
     ensure_own_folder,
     lock_state_folder,
 )
+from lucidd.daemon.histograms import snapshots
 from lucidd.daemon.keyfile import CREDENTIAL_NAME, resolve_keyring, state_keyring_path
 from lucidd.daemon.peers import access_policy
 from lucidd.daemon.procutil import keep_keys_out_of_dumps
@@ -312,7 +313,8 @@ class Supervisor:
     async def _relay_metrics(self) -> None:
         """Relay the supervisor's counters while they change (one small pipe message per
         METRICS_RELAY_S under load, none while idle), so ``metrics`` taken right after a burst
-        of acks already counts them (``stage_ack_seconds_total``, ``chunks_acked_total``)."""
+        of acks already counts them (``stage_ack_seconds_total``, ``chunks_acked_total``, and
+        the ``ack_latency_seconds`` histogram, which changes only with them)."""
         last: dict[str, float] = {}
         ingest = self._ingest
         while True:
@@ -343,8 +345,9 @@ class Supervisor:
             why = link.reason()
             if why is not None:
                 reasons.append(why)
+        histograms = snapshots(ingest.histograms)
         children.send_to_aggregator(
-            ipc.SupervisorStatus(children.process_table(), metrics, reasons)
+            ipc.SupervisorStatus(children.process_table(), metrics, reasons, histograms)
         )
 
     async def _police_timeouts(self) -> None:
