@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import logging
 import os
@@ -35,8 +36,6 @@ from lucidd.daemon.signing_key import signing_key_file
 from lucidd.daemon.supervisor.main import serve
 from lucidd.daemon.supervisor.systemd import notify
 from lucidd.errors import EX_CONFIG, ConfigError, LucidError
-from lucidd.http.main import GatewaySettings, run_gateway
-from lucidd.http.server import HttpLimits
 
 DEFAULT_CONFIG_FILE = Path("/etc/lucidd/lucidd.toml")
 #: The tokens file's name in ``$CREDENTIALS_DIRECTORY`` (LoadCredential= of lucidd-http).
@@ -128,12 +127,20 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_config(toml_text, env, overrides)
     config = resolve_dirs(config, env, str(Path.home()), os.getuid())
     setup_logging("supervisor", config.log_level)
+    if config.metrics_listen and importlib.util.find_spec("uvicorn") is None:
+        raise ConfigError("metrics_listen needs the HTTP extra: pip install 'lucidd[http]'")
     for name in unknown_env_settings(env):
         logging.getLogger("lucidd").warning("event=unknown_setting variable=%s", name)
     return serve(config)
 
 
 def _http(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("uvicorn") is None:
+        raise ConfigError("lucidd http needs the HTTP extra: pip install 'lucidd[http]'")
+    # Imported here: uvicorn and prometheus_client come with lucidd[http], not the core.
+    from lucidd.http.main import GatewaySettings, run_gateway  # noqa: PLC0415
+    from lucidd.http.server import HttpLimits  # noqa: PLC0415
+
     config = _load(
         args,
         {

@@ -1,4 +1,4 @@
-"""The little of ASGI the HTTP apps need (layer 4): a request, bounded bodies, responses.
+"""The little of ASGI the HTTP apps need (layer 2): a request, bounded bodies, responses.
 
 No framework: both apps have a handful of fixed routes, and the per-request cost of a router
 and request objects is what the REST path's latency goal is about (docs/bench.md, HTTP).
@@ -15,7 +15,7 @@ import msgspec
 from lucidd.http.problems import (
     PROBLEM_CONTENT_TYPE,
     RETRY_AFTER_S,
-    HttpProblem,
+    HttpError,
     Problem,
     retryable,
 )
@@ -60,13 +60,13 @@ class Request:
         Content-Length says so. One piece is returned as it came, several joined once."""
         length = self.header(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            raise HttpProblem("too_large", f"the body is {length} bytes; at most {limit}")
+            raise HttpError("too_large", f"the body is {length} bytes; at most {limit}")
         first: bytes | None = None
         parts: bytearray | None = None
         while True:
             message = await self._receive()
             if message["type"] == "http.disconnect":
-                raise HttpProblem("bad_request", "the client went away before its body ended")
+                raise HttpError("bad_request", "the client went away before its body ended")
             piece: bytes = message.get("body", b"")
             if first is None:
                 first = piece
@@ -75,7 +75,7 @@ class Request:
                     parts = bytearray(first)
                 parts += piece
             if len(parts if parts is not None else first) > limit:
-                raise HttpProblem("too_large", f"the body is over {limit} bytes")
+                raise HttpError("too_large", f"the body is over {limit} bytes")
             if not message.get("more_body", False):
                 return parts if parts is not None else first
 

@@ -16,7 +16,7 @@ from typing import Final
 
 from lucidd.errors import ConfigError
 from lucidd.http.asgi import Request
-from lucidd.http.problems import HttpProblem
+from lucidd.http.problems import HttpError
 from lucidd.private_files import read_private_file
 
 #: A token shorter than this is refused when the file is read (``openssl rand -hex 32``).
@@ -42,7 +42,7 @@ class Tokens:
             if not fields or fields[0].startswith("#"):
                 continue
             where = f"HTTP tokens {path} line {number}"
-            if len(fields) != 2:  # noqa: PLR2004 - USER TOKEN
+            if len(fields) != 2:
                 raise ConfigError(f"{where}: expected USER TOKEN")
             user, token = fields
             if len(token) < MIN_TOKEN_CHARS:
@@ -66,10 +66,10 @@ def caller_uid(request: Request, tokens: Tokens | None) -> int:
         return request.peer_uid
     scheme, _, token = (request.header(b"authorization") or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise HttpProblem("unauthorized", "this endpoint needs Authorization: Bearer TOKEN")
+        raise HttpError("unauthorized", "this endpoint needs Authorization: Bearer TOKEN")
     uid = tokens.uid_of(token.strip()) if tokens is not None else None
     if uid is None:
-        raise HttpProblem("unauthorized", "the bearer token is not known")
+        raise HttpError("unauthorized", "the bearer token is not known")
     return uid
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Final, TypeVar
 
 from lucidd.client import AsyncControlClient, AsyncDataClient
 from lucidd.errors import BadFrameError, RequestTimeoutError, UnavailableError
-from lucidd.http.problems import HttpProblem
+from lucidd.http.problems import HttpError
 
 T = TypeVar("T")
 C = TypeVar("C", AsyncControlClient, AsyncDataClient)
@@ -58,7 +57,7 @@ class DaemonLink:
         """Count one request of ``uid`` in progress (429 beyond ``max_requests``)."""
         links = await self._links(uid)
         if links.in_progress >= self.max_requests:
-            raise HttpProblem(
+            raise HttpError(
                 "too_many_requests",
                 f"{self.max_requests} requests of this user are in progress already",
             )
@@ -108,7 +107,7 @@ class DaemonLink:
                 # fresh one once. What was sent may have been stored: puts of the same bytes
                 # are acknowledged again, and the other calls are reads or idempotent.
                 await self._drop(links, kind, client)
-                if attempt == 2:  # noqa: PLR2004
+                if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
@@ -117,12 +116,12 @@ class DaemonLink:
             if kind == "control":
                 if links.control is None:
                     links.control = await AsyncControlClient.connect(
-                        self.runtime_dir, timeout=self.timeout, **_acting(uid)
+                        self.runtime_dir, timeout=self.timeout, act_as=uid
                     )
                 return links.control  # type: ignore[return-value]
             if links.data is None:
                 links.data = await AsyncDataClient.connect(
-                    self.runtime_dir, timeout=self.timeout, **_acting(uid)
+                    self.runtime_dir, timeout=self.timeout, act_as=uid
                 )
             return links.data  # type: ignore[return-value]
 
@@ -134,8 +133,3 @@ class DaemonLink:
                 links.data = None
         with contextlib.suppress(Exception):
             await client.close()  # type: ignore[attr-defined]
-
-
-def _acting(uid: int) -> dict[str, int]:
-    """TEMP until the act_as client API lands."""
-    return {} if uid == os.geteuid() else {"act_as": uid}

@@ -1,4 +1,4 @@
-"""The daemon's ``metrics_reply`` in Prometheus' text format or OpenMetrics (layer 4).
+"""The daemon's ``metrics_reply`` in Prometheus' text format or OpenMetrics (layer 2).
 
 :func:`render` is all the HTTP server needs for ``GET /metrics``: it turns one
 :class:`~lucidd.protocol.MetricsReply` into the body and the content type that the request's

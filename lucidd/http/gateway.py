@@ -27,12 +27,20 @@ import msgspec
 from lucidd.cli.formats import CheckpointFile, InclusionProofFile
 from lucidd.client import AsyncControlClient, AsyncDataClient, parse_session_id
 from lucidd.errors import LucidError
-from lucidd.http.asgi import JSON, Receive, Request, Scope, Send, respond, respond_json
-from lucidd.http.asgi import respond_problem
+from lucidd.http.asgi import (
+    JSON,
+    Receive,
+    Request,
+    Scope,
+    Send,
+    respond,
+    respond_json,
+    respond_problem,
+)
 from lucidd.http.auth import Tokens, caller_uid
 from lucidd.http.daemon_link import DaemonLink
 from lucidd.http.exposition import render
-from lucidd.http.problems import HttpProblem, problem, problem_of
+from lucidd.http.problems import HttpError, problem, problem_of
 from lucidd.protocol import Ack
 
 log = logging.getLogger("lucidd.http.gateway")
@@ -104,19 +112,21 @@ class Gateway:
         self.tokens = tokens
         self._limits: Limits | None = None
         self._openapi = resources.files("lucidd.http").joinpath("openapi.json").read_bytes()
+        session = r"/api/v1/sessions/(?P<session>[^/]+)"
+        #: (method, path, handler, whether it needs credentials)
         self._routes: list[tuple[str, re.Pattern[str], Handler, bool]] = [
             ("GET", re.compile(r"/health"), self._health, False),
             ("GET", re.compile(r"/metrics"), self._metrics, False),
             ("GET", re.compile(r"/openapi\.json"), self._openapi_doc, False),
             ("GET", re.compile(r"/api/v1/config"), self._config, True),
             ("POST", re.compile(r"/api/v1/sessions"), self._open, True),
-            ("GET", re.compile(r"/api/v1/sessions/(?P<session>[^/]+)"), self._info, True),
+            ("GET", re.compile(session), self._info, True),
             ("POST", re.compile(r"/api/v1/chunks/process"), self._process, True),
             ("POST", re.compile(r"/api/v1/chunks/process-batch"), self._process_batch, True),
-            ("GET", re.compile(r"/api/v1/sessions/(?P<session>[^/]+)/merkle-root"), self._root, True),
-            ("GET", re.compile(r"/api/v1/sessions/(?P<session>[^/]+)/proof/(?P<index>\d+)"), self._proof, True),
-            ("POST", re.compile(r"/api/v1/sessions/(?P<session>[^/]+)/finalize"), self._finalize, True),
-        ]  # fmt: skip
+            ("GET", re.compile(session + r"/merkle-root"), self._root, True),
+            ("GET", re.compile(session + r"/proof/(?P<index>\d+)"), self._proof, True),
+            ("POST", re.compile(session + r"/finalize"), self._finalize, True),
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -130,7 +140,7 @@ class Gateway:
             uid = caller_uid(request, self.tokens)
             async with self.link.request(uid):
                 await handler(Call(request, send, uid, match, self))
-        except HttpProblem as err:
+        except HttpError as err:
             await respond_problem(send, problem(err.code, err.detail))
         except LucidError as err:
             await respond_problem(send, problem_of(err, session_id=_session_in(request)))
@@ -148,8 +158,8 @@ class Gateway:
                 return handler, match, authenticated
             allowed.append(method)
         if allowed:
-            raise HttpProblem("method_not_allowed", f"{request.path} takes {', '.join(allowed)}")
-        raise HttpProblem("no_route", f"no {request.path} here (see /openapi.json)")
+            raise HttpError("method_not_allowed", f"{request.path} takes {', '.join(allowed)}")
+        raise HttpError("no_route", f"no {request.path} here (see /openapi.json)")
 
     async def limits(self, call: Call) -> Limits:
         if self._limits is None:
@@ -210,7 +220,7 @@ class Gateway:
             index = _index(_required(call.request, "chunk_index"))
             data = await call.request.body(limits.max_chunk_size)
         else:
-            raise HttpProblem("unsupported_media_type", f"send {OCTET_STREAM} or {JSON}")
+            raise HttpError("unsupported_media_type", f"send {OCTET_STREAM} or {JSON}")
         ack = await self.link.data(call.uid, lambda c: c.put(session, index, data))
         await respond_json(call.send, 200, _acked(ack, len(data)))
 
@@ -227,11 +237,11 @@ class Gateway:
             session = _session_id(_required(call.request, "session_id"))
             items = _binary_batch(await call.request.body(limits.batch_bytes + 4096))
         else:
-            raise HttpProblem("unsupported_media_type", f"send {BATCH_CONTENT_TYPE} or {JSON}")
+            raise HttpError("unsupported_media_type", f"send {BATCH_CONTENT_TYPE} or {JSON}")
         if not items or len(items) > limits.batch_size:
-            raise HttpProblem("bad_request", f"a batch holds 1 to {limits.batch_size} chunks")
+            raise HttpError("bad_request", f"a batch holds 1 to {limits.batch_size} chunks")
         if any(len(data) > limits.max_chunk_size for _, data in items):
-            raise HttpProblem("too_large", f"a chunk holds at most {limits.max_chunk_size} bytes")
+            raise HttpError("too_large", f"a chunk holds at most {limits.max_chunk_size} bytes")
         outcomes = await self.link.data(call.uid, lambda c: _put_each(c, session, items))
         results = [
             _acked(outcome, len(data)) if isinstance(outcome, Ack) else _failed(outcome, index)
@@ -327,11 +337,11 @@ def _binary_batch(body: bytes | bytearray) -> list[tuple[int, memoryview]]:
     view, offset = memoryview(body), 0
     while offset < len(body):
         if len(body) - offset < BATCH_ITEM_HEAD.size:
-            raise HttpProblem("bad_request", f"the batch body is cut at byte {offset}")
+            raise HttpError("bad_request", f"the batch body is cut at byte {offset}")
         index, length = BATCH_ITEM_HEAD.unpack_from(body, offset)
         offset += BATCH_ITEM_HEAD.size
         if len(body) - offset < length:
-            raise HttpProblem("bad_request", f"chunk {index} of the batch is cut short")
+            raise HttpError("bad_request", f"chunk {index} of the batch is cut short")
         items.append((index, view[offset : offset + length]))
         offset += length
     return items
@@ -341,16 +351,16 @@ def _decode(raw: bytes | bytearray, kind: type[Any]) -> Any:
     try:
         return msgspec.json.decode(raw, type=kind)
     except msgspec.ValidationError as err:
-        raise HttpProblem("bad_request", f"the JSON body is not as documented: {err}") from None
+        raise HttpError("bad_request", f"the JSON body is not as documented: {err}") from None
     except msgspec.DecodeError:
-        raise HttpProblem("bad_request", "the body is not JSON") from None
+        raise HttpError("bad_request", "the body is not JSON") from None
 
 
 def _b64(text: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise HttpProblem("bad_request", "data is not base64") from None
+        raise HttpError("bad_request", "data is not base64") from None
 
 
 def _base64_size(nbytes: int) -> int:
@@ -360,13 +370,13 @@ def _base64_size(nbytes: int) -> int:
 def _required(request: Request, name: str) -> str:
     value = request.query(name)
     if value is None:
-        raise HttpProblem("bad_request", f"the query needs {name}=")
+        raise HttpError("bad_request", f"the query needs {name}=")
     return value
 
 
 def _index(text: str) -> int:
-    if not text.isdigit() or len(text) > 19:  # noqa: PLR2004 - below 2**63
-        raise HttpProblem("bad_request", f"{text[:40]!r} is not a chunk index (0 or more)")
+    if not text.isdigit() or len(text) > 19:
+        raise HttpError("bad_request", f"{text[:40]!r} is not a chunk index (0 or more)")
     return int(text)
 
 
@@ -374,7 +384,7 @@ def _session_id(text: str) -> bytes:
     try:
         return parse_session_id(text)
     except ValueError:
-        raise HttpProblem("bad_request", f"{text[:64]!r} is not a session id (a UUID)") from None
+        raise HttpError("bad_request", f"{text[:64]!r} is not a session id (a UUID)") from None
 
 
 def _session_in(request: Request) -> str | None:

@@ -56,7 +56,9 @@ def run_gateway(settings: GatewaySettings, ready: Callable[[str], None]) -> int:
     return uvloop.run(_serve(settings, tokens, ready))
 
 
-async def _serve(settings: GatewaySettings, tokens: Tokens | None, ready: Callable[[str], None]) -> int:
+async def _serve(
+    settings: GatewaySettings, tokens: Tokens | None, ready: Callable[[str], None]
+) -> int:
     link = DaemonLink(
         settings.runtime_dir,
         max_requests=settings.max_requests_per_user,
@@ -69,9 +71,7 @@ async def _serve(settings: GatewaySettings, tokens: Tokens | None, ready: Callab
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     where = bound_address(sock)
-    log.info(
-        "event=http_ready listen=%s tokens=%d pid=%d", where, len(tokens or ()), os.getpid()
-    )
+    log.info("event=http_ready listen=%s tokens=%d pid=%d", where, len(tokens or ()), os.getpid())
     ready(where)
     await stopping.wait()
     log.info("event=http_stopping")

@@ -1,5 +1,5 @@
 """What each figure of the daemon's ``metrics_reply`` is called in Prometheus, its type, unit
-and help text (layer 4, a client of the daemon: it imports nothing of ``lucidd.daemon``).
+and help text (layer 2, a client of the daemon: it imports nothing of ``lucidd.daemon``).
 
 The daemon names its figures for ``lucidctl metrics``; Prometheus' conventions differ a little
 (the ``lucidd_`` prefix, ``_total`` only on counters, the base unit last before it:

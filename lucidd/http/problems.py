@@ -89,7 +89,7 @@ class Problem(msgspec.Struct, omit_defaults=True):
     chunk_index: int | None = None
 
 
-class HttpProblem(Exception):
+class HttpError(Exception):
     """A refusal of the HTTP layer (no route, bad auth, ...), raised and answered as one."""
 
     def __init__(self, code: str, detail: str, *, retryable: bool = False) -> None:

@@ -188,6 +188,12 @@ class Aggregator:
                 self._retention.run(self.config.local_retention),
             )
         ]
+        if self.config.metrics_listen:
+            # Imported only then: uvicorn comes with lucidd[http] (checked by lucidd serve).
+            from lucidd.daemon.aggregator.metrics_http import serve_metrics  # noqa: PLC0415
+
+            listen = self.config.metrics_listen
+            tasks.append(asyncio.ensure_future(serve_metrics(listen, self.metrics_reply)))
         await self._stop.wait()
         for task in tasks:
             task.cancel()
@@ -410,6 +416,10 @@ class Aggregator:
 
     def histograms(self) -> dict[str, p.Histogram]:
         return merge_histograms(self._supervisor_histograms, snapshots(self._histograms))
+
+    def metrics_reply(self) -> p.MetricsReply:
+        """What a scrape of ``metrics_listen`` renders (the control reply's content)."""
+        return p.MetricsReply(0, self.metrics(), self.histograms())
 
     def session_lock(self, session_id: bytes) -> asyncio.Lock:
         return self._locks[session_id]

@@ -35,7 +35,9 @@ async def serve_metrics(listen: str, metrics: Callable[[], MetricsReply]) -> Non
         except OSError as exc:
             log.error("event=metrics_listen_failed listen=%s error=%s", listen, exc)
             await asyncio.sleep(5.0)
-    running = await start(metrics_app(metrics), sock, HttpLimits(max_connections=METRICS_CONNECTIONS))
+    running = await start(
+        metrics_app(metrics), sock, HttpLimits(max_connections=METRICS_CONNECTIONS)
+    )
     log.info("event=metrics_listening listen=%s", bound_address(sock))
     try:
         await asyncio.Event().wait()
