@@ -14,9 +14,11 @@ its own (DESIGN §8). The wire protocol it speaks is documented for third-party 
   as context. They return results; they never raise for what the daemon sends. ControlCore has
   one method per control request, the one place its reply type is known.
 - :mod:`~lucidd.client.blocking`: :class:`DataClient` / :class:`ControlClient` drive a core
-  over a blocking Unix socket; :func:`put_until_acked` resends until every chunk is acked.
+  over a blocking Unix socket (:mod:`~lucidd.client.sync_link`); :func:`put_until_acked`
+  resends until every chunk is acked.
 - :mod:`~lucidd.client.aio`: :class:`AsyncDataClient` / :class:`AsyncControlClient` over
-  asyncio streams, with any number of concurrent calls pipelined on one connection.
+  asyncio streams (:mod:`~lucidd.client.async_link`), with any number of concurrent calls
+  pipelined on one connection.
 
 Connection contract of every front end: a connection that fails (the daemon closed it, a read
 or write failed, ``timeout`` seconds passed without progress) is *broken*: every request still
@@ -35,9 +37,7 @@ user may have planted.
 from __future__ import annotations
 
 from lucidd.client.aio import AsyncControlClient, AsyncDataClient
-from lucidd.client.blocking import IOV_MAX as IOV_MAX
 from lucidd.client.blocking import ControlClient, DataClient
-from lucidd.client.blocking import _send_all as _send_all
 from lucidd.client.blocking import put_until_acked as put_until_acked
 from lucidd.client.control_core import ControlCore
 from lucidd.client.core import (
@@ -61,6 +61,8 @@ from lucidd.client.ids import (
     parse_session_id,
     trusted_peer_uids,
 )
+from lucidd.client.sync_link import IOV_MAX as IOV_MAX
+from lucidd.client.sync_link import _send_all as _send_all
 from lucidd.protocol import (
     Ack,
     CheckReply,

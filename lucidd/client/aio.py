@@ -1,33 +1,30 @@
 """The asyncio front ends: :class:`AsyncDataClient` and :class:`AsyncControlClient` (layer 4).
 
 Each drives a core (:mod:`lucidd.client.data_core`, :mod:`lucidd.client.control_core`) over
-asyncio streams; any number of concurrent calls are pipelined on one connection, and a reader
-task hands each reply to the call it answers. The connection contract (what a broken
-connection means) is in :mod:`lucidd.client`.
+asyncio streams (:class:`~lucidd.client.async_link.AsyncLink`); any number of concurrent calls
+are pipelined on one connection, and a reader task hands each reply to the call it answers.
+The connection contract (what a broken connection means) is in :mod:`lucidd.client`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Self, TypeVar
 
+from lucidd.client.async_link import AsyncLink
 from lucidd.client.control_core import ControlCall, ControlCore
 from lucidd.client.core import (
     DEFAULT_TIMEOUT,
     DEFAULT_WINDOW,
-    RECV_SIZE,
     AckCollector,
     Buffer,
     ChunkResult,
     ControlResult,
-    Core,
     Key,
-    ResultT,
+    act_as_uid,
     check_window,
     flat_view,
 )
@@ -35,15 +32,11 @@ from lucidd.client.data_core import DataCore
 from lucidd.client.ids import (
     CONTROL_SOCKET_NAME,
     DATA_SOCKET_NAME,
-    START_HINT,
     SessionRef,
-    check_peer,
     named_explicitly,
     resolve_socket_path,
-    trusted_peer_uids,
-    unavailable_error,
 )
-from lucidd.errors import LucidError, RequestTimeoutError, UnavailableError, UntrustedSocketError
+from lucidd.errors import LucidError
 from lucidd.protocol import (
     Ack,
     AnchorReply,
@@ -65,130 +58,6 @@ from lucidd.protocol import (
 T = TypeVar("T")
 
 
-def _consume_exception(future: asyncio.Future[Any]) -> None:
-    # A call cancelled by its caller leaves a future nobody awaits; fetching its exception
-    # keeps asyncio from logging "exception was never retrieved" for it.
-    if not future.cancelled():
-        future.exception()
-
-
-async def _open_unix(
-    path: Path, timeout: float | None, explicit: bool
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Connect as the blocking link does: folder checked first, the peer before any send."""
-    trusted = trusted_peer_uids(path, explicit)
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_unix_connection(str(path))
-    except TimeoutError:
-        raise UnavailableError(
-            f"cannot connect to lucidd at {path}: timed out; {START_HINT}", path=str(path)
-        ) from None
-    except OSError as exc:
-        raise unavailable_error(path, exc) from None
-    try:
-        check_peer(writer.get_extra_info("socket"), path, trusted)
-    except UntrustedSocketError:
-        writer.close()
-        raise
-    return reader, writer
-
-
-class _AsyncLink(Generic[ResultT]):
-    """One asyncio connection driving a core; a reader task resolves futures by key."""
-
-    def __init__(
-        self,
-        path: Path,
-        timeout: float | None,
-        core: Core[ResultT],
-        streams: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    ) -> None:
-        self.path = path
-        self.timeout = timeout
-        self.core = core
-        self._reader, self._writer = streams
-        self._futures: dict[Key, asyncio.Future[Any]] = {}
-        self._task = asyncio.get_running_loop().create_task(self._read_loop())
-
-    def expect(self, keys: Iterable[Key]) -> list[asyncio.Future[Any]]:
-        """Futures for results the core will produce (register them before writing)."""
-        loop = asyncio.get_running_loop()
-        futures = []
-        for key in keys:
-            future: asyncio.Future[Any] = loop.create_future()
-            future.add_done_callback(_consume_exception)
-            self._futures[key] = future
-            futures.append(future)
-        return futures
-
-    async def send(self, buffers: Sequence[Buffer]) -> None:
-        """Queue ``buffers`` and wait for room; failures reach the futures, not the caller.
-
-        No await between the writes, so concurrent callers never interleave frames.
-        """
-        for buffer in buffers:
-            self._writer.write(buffer)
-        try:
-            async with asyncio.timeout(self.timeout):
-                await self._writer.drain()
-        except TimeoutError:
-            self.give_up()
-        except OSError:
-            pass  # the reader task sees the end of the stream and fails what is pending
-
-    def give_up(self) -> str:
-        """No progress within the timeout: fail what is pending (RequestTimeoutError), close."""
-        message = (
-            f"no progress with lucidd at {self.path} for {self.timeout} s; the connection is closed"
-        )
-        self._dispatch(self.core.abort(RequestTimeoutError, message))
-        self._writer.close()
-        return message
-
-    async def wait(self, future: asyncio.Future[Any]) -> Any:
-        """The future's result; after ``timeout`` without it, the connection gives up."""
-        try:
-            async with asyncio.timeout(self.timeout):
-                return await future
-        except TimeoutError:
-            raise RequestTimeoutError(self.give_up()) from None
-
-    async def _read_loop(self) -> None:
-        try:
-            while not self.core.broken:
-                data = await self._reader.read(RECV_SIZE)
-                if data:
-                    self._dispatch(self.core.receive_data(data))
-                else:
-                    message = f"lucidd at {self.path} closed the connection"
-                    self._dispatch(self.core.connection_lost(message))
-        except OSError as exc:
-            message = f"connection to lucidd at {self.path} failed: {exc.strerror or exc}"
-            self._dispatch(self.core.connection_lost(message))
-        finally:
-            self._writer.close()
-
-    def _dispatch(self, results: Iterable[ResultT]) -> None:
-        for result in results:
-            future = self._futures.pop(result.key, None)
-            if future is None or future.done():
-                continue  # its caller was cancelled
-            if isinstance(result.outcome, LucidError):
-                future.set_exception(result.outcome)
-            else:
-                future.set_result(result.outcome)
-
-    async def close(self) -> None:
-        """Close the stream; whatever is still pending fails with UnavailableError."""
-        message = f"connection to lucidd at {self.path} is closed"
-        self._dispatch(self.core.abort(UnavailableError, message))
-        self._writer.close()
-        with contextlib.suppress(OSError):
-            await self._writer.wait_closed()
-        await self._task
-
-
 class AsyncDataClient:
     """The asyncio counterpart of :class:`DataClient`; create it with :meth:`connect`.
 
@@ -197,7 +66,7 @@ class AsyncDataClient:
     each wait for a reply (or for room to send); when it passes the connection breaks.
     """
 
-    def __init__(self, link: _AsyncLink[ChunkResult], core: DataCore) -> None:
+    def __init__(self, link: AsyncLink[ChunkResult], core: DataCore) -> None:
         """Internal: use :meth:`connect`."""
         self._link = link
         self._core = core
@@ -210,12 +79,15 @@ class AsyncDataClient:
         *,
         path: str | os.PathLike[str] | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
+        act_as: int | None = None,
     ) -> AsyncDataClient:
-        """Connect to the data socket (UnavailableError if it cannot be reached)."""
+        """Connect to the data socket (UnavailableError if it cannot be reached); ``act_as``
+        as for :class:`DataClient` (answered before this returns; a refusal is raised)."""
+        uid = act_as_uid(act_as)
         socket_path = resolve_socket_path(DATA_SOCKET_NAME, runtime_dir, path)
-        streams = await _open_unix(socket_path, timeout, named_explicitly(runtime_dir, path))
         core = DataCore()
-        return cls(_AsyncLink(socket_path, timeout, core, streams), core)
+        explicit = named_explicitly(runtime_dir, path)
+        return cls(await AsyncLink.open(socket_path, timeout, core, explicit, uid), core)
 
     async def _start(
         self, session: SessionRef, index: int, payload: Buffer
@@ -312,7 +184,7 @@ class AsyncControlClient:
     Concurrent calls are pipelined on one connection; errors as for :class:`ControlClient`.
     """
 
-    def __init__(self, link: _AsyncLink[ControlResult], core: ControlCore) -> None:
+    def __init__(self, link: AsyncLink[ControlResult], core: ControlCore) -> None:
         """Internal: use :meth:`connect`."""
         self._link = link
         self._core = core
@@ -325,12 +197,15 @@ class AsyncControlClient:
         *,
         path: str | os.PathLike[str] | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
+        act_as: int | None = None,
     ) -> AsyncControlClient:
-        """Connect to the control socket (UnavailableError if it cannot be reached)."""
+        """Connect to the control socket (UnavailableError if it cannot be reached); ``act_as``
+        as for :class:`ControlClient` (answered before this returns; a refusal is raised)."""
+        uid = act_as_uid(act_as)
         socket_path = resolve_socket_path(CONTROL_SOCKET_NAME, runtime_dir, path)
-        streams = await _open_unix(socket_path, timeout, named_explicitly(runtime_dir, path))
         core = ControlCore()
-        return cls(_AsyncLink(socket_path, timeout, core, streams), core)
+        explicit = named_explicitly(runtime_dir, path)
+        return cls(await AsyncLink.open(socket_path, timeout, core, explicit, uid), core)
 
     async def _call(self, call: ControlCall[T]) -> T:
         """Send the request the core registered and wait for its reply."""

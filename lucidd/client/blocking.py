@@ -2,31 +2,26 @@
 :func:`put_until_acked` (layer 4).
 
 Each drives a core (:mod:`lucidd.client.data_core`, :mod:`lucidd.client.control_core`) over
-one blocking Unix socket; the connection contract (what a broken connection means) is in
-:mod:`lucidd.client`.
+one blocking Unix socket (:class:`~lucidd.client.sync_link.SyncLink`); the connection contract
+(what a broken connection means) is in :mod:`lucidd.client`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Generic, Self, TypeVar
+from typing import Any, Final, Self, TypeVar
 
 from lucidd.client.control_core import ControlCall, ControlCore
 from lucidd.client.core import (
     DEFAULT_TIMEOUT,
     DEFAULT_WINDOW,
-    RECV_SIZE,
     AckCollector,
     Buffer,
-    Core,
     Key,
-    ResultT,
+    act_as_uid,
     check_window,
     flat_view,
 )
@@ -35,13 +30,11 @@ from lucidd.client.ids import (
     CONTROL_SOCKET_NAME,
     DATA_SOCKET_NAME,
     SessionRef,
-    check_peer,
     named_explicitly,
     resolve_socket_path,
-    trusted_peer_uids,
-    unavailable_error,
 )
-from lucidd.errors import LucidError, RequestTimeoutError, UnavailableError, UntrustedSocketError
+from lucidd.client.sync_link import SyncLink
+from lucidd.errors import LucidError
 from lucidd.protocol import (
     Ack,
     AnchorReply,
@@ -60,115 +53,11 @@ from lucidd.protocol import (
     SigningKeyReply,
 )
 
-#: Buffers per ``sendmsg`` call (POSIX ``IOV_MAX``; Linux has 1024).
-IOV_MAX: Final = 1024
 #: Back-off between resend rounds of :func:`put_until_acked` (doubles up to the maximum).
 RESEND_BACKOFF_S: Final = 0.05
 RESEND_BACKOFF_MAX_S: Final = 2.0
 
 T = TypeVar("T")
-
-
-def _send_all(sock: socket.socket, buffers: Sequence[Buffer]) -> None:
-    """Write every byte of ``buffers`` with ``sendmsg`` (gathered by the kernel: no join)."""
-    views = [view for view in map(flat_view, buffers) if view.nbytes]
-    first = 0
-    while first < len(views):
-        sent = sock.sendmsg(views[first : first + IOV_MAX], (), socket.MSG_NOSIGNAL)
-        while sent:
-            head = views[first]
-            if sent >= head.nbytes:
-                sent -= head.nbytes
-                first += 1
-            else:
-                views[first] = head[sent:]
-                sent = 0
-
-
-class _SyncLink(Generic[ResultT]):
-    """One blocking connection driving a core; every failure comes back as results."""
-
-    def __init__(
-        self, path: Path, timeout: float | None, core: Core[ResultT], explicit: bool
-    ) -> None:
-        self.path = path
-        self.timeout = timeout
-        self.core = core
-        trusted = trusted_peer_uids(path, explicit)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(timeout)
-            sock.connect(str(path))
-        except OSError as exc:
-            sock.close()
-            raise unavailable_error(path, exc) from None
-        try:
-            check_peer(sock, path, trusted)
-        except UntrustedSocketError:
-            sock.close()
-            raise
-        self._sock: socket.socket | None = sock
-
-    def _closed_results(self) -> list[ResultT]:
-        return self.core.connection_lost(f"connection to lucidd at {self.path} is closed")
-
-    def send(self, buffers: Sequence[Buffer]) -> list[ResultT]:
-        """Send ``buffers`` whole; return the results of a failure (usually none).
-
-        A write fails when the daemon closed the connection, and the reply saying why (an
-        ``Error``) is then usually waiting to be read: on a failed write this reads to the end
-        of the stream, so the results carry that error, and the core ends up broken.
-        """
-        if self._sock is None:
-            return self._closed_results()
-        try:
-            _send_all(self._sock, buffers)
-        except TimeoutError:
-            return self._give_up(f"lucidd at {self.path} took no data for")
-        except OSError:
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_WR)
-            results: list[ResultT] = []
-            while not self.core.broken:
-                results += self.receive()
-            return results
-        return []
-
-    def receive(self) -> list[ResultT]:
-        """Block until reply bytes (or the end of the stream) arrive; return their results."""
-        if self._sock is None:
-            return self._closed_results()
-        try:
-            data = self._sock.recv(RECV_SIZE)
-        except TimeoutError:
-            return self._give_up(f"no reply from lucidd at {self.path} for")
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            results = self.core.connection_lost(
-                f"connection to lucidd at {self.path} failed: {reason}"
-            )
-        else:
-            if data:
-                results = self.core.receive_data(data)
-            else:
-                results = self.core.connection_lost(f"lucidd at {self.path} closed the connection")
-        if self.core.broken:
-            self.close()
-        return results
-
-    def _give_up(self, what: str) -> list[ResultT]:
-        results = self.core.abort(
-            RequestTimeoutError, f"{what} {self.timeout} s; the connection is closed"
-        )
-        self.close()
-        return results
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        if not self.core.broken:
-            self.core.abort(UnavailableError, f"connection to lucidd at {self.path} is closed")
 
 
 class DataClient:
@@ -179,6 +68,12 @@ class DataClient:
     Raises :class:`~lucidd.errors.UnavailableError` when the socket cannot be reached.
     Errors the daemon reports are raised as their :class:`~lucidd.errors.LucidError`
     subclass, with ``context["session"]`` and ``context["index"]`` naming the chunk.
+
+    ``act_as`` (a uid; for a gateway running as root or as the daemon's user): the whole
+    connection acts as that user, whose sessions and rules apply (``docs/security.md``
+    *Delegation*). Asked for and answered before the constructor returns; a refusal is
+    raised as its LucidError (``forbidden``, exit 77). Nothing is asked when it is this
+    process's own effective uid. ValueError for a uid outside ``0..2**32-2``.
     """
 
     def __init__(
@@ -187,11 +82,13 @@ class DataClient:
         *,
         path: str | os.PathLike[str] | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
+        act_as: int | None = None,
     ) -> None:
+        uid = act_as_uid(act_as)
         self.path = resolve_socket_path(DATA_SOCKET_NAME, runtime_dir, path)
         self._core = DataCore()
         explicit = named_explicitly(runtime_dir, path)
-        self._link = _SyncLink(self.path, timeout, self._core, explicit)
+        self._link = SyncLink(self.path, timeout, self._core, explicit, uid)
 
     def put(self, session: SessionRef, index: int, payload: Buffer) -> Ack:
         """Send one chunk and wait for its ack (the record is durable when this returns)."""
@@ -281,6 +178,7 @@ def put_until_acked(
     deadline_s: float = 300.0,
     timeout: float | None = DEFAULT_TIMEOUT,
     on_ack: Callable[[Ack], None] | None = None,
+    act_as: int | None = None,
 ) -> dict[int, Ack]:
     """Send every chunk until each one is acknowledged, whatever crashes in between.
 
@@ -290,7 +188,8 @@ def put_until_acked(
     an index the daemon already stored with the same bytes is acknowledged again with the same
     leaf hash, never stored twice. Non-retryable errors (different bytes for a stored index, a
     finalized session, a chunk too large) are raised at once. Returns the acks by index; gives
-    up with the last error once ``deadline_s`` has passed.
+    up with the last error once ``deadline_s`` has passed. ``act_as``: as for
+    :class:`DataClient`, on every connection.
     """
     pending = dict(chunks)
     acks: dict[int, Ack] = {}
@@ -305,7 +204,7 @@ def put_until_acked(
 
     while pending:
         try:
-            with DataClient(runtime_dir, timeout=timeout) as client:
+            with DataClient(runtime_dir, timeout=timeout, act_as=act_as) as client:
                 client.put_many(session, sorted(pending.items()), window, on_ack=record)
         except LucidError as err:
             if not err.retryable or time.monotonic() + backoff > deadline:
@@ -318,7 +217,8 @@ def put_until_acked(
 class ControlClient:
     """Requests on lucidd's control socket over one blocking connection, one at a time.
 
-    Arguments as for :class:`DataClient`. Every method raises the
+    Arguments as for :class:`DataClient` (``act_as`` included: sessions opened are then that
+    user's, and only what that user may see is shown). Every method raises the
     :class:`~lucidd.errors.LucidError` subclass of the daemon's error code (with the session
     and index of the request as context), ``UnavailableError`` if the daemon cannot be reached,
     and ``ValueError`` for a session id that is not 16 bytes.
@@ -330,11 +230,13 @@ class ControlClient:
         *,
         path: str | os.PathLike[str] | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
+        act_as: int | None = None,
     ) -> None:
+        uid = act_as_uid(act_as)
         self.path = resolve_socket_path(CONTROL_SOCKET_NAME, runtime_dir, path)
         self._core = ControlCore()
         explicit = named_explicitly(runtime_dir, path)
-        self._link = _SyncLink(self.path, timeout, self._core, explicit)
+        self._link = SyncLink(self.path, timeout, self._core, explicit, uid)
 
     def _call(self, call: ControlCall[T]) -> T:
         """Send the request the core registered and read until its reply comes."""

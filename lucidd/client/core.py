@@ -7,15 +7,17 @@ style, STYLE.md). They assign request ids, build frames, feed reply bytes to a
 come out of order) and turn every wire ``Error`` into the :class:`~lucidd.errors.LucidError`
 subclass of its code, with the request's session and index as context. They return results;
 they never raise for what the daemon sends. This module holds their base (:class:`Core`: request
-ids, the decoder loop, the broken state), the results they return, and what the blocking and
-asyncio front ends (:mod:`lucidd.client.blocking`, :mod:`lucidd.client.aio`) share besides a
-core (:class:`AckCollector`, the payload views, the client's defaults).
+ids, the decoder loop, the broken state, the ``ActAs`` exchange both sockets share), the results
+they return, and what the blocking and asyncio front ends (:mod:`lucidd.client.blocking`,
+:mod:`lucidd.client.aio`) share besides a core (:class:`AckCollector`, the payload views, the
+client's defaults).
 """
 
 from __future__ import annotations
 
 import abc
 import itertools
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeAlias, TypeVar
@@ -53,6 +55,24 @@ def check_index_arg(name: str, value: int) -> None:
         raise ValueError(f"{name} must be an int in [0, 2**63), got {value!r}")
 
 
+def check_uid_arg(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= p.MAX_UID:
+        raise ValueError(f"{name} must be a uid, an int in [0, {p.MAX_UID}], got {value!r}")
+
+
+def act_as_uid(act_as: int | None) -> int | None:
+    """The uid a front end sends ``ActAs`` for, from its ``act_as`` argument.
+
+    None when there is nothing to ask: no ``act_as``, or this process's own effective uid
+    (the daemon reads that one from ``SO_PEERCRED`` anyway). ValueError for anything but an
+    int in ``0..MAX_UID``; front ends check it before connecting.
+    """
+    if act_as is None:
+        return None
+    check_uid_arg("act_as", act_as)
+    return None if act_as == os.geteuid() else act_as
+
+
 @dataclass(frozen=True, slots=True)
 class ChunkResult:
     """The outcome of one chunk: its :class:`Ack`, or the error the daemon (or the link) gave."""
@@ -85,6 +105,11 @@ class Core(abc.ABC, Generic[ResultT]):
         self._decoder = decoder
         self._req_ids = itertools.count(FIRST_REQ)
         self._broken: str | None = None
+        self._started = False  # a request was registered (an ActAs must be the first)
+        self._act_as: tuple[int, int] | None = None  # (req, uid) of the unanswered ActAs
+        self._act_as_error: LucidError | None = None
+        #: The uid the daemon confirmed this connection acts as (None: its own).
+        self.acting_as: int | None = None
 
     @property
     def broken(self) -> bool:
@@ -99,7 +124,33 @@ class Core(abc.ABC, Generic[ResultT]):
     def _next_req(self) -> int:
         if self._broken is not None:
             raise UnavailableError(self._broken)
+        self._started = True
         return next(self._req_ids)
+
+    def act_as(self, uid: int) -> bytes:
+        """Register ``ActAs(uid)``, which must be the connection's first request; its frame.
+
+        Send it, then feed replies until :attr:`act_as_pending` is False:
+        :attr:`act_as_error` then says whether the daemon refused (the daemon closes the
+        connection after a refusal, so the core is broken by then). ValueError for a uid
+        outside ``0..MAX_UID`` or when a request was registered already.
+        """
+        check_uid_arg("uid", uid)
+        if self._started:
+            raise ValueError("act_as must be the first request on a connection")
+        req = self._next_req()
+        self._act_as = (req, uid)
+        return p.encode_frame(p.ActAs(req=req, uid=uid))
+
+    @property
+    def act_as_pending(self) -> bool:
+        """An ActAs was sent and is not answered yet."""
+        return self._act_as is not None
+
+    @property
+    def act_as_error(self) -> LucidError | None:
+        """Why the ActAs failed (the daemon's refusal, or the connection's end), else None."""
+        return self._act_as_error
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[ResultT]:
         """Feed bytes read from the socket; return the requests they complete.
@@ -122,8 +173,35 @@ class Core(abc.ABC, Generic[ResultT]):
             if not isinstance(event, p.FrameMessage):
                 results += self._fail_all(InternalError, "lucidd sent payload bytes in a reply")
                 break
-            results += self._on_reply(event.message)
+            results += self._route(event.message)
         return results
+
+    def _route(self, message: Any) -> list[ResultT]:
+        asked = self._act_as
+        # An Error of req 0 before the ActAs is answered (busy: too many connections) is the
+        # connection's end, and so the ActAs's answer too.
+        if asked is not None and (
+            message.req == asked[0] or (isinstance(message, p.Error) and message.req == 0)
+        ):
+            return self._on_act_as_reply(message, asked[1])
+        if isinstance(message, p.ActingAs):
+            return self._fail_all(
+                InternalError, f"lucidd sent an unexpected ActingAs (req {message.req})"
+            )
+        return self._on_reply(message)
+
+    def _on_act_as_reply(self, message: Any, uid: int) -> list[ResultT]:
+        self._act_as = None
+        if isinstance(message, p.ActingAs) and message.uid == uid:
+            self.acting_as = uid
+            return []
+        if isinstance(message, p.Error):
+            self._act_as_error = wire_error(message, None, None)
+            # The daemon closes the connection after a refusal.
+            reason = f"lucidd closed the connection: {message.code}: {message.message}"
+            return self._fail_all(UnavailableError, reason)
+        self._act_as_error = InternalError(f"lucidd answered act_as with {message!r}")
+        return self._fail_all(InternalError, f"lucidd answered act_as uid {uid} with {message!r}")
 
     def connection_lost(self, message: str) -> list[ResultT]:
         """The stream ended or failed: every pending request fails with UnavailableError."""
@@ -136,6 +214,9 @@ class Core(abc.ABC, Generic[ResultT]):
     def _fail_all(self, error_type: type[LucidError], message: str) -> list[ResultT]:
         if self._broken is None:
             self._broken = message
+        if self._act_as is not None:
+            self._act_as = None
+            self._act_as_error = error_type(message)
         return self._drop_pending(error_type, message)
 
     @abc.abstractmethod

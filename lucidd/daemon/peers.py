@@ -1,13 +1,17 @@
-"""Peer credentials of a Unix-socket connection and the admin group (layer 2).
+"""Peer credentials of a Unix-socket connection, delegation, and the admin group (layer 2).
 
 ``SO_PEERCRED`` gives the pid, uid and gid the peer had when it called ``connect``;
 ``SO_PEERGROUPS`` (Linux 4.13) its supplementary groups at that moment, so group membership
-is the process's real one, not what ``/etc/group`` says now.
+is the process's real one, not what ``/etc/group`` says now. A connection that acts as
+another user (``ActAs``, :func:`act_as`) has no kernel credentials of that user: its primary
+group and groups are the user database's (``getpwuid``, ``getgrouplist``) at that moment.
 """
 
 from __future__ import annotations
 
+import asyncio
 import grp
+import logging
 import os
 import pwd
 import socket
@@ -15,7 +19,9 @@ import struct
 from typing import Final, Protocol
 
 from lucidd.daemon.access import AccessPolicy, Peer
-from lucidd.errors import ConfigError
+from lucidd.errors import ConfigError, ForbiddenError, InternalError, LucidError
+
+log = logging.getLogger("lucidd.daemon.peers")
 
 _UCRED: Final = struct.Struct("3i")
 #: ``socket.SO_PEERGROUPS`` is missing from Python 3.11's module; the Linux value.
@@ -49,6 +55,57 @@ def _peer_groups(sock: _SockOpts, uid: int, gid: int) -> frozenset[int]:
             return frozenset()
     count = len(raw) // _GID_SIZE
     return frozenset(struct.unpack(f"{count}I", raw[: count * _GID_SIZE]))
+
+
+def delegated_peer(peer: Peer, uid: int) -> Peer:
+    """The Peer that ``peer`` becomes by acting as ``uid`` (already allowed by the policy).
+
+    Acting as oneself keeps the kernel's credentials. A uid with no entry in the user database
+    is refused (:class:`~lucidd.errors.ForbiddenError`) rather than given made-up groups: its
+    groups are unknown, and a guessed primary gid could happen to be ``admin_group``'s.
+    Blocking: the user database may be a directory server (run it off the event loop).
+    """
+    if uid == peer.uid:
+        return peer
+    try:
+        entry = pwd.getpwuid(uid)
+    except KeyError:
+        raise ForbiddenError(
+            f"cannot act as uid {uid}: it has no entry in the user database, so its groups "
+            "are unknown"
+        ) from None
+    groups = frozenset(os.getgrouplist(entry.pw_name, entry.pw_gid))
+    return Peer(peer.pid, uid, entry.pw_gid, groups, delegated_by=peer.uid)
+
+
+async def act_as(policy: AccessPolicy, peer: Peer, uid: int, socket_name: str) -> Peer:
+    """Who a connection of ``peer`` is once it acts as ``uid``, or its typed refusal.
+
+    The policy is checked first (on the loop: it is pure), so an unprivileged peer never
+    makes the daemon look anyone up; the lookup runs in a thread. Raises only LucidError
+    (an unexpected failure is logged with its traceback and raised as ``internal``). Each
+    delegation is logged once (``event=act_as``), since every later line of that connection
+    names the new uid.
+    """
+    policy.check_delegation(peer, uid)
+    if uid == peer.uid:
+        return peer
+    try:
+        acting = await asyncio.to_thread(delegated_peer, peer, uid)
+    except LucidError:
+        raise
+    except Exception:  # the ActAs's failure boundary, as handle_request is a request's
+        log.exception("event=act_as_failed peer_uid=%d uid=%d", peer.uid, uid)
+        raise InternalError("internal error; see the daemon log") from None
+    log.info(
+        "event=act_as socket=%s peer_uid=%d peer_pid=%d uid=%d gid=%d",
+        socket_name,
+        peer.uid,
+        peer.pid,
+        acting.uid,
+        acting.gid,
+    )
+    return acting
 
 
 def access_policy(admin_group: str) -> AccessPolicy:

@@ -69,10 +69,19 @@ from lucidd.protocol.messages import (
     MAX_LABEL_SIZE as MAX_LABEL_SIZE,
 )
 from lucidd.protocol.messages import (
+    MAX_UID as MAX_UID,
+)
+from lucidd.protocol.messages import (
     SESSION_ID_SIZE as SESSION_ID_SIZE,
 )
 from lucidd.protocol.messages import (
     Ack as Ack,
+)
+from lucidd.protocol.messages import (
+    ActAs as ActAs,
+)
+from lucidd.protocol.messages import (
+    ActingAs as ActingAs,
 )
 from lucidd.protocol.messages import (
     Anchor as Anchor,

@@ -31,12 +31,30 @@ BATCH_FRAME_OVERHEAD: Final = 128
 MAX_BATCH_ITEMS: Final = (MAX_DATA_HEADER_SIZE - BATCH_FRAME_OVERHEAD) // BATCH_ITEM_MAX_BYTES
 #: Extra room on the control socket above one chunk (a ReadChunk reply carries the plaintext).
 CONTROL_FRAME_OVERHEAD: Final = 64 * 1024
+#: The largest uid an ActAs may name: ``uid_t`` is 32 bits and ``(uid_t)-1`` means "no uid".
+MAX_UID: Final = 2**32 - 2
 
 
 class Message(msgspec.Struct, frozen=True, tag_field="type", omit_defaults=True):
     """Base of every frame body; ``req`` is chosen by the client and echoed in replies."""
 
     req: int
+
+
+# --- both sockets: delegation (docs/protocol.md §3.1, docs/security.md *Delegation*) ----
+
+
+class ActAs(Message, tag="act_as", frozen=True):
+    """From now on this connection acts as user ``uid``: its sessions, their rules.
+
+    Only as the first frame of a connection, and only from root or the daemon's own uid
+    (to root or the daemon's uid: from root only). Answered with :class:`ActingAs`; any
+    refusal is one typed ``Error`` (``bad_frame``: not the first frame, ``bad_request``: a
+    uid outside ``0..MAX_UID``, ``forbidden``: not allowed, or a uid with no user) after
+    which the daemon closes the connection, so nothing sent behind it runs as the sender.
+    """
+
+    uid: int
 
 
 # --- data socket: client -> daemon -------------------------------------------------------
@@ -81,8 +99,15 @@ class Error(Message, tag="error", frozen=True):
     index: int | None = None
 
 
-DataRequest = Chunk | Batch
-DataReply = Ack | Error
+class ActingAs(Message, tag="acting_as", frozen=True):
+    """The answer to :class:`ActAs` (on either socket): the connection now acts as ``uid``,
+    with that user's primary group and groups from the host's user database."""
+
+    uid: int
+
+
+DataRequest = Chunk | Batch | ActAs
+DataReply = Ack | Error | ActingAs
 
 
 # --- control socket: requests -----------------------------------------------------------
@@ -204,6 +229,7 @@ ControlRequest = (
     | Anchor
     | GetReceipt
     | ListRemoteSessions
+    | ActAs
 )
 
 
@@ -427,6 +453,7 @@ ControlReply = (
     | AnchorReply
     | ReceiptReply
     | RemoteSessionsReply
+    | ActingAs
     | Error
 )
 

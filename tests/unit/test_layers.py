@@ -114,6 +114,8 @@ LAYERS: Mapping[str, int] = {
     "client.core": 4,  # what the cores and the front ends share: Core, results, AckCollector
     "client.data_core": 4,  # the data socket's sans-IO core (DataCore)
     "client.control_core": 4,  # the control socket's sans-IO core: each request and its reply
+    "client.sync_link": 4,  # the blocking connection: trust checks, ActAs, sendmsg
+    "client.async_link": 4,  # the asyncio connection: trust checks, ActAs, the reader task
     "client.blocking": 4,
     "client.aio": 4,
     # lucidctl, a package by job (lucidd/cli/):
@@ -229,6 +231,8 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     "daemon.store": frozenset(),
     "daemon.segments": frozenset({"daemon.store"}),
     "daemon.peers": frozenset(),
+    # An ActAs names a uid within the wire's bound.
+    "daemon.access": frozenset({"protocol.__init__"}),
     # The signing key file is guarded as the keyring file is.
     "daemon.signing_key": frozenset({"daemon.keyfile"}),
     # Something must name the child processes' entry points to spawn them; only children may.
@@ -286,11 +290,25 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     "client.core": frozenset(),
     "client.data_core": frozenset({"client.ids", "client.core"}),
     "client.control_core": frozenset({"client.ids", "client.core"}),
+    "client.sync_link": frozenset({"client.ids", "client.core"}),
+    "client.async_link": frozenset({"client.ids", "client.core"}),
     "client.blocking": frozenset(
-        {"client.ids", "client.core", "client.data_core", "client.control_core"}
+        {
+            "client.ids",
+            "client.core",
+            "client.data_core",
+            "client.control_core",
+            "client.sync_link",
+        }
     ),
     "client.aio": frozenset(
-        {"client.ids", "client.core", "client.data_core", "client.control_core"}
+        {
+            "client.ids",
+            "client.core",
+            "client.data_core",
+            "client.control_core",
+            "client.async_link",
+        }
     ),
     "client.__init__": frozenset(
         {
@@ -298,6 +316,8 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
             "client.core",
             "client.data_core",
             "client.control_core",
+            "client.sync_link",
+            "client.async_link",
             "client.blocking",
             "client.aio",
         }

@@ -141,6 +141,7 @@ DATA_REPLIES: list[p.Message] = [
     p.Ack(req=1, session=SID, index=5, leaf_hash=HASH),
     p.Error(req=2, code="busy", message="try later"),
     p.Error(req=3, code="duplicate_index", message="index 9 differs", session=SID, index=9),
+    p.ActingAs(req=4, uid=1000),
 ]
 
 CONTROL_REQUESTS: list[p.Message] = [
@@ -167,6 +168,7 @@ CONTROL_REQUESTS: list[p.Message] = [
     p.Anchor(req=21),
     p.GetReceipt(req=22, session=SID, index=3),
     p.ListRemoteSessions(req=23),
+    p.ActAs(req=24, uid=1000),
 ]
 
 CONTROL_REPLIES: list[p.Message] = [
@@ -235,6 +237,7 @@ CONTROL_REPLIES: list[p.Message] = [
         ),
     ),
     p.Error(req=15, code="unknown_session", message="no such session", session=SID),
+    p.ActingAs(req=16, uid=0),
 ]
 
 DECODERS: list[tuple[str, Callable[[], p.FrameDecoder], list[p.Message]]] = [
@@ -295,6 +298,22 @@ def test_encode_frame_is_a_length_prefix_and_a_tagged_msgpack_body() -> None:
 def test_defaults_are_omitted_on_the_wire() -> None:
     body = msgspec.msgpack.decode(p.encode_frame(p.GetRoot(req=1, session=SID))[4:])
     assert body == {"type": "root", "req": 1, "session": SID}
+
+
+def test_act_as_is_a_frame_of_its_own_before_the_chunks_behind_it() -> None:
+    act_as = p.ActAs(req=1, uid=p.MAX_UID)
+    assert msgspec.msgpack.decode(p.encode_frame(act_as)[4:]) == {
+        "type": "act_as",
+        "req": 1,
+        "uid": 2**32 - 2,
+    }
+    stream = p.encode_frame(act_as) + p.encode_frame(p.Chunk(req=2, session=SID, index=0, length=2))
+    assert decode_pieces(data_decoder(), [stream + b"hi"]) == [
+        p.FrameMessage(act_as),
+        p.ChunkStart(2, SID, 0, 2),
+        b"hi",
+        p.ChunkEnd(2, SID, 0),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,8 @@
 :class:`ControlProtocol` turns bytes into requests with the sans-IO codec and each request into
 exactly one reply (:func:`~lucidd.daemon.aggregator.handlers.handle_request`), within the
 bounds of :class:`ControlLimits`: connections, requests served at once, reply bytes buffered,
-idle time.
+idle time. A connection's first frame may be ``ActAs`` (:func:`~lucidd.daemon.peers.act_as`):
+nothing behind it is read until it is answered, and a refusal closes the connection.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from lucidd.daemon.aggregator.services import ControlServices
 from lucidd.daemon.channels import ReadPauses, peer_hung_up
 from lucidd.daemon.config import Config, connection_limit
 from lucidd.daemon.logs import ClientErrorLog, RefusalLog
-from lucidd.daemon.peers import peer_of
+from lucidd.daemon.peers import act_as, peer_of
 from lucidd.errors import (
+    BadFrameError,
     BusyError,
     IdleTimeoutError,
     InternalError,
@@ -37,6 +39,7 @@ CHECK_INTERVAL_S: Final = 1.0
 # Why a control connection is not being read from (ControlProtocol._pauses).
 _PIPELINED: Final = "pipelined"  # max_pipelined_requests of its requests are being served
 _WRITING: Final = "writing"  # its replies are not being read (transport above its high mark)
+_DELEGATING: Final = "delegating"  # its ActAs is being answered; what follows waits for it
 
 
 @dataclass(eq=False)
@@ -80,6 +83,8 @@ class ControlProtocol(asyncio.Protocol):
         self._tasks: set[asyncio.Task[None]] = set()
         self._peer = Peer(pid=0, uid=-1, gid=-1)  # set by connection_made
         self._error_logged = False
+        self._frames = 0  # frames decoded so far (an ActAs must be the first)
+        self._delegation: asyncio.Task[None] | None = None  # the ActAs being answered
         # -- bounds per connection (issue 10) --
         self._limits = limits if limits is not None else ControlLimits.from_config(Config())
         self._pauses = ReadPauses()
@@ -110,7 +115,7 @@ class ControlProtocol(asyncio.Protocol):
         """Serve the buffered requests, at most ``max_pipelined_requests`` at once: past it,
         reading waits until replies have gone out (the rest stay in the decoder and socket)."""
         limit = self._limits.max_pipelined_requests
-        while not self._closing:
+        while not self._closing and self._delegation is None:
             if len(self._tasks) >= limit:
                 self._pause(_PIPELINED)
                 return
@@ -125,9 +130,44 @@ class ControlProtocol(asyncio.Protocol):
                 self._resume(_PIPELINED)
                 return
             if isinstance(event, p.FrameMessage):
+                self._frames += 1
+                if isinstance(event.message, p.ActAs):
+                    self._start_act_as(event.message)
+                    continue
                 task = asyncio.ensure_future(self._serve(event.message))
                 self._tasks.add(task)
                 task.add_done_callback(self._request_done)
+
+    def _start_act_as(self, request: p.ActAs) -> None:
+        """Answer an ActAs before reading on: the requests behind it run as its uid."""
+        if self._frames > 1:
+            self._refuse_act_as(
+                request, BadFrameError("act_as must be the first frame on a connection")
+            )
+            return
+        self._pause(_DELEGATING)
+        self._delegation = asyncio.ensure_future(self._act_as(request))
+
+    async def _act_as(self, request: p.ActAs) -> None:
+        try:
+            peer = await act_as(self._services.policy, self._peer, request.uid, "control")
+        except LucidError as err:
+            self._refuse_act_as(request, err)
+            return
+        finally:
+            self._delegation = None
+        self._peer = peer
+        self._send(p.ActingAs(req=request.req, uid=peer.uid))
+        self._resume(_DELEGATING)
+        if self._transport is not None:
+            self._start_requests()
+
+    def _refuse_act_as(self, request: p.ActAs, err: LucidError) -> None:
+        """One error, then close: what the client sent behind a refused ActAs must not run
+        with the credentials it tried to leave."""
+        self._note_client_error(err.code, err.message)
+        self._send(p.error_reply(request.req, err))
+        self._close()
 
     def _request_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -215,7 +255,7 @@ class ControlProtocol(asyncio.Protocol):
         idle_timeout = self._limits.idle_timeout
         # Requests waiting for the client to read its replies do not make it busy: a client
         # that reads nothing for idle_timeout gives its buffer and its place back.
-        serving = bool(self._tasks) and self._writable.is_set()
+        serving = (bool(self._tasks) and self._writable.is_set()) or self._delegation is not None
         if not serving and time.monotonic() - self._active_at > idle_timeout:
             log.info("event=connection_dropped socket=control code=idle_timeout")
             if not self._writable.is_set():

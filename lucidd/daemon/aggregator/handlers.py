@@ -259,11 +259,12 @@ async def _shred(s: ControlServices, r: p.Shred, peer: Peer) -> p.Message:
         s.session_shredded(r.session)
     log.log(
         NOTICE,
-        "event=session_shredded session=%s owner_uid=%d by_uid=%d by_pid=%d",
+        "event=session_shredded session=%s owner_uid=%d by_uid=%d by_pid=%d%s",
         session.paths.root.name,
         session.owner_uid,
         peer.uid,
         peer.pid,
+        "" if peer.delegated_by is None else f" via_uid={peer.delegated_by}",
     )
     return p.ShredReply(req=r.req, session=r.session)
 

@@ -5,7 +5,9 @@ nothing else is buffered, ``get_buffer`` returns the chunk's ring slot itself, s
 payload bytes straight into shared memory (DESIGN §3). Headers (and payload bytes that arrived in
 the same read as their header) go through a small scratch buffer and the sans-IO decoder. What a
 chunk may do is :mod:`~lucidd.daemon.supervisor.admission`'s call; this module enforces the
-per-connection bounds (timeouts, reply buffer, a fair share of each loop pass).
+per-connection bounds (timeouts, reply buffer, a fair share of each loop pass). A connection's
+first frame may be ``ActAs`` (:func:`~lucidd.daemon.peers.act_as`): its chunks are admitted
+as that user's once it is answered; a refusal closes the connection.
 """
 
 from __future__ import annotations
@@ -19,11 +21,17 @@ from lucidd import protocol as p
 from lucidd.daemon.access import Peer
 from lucidd.daemon.channels import ReadPauses, peer_hung_up
 from lucidd.daemon.logs import ClientErrorLog
-from lucidd.daemon.peers import peer_of
+from lucidd.daemon.peers import act_as, peer_of
 from lucidd.daemon.supervisor.admission import Ingest, Wait, WaitOwn
 from lucidd.daemon.supervisor.gates import InFlight
 from lucidd.daemon.supervisor.slots import SlotRun
-from lucidd.errors import BusyError, IdleTimeoutError, LucidError, PayloadTimeoutError
+from lucidd.errors import (
+    BadFrameError,
+    BusyError,
+    IdleTimeoutError,
+    LucidError,
+    PayloadTimeoutError,
+)
 
 log = logging.getLogger("lucidd.daemon.supervisor.ingest")
 _client_errors = ClientErrorLog(log)
@@ -47,6 +55,7 @@ PRESSURE_TIMEOUT_FRACTION: Final = 0.1
 _ADMISSION: Final = "admission"  # its next chunk waits for ring room or in-flight capacity
 _WRITING: Final = "writing"  # its replies are not being read (transport above its high mark)
 _FAIR: Final = "fair"  # it used its share of this loop pass
+_DELEGATING: Final = "delegating"  # its ActAs is being answered; its chunks wait for it
 
 
 class DataProtocol(asyncio.BufferedProtocol):
@@ -68,6 +77,9 @@ class DataProtocol(asyncio.BufferedProtocol):
         #: Sessions this connection holds the writer's lease of (SessionGate.writer).
         self.leases: set[bytes] = set()
         self._error_logged = False
+        self._started = False  # a frame was decoded (an ActAs must be the first)
+        self._closing = False
+        self._delegation: asyncio.Task[None] | None = None  # the ActAs being answered
         # -- bounds per connection (issue 10) --
         self.chunks_in_flight = 0  # admitted and not yet answered
         self.slots_held = 0  # ring slots of those chunks
@@ -126,7 +138,13 @@ class DataProtocol(asyncio.BufferedProtocol):
         pos = 0
         end = len(data)
         while pos < end:
-            if self._blocked_start is not None or self._transport is None or self._next_pass_due:
+            if (
+                self._blocked_start is not None
+                or self._delegation is not None
+                or self._closing
+                or self._transport is None
+                or self._next_pass_due
+            ):
                 decoder.receive_data(data[pos:])  # kept until admission (or our turn) comes
                 return
             current = self._current
@@ -166,7 +184,7 @@ class DataProtocol(asyncio.BufferedProtocol):
     # -- events -------------------------------------------------------------------------
 
     def _process_events(self) -> None:
-        while self._blocked_start is None:
+        while self._blocked_start is None and self._delegation is None and not self._closing:
             if self._frames_left <= 0 and self._current is None and not self._discarding:
                 self._yield_pass()
                 return
@@ -179,13 +197,42 @@ class DataProtocol(asyncio.BufferedProtocol):
                 return
             if isinstance(event, p.ChunkStart):
                 self._frames_left -= 1
+                self._started = True
                 self._start_chunk(event)
+            elif isinstance(event, p.FrameMessage) and isinstance(event.message, p.ActAs):
+                self._start_act_as(event.message)
             elif isinstance(event, p.PayloadData):
                 self._copy_payload(event.data)
             elif isinstance(event, p.ChunkEnd):
                 if self._current is not None:
                     self._end_chunk()
                 self._discarding = False
+
+    def _start_act_as(self, request: p.ActAs) -> None:
+        """Answer an ActAs before reading on: the chunks behind it are that user's."""
+        if self._started:
+            err = BadFrameError("act_as must be the first frame on a connection")
+            self._fail_stream(err, request.req)
+            return
+        self._started = True
+        self._pause(_DELEGATING)
+        self._delegation = asyncio.ensure_future(self._act_as(request))
+
+    async def _act_as(self, request: p.ActAs) -> None:
+        try:
+            peer = await act_as(self._ingest.policy, self.peer, request.uid, "data")
+        except LucidError as err:
+            # What the client sent behind a refused ActAs must not be stored as its own.
+            self._fail_stream(err, request.req)
+            return
+        finally:
+            self._delegation = None
+        if self._transport is None:
+            return
+        self.peer = peer
+        self.send(p.ActingAs(req=request.req, uid=peer.uid))
+        self._resume(_DELEGATING)
+        self._process_events()
 
     def _start_chunk(self, start: p.ChunkStart) -> None:
         self._payload_at = time.monotonic()
@@ -228,11 +275,14 @@ class DataProtocol(asyncio.BufferedProtocol):
         self._current = None
         self._ingest.complete(current)
 
-    def _fail_stream(self, err: LucidError) -> None:
-        """The stream cannot be parsed any more: reply once, then close this connection."""
-        req = err.context.get("req")
+    def _fail_stream(self, err: LucidError, req: int | None = None) -> None:
+        """The stream cannot be parsed any more (or an ActAs was refused): reply once, then
+        close this connection."""
+        if req is None:
+            context_req = err.context.get("req")
+            req = context_req if isinstance(context_req, int) else 0
         self._note_client_error(err)
-        self.send(p.error_reply(req if isinstance(req, int) else 0, err))
+        self.send(p.error_reply(req, err))
         self.close()
 
     def _note_client_error(self, err: LucidError) -> None:
@@ -261,6 +311,7 @@ class DataProtocol(asyncio.BufferedProtocol):
             transport.write(replies[0] if len(replies) == 1 else b"".join(replies))
 
     def close(self) -> None:
+        self._closing = True  # nothing more it sent is handled (a refused ActAs's chunks)
         if self._transport is not None:
             self._flush_replies()
             self._transport.close()
@@ -355,7 +406,12 @@ class DataProtocol(asyncio.BufferedProtocol):
             log.info("event=peer_hung_up while=%s", self._pauses.describe())
             self._drop(None)
             return
-        idle = not in_payload and self.chunks_in_flight == 0 and self._blocked_start is None
+        idle = (
+            not in_payload
+            and self.chunks_in_flight == 0
+            and self._blocked_start is None
+            and self._delegation is None
+        )
         if idle and now - self._active_at > config.idle_timeout:
             counters["idle_timeouts_total"] += 1
             self._drop(
