@@ -414,3 +414,33 @@ def test_users_act_as_themselves_through_the_gateway(
         ):
             assert_problem(refused, 403, "forbidden")
         assert as_alice.post(f"/api/v1/sessions/{session}/finalize").status_code == 200
+
+
+def test_a_unix_socket_caller_is_the_kernels_peer(
+    make_daemon: MakeDaemon,
+    gateways: Callable[..., HttpGateway],
+    host_users: HostUsers,
+    short_tmp: Path,
+) -> None:
+    daemon = make_daemon()
+    gateway = gateways(daemon)
+    for folder in (short_tmp, daemon.base):
+        folder.chmod(0o711)
+    alice = host_users.alice
+    script = (
+        "import httpx, sys\n"
+        f"t = httpx.HTTPTransport(uds={gateway.address.removeprefix('unix:')!r})\n"
+        "c = httpx.Client(transport=t, base_url='http://lucidd')\n"
+        "r = c.post('/api/v1/sessions')\n"
+        "print(r.status_code, r.json()['owner_uid'])\n"
+    )
+    done = subprocess.run(
+        alice.command([sys.executable, "-c", script]),
+        env=alice.env({"PYTHONPATH": str(Path(__file__).parents[2])}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["201", str(alice.uid)]

@@ -263,8 +263,10 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
             "daemon.aggregator.remote",
             "daemon.aggregator.retention",
             "daemon.aggregator.startup",
+            "daemon.aggregator.metrics_http",
         }
     ),
+    "daemon.aggregator.metrics_http": frozenset(),
     "daemon.aggregator.control": frozenset(
         {"daemon.aggregator.handlers", "daemon.aggregator.services"}
     ),
