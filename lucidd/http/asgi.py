@@ -37,6 +37,7 @@ class Request:
         self.path: str = scope["path"]
         self._receive = receive
         self._query = scope.get("query_string", b"")
+        self._parsed_query: dict[str, list[str]] | None = None
         self.headers: dict[bytes, bytes] = dict(scope["headers"])
         extensions = scope.get("extensions") or {}
         #: The uid of a Unix-socket peer (from the kernel); None on TCP.
@@ -52,7 +53,9 @@ class Request:
         return value.split(";", 1)[0].strip().lower()
 
     def query(self, name: str) -> str | None:
-        values = parse_qs(self._query.decode("latin-1")).get(name)
+        if self._parsed_query is None:
+            self._parsed_query = parse_qs(self._query.decode("latin-1"))
+        values = self._parsed_query.get(name)
         return values[0] if values else None
 
     async def body(self, limit: int) -> bytes | bytearray:
