@@ -538,3 +538,61 @@ def test_keygen_piped_into_systemd_creds_decrypts_to_the_same_keyring(tmp_path: 
         check=False,
     )
     assert wrong_name.returncode != 0
+
+
+# -- lucidd-http.service (issue 15) ---------------------------------------------------------
+
+HTTP_SERVICE = UNITS / "lucidd-http.service"
+#: It needs loopback TCP and no user namespace (it reads its Unix peers' uids), which cost
+#: exposure points the daemon's unit does not pay.
+MAX_HTTP_EXPOSURE = 1.5
+
+
+def test_http_service_scores_well_in_systemd_analyze_security() -> None:
+    analyze = require_tool("systemd-analyze")
+    result = subprocess.run(
+        [analyze, "security", "--offline=true", "--no-pager", str(HTTP_SERVICE)],
+        capture_output=True,
+        text=True,
+        cwd=UNITS,
+        check=False,
+    )
+    found = re.search(r"Overall exposure level for lucidd-http\.service: (\d+\.\d+)", result.stdout)
+    assert found is not None, result.stdout + result.stderr
+    failing = "\n".join(line for line in result.stdout.splitlines() if line.startswith("✗"))
+    assert float(found[1]) <= MAX_HTTP_EXPOSURE, failing
+
+
+def test_http_service_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    analyze = require_tool("systemd-analyze")
+    service = parse_unit(HTTP_SERVICE)
+    program = one(service, "Service", "ExecStart").split()[0]
+    text = HTTP_SERVICE.read_text()
+    if not os.access(program, os.X_OK):
+        stub = tmp_path / "bin" / "lucidd"
+        stub.parent.mkdir()
+        stub.write_text("#!/bin/sh\n")
+        stub.chmod(0o755)
+        text = text.replace(f"ExecStart={program} ", f"ExecStart={stub} ")
+    units = tmp_path / "units"
+    units.mkdir()
+    (units / HTTP_SERVICE.name).write_text(text)
+    for path in (SERVICE, *SOCKETS.values()):
+        shutil.copy(path, units / path.name)
+    result = subprocess.run(
+        [analyze, "verify", "--man=no", "--recursive-errors=no", str(units / HTTP_SERVICE.name)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == 0, output
+    assert [line for line in output.splitlines() if "lucidd-http" in line] == []
+
+
+def test_http_service_runs_the_gateway_as_the_daemons_user() -> None:
+    service = parse_unit(HTTP_SERVICE)
+    daemon = parse_unit(SERVICE)
+    assert one(service, "Service", "User") == one(daemon, "Service", "User")
+    assert one(service, "Service", "Type") == "notify"
+    assert " http " in one(service, "Service", "ExecStart") + " "
