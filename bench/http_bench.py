@@ -155,6 +155,26 @@ def paired_latency(
     return histograms
 
 
+def stack_round_trip(daemon: Daemon, gateway: HttpGateway, count: int) -> tuple[float, float]:
+    """Median us of the HTTP stack alone (``GET /openapi.json``: no daemon call) and of one
+    control-socket call (``config``), alternating: what the stack costs by itself."""
+    host, port = gateway.address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    clock = time.perf_counter_ns
+    samples: tuple[Histogram, Histogram] = (Histogram(), Histogram())
+    with ControlClient(daemon.runtime_dir) as control:
+        for _ in range(count):
+            started = clock()
+            conn.request("GET", "/openapi.json")
+            conn.getresponse().read()
+            samples[0].record(clock() - started)
+            started = clock()
+            control.config()
+            samples[1].record(clock() - started)
+    conn.close()
+    return samples[0].percentile(50) / NS_PER_US, samples[1].percentile(50) / NS_PER_US
+
+
 def throughput(
     make: Callable[[int], SocketClient | RestClient], per_client: int, size: int
 ) -> float:
@@ -190,6 +210,11 @@ def throughput(
 def measure(settings: Settings) -> list[Row]:
     rows: list[Row] = []
     with daemon_and_gateway(settings) as (daemon, gateway):
+        stack_us, control_us = stack_round_trip(daemon, gateway, settings.chunks_64k)
+        rows.append(
+            Row("HTTP stack", "GET /openapi.json p50 (no daemon call)", stack_us, "us",
+                "control socket call", control_us)
+        )  # fmt: skip
         for size, count, label in (
             (64 * KiB, settings.chunks_64k, "64 KiB"),
             (1 * MiB, settings.chunks_1m, "1 MiB"),

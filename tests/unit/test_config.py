@@ -85,6 +85,12 @@ def test_defaults_equal_the_spec() -> None:
         "replication_credentials": "",
         "replication_timeout": 30.0,
         "local_retention": 0.0,
+        "metrics_listen": "",
+        "http_listen": "",
+        "http_tokens": "",
+        "http_max_connections": 256,
+        "http_user_requests": 64,
+        "http_request_timeout": 10.0,
     }
 
 
