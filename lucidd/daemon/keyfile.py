@@ -32,6 +32,7 @@ __all__ = [
     "KEYRING_FILE_MODE",
     "create_keyring",
     "load_keyring",
+    "replace_keyring",
     "resolve_keyring",
     "state_keyring_path",
     "write_keyring",
@@ -230,6 +231,37 @@ def write_keyring(keyring: Keyring, dest: Path | BinaryIO) -> None:
         ) from None
     except OSError as exc:
         raise KeyringError(f"cannot write keyring {dest}: {exc.strerror}", path=str(dest)) from None
+
+
+def replace_keyring(keyring: Keyring, path: Path) -> None:
+    """Atomically and durably replace the keyring at ``path`` (``lucidd keys rotate``/``retire``).
+
+    The new text goes to an ``O_EXCL`` temp file (0600) in the same folder, is fsynced, renamed
+    over ``path`` and the folder fsynced: when this returns the new keyring is durable, and a
+    crash at any point leaves either the old keyring or the new one, whole. The folder gets
+    the same checks as a load.
+    """
+    _check_parent(path)
+    folder = path.parent
+    temp = folder / f".{path.name}.tmp-{os.urandom(_TEMP_SUFFIX_BYTES).hex()}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(temp, flags, KEYRING_FILE_MODE)
+        try:
+            try:
+                os.fchmod(fd, KEYRING_FILE_MODE)
+                _write_fd(fd, keyring.serialize())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp, path)
+        finally:
+            temp.unlink(missing_ok=True)
+        _fsync_dir(folder)
+    except OSError as exc:
+        raise KeyringError(
+            f"cannot replace keyring {path}: {exc.strerror}", path=str(path)
+        ) from None
 
 
 def create_keyring(path: Path) -> Keyring:
