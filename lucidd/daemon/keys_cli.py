@@ -193,6 +193,13 @@ def stopped_state_folder(state_dir: Path) -> Iterator[None]:
     """Hold the state folder's lock: refuse (BusyError, 75) if a daemon is running on it."""
     if not state_dir.is_dir():
         raise KeyringError(f"state folder {state_dir} does not exist", path=str(state_dir))
+    owner = state_dir.stat().st_uid
+    if owner != os.geteuid():  # new metadata would be ours, and unreadable to the daemon
+        raise KeyringError(
+            f"state folder {state_dir} belongs to uid {owner}: run lucidd keys as the "
+            f"daemon's user (for example: runuser -u lucidd -- lucidd keys ...)",
+            path=str(state_dir),
+        )
     try:
         fd = lock_state_folder(state_dir)
     except BusyError as err:
