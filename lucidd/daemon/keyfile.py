@@ -32,6 +32,7 @@ __all__ = [
     "KEYRING_FILE_MODE",
     "create_keyring",
     "load_keyring",
+    "remove_keyring_temps",
     "replace_keyring",
     "resolve_keyring",
     "state_keyring_path",
@@ -262,6 +263,21 @@ def replace_keyring(keyring: Keyring, path: Path) -> None:
         raise KeyringError(
             f"cannot replace keyring {path}: {exc.strerror}", path=str(path)
         ) from None
+
+
+def remove_keyring_temps(path: Path) -> int:
+    """Remove temp files a killed writer of ``path`` left (``.<name>.tmp-<hex>``); how many.
+
+    They hold key material (0600) that ``lucidd keys retire`` would otherwise not remove. Only
+    for a caller that knows no writer is running (``lucidd keys`` holds the state lock).
+    """
+    removed = 0
+    for temp in path.parent.glob(f".{path.name}.tmp-*"):
+        temp.unlink(missing_ok=True)
+        removed += 1
+    if removed:
+        _fsync_dir(path.parent)
+    return removed
 
 
 def create_keyring(path: Path) -> Keyring:

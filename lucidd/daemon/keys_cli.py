@@ -32,7 +32,13 @@ from lucidd.crypto import Keyring, rewrap_secret, wrapped_key_id
 from lucidd.daemon.config import load_config
 from lucidd.daemon.default_dirs import resolve_dirs
 from lucidd.daemon.folders import lock_state_folder
-from lucidd.daemon.keyfile import load_keyring, replace_keyring, state_keyring_path, write_keyring
+from lucidd.daemon.keyfile import (
+    load_keyring,
+    remove_keyring_temps,
+    replace_keyring,
+    state_keyring_path,
+    write_keyring,
+)
 from lucidd.daemon.store import list_session_dirs, read_meta, session_dir_name, write_meta
 from lucidd.errors import BusyError, KeyringError, LucidError
 
@@ -255,6 +261,7 @@ def run_keys(args: argparse.Namespace, config_file: Path | None) -> int:
         result = {"exported": str(args.output)}
     else:
         with stopped_state_folder(state_dir):
+            remove_keyring_temps(keyring_path)  # a killed run's copies of the keys
             if command == "rotate":
                 result = rotate(state_dir, keyring_path, force_new=args.new, kill_after=kill_after)
             elif command == "rewrap":

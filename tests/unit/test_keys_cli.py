@@ -12,7 +12,12 @@ import pytest
 from lucidd.__main__ import main
 from lucidd.crypto import Keyring, unwrap_secret, wrap_secret, wrapped_key_id
 from lucidd.daemon.folders import lock_state_folder
-from lucidd.daemon.keyfile import create_keyring, load_keyring, replace_keyring
+from lucidd.daemon.keyfile import (
+    create_keyring,
+    load_keyring,
+    remove_keyring_temps,
+    replace_keyring,
+)
 from lucidd.daemon.keys_cli import (
     describe_keys,
     key_usage,
@@ -186,3 +191,13 @@ def test_list_text_says_the_creation_time_is_unknown(
     assert main(["keys", "list", "--state-dir", str(state)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1:] == [f"key {current} (current): created unknown, wraps 2 session(s)"]
+
+
+def test_a_killed_writer_s_keyring_temp_files_are_removed(tmp_path: Path) -> None:
+    state, keyring_path, _ = make_state(tmp_path, 0)
+    stale = keyring_path.parent / ".keyring.tmp-0123456789abcdef"
+    stale.write_bytes(load_keyring(keyring_path).serialize())
+    assert main(["keys", "rotate", "--state-dir", str(state), "--json"]) == 0
+    assert not stale.exists()
+    assert remove_keyring_temps(keyring_path) == 0
+    assert sorted(p.name for p in keyring_path.parent.iterdir()) == ["keyring"]
