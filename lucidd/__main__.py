@@ -1,4 +1,4 @@
-"""``lucidd``: the daemon's command line (``serve``, ``keygen``, ``anchor deploy``).
+"""``lucidd``: the daemon's command line (``serve``, ``keygen``, ``keys``, ``anchor deploy``).
 
 ``lucidd serve`` without options runs unprivileged on the defaults of DESIGN §7: state under
 ``$XDG_STATE_HOME/lucidd`` (else ``~/.local/state/lucidd``), sockets under
@@ -30,6 +30,7 @@ from lucidd.daemon.config import (
 )
 from lucidd.daemon.default_dirs import resolve_dirs
 from lucidd.daemon.keyfile import write_keyring
+from lucidd.daemon.keys_cli import add_keys_parser, run_keys
 from lucidd.daemon.logs import setup_logging
 from lucidd.daemon.replication.cli import run_restore
 from lucidd.daemon.signing_key import signing_key_file
@@ -80,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     keygen.add_argument(
         "--signing", action="store_true", help="a checkpoint-signing key instead of a keyring"
     )
+    add_keys_parser(sub)
     anchor = sub.add_parser("anchor", help="the Ethereum anchoring contract")
     anchor_sub = anchor.add_subparsers(dest="anchor_command", required=True)
     deploy = anchor_sub.add_parser(
@@ -211,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
             return _restore(args)
         if args.command == "http":
             return _http(args)
+        if args.command == "keys":
+            config_file: Path | None = args.config
+            if config_file is None and DEFAULT_CONFIG_FILE.is_file():
+                config_file = DEFAULT_CONFIG_FILE
+            return run_keys(args, config_file)
         return _keygen(args)
     except LucidError as err:
         print(f"lucidd: {err.code}: {err}", file=sys.stderr)

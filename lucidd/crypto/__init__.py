@@ -32,6 +32,7 @@ from lucidd.crypto.keyring import (
     rewrap_secret,
     unwrap_secret,
     wrap_secret,
+    wrapped_key_id,
 )
 from lucidd.crypto.record import (
     AUTH_FAILED,
@@ -148,4 +149,5 @@ __all__ = [
     "sealer_buffer_size",
     "unwrap_secret",
     "wrap_secret",
+    "wrapped_key_id",
 ]

@@ -100,6 +100,15 @@ class Keyring:
         keys[key_id] = os.urandom(KEY_SIZE)
         return Keyring(keys, key_id)
 
+    def without(self, key_id: int) -> Keyring:
+        """A copy without ``key_id`` (``lucidd keys retire``); ValueError for the current key,
+        :class:`KeyringError` if the keyring lacks it. Whether no session still needs the key
+        is the caller's to check."""
+        if key_id == self._current_id:
+            raise ValueError("the current key cannot be removed")
+        self.key(key_id)
+        return Keyring({k: v for k, v in self._keys.items() if k != key_id}, self._current_id)
+
     @property
     def current_id(self) -> int:
         """Key id of the key that wraps new session secrets."""
@@ -278,6 +287,15 @@ def unwrap_secret(keyring: Keyring, session_id: bytes, wrapped: bytes) -> bytes:
         wrapped[nonce_end:],
         _wrap_aad(key_id, session_id),
     )
+
+
+def wrapped_key_id(wrapped: bytes) -> int:
+    """The key id a wrapped session secret names (its first four bytes); FormatError if
+    malformed. Says which master key it needs, not that it opens under it."""
+    if len(wrapped) != WRAPPED_SECRET_SIZE:
+        raise FormatError("wrapped session secret has the wrong length", length=len(wrapped))
+    key_id: int = _KEY_ID_STRUCT.unpack_from(wrapped)[0]
+    return key_id
 
 
 def rewrap_secret(keyring: Keyring, session_id: bytes, wrapped: bytes) -> bytes:

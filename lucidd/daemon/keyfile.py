@@ -32,6 +32,8 @@ __all__ = [
     "KEYRING_FILE_MODE",
     "create_keyring",
     "load_keyring",
+    "remove_keyring_temps",
+    "replace_keyring",
     "resolve_keyring",
     "state_keyring_path",
     "write_keyring",
@@ -230,6 +232,52 @@ def write_keyring(keyring: Keyring, dest: Path | BinaryIO) -> None:
         ) from None
     except OSError as exc:
         raise KeyringError(f"cannot write keyring {dest}: {exc.strerror}", path=str(dest)) from None
+
+
+def replace_keyring(keyring: Keyring, path: Path) -> None:
+    """Atomically and durably replace the keyring at ``path`` (``lucidd keys rotate``/``retire``).
+
+    The new text goes to an ``O_EXCL`` temp file (0600) in the same folder, is fsynced, renamed
+    over ``path`` and the folder fsynced: when this returns the new keyring is durable, and a
+    crash at any point leaves either the old keyring or the new one, whole. The folder gets
+    the same checks as a load.
+    """
+    _check_parent(path)
+    folder = path.parent
+    temp = folder / f".{path.name}.tmp-{os.urandom(_TEMP_SUFFIX_BYTES).hex()}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(temp, flags, KEYRING_FILE_MODE)
+        try:
+            try:
+                os.fchmod(fd, KEYRING_FILE_MODE)
+                _write_fd(fd, keyring.serialize())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp, path)
+        finally:
+            temp.unlink(missing_ok=True)
+        _fsync_dir(folder)
+    except OSError as exc:
+        raise KeyringError(
+            f"cannot replace keyring {path}: {exc.strerror}", path=str(path)
+        ) from None
+
+
+def remove_keyring_temps(path: Path) -> int:
+    """Remove temp files a killed writer of ``path`` left (``.<name>.tmp-<hex>``); how many.
+
+    They hold key material (0600) that ``lucidd keys retire`` would otherwise not remove. Only
+    for a caller that knows no writer is running (``lucidd keys`` holds the state lock).
+    """
+    removed = 0
+    for temp in path.parent.glob(f".{path.name}.tmp-*"):
+        temp.unlink(missing_ok=True)
+        removed += 1
+    if removed:
+        _fsync_dir(path.parent)
+    return removed
 
 
 def create_keyring(path: Path) -> Keyring:

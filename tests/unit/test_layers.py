@@ -95,6 +95,7 @@ LAYERS: Mapping[str, int] = {
     "daemon.replication.replicator": 2,  # packs, the scan, uploads
     "daemon.replication.restore": 3,  # lucidd restore: fetch, verify, write
     "daemon.replication.cli": 3,  # lucidd restore's command
+    "daemon.keys_cli": 3,  # lucidd keys: list, rotate, rewrap, retire, export (daemon stopped)
     "daemon.replication.main": 3,  # the replicator process
     "daemon.aggregator.anchoring": 3,  # anchoring backends and their retry loop
     "daemon.aggregator.remote": 3,  # other hosts' sessions, and freed ones, from the store

@@ -1,0 +1,291 @@
+"""``lucidd keys``: list, rotate, rewrap, retire and export master keys (layer 3, docs/keys.md).
+
+Works on the files of a state folder, not through a daemon. ``rotate``, ``rewrap`` and
+``retire`` take the state folder's lock (:func:`~lucidd.daemon.folders.lock_state_folder`) for
+their whole run, so they refuse a folder a daemon is serving (exit 75) and no daemon can start
+on it while they write; ``list`` and ``export`` only read and run beside a daemon.
+
+Rotation is crash-safe by order: the keyring holding the new *and* the old keys is durable
+before any session is re-wrapped, each session's metadata is then replaced atomically (temp
+file, fsync, rename, folder fsync), and no key leaves the keyring until ``retire`` has seen
+that no session names it. A session is therefore always wrapped under a key the keyring holds.
+``rotate`` adds a key only when every session already uses the current one; otherwise a
+previous rotation was cut short and it finishes that one instead (as ``rewrap`` does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import msgspec
+
+from lucidd.crypto import Keyring, rewrap_secret, wrapped_key_id
+from lucidd.daemon.config import load_config
+from lucidd.daemon.default_dirs import resolve_dirs
+from lucidd.daemon.folders import lock_state_folder
+from lucidd.daemon.keyfile import (
+    load_keyring,
+    remove_keyring_temps,
+    replace_keyring,
+    state_keyring_path,
+    write_keyring,
+)
+from lucidd.daemon.store import list_session_dirs, read_meta, session_dir_name, write_meta
+from lucidd.errors import BusyError, KeyringError, LucidError
+
+#: Test-only fault injection (tests/integration/test_keys.py): ``rotate``/``rewrap`` SIGKILL
+#: themselves after re-wrapping this many sessions, to show a crash mid-rewrap is harmless.
+KILL_AFTER_ENV: Final = "LUCIDD_TEST_KEYS_KILL_AFTER"
+
+
+@dataclass
+class KeyUsage:
+    """Which master key each session's metadata names."""
+
+    by_session: dict[bytes, int] = field(default_factory=dict)
+    #: Sessions whose metadata cannot be read or decoded: what is wrong.
+    unreadable: dict[bytes, str] = field(default_factory=dict)
+
+    def sessions_of(self, key_id: int) -> list[bytes]:
+        return [sid for sid, kid in self.by_session.items() if kid == key_id]
+
+    def count(self, key_id: int) -> int:
+        return len(self.sessions_of(key_id))
+
+
+def key_usage(state_dir: Path) -> KeyUsage:
+    """Read every session's metadata in ``state_dir``; never raises for one bad session."""
+    usage = KeyUsage()
+    for session_id, paths in list_session_dirs(state_dir):
+        try:
+            usage.by_session[session_id] = wrapped_key_id(read_meta(paths).wrapped_secret)
+        except (OSError, LucidError) as exc:
+            usage.unreadable[session_id] = str(exc)
+    return usage
+
+
+def describe_keys(keyring: Keyring, usage: KeyUsage) -> dict[str, object]:
+    """``keys list``'s result (the keyring format records no creation time: null)."""
+    keys = [
+        {
+            "id": key_id,
+            "current": key_id == keyring.current_id,
+            "created": None,
+            "sessions": usage.count(key_id),
+        }
+        for key_id in keyring.key_ids
+    ]
+    missing = {
+        session_dir_name(sid): kid
+        for sid, kid in usage.by_session.items()
+        if kid not in keyring.key_ids
+    }
+    return {
+        "current": keyring.current_id,
+        "keys": keys,
+        "sessions_missing_key": missing,
+        "unreadable": sorted(session_dir_name(sid) for sid in usage.unreadable),
+    }
+
+
+def rewrap_all(
+    state_dir: Path, keyring: Keyring, usage: KeyUsage, kill_after: int | None = None
+) -> tuple[int, list[str]]:
+    """Re-wrap every session not under the current key; (how many, the ones that failed).
+
+    Each new metadata is durable (temp file, fsync, rename, folder fsync: store.write_meta)
+    before the next session is touched. ``kill_after`` is the test-only fault injection.
+    """
+    done = 0
+    failed: list[str] = []
+    for session_id, paths in list_session_dirs(state_dir):
+        if usage.by_session.get(session_id, keyring.current_id) == keyring.current_id:
+            continue
+        if kill_after is not None and done >= kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        try:
+            meta = read_meta(paths)
+            wrapped = rewrap_secret(keyring, session_id, meta.wrapped_secret)
+            write_meta(paths, msgspec.structs.replace(meta, wrapped_secret=wrapped))
+        except (OSError, LucidError) as exc:
+            failed.append(f"{session_dir_name(session_id)} ({exc})")
+            continue
+        done += 1
+    return done, failed
+
+
+def rotate(
+    state_dir: Path, keyring_path: Path, *, force_new: bool, kill_after: int | None = None
+) -> dict[str, object]:
+    """Add a key if every session uses the current one (or ``force_new``), then re-wrap.
+
+    The daemon must be stopped (the caller holds the state lock). KeyringError (exit 78) at
+    the end naming any session that could not be re-wrapped; the others are done.
+    """
+    keyring = load_keyring(keyring_path)
+    usage = key_usage(state_dir)
+    stale = [
+        sid
+        for sid, kid in usage.by_session.items()
+        if kid != keyring.current_id and kid in keyring.key_ids
+    ]
+    added: int | None = None
+    if force_new or not stale:
+        keyring = keyring.rotated()
+        replace_keyring(keyring, keyring_path)  # durable before any session names the new key
+        added = keyring.current_id
+    rewrapped, failed = rewrap_all(state_dir, keyring, usage, kill_after)
+    _raise_failed(failed, usage)
+    return {"added": added, "current": keyring.current_id, "rewrapped": rewrapped}
+
+
+def rewrap(state_dir: Path, keyring_path: Path, kill_after: int | None = None) -> dict[str, object]:
+    """Re-wrap every session under the current key; adds no key."""
+    keyring = load_keyring(keyring_path)
+    usage = key_usage(state_dir)
+    rewrapped, failed = rewrap_all(state_dir, keyring, usage, kill_after)
+    _raise_failed(failed, usage)
+    return {"added": None, "current": keyring.current_id, "rewrapped": rewrapped}
+
+
+def _raise_failed(failed: list[str], usage: KeyUsage) -> None:
+    bad = failed + [f"{session_dir_name(s)} ({why})" for s, why in usage.unreadable.items()]
+    if bad:
+        raise KeyringError(
+            f"{len(bad)} session(s) could not be re-wrapped: {'; '.join(sorted(bad))}",
+            sessions=len(bad),
+        )
+
+
+def retire(state_dir: Path, keyring_path: Path, key_id: int) -> dict[str, object]:
+    """Remove ``key_id`` once no session's metadata names it; KeyringError (78) otherwise."""
+    keyring = load_keyring(keyring_path)
+    if key_id not in keyring.key_ids:
+        raise KeyringError(f"the keyring has no key {key_id}", key_id=key_id)
+    if key_id == keyring.current_id:
+        raise KeyringError(
+            f"key {key_id} is the current key; rotate first, then retire it", key_id=key_id
+        )
+    usage = key_usage(state_dir)
+    needing = sorted(session_dir_name(sid) for sid in usage.sessions_of(key_id))
+    if needing:
+        raise KeyringError(
+            f"key {key_id} still wraps {len(needing)} session(s): {', '.join(needing)}; "
+            "run 'lucidd keys rewrap' first",
+            key_id=key_id,
+            sessions=len(needing),
+        )
+    if usage.unreadable:
+        names = ", ".join(sorted(session_dir_name(sid) for sid in usage.unreadable))
+        raise KeyringError(
+            f"cannot tell which key these sessions need (unreadable metadata): {names}",
+            key_id=key_id,
+        )
+    replace_keyring(keyring.without(key_id), keyring_path)
+    return {"retired": key_id, "current": keyring.current_id, "keys": len(keyring.key_ids) - 1}
+
+
+@contextmanager
+def stopped_state_folder(state_dir: Path) -> Iterator[None]:
+    """Hold the state folder's lock: refuse (BusyError, 75) if a daemon is running on it."""
+    if not state_dir.is_dir():
+        raise KeyringError(f"state folder {state_dir} does not exist", path=str(state_dir))
+    owner = state_dir.stat().st_uid
+    if owner != os.geteuid():  # new metadata would be ours, and unreadable to the daemon
+        raise KeyringError(
+            f"state folder {state_dir} belongs to uid {owner}: run lucidd keys as the "
+            f"daemon's user (for example: runuser -u lucidd -- lucidd keys ...)",
+            path=str(state_dir),
+        )
+    try:
+        fd = lock_state_folder(state_dir)
+    except BusyError as err:
+        raise BusyError(
+            f"{err.message}; stop it first: lucidd keys changes keys only on a stopped "
+            "state folder",
+            path=str(state_dir),
+        ) from None
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``lucidd keys`` subcommands."""
+    keys = sub.add_parser("keys", help="list, rotate, retire or export master keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="TOML config file")
+    common.add_argument("--state-dir", help="folder for sessions and keys")
+    common.add_argument("--keyring", type=Path, help="keyring file (default: as configured)")
+    common.add_argument("--json", action="store_true", help="print one JSON object")
+    keys_sub.add_parser("list", parents=[common], help="key ids, current, sessions wrapped")
+    rot = keys_sub.add_parser("rotate", parents=[common], help="new current key; re-wrap all")
+    rot.add_argument("--new", action="store_true", help="add a key even to finish a rotation")
+    keys_sub.add_parser("rewrap", parents=[common], help="re-wrap sessions under the current key")
+    ret = keys_sub.add_parser("retire", parents=[common], help="remove a key no session needs")
+    ret.add_argument("key_id", type=int, metavar="ID")
+    exp = keys_sub.add_parser("export", parents=[common], help="copy the keyring for backup")
+    exp.add_argument("-o", "--output", type=Path, required=True, help="file to create (0600)")
+
+
+def run_keys(args: argparse.Namespace, config_file: Path | None) -> int:
+    """Run one ``lucidd keys`` subcommand; LucidError for the caller to report."""
+    toml_text = config_file.read_bytes() if config_file is not None else None
+    env = dict(os.environ)
+    config = load_config(toml_text, env, {"state_dir": args.state_dir})
+    config = resolve_dirs(config, env, str(Path.home()), os.getuid())
+    state_dir = Path(config.state_dir)
+    keyring_path: Path = args.keyring or (
+        Path(config.keyring) if config.keyring else state_keyring_path(state_dir)
+    )
+    kill = env.get(KILL_AFTER_ENV)
+    kill_after = int(kill) if kill else None
+    command: str = args.keys_command
+    result: dict[str, object]
+    if command == "list":
+        result = {"keyring": str(keyring_path)}
+        result |= describe_keys(load_keyring(keyring_path), key_usage(state_dir))
+    elif command == "export":
+        write_keyring(load_keyring(keyring_path), args.output)
+        result = {"exported": str(args.output)}
+    else:
+        with stopped_state_folder(state_dir):
+            remove_keyring_temps(keyring_path)  # a killed run's copies of the keys
+            if command == "rotate":
+                result = rotate(state_dir, keyring_path, force_new=args.new, kill_after=kill_after)
+            elif command == "rewrap":
+                result = rewrap(state_dir, keyring_path, kill_after)
+            else:
+                result = retire(state_dir, keyring_path, args.key_id)
+    _print(result, as_json=args.json)
+    return 0
+
+
+def _print(result: dict[str, object], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+        return
+    keys = result.get("keys")
+    if isinstance(keys, list):
+        print(f"keyring {result['keyring']}")
+        for key in keys:
+            mark = " (current)" if key["current"] else ""
+            print(f"key {key['id']}{mark}: created unknown, wraps {key['sessions']} session(s)")
+        for name, kid in dict(result["sessions_missing_key"]).items():  # type: ignore[call-overload]
+            print(f"session {name} needs key {kid}, which the keyring lacks")
+        for name in list(result["unreadable"]):  # type: ignore[call-overload]
+            print(f"session {name}: metadata unreadable")
+        return
+    print(" ".join(f"{k}={v}" for k, v in result.items()))
+    sys.stdout.flush()
