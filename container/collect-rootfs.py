@@ -18,9 +18,11 @@ from pathlib import Path
 
 VENV = Path("/opt/lucidd")
 NOBODY = 65534
-#: Parts of the standard library lucidd never imports; ensurepip carries pip's wheel.
+#: Parts of the standard library lucidd never imports; ensurepip carries pip's wheel; Debian's
+#: sitecustomize.py is a link into /etc/python3.11, which the image does not have.
 STDLIB_DROP = frozenset(
     {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "__pycache__"}
+    | {"sitecustomize.py"}
 )
 PASSWD = (
     "root:x:0:0:root:/root:/nonexistent\nnobody:x:65534:65534:nobody:/nonexistent:/nonexistent\n"
@@ -74,7 +76,7 @@ def shared_libraries(elf: Path) -> set[Path]:
 
 def main(out: Path) -> None:
     out.mkdir(parents=True)
-    for name in ("lib", "lib64", "sbin"):  # Debian's merged /usr; no /bin (no shell there)
+    for name in ("lib", "lib64"):  # Debian's merged /usr; no /bin (no shell there)
         if Path("/usr", name).exists():
             (out / "usr" / name).mkdir(parents=True)
             os.symlink(f"usr/{name}", out / name)
