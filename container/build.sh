@@ -68,5 +68,8 @@ if [[ ${REBUILD:-0} == 1 ]] || ! podman image exists "$image"; then
     buildah bud "${BUILD_FLAGS[@]}" --format docker --layers=false \
         --build-arg "BASE=$BASE" -f container/Containerfile -t "$image" . >&2
     podman tag "$image" localhost/lucidd:latest
+    # Older builds of other sources would pile up (about 110 MB each): keep this one only.
+    podman images --format '{{.Repository}}:{{.Tag}}' localhost/lucidd \
+        | grep -v -e ":$hash\$" -e ':latest$' | xargs -r podman rmi >&2 || true
 fi
 echo "$image"
