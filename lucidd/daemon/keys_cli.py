@@ -255,7 +255,6 @@ def add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     common.add_argument("--state-dir", help="folder for sessions and keys")
     common.add_argument("--keyring", type=Path, help="keyring file (default: as configured)")
     common.add_argument("--json", action="store_true", help="print one JSON object")
-    keys_sub.add_parser("list", parents=[common], help="key ids, current, sessions wrapped")
     rot = keys_sub.add_parser("rotate", parents=[common], help="new current key; re-wrap all")
     rot.add_argument("--new", action="store_true", help="add a key even to finish a rotation")
     keys_sub.add_parser("rewrap", parents=[common], help="re-wrap sessions under the current key")
@@ -272,6 +271,9 @@ def add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--passphrase-file",
         type=Path,
         help="the new passphrase from this file (0600; default: typed twice on a terminal)",
+    )
+    keys_sub.add_parser(
+        "list", parents=[common, unlocking], help="key ids, current, sessions wrapped"
     )
     exp = keys_sub.add_parser(
         "export",
@@ -302,11 +304,16 @@ def run_keys(args: argparse.Namespace, config_file: Path | None) -> int:
     kill_after = int(kill) if kill else None
     command: str = args.keys_command
     result: dict[str, object]
+
+    def unlock(_: Path) -> bytes:  # list, export, passwd: a locked keyring's passphrase
+        return current_passphrase(args.old_passphrase_file)
+
     if command == "list":
         result = {"keyring": str(keyring_path)}
-        result |= describe_keys(load_keyring(keyring_path), key_usage(state_dir))
+        keyring = load_keyring(keyring_path, unlock)
+        result |= describe_keys(keyring, key_usage(state_dir))
     elif command == "export":
-        keyring = load_keyring(keyring_path, lambda _: current_passphrase(args.old_passphrase_file))
+        keyring = load_keyring(keyring_path, unlock)
         locked = keyring.lock(new_passphrase(args.passphrase_file)) if args.lock else keyring
         write_keyring(locked, args.output)
         result = {"exported": str(args.output)} | ({"locked": True} if args.lock else {})
@@ -317,7 +324,7 @@ def run_keys(args: argparse.Namespace, config_file: Path | None) -> int:
                 result = passwd(
                     keyring_path,
                     None if args.remove else lambda: new_passphrase(args.passphrase_file),
-                    lambda _: current_passphrase(args.old_passphrase_file),
+                    unlock,
                 )
             elif command == "rotate":
                 result = rotate(state_dir, keyring_path, force_new=args.new, kill_after=kill_after)

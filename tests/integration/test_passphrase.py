@@ -119,12 +119,20 @@ def test_passwd_changes_and_removes_the_passphrase_keeping_the_keys(short_tmp: P
         daemon, "passwd", "--old-passphrase-file", first, "--passphrase-file", second
     ).ok()
     assert changed["was_locked"] is True
+    listed = keys(daemon, "list", "--old-passphrase-file", second).ok()
+    assert listed["current"] == original.current_id
+    refused = keys(daemon, "rotate")
+    assert refused.code == EX_CONFIG and "passphrase-locked" in refused.stderr
     wrong = keys(daemon, "passwd", "--remove", "--old-passphrase-file", first)
     assert wrong.code == EX_CONFIG and "passphrase:" in wrong.stderr
     assert PASSPHRASE not in wrong.stderr and WRONG not in wrong.stderr
     removed = keys(daemon, "passwd", "--remove", "--old-passphrase-file", second).ok()
     assert removed == {"keyring": str(keyring_file), "locked": False, "was_locked": True}
     assert Keyring.parse(keyring_file.read_bytes()) == original
+    export = short_tmp / "backup"
+    exported = keys(daemon, "export", "-o", export, "--lock", "--passphrase-file", first).ok()
+    assert exported == {"exported": str(export), "locked": True}
+    assert Keyring.unlock(export.read_bytes(), PASSPHRASE) == original
     again = keys(daemon, "passwd", "--remove")
     assert again.code == EX_CONFIG and "no passphrase to remove" in again.stderr
     group_readable = _private_file(secrets / "open", PASSPHRASE)
