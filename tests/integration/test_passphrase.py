@@ -9,16 +9,20 @@ the passphrase or the keys. Each lock or unlock is one Argon2id derivation (~0.3
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
 
 from lucidd.crypto import LOCKED_MAGIC_LINE, Keyring
 from lucidd.daemon.keyfile import state_keyring_path
 from lucidd.daemon.passphrase import PASSPHRASE_CREDENTIAL
 from tests.conftest import Daemon
+from tests.faults.test_worker_timeout import worker_pids
 from tests.integration.test_keys import EX_CONFIG, keys
 from tests.integration.test_lucidctl import ctl, put_file, random_file
 
 EXIT_TIMEOUT_S = 60.0
+RESPAWN_TIMEOUT_S = 30.0
 PASSPHRASE = "correct horse battery staple"
 WRONG = "incorrect donkey battery staple"
 
@@ -80,6 +84,13 @@ def test_locked_keyring_serves_with_the_credential_and_refuses_a_wrong_or_missin
     copy = tmp_path / "copy"
     ctl(daemon, "--json", "get", session, "-o", copy).ok()
     assert copy.read_bytes() == data
+    # A replaced worker gets the unlocked keyring from its spec too (it cannot unlock the file).
+    killed = worker_pids(daemon)["worker0"]
+    os.kill(killed, signal.SIGKILL)
+    deadline = time.monotonic() + RESPAWN_TIMEOUT_S
+    while worker_pids(daemon).get("worker0", killed) == killed:
+        assert time.monotonic() < deadline, daemon.log()
+        time.sleep(0.1)
     path2, data2 = random_file(tmp_path, "chunk2", 70_000)
     session2 = put_file(daemon, path2)["session"]
     assert daemon.stop() == 0
