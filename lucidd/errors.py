@@ -69,6 +69,15 @@ class KeyringError(LucidError):
     exit_code = EX_CONFIG
 
 
+class PassphraseError(KeyringError):
+    """A passphrase-locked keyring could not be unlocked: wrong passphrase, or none to be had.
+
+    The message says which source was tried or where to put one; never the passphrase."""
+
+    code = "passphrase"
+    exit_code = EX_CONFIG
+
+
 class ConfigError(LucidError):
     """An invalid configuration value; the message names the field and the allowed range."""
 
@@ -246,6 +255,7 @@ _ALL: tuple[type[LucidError], ...] = (
     FormatError,
     IntegrityError,
     KeyringError,
+    PassphraseError,
     ConfigError,
     BadFrameError,
     BadRequestError,

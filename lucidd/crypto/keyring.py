@@ -34,7 +34,7 @@ from lucidd.crypto.record import (
     check_session_id,
 )
 from lucidd.crypto.seal import gcm_open
-from lucidd.errors import FormatError, KeyringError
+from lucidd.errors import FormatError, KeyringError, PassphraseError
 
 KEY_ID_MAX: Final = U32_MAX
 KEYRING_MAGIC_LINE: Final = "lucidd-keyring v1"
@@ -141,6 +141,11 @@ class Keyring:
 
     __hash__ = None  # type: ignore[assignment]  # equal by contents, and mutable-looking
 
+    def __reduce__(self) -> tuple[type[Keyring], tuple[dict[int, bytes], int]]:
+        """Pickle support: the supervisor hands an unlocked keyring to its children in memory
+        (the forkserver's pipe), never through a file."""
+        return (Keyring, (dict(self._keys), self._current_id))
+
     def serialize(self) -> bytes:
         """The keyring file text (docs/format.md): magic line, ``key`` lines, ``current`` line."""
         lines = [KEYRING_MAGIC_LINE]
@@ -223,8 +228,13 @@ class Keyring:
                 bytes.fromhex(nonce[1]), bytes.fromhex(sealed[1]), _locked_header(salt)
             )
         except InvalidTag:
-            raise KeyringError("wrong passphrase, or the locked keyring is damaged") from None
+            raise PassphraseError("wrong passphrase, or the locked keyring is damaged") from None
         return cls.parse(text)
+
+
+def is_locked(data: bytes) -> bool:
+    """Whether keyring file text is a :meth:`Keyring.lock` ed keyring (its first line)."""
+    return data.startswith(LOCKED_MAGIC_LINE.encode("ascii") + b"\n")
 
 
 def _locked_header(salt: bytes) -> bytes:

@@ -10,12 +10,15 @@ Keys and payload bytes never travel here: a :class:`Seal` names a byte range of 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 import msgspec
 
 from lucidd import protocol as p
+from lucidd.crypto import Keyring
 from lucidd.daemon.config import Config
 from lucidd.vocabulary import SessionState
 
@@ -36,7 +39,10 @@ class IpcMessage(msgspec.Struct, frozen=True, tag_field="t", array_like=True):
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """Everything a worker is started with; picklable and free of secrets (a path, not a key)."""
+    """Everything a worker is started with; picklable, and free of secrets (a path, not a key)
+    unless the keyring file is passphrase-locked: then ``keyring`` is the keyring the
+    supervisor unlocked, pickled through the forkserver's pipe (never a file; ``repr`` shows
+    no key)."""
 
     worker_id: int
     config: Config
@@ -45,11 +51,13 @@ class WorkerSpec:
     ring_size: int
     #: How many times worker ``worker_id`` was replaced before this one (0 for the first).
     incarnation: int = 0
+    keyring: Keyring | None = None
 
 
 @dataclass(frozen=True)
 class AggregatorSpec:
-    """Everything the aggregator is started with (like WorkerSpec, no secrets)."""
+    """Everything the aggregator is started with (like WorkerSpec: no secrets but ``keyring``,
+    the unlocked keyring of a passphrase-locked file)."""
 
     config: Config
     keyring_path: str
@@ -58,6 +66,12 @@ class AggregatorSpec:
     #: True at daemon start (no worker runs yet: torn segment tails may be cut off);
     #: False when a dead aggregator is replaced while workers keep writing.
     repair: bool = True
+    keyring: Keyring | None = None
+
+
+def spec_keyring(spec: WorkerSpec | AggregatorSpec, load: Callable[[Path], Keyring]) -> Keyring:
+    """The keyring a child uses: the one in its spec, else ``load(spec.keyring_path)``."""
+    return spec.keyring if spec.keyring is not None else load(Path(spec.keyring_path))
 
 
 # --- supervisor -> worker -----------------------------------------------------------------

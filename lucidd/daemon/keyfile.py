@@ -20,11 +20,12 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from lucidd.crypto import Keyring
-from lucidd.errors import KeyringError
+from lucidd.crypto import Keyring, is_locked
+from lucidd.errors import KeyringError, PassphraseError
 
 __all__ = [
     "CREDENTIAL_NAME",
@@ -32,6 +33,7 @@ __all__ = [
     "KEYRING_FILE_MODE",
     "create_keyring",
     "load_keyring",
+    "read_keyring_file",
     "remove_keyring_temps",
     "replace_keyring",
     "resolve_keyring",
@@ -149,14 +151,13 @@ def open_key_file(path: Path, what: str, *, symlink_fix: str, missing_fix: str) 
     return fd
 
 
-def load_keyring(path: Path) -> Keyring:
-    """Open, check and parse the keyring at ``path``.
+def read_keyring_file(path: Path) -> bytes:
+    """Open and check the keyring file at ``path`` and return its text, plain or locked.
 
     Opens with ``O_NOFOLLOW`` and checks the open descriptor (``fstat``), so a symlink or a file
     swapped after a check cannot be read. Raises :class:`KeyringError` if the file is missing, a
     symlink, not regular, not owned by the effective uid, has any group/other mode bit or more
-    than one hard link, lies in a folder not ours (nor root's) or group/other-writable, or is
-    malformed.
+    than one hard link, or lies in a folder not ours (nor root's) or group/other-writable.
     """
     fd = open_key_file(
         path,
@@ -165,11 +166,30 @@ def load_keyring(path: Path) -> Keyring:
         missing_fix="create one with 'lucidd keygen'",
     )
     try:
-        data = _read_all(fd, path)
+        return _read_all(fd, path)
     finally:
         os.close(fd)
+
+
+def load_keyring(path: Path, passphrase: Callable[[Path], bytes] | None = None) -> Keyring:
+    """Open, check (as :func:`read_keyring_file`) and parse the keyring at ``path``.
+
+    A passphrase-locked keyring is unlocked with ``passphrase(path)`` (one Argon2id derivation,
+    docs/keys.md); without ``passphrase`` it is refused. :class:`KeyringError` if malformed,
+    :class:`~lucidd.errors.PassphraseError` if the passphrase is wrong or cannot be had.
+    """
+    data = read_keyring_file(path)
     try:
-        return Keyring.parse(data)
+        if not is_locked(data):
+            return Keyring.parse(data)
+        if passphrase is None:
+            raise KeyringError(
+                "it is passphrase-locked, and this command cannot unlock it: remove the "
+                "passphrase with 'lucidd keys passwd --remove' first"
+            )
+        return Keyring.unlock(data, passphrase(path))
+    except PassphraseError as exc:
+        raise PassphraseError(f"keyring {path}: {exc.message}", path=str(path)) from None
     except KeyringError as exc:
         raise KeyringError(f"keyring {path}: {exc.message}", path=str(path)) from None
 
@@ -213,14 +233,14 @@ def _write_new_file(path: Path, data: bytes) -> None:
     _fsync_dir(folder)
 
 
-def write_keyring(keyring: Keyring, dest: Path | BinaryIO) -> None:
-    """Write ``keyring`` as keyring file text.
+def write_keyring(keyring: Keyring | bytes, dest: Path | BinaryIO) -> None:
+    """Write ``keyring`` as keyring file text (or write that text: a locked keyring's).
 
     ``dest`` is a path (created 0600, atomically and durably; an existing file is never
     overwritten: :class:`KeyringError`) or a binary file object such as ``sys.stdout.buffer``
     for ``lucidd keygen | systemd-creds encrypt - ...`` (the caller owns flushing it).
     """
-    data = keyring.serialize()
+    data = keyring.serialize() if isinstance(keyring, Keyring) else keyring
     if not isinstance(dest, Path):
         dest.write(data)
         return
@@ -234,14 +254,16 @@ def write_keyring(keyring: Keyring, dest: Path | BinaryIO) -> None:
         raise KeyringError(f"cannot write keyring {dest}: {exc.strerror}", path=str(dest)) from None
 
 
-def replace_keyring(keyring: Keyring, path: Path) -> None:
-    """Atomically and durably replace the keyring at ``path`` (``lucidd keys rotate``/``retire``).
+def replace_keyring(keyring: Keyring | bytes, path: Path) -> None:
+    """Atomically and durably replace the keyring at ``path`` (``lucidd keys rotate``/``retire``,
+    ``passwd``): ``keyring`` is a :class:`Keyring` or keyring file text (a locked one).
 
     The new text goes to an ``O_EXCL`` temp file (0600) in the same folder, is fsynced, renamed
     over ``path`` and the folder fsynced: when this returns the new keyring is durable, and a
     crash at any point leaves either the old keyring or the new one, whole. The folder gets
     the same checks as a load.
     """
+    data = keyring.serialize() if isinstance(keyring, Keyring) else keyring
     _check_parent(path)
     folder = path.parent
     temp = folder / f".{path.name}.tmp-{os.urandom(_TEMP_SUFFIX_BYTES).hex()}"
@@ -251,7 +273,7 @@ def replace_keyring(keyring: Keyring, path: Path) -> None:
         try:
             try:
                 os.fchmod(fd, KEYRING_FILE_MODE)
-                _write_fd(fd, keyring.serialize())
+                _write_fd(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -311,7 +333,10 @@ def _lexists(path: Path) -> bool:
 
 
 def resolve_keyring(
-    state_dir: Path, configured_path: Path | None, credentials_directory: str | None
+    state_dir: Path,
+    configured_path: Path | None,
+    credentials_directory: str | None,
+    passphrase: Callable[[Path], bytes] | None = None,
 ) -> Keyring:
     """Find and load the daemon's keyring in the order of DESIGN §4.
 
@@ -319,19 +344,21 @@ def resolve_keyring(
        mode 0400, owned by us);
     2. else ``configured_path``, which must exist;
     3. else ``<state_dir>/keys/keyring``, created on first start.
+
+    A passphrase-locked one is unlocked with ``passphrase`` (see :func:`load_keyring`).
     """
     if credentials_directory:
         credential = Path(credentials_directory) / CREDENTIAL_NAME
         if _lexists(credential):
-            return load_keyring(credential)
+            return load_keyring(credential, passphrase)
     if configured_path is not None:
-        return load_keyring(configured_path)
+        return load_keyring(configured_path, passphrase)
     default = state_keyring_path(state_dir)
     if _lexists(default):
-        return load_keyring(default)
+        return load_keyring(default, passphrase)
     try:
         return create_keyring(default)
     except KeyringError:
         if _lexists(default):  # another process created it between our check and our link
-            return load_keyring(default)
+            return load_keyring(default, passphrase)
         raise

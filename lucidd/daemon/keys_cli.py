@@ -1,8 +1,9 @@
-"""``lucidd keys``: list, rotate, rewrap, retire and export master keys (layer 3, docs/keys.md).
+"""``lucidd keys``: list, rotate, rewrap, retire, export master keys; lock them with a
+passphrase (``passwd``) (layer 3, docs/keys.md).
 
-Works on the files of a state folder, not through a daemon. ``rotate``, ``rewrap`` and
-``retire`` take the state folder's lock (:func:`~lucidd.daemon.folders.lock_state_folder`) for
-their whole run, so they refuse a folder a daemon is serving (exit 75) and no daemon can start
+Works on the files of a state folder, not through a daemon. ``rotate``, ``rewrap``, ``retire``
+and ``passwd`` take the state folder's lock (:func:`~lucidd.daemon.folders.lock_state_folder`)
+for their whole run, so they refuse a folder a daemon is serving (exit 75) and no daemon can start
 on it while they write; ``list`` and ``export`` only read and run beside a daemon.
 
 Rotation is crash-safe by order: the keyring holding the new *and* the old keys is durable
@@ -20,7 +21,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,17 +29,19 @@ from typing import Final
 
 import msgspec
 
-from lucidd.crypto import Keyring, rewrap_secret, wrapped_key_id
+from lucidd.crypto import Keyring, is_locked, rewrap_secret, wrapped_key_id
 from lucidd.daemon.config import load_config
 from lucidd.daemon.default_dirs import resolve_dirs
 from lucidd.daemon.folders import lock_state_folder
 from lucidd.daemon.keyfile import (
     load_keyring,
+    read_keyring_file,
     remove_keyring_temps,
     replace_keyring,
     state_keyring_path,
     write_keyring,
 )
+from lucidd.daemon.passphrase import current_passphrase, new_passphrase
 from lucidd.daemon.store import list_session_dirs, read_meta, session_dir_name, write_meta
 from lucidd.errors import BusyError, KeyringError, LucidError
 
@@ -194,6 +197,29 @@ def retire(state_dir: Path, keyring_path: Path, key_id: int) -> dict[str, object
     return {"retired": key_id, "current": keyring.current_id, "keys": len(keyring.key_ids) - 1}
 
 
+def passwd(
+    keyring_path: Path, new: Callable[[], bytes] | None, old: Callable[[Path], bytes]
+) -> dict[str, object]:
+    """Lock the keyring with the passphrase ``new()``, or store it unlocked (``new`` None).
+
+    A locked keyring is first opened with ``old(path)``. The file is replaced atomically
+    (:func:`~lucidd.daemon.keyfile.replace_keyring`); the keys are the same, so sessions are
+    untouched. Costs one Argon2id derivation per lock and unlock. KeyringError (78) if
+    removing a passphrase from a keyring that has none.
+    """
+    was_locked = is_locked(read_keyring_file(keyring_path))
+    keyring = load_keyring(keyring_path, old)
+    if new is None:
+        if not was_locked:
+            raise KeyringError(
+                f"keyring {keyring_path} has no passphrase to remove", path=str(keyring_path)
+            )
+        replace_keyring(keyring, keyring_path)
+    else:
+        replace_keyring(keyring.lock(new()), keyring_path)
+    return {"keyring": str(keyring_path), "locked": new is not None, "was_locked": was_locked}
+
+
 @contextmanager
 def stopped_state_folder(state_dir: Path) -> Iterator[None]:
     """Hold the state folder's lock: refuse (BusyError, 75) if a daemon is running on it."""
@@ -229,14 +255,39 @@ def add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     common.add_argument("--state-dir", help="folder for sessions and keys")
     common.add_argument("--keyring", type=Path, help="keyring file (default: as configured)")
     common.add_argument("--json", action="store_true", help="print one JSON object")
-    keys_sub.add_parser("list", parents=[common], help="key ids, current, sessions wrapped")
     rot = keys_sub.add_parser("rotate", parents=[common], help="new current key; re-wrap all")
     rot.add_argument("--new", action="store_true", help="add a key even to finish a rotation")
     keys_sub.add_parser("rewrap", parents=[common], help="re-wrap sessions under the current key")
     ret = keys_sub.add_parser("retire", parents=[common], help="remove a key no session needs")
     ret.add_argument("key_id", type=int, metavar="ID")
-    exp = keys_sub.add_parser("export", parents=[common], help="copy the keyring for backup")
+    unlocking = argparse.ArgumentParser(add_help=False)
+    unlocking.add_argument(
+        "--old-passphrase-file",
+        type=Path,
+        help="a locked keyring's passphrase from this file (0600; default: a terminal prompt)",
+    )
+    new_passphrase_file = argparse.ArgumentParser(add_help=False)
+    new_passphrase_file.add_argument(
+        "--passphrase-file",
+        type=Path,
+        help="the new passphrase from this file (0600; default: typed twice on a terminal)",
+    )
+    keys_sub.add_parser(
+        "list", parents=[common, unlocking], help="key ids, current, sessions wrapped"
+    )
+    exp = keys_sub.add_parser(
+        "export",
+        parents=[common, unlocking, new_passphrase_file],
+        help="copy the keyring for backup",
+    )
     exp.add_argument("-o", "--output", type=Path, required=True, help="file to create (0600)")
+    exp.add_argument("--lock", action="store_true", help="lock the copy with a new passphrase")
+    pw = keys_sub.add_parser(
+        "passwd",
+        parents=[common, unlocking, new_passphrase_file],
+        help="lock the keyring with a passphrase, change it, or remove it",
+    )
+    pw.add_argument("--remove", action="store_true", help="store the keyring unlocked")
 
 
 def run_keys(args: argparse.Namespace, config_file: Path | None) -> int:
@@ -253,16 +304,29 @@ def run_keys(args: argparse.Namespace, config_file: Path | None) -> int:
     kill_after = int(kill) if kill else None
     command: str = args.keys_command
     result: dict[str, object]
+
+    def unlock(_: Path) -> bytes:  # list, export, passwd: a locked keyring's passphrase
+        return current_passphrase(args.old_passphrase_file)
+
     if command == "list":
         result = {"keyring": str(keyring_path)}
-        result |= describe_keys(load_keyring(keyring_path), key_usage(state_dir))
+        keyring = load_keyring(keyring_path, unlock)
+        result |= describe_keys(keyring, key_usage(state_dir))
     elif command == "export":
-        write_keyring(load_keyring(keyring_path), args.output)
-        result = {"exported": str(args.output)}
+        keyring = load_keyring(keyring_path, unlock)
+        locked = keyring.lock(new_passphrase(args.passphrase_file)) if args.lock else keyring
+        write_keyring(locked, args.output)
+        result = {"exported": str(args.output)} | ({"locked": True} if args.lock else {})
     else:
         with stopped_state_folder(state_dir):
             remove_keyring_temps(keyring_path)  # a killed run's copies of the keys
-            if command == "rotate":
+            if command == "passwd":
+                result = passwd(
+                    keyring_path,
+                    None if args.remove else lambda: new_passphrase(args.passphrase_file),
+                    unlock,
+                )
+            elif command == "rotate":
                 result = rotate(state_dir, keyring_path, force_new=args.new, kill_after=kill_after)
             elif command == "rewrap":
                 result = rewrap(state_dir, keyring_path, kill_after)

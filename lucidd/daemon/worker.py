@@ -79,7 +79,7 @@ class Worker:
         self._inbox = InboxReader(take_fd(inbox), ipc.decoder(ipc.SupervisorToWorker))
         self._results = results
         self._acks = acks
-        self._keyring: Keyring = load_keyring(Path(spec.keyring_path))
+        self._keyring: Keyring = ipc.spec_keyring(spec, load_keyring)
         self._ring = RingReader(spec.ring_name, spec.ring_size)
         # Anonymous mmap rather than a bytearray: pages are touched only as far as the largest
         # record sealed whole (a bytearray is zero-filled, so resident from the start).

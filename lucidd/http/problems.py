@@ -48,6 +48,7 @@ STATUS_BY_CODE: Final[dict[str, int]] = {
     "damaged": 500,
     "integrity": 500,
     "keyring": 500,
+    "passphrase": 500,
     "config": 500,
     "internal": 500,
     "replication_conflict": 500,

@@ -60,6 +60,7 @@ def keys(daemon: Daemon, *args: str | Path, env: dict[str, str] | None = None) -
         command,
         env=base | (env or {}),
         capture_output=True,
+        stdin=subprocess.DEVNULL,  # no terminal: a passphrase prompt fails rather than waits
         timeout=CLI_TIMEOUT_S,
         check=False,
         text=True,

@@ -61,6 +61,7 @@ LAYERS: Mapping[str, int] = {
     "daemon.store": 2,
     "daemon.segments": 2,  # segment files: append, scan, quarantine
     "daemon.keyfile": 2,
+    "daemon.passphrase": 2,  # where a locked keyring's passphrase comes from (credential, tty)
     "daemon.signing_key": 2,  # the host's Ed25519 checkpoint key (the keyring's file checks)
     "daemon.ring": 2,
     "daemon.channels": 2,
@@ -220,7 +221,8 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     "daemon.aggregator.merkle_log": frozenset({"daemon.aggregator.merkle_files"}),
     "daemon.aggregator.merkle_files": frozenset(),
     # The children's start-up specs carry the validated Config.
-    "daemon.ipc": frozenset({"daemon.config", "protocol.__init__"}),
+    # A child's spec may carry the unlocked Keyring (a locked keyring file, DESIGN §4).
+    "daemon.ipc": frozenset({"daemon.config", "protocol.__init__", "crypto.__init__"}),
     # A histogram's snapshot is the wire's Histogram.
     "daemon.histograms": frozenset({"protocol.__init__"}),
     # Settings are sizes, spelled the one way (units).
@@ -236,6 +238,8 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     "daemon.access": frozenset({"protocol.__init__"}),
     # The signing key file is guarded as the keyring file is.
     "daemon.signing_key": frozenset({"daemon.keyfile"}),
+    # The passphrase credential file is guarded as the keyring file is.
+    "daemon.passphrase": frozenset({"daemon.keyfile"}),
     # Something must name the child processes' entry points to spawn them; only children may.
     "daemon.supervisor.children": frozenset({"daemon.supervisor.fds"}),
     # The forkserver's preload module exists to import the child mains.

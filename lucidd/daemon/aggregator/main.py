@@ -109,7 +109,7 @@ class Aggregator:
         self.default_compression = spec.config.compression
         self.policy = access_policy(spec.config.admin_group)
         state_dir = Path(spec.config.state_dir)
-        self.ledger = Ledger(state_dir, load_keyring(Path(spec.keyring_path)))
+        self.ledger = Ledger(state_dir, ipc.spec_keyring(spec, load_keyring))
         origin = resolve_origin(spec.config.origin, state_dir)
         credentials = Path(credentials_dir) if credentials_dir else None
         signer = resolve_signing_key(state_dir, credentials, signing_key_name(origin))

@@ -27,6 +27,7 @@ from typing import Any, Final
 
 import uvloop
 
+from lucidd.crypto import Keyring
 from lucidd.daemon import ipc
 from lucidd.daemon.config import Config
 from lucidd.daemon.default_dirs import fallback_runtime_dir
@@ -38,7 +39,7 @@ from lucidd.daemon.folders import (
     lock_state_folder,
 )
 from lucidd.daemon.histograms import snapshots
-from lucidd.daemon.keyfile import CREDENTIAL_NAME, resolve_keyring, state_keyring_path
+from lucidd.daemon.passphrase import daemon_keyring
 from lucidd.daemon.peers import access_policy
 from lucidd.daemon.procutil import keep_keys_out_of_dumps
 from lucidd.daemon.ring import Ring, remove_stale_rings, ring_name
@@ -65,17 +66,6 @@ EXTEND_INTERVAL_S: Final = 5.0
 EXTEND_BY_S: Final = 15.0
 
 
-def keyring_path(config: Config, env: dict[str, str]) -> Path:
-    """Load (or create) the keyring and return the file the children should load."""
-    state_dir = Path(config.state_dir)
-    configured = Path(config.keyring) if config.keyring else None
-    credentials = env.get("CREDENTIALS_DIRECTORY")
-    resolve_keyring(state_dir, configured, credentials)
-    if credentials and os.path.lexists(Path(credentials) / CREDENTIAL_NAME):
-        return Path(credentials) / CREDENTIAL_NAME
-    return configured if configured is not None else state_keyring_path(state_dir)
-
-
 class Supervisor:
     """Owns the sockets, the ring and the children; runs the data path on its loop."""
 
@@ -96,6 +86,8 @@ class Supervisor:
         #: The replicator's feed and held acks (None: no replication_url).
         self._replication: ReplicationLink | None = None
         self._credentials_dir = ""
+        #: The keyring, if its file is passphrase-locked (children get it in their spec).
+        self._unlocked: Keyring | None = None
         self.exit_code = 0
 
     async def run(self) -> int:
@@ -110,7 +102,10 @@ class Supervisor:
         private = config.runtime_dir == fallback_runtime_dir(os.getuid())
         mode = PRIVATE_RUNTIME_DIR_MODE if private else RUNTIME_DIR_MODE
         ensure_own_folder(runtime, mode, "runtime folder")
-        keyring = str(keyring_path(config, env))
+        path, self._unlocked = daemon_keyring(
+            config.state_dir, config.keyring, env.get("CREDENTIALS_DIRECTORY"), env
+        )
+        keyring = str(path)
         for name in remove_stale_rings():
             log.warning("event=stale_ring_removed name=%s", name)
         ring = Ring(ring_name(os.getpid()), config.ring_size)
@@ -179,9 +174,10 @@ class Supervisor:
         """Admission, then the children whose results go straight to it, then the workers'
         links into admission: every part exists before anything can call it."""
         config = self.config
+        unlocked = self._unlocked
 
         def worker_spec(k: int) -> ipc.WorkerSpec:
-            return ipc.WorkerSpec(k, config, keyring, ring.name, ring.size)
+            return ipc.WorkerSpec(k, config, keyring, ring.name, ring.size, keyring=unlocked)
 
         ingest = Ingest(
             config, ring.buf, [], self._to_aggregator, access_policy(config.admin_group)
@@ -205,7 +201,9 @@ class Supervisor:
                 timeout=config.replication_timeout,
             )
             ingest.dispatcher.replication = self._replication
-        self._aggregator_spec = ipc.AggregatorSpec(config, keyring, ring.name, ring.size)
+        self._aggregator_spec = ipc.AggregatorSpec(
+            config, keyring, ring.name, ring.size, keyring=unlocked
+        )
         ingest.dispatcher.workers.extend(
             WorkerLink(*children.spawn_worker(k)) for k in range(config.workers)
         )
