@@ -41,6 +41,11 @@ def short_tmp(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
 
+def checkout_pythonpath() -> str:
+    """``PYTHONPATH`` with this checkout first, so a child runs the code the bench imports."""
+    return os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+
+
 def bench_daemon(base: Path, workers: int, env: Mapping[str, str]) -> Daemon:
     """A :class:`lucidd.testing.Daemon` that runs this checkout's ``lucidd``.
 
@@ -48,11 +53,10 @@ def bench_daemon(base: Path, workers: int, env: Mapping[str, str]) -> Daemon:
     lucidd`` imports from the current folder first), so the daemon runs the code the bench
     imports. The notify socket is closed once ``READY=1`` came: nobody reads it afterwards.
     """
-    pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     return Daemon(
         base,
         workers,
-        {**env, "PYTHONPATH": pythonpath},
+        {**env, "PYTHONPATH": checkout_pythonpath()},
         cwd=REPO_ROOT,
         listen=False,
         state_dir_name="s",

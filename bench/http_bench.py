@@ -35,7 +35,7 @@ from typing import Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._daemon import REPO_ROOT, bench_daemon, short_tmp
+from bench._daemon import REPO_ROOT, bench_daemon, checkout_pythonpath, short_tmp
 from bench._hdr import Histogram
 from bench._rows import Row, markdown
 from lucidd.client import ControlClient, DataClient, format_session_id
@@ -112,10 +112,7 @@ def daemon_and_gateway(settings: Settings) -> Iterator[tuple[Daemon, HttpGateway
         tokens = daemon.state_dir / "keys" / "http-tokens"
         tokens.write_text(f"{os.geteuid()} {TOKEN}\n")
         tokens.chmod(0o600)
-        pythonpath = os.pathsep.join(
-            p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
-        )
-        gateway = HttpGateway(daemon, "127.0.0.1:0", {"PYTHONPATH": pythonpath, **env})
+        gateway = HttpGateway(daemon, "127.0.0.1:0", {"PYTHONPATH": checkout_pythonpath(), **env})
         gateway.cwd = REPO_ROOT
         gateway.start()
         yield daemon, gateway

@@ -216,6 +216,13 @@ def _write_new_file(path: Path, data: bytes) -> None:
     keyring, not even one created concurrently. The temp name is then removed and the folder
     fsynced, so the new name is durable when this returns.
     """
+    _publish(path, data, os.link)
+
+
+def _publish(path: Path, data: bytes, put: Callable[[Path, Path], None]) -> None:
+    """``data`` in a fsynced ``O_EXCL`` temp file (0600) beside ``path``, given ``path``'s name
+    by ``put(temp, path)`` (``os.link``: create only; ``os.replace``: atomic replace); the temp
+    name is removed and the folder fsynced."""
     folder = path.parent
     temp = folder / f".{path.name}.tmp-{os.urandom(_TEMP_SUFFIX_BYTES).hex()}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -227,7 +234,7 @@ def _write_new_file(path: Path, data: bytes) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.link(temp, path)
+        put(temp, path)
     finally:
         temp.unlink(missing_ok=True)
     _fsync_dir(folder)
@@ -265,22 +272,8 @@ def replace_keyring(keyring: Keyring | bytes, path: Path) -> None:
     """
     data = keyring.serialize() if isinstance(keyring, Keyring) else keyring
     _check_parent(path)
-    folder = path.parent
-    temp = folder / f".{path.name}.tmp-{os.urandom(_TEMP_SUFFIX_BYTES).hex()}"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(temp, flags, KEYRING_FILE_MODE)
-        try:
-            try:
-                os.fchmod(fd, KEYRING_FILE_MODE)
-                _write_fd(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temp, path)
-        finally:
-            temp.unlink(missing_ok=True)
-        _fsync_dir(folder)
+        _publish(path, data, os.replace)
     except OSError as exc:
         raise KeyringError(
             f"cannot replace keyring {path}: {exc.strerror}", path=str(path)

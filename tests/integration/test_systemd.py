@@ -91,48 +91,60 @@ def timespan_s(value: str) -> float:
 # -- the unit files -------------------------------------------------------------------------
 
 
-def test_service_scores_safe_in_systemd_analyze_security() -> None:
+def security_exposure(service: Path) -> tuple[float, str]:
+    """``systemd-analyze security``'s overall exposure of ``service``, and its failing lines."""
     analyze = require_tool("systemd-analyze")
     result = subprocess.run(
-        [analyze, "security", "--offline=true", "--no-pager", str(SERVICE)],
+        [analyze, "security", "--offline=true", "--no-pager", str(service)],
         capture_output=True,
         text=True,
         cwd=UNITS,
         check=False,
     )
-    found = re.search(r"Overall exposure level for lucidd\.service: (\d+\.\d+)", result.stdout)
+    name = re.escape(service.name)
+    found = re.search(rf"Overall exposure level for {name}: (\d+\.\d+)", result.stdout)
     assert found is not None, result.stdout + result.stderr
     failing = "\n".join(line for line in result.stdout.splitlines() if line.startswith("✗"))
-    assert float(found[1]) <= MAX_EXPOSURE, failing
+    return float(found[1]), failing
 
 
-def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
-    """``verify`` also checks that ExecStart's program exists: where lucidd is not installed
-    at the unit's path, a stub stands in for it (nothing else in the units is changed)."""
+def analyze_verify(service: Path, tmp_path: Path, *others: Path) -> str:
+    """``systemd-analyze verify`` of ``service`` beside ``others``; its output. ``verify`` also
+    checks that ExecStart's program exists: where lucidd is not installed at the unit's path,
+    a stub stands in for it (nothing else in the units is changed)."""
     analyze = require_tool("systemd-analyze")
-    service = parse_unit(SERVICE)
-    program = one(service, "Service", "ExecStart").split()[0]
-    text = SERVICE.read_text()
+    program = one(parse_unit(service), "Service", "ExecStart").split()[0]
+    text = service.read_text()
     if not os.access(program, os.X_OK):
         stub = tmp_path / "bin" / "lucidd"
-        stub.parent.mkdir()
+        stub.parent.mkdir(exist_ok=True)
         stub.write_text("#!/bin/sh\n")
         stub.chmod(0o755)
         text = text.replace(f"ExecStart={program} ", f"ExecStart={stub} ")
     units = tmp_path / "units"
     units.mkdir()
-    (units / SERVICE.name).write_text(text)
-    for path in SOCKETS.values():
+    (units / service.name).write_text(text)
+    for path in others:
         shutil.copy(path, units / path.name)
+    checked = [units / service.name, *(units / p.name for p in others if p.suffix == ".socket")]
     result = subprocess.run(
-        [analyze, "verify", "--man=no", "--recursive-errors=no"]
-        + [str(units / name) for name in (SERVICE.name, *(p.name for p in SOCKETS.values()))],
+        [analyze, "verify", "--man=no", "--recursive-errors=no", *map(str, checked)],
         capture_output=True,
         text=True,
         check=False,
     )
     output = (result.stdout + result.stderr).strip()
     assert result.returncode == 0, output
+    return output
+
+
+def test_service_scores_safe_in_systemd_analyze_security() -> None:
+    exposure, failing = security_exposure(SERVICE)
+    assert exposure <= MAX_EXPOSURE, failing
+
+
+def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    output = analyze_verify(SERVICE, tmp_path, *SOCKETS.values())
     assert [line for line in output.splitlines() if "lucidd" in line] == []
 
 
@@ -549,44 +561,12 @@ MAX_HTTP_EXPOSURE = 1.5
 
 
 def test_http_service_scores_well_in_systemd_analyze_security() -> None:
-    analyze = require_tool("systemd-analyze")
-    result = subprocess.run(
-        [analyze, "security", "--offline=true", "--no-pager", str(HTTP_SERVICE)],
-        capture_output=True,
-        text=True,
-        cwd=UNITS,
-        check=False,
-    )
-    found = re.search(r"Overall exposure level for lucidd-http\.service: (\d+\.\d+)", result.stdout)
-    assert found is not None, result.stdout + result.stderr
-    failing = "\n".join(line for line in result.stdout.splitlines() if line.startswith("✗"))
-    assert float(found[1]) <= MAX_HTTP_EXPOSURE, failing
+    exposure, failing = security_exposure(HTTP_SERVICE)
+    assert exposure <= MAX_HTTP_EXPOSURE, failing
 
 
 def test_http_service_passes_systemd_analyze_verify(tmp_path: Path) -> None:
-    analyze = require_tool("systemd-analyze")
-    service = parse_unit(HTTP_SERVICE)
-    program = one(service, "Service", "ExecStart").split()[0]
-    text = HTTP_SERVICE.read_text()
-    if not os.access(program, os.X_OK):
-        stub = tmp_path / "bin" / "lucidd"
-        stub.parent.mkdir()
-        stub.write_text("#!/bin/sh\n")
-        stub.chmod(0o755)
-        text = text.replace(f"ExecStart={program} ", f"ExecStart={stub} ")
-    units = tmp_path / "units"
-    units.mkdir()
-    (units / HTTP_SERVICE.name).write_text(text)
-    for path in (SERVICE, *SOCKETS.values()):
-        shutil.copy(path, units / path.name)
-    result = subprocess.run(
-        [analyze, "verify", "--man=no", "--recursive-errors=no", str(units / HTTP_SERVICE.name)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    output = (result.stdout + result.stderr).strip()
-    assert result.returncode == 0, output
+    output = analyze_verify(HTTP_SERVICE, tmp_path, SERVICE, *SOCKETS.values())
     assert [line for line in output.splitlines() if "lucidd-http" in line] == []
 
 
