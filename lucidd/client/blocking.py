@@ -8,6 +8,7 @@ one blocking Unix socket (:class:`~lucidd.client.sync_link.SyncLink`); the conne
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -20,6 +21,7 @@ from lucidd.client.core import (
     DEFAULT_WINDOW,
     AckCollector,
     Buffer,
+    ChunkResult,
     Key,
     act_as_uid,
     check_window,
@@ -33,6 +35,7 @@ from lucidd.client.ids import (
     named_explicitly,
     resolve_socket_path,
 )
+from lucidd.client.shared_memory import ClientRegion, close_fds, shared_memory_size
 from lucidd.client.sync_link import SyncLink
 from lucidd.errors import LucidError
 from lucidd.protocol import (
@@ -56,6 +59,8 @@ from lucidd.protocol import (
 #: Back-off between resend rounds of :func:`put_until_acked` (doubles up to the maximum).
 RESEND_BACKOFF_S: Final = 0.05
 RESEND_BACKOFF_MAX_S: Final = 2.0
+#: SharedChunk headers written at most in one ``sendmsg`` (more go out as they are made).
+HEADERS_PER_SEND: Final = 16
 
 T = TypeVar("T")
 
@@ -74,6 +79,12 @@ class DataClient:
     *Delegation*). Asked for and answered before the constructor returns; a refusal is
     raised as its LucidError (``forbidden``, exit 77). Nothing is asked when it is this
     process's own effective uid. ValueError for a uid outside ``0..2**32-2``.
+
+    ``shared_memory`` (True: :data:`~lucidd.client.shared_memory.DEFAULT_SIZE`, a size, or
+    False): ask the daemon for a shared-memory region at connect, so payloads are written
+    once into memory the workers seal from (docs/protocol.md *Shared memory*). Where the
+    daemon refuses, or a payload does not fit, chunks go over the socket; :attr:`transport`
+    says which path the connection has.
     """
 
     def __init__(
@@ -83,12 +94,48 @@ class DataClient:
         path: str | os.PathLike[str] | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
         act_as: int | None = None,
+        shared_memory: int | bool = True,
     ) -> None:
         uid = act_as_uid(act_as)
         self.path = resolve_socket_path(DATA_SOCKET_NAME, runtime_dir, path)
         self._core = DataCore()
         explicit = named_explicitly(runtime_dir, path)
-        self._link = SyncLink(self.path, timeout, self._core, explicit, uid)
+        self._connect = functools.partial(
+            SyncLink, self.path, timeout, explicit=explicit, act_as=uid
+        )
+        self._link = self._connect(self._core)
+        self._region: ClientRegion | None = None
+        size = shared_memory_size(shared_memory)
+        if size:
+            self._region = self._share_memory(size)
+
+    @property
+    def transport(self) -> str:
+        """``"memfd"``: payloads go through the shared region; ``"socket"``: over the socket."""
+        return "memfd" if self._region is not None else "socket"
+
+    def _share_memory(self, size: int) -> ClientRegion | None:
+        """Ask for a region; None (the socket path) when the daemon refuses or cannot."""
+        fds: list[int] = []
+        try:
+            self._link.send((self._core.share_memory(size),))
+            while self._core.share_pending:
+                self._link.receive(fds)
+        except BaseException:
+            close_fds(fds)
+            self._link.close()
+            raise
+        if self._core.broken:
+            # A daemon that does not know ShareMemory closes the connection: start again
+            # without it.
+            close_fds(fds)
+            self._core = DataCore()
+            self._link = self._connect(self._core)
+            return None
+        if self._core.shared_size and len(fds) == 1:
+            return ClientRegion(fds[0], self._core.shared_size)
+        close_fds(fds)
+        return None
 
     def put(self, session: SessionRef, index: int, payload: Buffer) -> Ack:
         """Send one chunk and wait for its ack (the record is durable when this returns)."""
@@ -105,8 +152,10 @@ class DataClient:
         """Send ``(index, payload)`` chunks pipelined, at most ``window`` unanswered at once.
 
         ``chunks`` is consumed lazily (a generator reading a file holds ``window`` payloads at
-        most). Each header goes out with its payload in one ``sendmsg`` (no copy). ``on_ack``
-        sees each ack as it arrives. Returns the acks in the order of ``chunks``.
+        most). With shared memory each payload is copied into the region and only headers
+        are sent (those of one wait go out in one ``sendmsg``); otherwise each header goes out
+        with its payload in one ``sendmsg`` (no copy). ``on_ack`` sees each ack as it arrives.
+        Returns the acks in the order of ``chunks``.
 
         On the first error no further chunk is sent, the chunks in flight are drained, then
         that error is raised (every chunk acked before is durable; ``on_ack`` saw them). If
@@ -114,25 +163,21 @@ class DataClient:
         ``chunks`` or ``on_ack``, KeyboardInterrupt), the connection is closed.
         """
         check_window(window)
-        collector = AckCollector(on_ack)
-        keys: list[Key] = []
+        sender = _Sender(self._link, self._core, self._region, AckCollector(on_ack))
         try:
             for index, payload in chunks:
-                while self._core.pending >= window and collector.error is None:
-                    collector.add(self._link.receive())
-                if collector.error is not None:
+                if not sender.wait_below(window):
                     break
-                view = flat_view(payload)
-                req, header = self._core.chunk(session, index, view.nbytes)
-                keys.append((req, index))
-                collector.add(self._link.send((header, view)))
-            while self._core.pending:
-                collector.add(self._link.receive())
+                if not sender.put(session, index, flat_view(payload)):
+                    break
+            sender.drain()
         except BaseException:
             if self._core.pending:
                 self._link.close()
             raise
-        return collector.result(keys)
+        finally:
+            sender.release_all()
+        return sender.collector.result(sender.keys)
 
     def put_batch(self, session: SessionRef, chunks: Sequence[tuple[int, Buffer]]) -> list[Ack]:
         """Send ``(index, payload)`` chunks in one ``Batch`` frame; acks in the given order.
@@ -156,6 +201,9 @@ class DataClient:
     def close(self) -> None:
         """Close the connection (idempotent)."""
         self._link.close()
+        if self._region is not None:
+            self._region.close()
+            self._region = None
 
     def __enter__(self) -> Self:
         return self
@@ -167,6 +215,90 @@ class DataClient:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class _Sender:
+    """One ``put_many``: places payloads, batches headers, frees space as acks arrive."""
+
+    def __init__(
+        self,
+        link: SyncLink[ChunkResult],
+        core: DataCore,
+        region: ClientRegion | None,
+        collector: AckCollector,
+    ) -> None:
+        self._link = link
+        self._core = core
+        self._region = region
+        self.collector = collector
+        self.keys: list[Key] = []
+        self._offsets: dict[Key, int] = {}  # chunks in the region, not yet answered
+        self._headers: list[bytes] = []  # SharedChunk frames not yet written
+
+    def wait_below(self, window: int) -> bool:
+        """Wait until fewer than ``window`` chunks are unanswered; False after an error."""
+        while self._core.pending >= window and self.collector.error is None:
+            self._receive()
+        return self.collector.error is None
+
+    def put(self, session: SessionRef, index: int, view: memoryview) -> bool:
+        """Send one chunk (through the region when it fits); False after an error."""
+        offset = self._place(view)
+        if self.collector.error is not None:
+            return False
+        if offset is None:
+            self._flush()
+            req, header = self._core.chunk(session, index, view.nbytes)
+            self.keys.append((req, index))
+            self._collect(self._link.send((header, view)))
+            return True
+        req, header = self._core.shared_chunk(session, index, offset, view.nbytes)
+        self.keys.append((req, index))
+        self._offsets[(req, index)] = offset
+        self._headers.append(header)
+        if len(self._headers) >= HEADERS_PER_SEND:
+            self._flush()
+        return True
+
+    def _place(self, view: memoryview) -> int | None:
+        region = self._region
+        if region is None or not region.fits(view.nbytes):
+            return None
+        while (offset := region.place(view)) is None and self._core.pending:
+            if self.collector.error is not None:
+                return None
+            self._receive()  # no room until some chunk is answered
+        return offset
+
+    def drain(self) -> None:
+        while self._core.pending:
+            self._receive()
+
+    def _receive(self) -> None:
+        self._flush()
+        self._collect(self._link.receive())
+
+    def _flush(self) -> None:
+        if self._headers:
+            headers, self._headers = self._headers, []
+            self._collect(self._link.send(headers))
+
+    def _collect(self, results: list[ChunkResult]) -> None:
+        region = self._region
+        if region is not None and self._offsets:
+            for result in results:
+                offset = self._offsets.pop(result.key, None)
+                if offset is not None:
+                    region.free(offset)
+        self.collector.add(results)
+
+    def release_all(self) -> None:
+        """Whatever is still placed is abandoned with the connection: free its space."""
+        region = self._region
+        if region is not None:
+            for offset in self._offsets.values():
+                region.free(offset)
+        self._offsets.clear()
 
 
 def put_until_acked(

@@ -34,6 +34,11 @@ class DataCore(Core[ChunkResult]):
         # req -> {index: session} of the chunks not yet answered.
         self._pending: dict[int, dict[int, bytes]] = {}
         self._count = 0
+        self._share: int | None = None  # req of the unanswered ShareMemory
+        #: The region's size once the daemon answered ShareMemory (0: none, or refused).
+        self.shared_size = 0
+        #: Why the daemon refused ShareMemory (the connection then stays on the socket).
+        self.share_error: LucidError | None = None
 
     @property
     def pending(self) -> int:
@@ -53,6 +58,40 @@ class DataCore(Core[ChunkResult]):
         check_index_arg("length", length)
         req = self._next_req()
         frame = p.encode_frame(p.Chunk(req=req, session=session, index=index, length=length))
+        self._pending[req] = {index: session}
+        self._count += 1
+        return req, frame
+
+    def share_memory(self, size: int) -> bytes:
+        """Register ``ShareMemory(size)``, the first request after any ActAs; its frame.
+
+        Feed replies until :attr:`share_pending` is False; then :attr:`shared_size` (the
+        region's fd came with the reply, in ancillary data the link reads) or
+        :attr:`share_error` says how it went.
+        """
+        check_index_arg("size", size)
+        if self._count:
+            raise ValueError("share_memory must come before the first chunk")
+        req = self._next_req()
+        self._share = req
+        return p.encode_frame(p.ShareMemory(req=req, size=size))
+
+    @property
+    def share_pending(self) -> bool:
+        return self._share is not None
+
+    def shared_chunk(
+        self, session: SessionRef, index: int, offset: int, length: int
+    ) -> tuple[int, bytes]:
+        """Register a chunk whose payload is at ``offset`` of the region; its req and frame
+        (nothing follows it)."""
+        session = session_bytes(session)
+        check_index_arg("index", index)
+        check_index_arg("length", length)
+        req = self._next_req()
+        frame = p.encode_frame(
+            p.SharedChunk(req=req, session=session, index=index, offset=offset, length=length)
+        )
         self._pending[req] = {index: session}
         self._count += 1
         return req, frame
@@ -88,6 +127,17 @@ class DataCore(Core[ChunkResult]):
         return session
 
     def _on_reply(self, message: Any) -> list[ChunkResult]:
+        if self._share is not None and message.req == self._share:
+            self._share = None
+            if isinstance(message, p.MemoryShared):
+                self.shared_size = message.size
+            elif isinstance(message, p.Error):
+                self.share_error = wire_error(message, None, None)
+            else:
+                return self._fail_all(InternalError, f"lucidd answered share_memory with {message}")
+            return []
+        if isinstance(message, p.MemoryShared):
+            return self._fail_all(InternalError, "lucidd sent an unexpected MemoryShared")
         items = self._pending.get(message.req)
         if isinstance(message, p.Ack):
             if items is None or items.get(message.index) != message.session:
@@ -123,6 +173,9 @@ class DataCore(Core[ChunkResult]):
                 yield req, index, session
 
     def _drop_pending(self, error_type: type[LucidError], message: str) -> list[ChunkResult]:
+        if self._share is not None:
+            self._share = None
+            self.share_error = error_type(message)
         failed = [
             ChunkResult(req, index, error_type(message, session=session, index=index))
             for req, index, session in self._items()

@@ -16,6 +16,7 @@ from typing import Final, Generic
 
 from lucidd.client.core import RECV_SIZE, Buffer, Core, ResultT, flat_view
 from lucidd.client.ids import check_peer, trusted_peer_uids, unavailable_error
+from lucidd.client.shared_memory import fds_of
 from lucidd.errors import RequestTimeoutError, UnavailableError, UntrustedSocketError
 
 #: Buffers per ``sendmsg`` call (POSIX ``IOV_MAX``; Linux has 1024).
@@ -112,12 +113,20 @@ class SyncLink(Generic[ResultT]):
             return results
         return []
 
-    def receive(self) -> list[ResultT]:
-        """Block until reply bytes (or the end of the stream) arrive; return their results."""
+    def receive(self, fds: list[int] | None = None) -> list[ResultT]:
+        """Block until reply bytes (or the end of the stream) arrive; return their results.
+
+        With ``fds``, descriptors that came with the bytes (``SCM_RIGHTS``) are appended to
+        it (the caller owns them); without, the kernel drops any.
+        """
         if self._sock is None:
             return self._closed_results()
         try:
-            data = self._sock.recv(RECV_SIZE)
+            if fds is None:
+                data = self._sock.recv(RECV_SIZE)
+            else:
+                data, ancillary, _, _ = self._sock.recvmsg(RECV_SIZE, socket.CMSG_SPACE(4 * 4))
+                fds += fds_of(ancillary)
         except TimeoutError:
             return self._give_up(f"no reply from lucidd at {self.path} for")
         except OSError as exc:

@@ -101,6 +101,9 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     max_reply_buffer: int = 4 * MiB
     #: Control requests of one connection being served at once; beyond it, reading waits.
     max_pipelined_requests: int = 16
+    #: The largest shared-memory region one data connection may ask for (``ShareMemory``,
+    #: its payloads then bypass the socket); 0: every client uses the socket.
+    shared_memory_max: int = 64 * MiB
     # -- the trust chain (issue 13): signed checkpoints, the anchor log, anchoring --
     #: The host origin: checkpoints are ``<origin>/<session id>`` and ``<origin>/anchor``, and
     #: the signing key is named after it. Empty: ``<host name>/lucidd``, stored at first start.
@@ -189,6 +192,7 @@ RANGES: Final[Mapping[str, tuple[int | float, int | float | None]]] = {
     "idle_timeout": (0.1, 86_400.0),
     "max_reply_buffer": (64 * KiB, 1 * GiB),
     "max_pipelined_requests": (1, 10_000),
+    "shared_memory_max": (0, 1 * GiB),
     "checkpoint_interval": (0.05, 86_400.0),
     "anchor_interval": (0.05, 86_400.0),
     "replication_timeout": (0.1, 3600.0),
@@ -214,6 +218,7 @@ SIZE_FIELDS: Final = frozenset(
         "ring_size",
         "segment_size",
         "max_reply_buffer",
+        "shared_memory_max",
     }
 )
 #: Settings holding a filesystem path; empty means the default, otherwise it must be absolute.

@@ -78,7 +78,9 @@ def spec_keyring(spec: WorkerSpec | AggregatorSpec, load: Callable[[Path], Keyri
 
 
 class Seal(IpcMessage, tag="seal", frozen=True):
-    """Seal ``length`` bytes at ring ``offset`` as chunk ``index`` of ``session``."""
+    """Seal ``length`` bytes at ``offset`` as chunk ``index`` of ``session``: of the ring, or
+    of a client's shared region (``region`` > 0, handed to the worker before this message on
+    its region socket: :mod:`lucidd.daemon.shared_regions`)."""
 
     session: bytes
     index: int
@@ -86,6 +88,14 @@ class Seal(IpcMessage, tag="seal", frozen=True):
     length: int
     compression: str
     dispatched_ns: int = 0  # CLOCK_MONOTONIC (system-wide) at dispatch, for queue-wait metrics
+    region: int = 0
+
+
+class ForgetRegion(IpcMessage, tag="forget_region", frozen=True):
+    """Unmap client region ``region``: nothing in it is in flight any more (sent after the
+    last Seal naming it, on the same pipe)."""
+
+    region: int
 
 
 class Forget(IpcMessage, tag="forget", frozen=True):
@@ -94,7 +104,7 @@ class Forget(IpcMessage, tag="forget", frozen=True):
     session: bytes
 
 
-SupervisorToWorker = Seal | Forget
+SupervisorToWorker = Seal | Forget | ForgetRegion
 
 
 # --- worker -> aggregator and worker -> supervisor ----------------------------------------

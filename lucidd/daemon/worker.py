@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -39,8 +40,9 @@ from lucidd.daemon.procutil import (
 )
 from lucidd.daemon.ring import RingReader
 from lucidd.daemon.segments import SegmentWriter
+from lucidd.daemon.shared_regions import RegionView, receive_region
 from lucidd.daemon.store import SessionPaths, read_meta, segment_name, storage_error
-from lucidd.errors import LucidError, UnknownSessionError
+from lucidd.errors import InternalError, LucidError, UnknownSessionError
 
 #: Chunks larger than this are sealed in pieces straight into the segment file
 #: (``ChunkSealer.seal_streamed``), so no worker ever holds a record-sized buffer: ten workers
@@ -52,6 +54,9 @@ MAX_OPEN_SEGMENTS: Final = 32
 #: Unwrapped session secrets a worker keeps (32 bytes each, plus the dict's overhead).
 MAX_CACHED_SECRETS: Final = 4096
 
+
+#: What arrives on a worker's inbox.
+_Message = ipc.Seal | ipc.Forget | ipc.ForgetRegion
 
 _A = TypeVar("_A")
 _R = TypeVar("_R")
@@ -71,7 +76,12 @@ class Worker:
     """The sealing loop of one worker process (one instance per process)."""
 
     def __init__(
-        self, spec: ipc.WorkerSpec, inbox: Connection, results: Connection, acks: Connection
+        self,
+        spec: ipc.WorkerSpec,
+        inbox: Connection,
+        results: Connection,
+        acks: Connection,
+        regions: Connection,
     ) -> None:
         self._spec = spec
         self._config = spec.config
@@ -81,6 +91,9 @@ class Worker:
         self._acks = acks
         self._keyring: Keyring = ipc.spec_keyring(spec, load_keyring)
         self._ring = RingReader(spec.ring_name, spec.ring_size)
+        #: Client regions handed over on the region socket (shared_regions), by id.
+        self._region_sock = socket.socket(fileno=take_fd(regions))
+        self._regions: dict[int, RegionView] = {}
         # Anonymous mmap rather than a bytearray: pages are touched only as far as the largest
         # record sealed whole (a bytearray is zero-filled, so resident from the start).
         size = sealer_buffer_size(STREAM_ABOVE)
@@ -100,7 +113,7 @@ class Worker:
             self._process(self._drain(first))
         self._close()
 
-    def _drain(self, first: ipc.Seal | ipc.Forget) -> list[ipc.Seal | ipc.Forget]:
+    def _drain(self, first: _Message) -> list[_Message]:
         """The first descriptor plus whatever the pipe holds now, within the batch bounds."""
         messages = [first]
         payload = _payload_of(first)
@@ -112,13 +125,17 @@ class Worker:
             payload += _payload_of(message)
         return messages
 
-    def _process(self, messages: list[ipc.Seal | ipc.Forget]) -> None:
+    def _process(self, messages: list[_Message]) -> None:
         batch = _Batch()
         for message in messages:
-            if isinstance(message, ipc.Forget):
+            if isinstance(message, ipc.Seal):
+                self._seal_one(message, batch)
+            elif isinstance(message, ipc.Forget):
                 self._forget(message.session)
             else:
-                self._seal_one(message, batch)
+                region = self._regions.pop(message.region, None)
+                if region is not None:
+                    region.close()
         fsync_ns = self._commit(batch)
         if batch.sealed or batch.failed:
             chunks = len(batch.sealed) + len(batch.failed)
@@ -178,7 +195,7 @@ class Worker:
         try:
             secret = self._secret_for(seal.session)
             writer = self._writer_for(seal.session)
-            payload = self._ring.payload(seal.offset, seal.length)
+            payload = self._payload(seal)
             try:
                 if seal.length <= STREAM_ABOVE:
                     record, leaf = self._sealer.seal(
@@ -216,6 +233,41 @@ class Worker:
                 seal.length,
             )
         )
+
+    def _payload(self, seal: ipc.Seal) -> memoryview:
+        """The chunk's bytes: in the ring, or in its client's region.
+
+        A client can still write to its region while the chunk is sealed. Encryption reads
+        each byte once and the tag covers the ciphertext this worker wrote, so a raw record
+        always opens (whatever bytes were read); a compressor reads its input more than once
+        and could emit a stream that does not decode, so with compression on the chunk is
+        sealed from a private copy.
+        """
+        if not seal.region:
+            return self._ring.payload(seal.offset, seal.length)
+        region = self._region(seal.region)
+        if seal.offset + seal.length > region.size:  # admission checked it: a bug
+            raise InternalError("shared chunk outside its region", session=seal.session)
+        view = region.payload(seal.offset, seal.length)
+        if seal.compression == "off":
+            return view
+        with view:
+            return memoryview(bytes(view))
+
+    def _region(self, region_id: int) -> RegionView:
+        """The region's mapping; its descriptor was sent before the Seal naming it."""
+        region = self._regions.get(region_id)
+        while region is None:
+            received = receive_region(self._region_sock)
+            if received is None:
+                raise InternalError("the supervisor's region socket is closed")
+            got, size, fd = received
+            try:
+                self._regions[got] = RegionView(fd, size)
+            finally:
+                os.close(fd)
+            region = self._regions.get(region_id)
+        return region
 
     def _seal_streamed(
         self, writer: SegmentWriter, secret: bytes, seal: ipc.Seal, payload: memoryview
@@ -305,6 +357,9 @@ class Worker:
         for writer in self._writers.values():
             writer.close()
         self._ring.close()
+        for region in self._regions.values():
+            region.close()
+        self._region_sock.close()
         self._inbox.close()
 
 
@@ -316,18 +371,22 @@ def _storage(append: Callable[[_A], _R], argument: _A) -> _R:
         raise storage_error(exc, "appending a record") from None
 
 
-def _payload_of(message: ipc.Seal | ipc.Forget) -> int:
+def _payload_of(message: _Message) -> int:
     return message.length if isinstance(message, ipc.Seal) else 0
 
 
 def worker_main(
-    spec: ipc.WorkerSpec, inbox: Connection, results: Connection, acks: Connection
+    spec: ipc.WorkerSpec,
+    inbox: Connection,
+    results: Connection,
+    acks: Connection,
+    regions: Connection,
 ) -> None:
     """Entry point in the child process (started by the forkserver)."""
     keep_keys_out_of_dumps()  # it loads the keyring
     die_with_parent()
     leave_shutdown_to_the_supervisor()
     try:
-        Worker(spec, inbox, results, acks).run()
+        Worker(spec, inbox, results, acks, regions).run()
     except (BrokenPipeError, msgspec.DecodeError):
         os._exit(1)

@@ -177,6 +177,9 @@ from lucidd.protocol.messages import (
     ListSessions as ListSessions,
 )
 from lucidd.protocol.messages import (
+    MemoryShared as MemoryShared,
+)
+from lucidd.protocol.messages import (
     Message as Message,
 )
 from lucidd.protocol.messages import (
@@ -220,6 +223,12 @@ from lucidd.protocol.messages import (
 )
 from lucidd.protocol.messages import (
     SessionSummary as SessionSummary,
+)
+from lucidd.protocol.messages import (
+    SharedChunk as SharedChunk,
+)
+from lucidd.protocol.messages import (
+    ShareMemory as ShareMemory,
 )
 from lucidd.protocol.messages import (
     Shred as Shred,

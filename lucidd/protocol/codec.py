@@ -33,6 +33,7 @@ from lucidd.protocol.messages import (
     DataReply,
     DataRequest,
     Message,
+    SharedChunk,
 )
 
 # --- encoding ---------------------------------------------------------------------------
@@ -58,12 +59,19 @@ class FrameMessage(msgspec.Struct, frozen=True):
 
 
 class ChunkStart(msgspec.Struct, frozen=True):
-    """Event: a chunk (from a ``Chunk`` or one ``Batch`` item) whose payload comes next."""
+    """Event: a chunk (from a ``Chunk`` or one ``Batch`` item) whose payload comes next, or a
+    ``SharedChunk`` (``offset`` >= 0), whose payload is in the connection's shared region:
+    no PayloadData or ChunkEnd follows that one."""
 
     req: int
     session: bytes
     index: int
     length: int
+    offset: int = -1
+
+    @property
+    def shared(self) -> bool:
+        return self.offset >= 0
 
 
 class PayloadData(msgspec.Struct, frozen=True):
@@ -215,6 +223,8 @@ class FrameDecoder:
         if isinstance(message, Batch):
             self._queue_batch(message)
             return self._start_chunk()
+        if isinstance(message, SharedChunk):
+            return self._shared_chunk(message)
         return FrameMessage(message)
 
     def _next_payload_event(self) -> Event | None:
@@ -270,6 +280,10 @@ class FrameDecoder:
             frame.release()
 
     def _queue_chunk(self, req: int, session: bytes, index: int, length: int) -> None:
+        self._check_chunk(req, session, index, length)
+        self._pending.append((req, session, index, length))
+
+    def _check_chunk(self, req: int, session: bytes, index: int, length: int) -> None:
         _check_session(session, req)
         _check_index(index, req)
         if length < 0:
@@ -282,7 +296,14 @@ class FrameDecoder:
                 index=index,
                 limit=self._max_payload,
             )
-        self._pending.append((req, session, index, length))
+
+    def _shared_chunk(self, chunk: SharedChunk) -> ChunkStart:
+        """A chunk in shared memory: checked like any other; where it lies is the region
+        owner's to check (this decoder does not know the region)."""
+        self._check_chunk(chunk.req, chunk.session, chunk.index, chunk.length)
+        if chunk.offset < 0:
+            raise BadFrameError("negative shared-memory offset", req=chunk.req)
+        return ChunkStart(chunk.req, chunk.session, chunk.index, chunk.length, chunk.offset)
 
     def _queue_batch(self, batch: Batch) -> None:
         if not batch.indices:

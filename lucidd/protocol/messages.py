@@ -79,6 +79,30 @@ class Batch(Message, tag="batch", frozen=True):
     lengths: list[int]
 
 
+class ShareMemory(Message, tag="share_memory", frozen=True):
+    """Ask for a shared-memory region of ``size`` bytes for this connection's payloads.
+
+    Only before the connection's first chunk (after an ``ActAs``, if any). Answered with
+    :class:`MemoryShared`, whose frame carries the region's file descriptor (a sealed memfd,
+    ``SCM_RIGHTS``), or with a typed ``Error`` after which the connection stays usable on the
+    socket path (``too_large``: over the daemon's ``shared_memory_max``, ``busy``: none free,
+    ``bad_frame``: after a chunk). docs/protocol.md *Shared memory*.
+    """
+
+    size: int
+
+
+class SharedChunk(Message, tag="shared_chunk", frozen=True):
+    """One chunk whose ``length`` payload bytes lie at ``offset`` of this connection's shared
+    region; no payload follows the frame. The client must not change those bytes until the
+    chunk is answered (if it does, only this chunk's content changes)."""
+
+    session: bytes
+    index: int
+    offset: int
+    length: int
+
+
 # --- data socket: daemon -> client ------------------------------------------------------
 
 
@@ -106,8 +130,15 @@ class ActingAs(Message, tag="acting_as", frozen=True):
     uid: int
 
 
-DataRequest = Chunk | Batch | ActAs
-DataReply = Ack | Error | ActingAs
+class MemoryShared(Message, tag="memory_shared", frozen=True):
+    """The answer to :class:`ShareMemory`: the frame's ancillary data holds the region's file
+    descriptor, ``size`` bytes, sealed against shrinking and growing."""
+
+    size: int
+
+
+DataRequest = Chunk | Batch | SharedChunk | ShareMemory | ActAs
+DataReply = Ack | Error | ActingAs | MemoryShared
 
 
 # --- control socket: requests -----------------------------------------------------------

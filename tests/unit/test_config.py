@@ -72,6 +72,7 @@ def test_defaults_equal_the_spec() -> None:
         "idle_timeout": 300.0,
         "max_reply_buffer": 4 * MiB,
         "max_pipelined_requests": 16,
+        "shared_memory_max": 64 * 1024 * 1024,
         "origin": "",
         "checkpoint_interval": 10.0,
         "anchor_interval": 60.0,

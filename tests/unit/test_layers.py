@@ -72,7 +72,8 @@ LAYERS: Mapping[str, int] = {
     "daemon.supervisor.fds": 2,  # descriptor limit, reserve and the connection budget
     "daemon.supervisor.systemd": 2,
     "daemon.supervisor.sockets": 2,  # the listening sockets: bind (stale file replaced) or take
-    "daemon.supervisor.respawn": 2,  # respawn and spawn-retry delays, health reasons meanwhile
+    "daemon.supervisor.respawn": 2,
+    "daemon.shared_regions": 2,  # the sealed memfd, its trip to a worker, its mapping  # respawn and spawn-retry delays, health reasons meanwhile
     "daemon.aggregator.ledger": 2,  # the book of sessions, and the cache of their open files
     "daemon.aggregator.session": 2,  # one live session: index, reorder window, Merkle log
     "daemon.aggregator.recovery": 2,  # a session rebuilt from its files and its records
@@ -89,6 +90,7 @@ LAYERS: Mapping[str, int] = {
     # 3: process parts.
     "daemon.supervisor.admission": 3,  # which chunk may enter, what its client is told
     "daemon.supervisor.dispatch": 3,  # the worker side: which worker, recovery, outcomes
+    "daemon.supervisor.regions": 3,  # client shared-memory regions: create, hand out, free
     "daemon.supervisor.ingest": 3,
     "daemon.supervisor.children": 3,
     "daemon.preload": 3,  # the forkserver's preload: imports the child mains
@@ -256,7 +258,11 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     ),
     "daemon.supervisor.ingest": frozenset({"daemon.supervisor.admission"}),
     # Admission hands every admitted chunk to its dispatcher (the worker side).
-    "daemon.supervisor.admission": frozenset({"daemon.supervisor.dispatch"}),
+    "daemon.supervisor.admission": frozenset(
+        {"daemon.supervisor.dispatch", "daemon.supervisor.regions"}
+    ),
+    # A chunk in a client's region is dispatched only to a worker that was handed the region.
+    "daemon.supervisor.dispatch": frozenset({"daemon.supervisor.regions"}),
     # Admission's records are plain data over the wire's and the slots' types.
     "daemon.supervisor.gates": frozenset(
         {"protocol.__init__", "daemon.ipc", "daemon.access", "daemon.supervisor.slots"}

@@ -142,6 +142,7 @@ DATA_REPLIES: list[p.Message] = [
     p.Error(req=2, code="busy", message="try later"),
     p.Error(req=3, code="duplicate_index", message="index 9 differs", session=SID, index=9),
     p.ActingAs(req=4, uid=1000),
+    p.MemoryShared(req=5, size=1 << 20),
 ]
 
 CONTROL_REQUESTS: list[p.Message] = [
@@ -255,7 +256,9 @@ def _concrete_messages(cls: type[p.Message]) -> set[type[p.Message]]:
 
 
 def test_samples_cover_every_message_type() -> None:
-    sampled = {type(m) for _, _, samples in DECODERS for m in samples} | {p.Chunk, p.Batch}
+    # The data socket's requests are decoded into events, tested on their own.
+    requests = {p.Chunk, p.Batch, p.SharedChunk, p.ShareMemory}
+    sampled = {type(m) for _, _, samples in DECODERS for m in samples} | requests
     assert sampled == _concrete_messages(p.Message)
 
 
@@ -811,3 +814,38 @@ def test_the_largest_batch_config_allows_fits_one_header_frame() -> None:
 def test_the_compression_type_and_the_enum_name_the_same_choices() -> None:
     """crypto's static Literal and vocabulary's enum must never drift apart."""
     assert set(typing.get_args(crypto.Compression)) == {c.value for c in vocabulary.Compression}
+
+
+# --- shared memory (issue 17) --------------------------------------------------------
+
+
+def test_a_shared_chunk_is_one_event_and_no_payload_follows() -> None:
+    share = p.ShareMemory(req=1, size=4096)
+    shared = p.SharedChunk(req=2, session=SID, index=3, offset=128, length=10)
+    after = p.Chunk(req=3, session=SID, index=4, length=2)
+    stream = p.encode_frame(share) + p.encode_frame(shared) + p.encode_frame(after) + b"hi"
+    events = decode_pieces(data_decoder(), [stream])
+    assert events == [
+        p.FrameMessage(share),
+        p.ChunkStart(2, SID, 3, 10, offset=128),
+        p.ChunkStart(3, SID, 4, 2),
+        b"hi",
+        p.ChunkEnd(3, SID, 4),
+    ]
+    assert isinstance(events[1], p.ChunkStart) and events[1].shared
+    assert isinstance(events[2], p.ChunkStart) and not events[2].shared
+
+
+@pytest.mark.parametrize(
+    ("chunk", "code"),
+    [
+        (p.SharedChunk(req=1, session=SID, index=0, offset=-1, length=1), "bad_frame"),
+        (p.SharedChunk(req=1, session=b"short", index=0, offset=0, length=1), "bad_frame"),
+        (p.SharedChunk(req=1, session=SID, index=-1, offset=0, length=1), "bad_frame"),
+        (p.SharedChunk(req=1, session=SID, index=0, offset=0, length=-1), "bad_frame"),
+        (p.SharedChunk(req=1, session=SID, index=0, offset=0, length=MAX_PAYLOAD + 1), "too_large"),
+    ],
+)
+def test_a_shared_chunk_is_checked_like_any_chunk(chunk: p.SharedChunk, code: str) -> None:
+    err = raises_on_next(data_decoder(), p.encode_frame(chunk))
+    assert err.code == code

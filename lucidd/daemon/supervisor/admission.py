@@ -36,10 +36,13 @@ from lucidd.daemon.supervisor.gates import (
     Client,
     InFlight,
     SessionGate,
+    SharedRegion,
     gate_from_view,
 )
-from lucidd.daemon.supervisor.slots import SlotAllocator
+from lucidd.daemon.supervisor.regions import RegionTable
+from lucidd.daemon.supervisor.slots import SlotAllocator, SlotRun
 from lucidd.errors import (
+    BadRequestError,
     BusyError,
     DamagedSessionError,
     DuplicateIndexError,
@@ -55,6 +58,8 @@ log = logging.getLogger("lucidd.daemon.supervisor.admission")
 
 _SEAL: Final = ChunkKind.SEAL
 _COMPARE: Final = ChunkKind.COMPARE
+#: The ring slots of a chunk sealed from its client's shared region: none.
+_NO_SLOTS: Final = SlotRun(0, 0, 0)
 
 
 class Wait(Exception):  # noqa: N818 - flow control, not an error
@@ -110,6 +115,8 @@ class Ingest:
         self.histograms: dict[str, HistogramAccumulator] = time_histograms((ACK_LATENCY,))
         self._ack_latency = self.histograms[ACK_LATENCY]
         self.drained = asyncio.Event()
+        #: Client shared-memory regions (ShareMemory); their chunks bypass the ring.
+        self.regions = RegionTable(config.shared_memory_max, lambda: self.dispatcher.workers)
         #: The worker side: the worker links, dispatch, recovery, the workers' outcomes.
         self.dispatcher = Dispatcher(
             config,
@@ -119,6 +126,7 @@ class Ingest:
             finish=self._finish,
             counters=self.counters,
             tokens=self._tokens,
+            regions=self.regions,
         )
         self._aggregator_handlers: dict[type, Callable[[Any], None]] = {
             ipc.Outcomes: self.dispatcher.on_outcomes,
@@ -241,13 +249,25 @@ class Ingest:
                 raise SessionFullError(
                     f"session would exceed {self.config.max_session_size} bytes", **context
                 )
-        self._check_connection_bounds(conn, start.length)
+        region = _region_of(conn, start) if start.shared else None
+        # A new chunk in shared memory needs no ring slot; a resent one is copied into the
+        # ring to be compared (rare), like every chunk that came over the socket.
+        in_ring = region is None or kind == _COMPARE
+        self._check_connection_bounds(conn, start.length if in_ring else -1)
         if self.in_flight >= self.config.max_in_flight:
             raise Wait
-        run = self.slots.allocate(start.length)
+        run = self.slots.allocate(start.length) if in_ring else _NO_SLOTS
         if run is None:
             raise Wait
         chunk = InFlight(conn, start.req, start.session, start.index, start.length, run, kind)
+        if region is not None:
+            if in_ring:
+                end = start.offset + start.length
+                self.ring[run.offset : run.offset + start.length] = region.view[start.offset : end]
+            else:
+                chunk.region = region
+                chunk.region_offset = start.offset
+                region.chunks += 1
         conn.hold(run)
         gate.in_flight[start.index] = chunk
         self.in_flight += 1
@@ -375,6 +395,8 @@ class Ingest:
 
     def _release(self, chunk: InFlight) -> None:
         self.slots.free(chunk.run)
+        if chunk.region is not None:
+            self.regions.chunk_done(chunk.region)
         chunk.conn.unhold(chunk.run)
         self.in_flight -= 1
         self._wake_blocked()
@@ -389,9 +411,12 @@ class Ingest:
         ``connection_max_in_flight`` always holds. The ring share holds only while another
         connection waits for room (so one client alone can use the whole ring), and never
         stops a connection that holds nothing (a chunk larger than the share must pass).
+        ``length`` -1: the chunk takes no ring slot.
         """
         if conn.chunks_in_flight >= self.config.connection_max_in_flight:
             raise WaitOwn
+        if length < 0:
+            return
         needed = conn.slots_held + self.slots.slots_for(length)
         if conn.slots_held and needed > self.share_slots and self.has_waiters():
             raise WaitOwn
@@ -408,6 +433,12 @@ class Ingest:
         self.counters["connections_refused_total"] += 1
         self._refusals.refused(connection_limit(self.config, self.fd_budget))
         return False
+
+    def fds_left(self) -> int | None:
+        """Descriptors left for clients' connections and regions (None: no bound)."""
+        if self.fd_budget is None:
+            return None
+        return self.fd_budget - len(self.connections) - len(self.regions.regions)
 
     # -- backpressure -------------------------------------------------------------------
 
@@ -432,3 +463,18 @@ class Ingest:
         self.draining = True
         if self.in_flight == 0:
             self.drained.set()
+
+
+def _region_of(conn: Client, start: p.ChunkStart) -> SharedRegion:
+    """The connection's region, checked to hold the chunk's bytes (else the typed refusal)."""
+    region = conn.region
+    context = {"session": start.session, "index": start.index}
+    if region is None:
+        raise BadRequestError("a shared chunk on a connection without shared memory", **context)
+    if start.offset + start.length > region.size:
+        raise BadRequestError(
+            f"shared chunk at {start.offset}+{start.length} is outside the "
+            f"{region.size}-byte region",
+            **context,
+        )
+    return region

@@ -37,6 +37,7 @@ from typing import Any, Final
 
 from lucidd.daemon import ipc
 from lucidd.daemon.channels import PipeReader, PipeWriter, take_fd
+from lucidd.daemon.shared_regions import region_socket_pair
 from lucidd.daemon.supervisor.fds import FdReserve
 
 log = logging.getLogger("lucidd.daemon.supervisor.children")
@@ -92,6 +93,19 @@ class Child:
         return ipc.ProcessInfo(self.role, self.process.pid or 0, alive, self.restarts)
 
 
+@dataclass
+class _WorkerEnds:
+    """The worker's ends of a new incarnation's inbox pipe and region socket (closed here
+    once the process has its copies)."""
+
+    inbox: Connection
+    regions: Connection
+
+    def close(self) -> None:
+        self.inbox.close()
+        self.regions.close()
+
+
 class Children:
     """The aggregator and the workers: who they are, how they start, die and are replaced."""
 
@@ -128,8 +142,8 @@ class Children:
                 PipeReader(loop, take_fd(acks_r), decoder, on_worker_batch, _never_eof)
             )
         self.workers: list[Child | None] = [None] * workers
-        #: Workers whose replacement waits (respawn backoff): k -> (timer, inbox read end).
-        self._delayed: dict[int, tuple[asyncio.TimerHandle, Connection]] = {}
+        #: Workers whose replacement waits (respawn backoff): k -> (timer, the worker's ends).
+        self._delayed: dict[int, tuple[asyncio.TimerHandle, _WorkerEnds]] = {}
         self.aggregator: Child | None = None
         self._to_aggregator: PipeWriter | None = None
         self._from_aggregator: PipeReader | None = None
@@ -143,13 +157,14 @@ class Children:
 
     def spawn_worker(
         self, k: int, delay: float = 0.0, on_started: Callable[[], None] = _nothing
-    ) -> tuple[PipeWriter, int]:
+    ) -> tuple[PipeWriter, int, socket.socket]:
         """Start (or replace) worker ``k``, ``delay`` seconds from now; returns at once the
-        supervisor's end of its new inbox (messages sent meanwhile wait in the pipe) and the
-        worker's incarnation (how many times ``k`` was replaced before). ``on_started`` runs
-        once the worker has started (at once, or after ``delay``).
+        supervisor's end of its new inbox (messages sent meanwhile wait in the pipe), the
+        worker's incarnation (how many times ``k`` was replaced before) and the supervisor's
+        end of its new region socket (:mod:`lucidd.daemon.shared_regions`). ``on_started``
+        runs once the worker has started (at once, or after ``delay``).
 
-        Raises OSError (EMFILE, EAGAIN, ...) if the pipe or an immediate start fails; nothing
+        Raises OSError (EMFILE, EAGAIN, ...) if a pipe or an immediate start fails; nothing
         is left behind then. A delayed start that fails calls ``on_start_failed(k, error)``
         instead: the inbox returned is then closed, and retrying is the caller's decision.
         """
@@ -164,40 +179,48 @@ class Children:
                 inbox_r.close()
                 inbox_w.close()
                 raise
+            try:
+                regions_w, regions_r = region_socket_pair()
+            except OSError:
+                inbox_r.close()
+                writer.close()
+                raise
+            ends = _WorkerEnds(inbox_r, Connection(regions_r.detach()))
             if delay <= 0:
                 try:
-                    self._start_worker(k, inbox_r, incarnation, on_started)
+                    self._start_worker(k, ends, incarnation, on_started)
                 except OSError:
-                    inbox_r.close()
+                    ends.close()
                     writer.close()
+                    regions_w.close()
                     raise
         if delay > 0:
             handle = self._loop.call_later(
-                delay, self._start_delayed, k, inbox_r, incarnation, on_started
+                delay, self._start_delayed, k, ends, incarnation, on_started
             )
-            self._delayed[k] = (handle, inbox_r)
-        return writer, incarnation
+            self._delayed[k] = (handle, ends)
+        return writer, incarnation, regions_w
 
     def _start_delayed(
-        self, k: int, inbox_r: Connection, incarnation: int, on_started: Callable[[], None]
+        self, k: int, ends: _WorkerEnds, incarnation: int, on_started: Callable[[], None]
     ) -> None:
         self._delayed.pop(k, None)
         try:
             with self.reserve.released():
-                self._start_worker(k, inbox_r, incarnation, on_started)
+                self._start_worker(k, ends, incarnation, on_started)
         except OSError as exc:
-            inbox_r.close()
+            ends.close()
             self._on_start_failed(k, exc)
 
     def _start_worker(
         self,
         k: int,
-        inbox_r: Connection,
+        ends: _WorkerEnds,
         incarnation: int,
         on_started: Callable[[], None] = _nothing,
     ) -> None:
         if self.stopping:
-            inbox_r.close()
+            ends.close()
             return
         _, results_w = self._results[k]
         process = self._ctx.Process(
@@ -206,14 +229,15 @@ class Children:
                 "lucidd.daemon.worker",
                 "worker_main",
                 dataclasses.replace(self._worker_spec(k), incarnation=incarnation),
-                inbox_r,
+                ends.inbox,
                 results_w,
                 self._acks_w[k],
+                ends.regions,
             ),
             name=f"lucidd-worker{k}",
         )
-        process.start()  # OSError (EMFILE, EAGAIN): the caller keeps inbox_r
-        inbox_r.close()
+        process.start()  # OSError (EMFILE, EAGAIN): the caller keeps the ends
+        ends.close()
         child = Child(f"worker{k}", process, incarnation, worker=k)
         self.workers[k] = child
         self._watch(child)
@@ -350,9 +374,9 @@ class Children:
         """Close the workers' inboxes (EOF: each finishes its batch and exits), then stop the
         aggregator once every worker is gone (it syncs every log), then reap everyone."""
         self.stopping = True
-        for handle, inbox_r in self._delayed.values():
+        for handle, ends in self._delayed.values():
             handle.cancel()
-            inbox_r.close()
+            ends.close()
         self._delayed.clear()
         for child in self.all():
             if child.process.sentinel is not None:

@@ -13,6 +13,7 @@ admission's (the ``finish`` callback). Everything runs on the supervisor's event
 from __future__ import annotations
 
 import itertools
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,8 +23,9 @@ from lucidd.daemon import ipc
 from lucidd.daemon.channels import PipeWriter
 from lucidd.daemon.config import Config
 from lucidd.daemon.supervisor.gates import ChunkKind, InFlight, SessionGate
+from lucidd.daemon.supervisor.regions import RegionTable
 from lucidd.daemon.supervisor.replication_link import ReplicationLink
-from lucidd.errors import LucidError, RequestTimeoutError, error_from_wire
+from lucidd.errors import BusyError, LucidError, RequestTimeoutError, error_from_wire
 
 #: A chunk whose worker timed out is retried once; a second timeout fails it.
 MAX_ATTEMPTS: Final = 2
@@ -48,6 +50,8 @@ class WorkerLink:
     #: such a slot is given no chunks.
     writer: PipeWriter | None
     incarnation: int = 0  # of the process behind ``writer`` (WorkerSpec.incarnation)
+    #: Where client regions are handed to its process (shared_regions); None without one.
+    region_sock: socket.socket | None = None
     #: CLOCK_MONOTONIC seconds when its process starts (later than now: a delayed respawn).
     ready_at: float = 0.0
     outstanding: int = 0
@@ -67,9 +71,12 @@ class Dispatcher:
         finish: Finish,
         counters: dict[str, float],
         tokens: itertools.count[int],
+        regions: RegionTable,
     ) -> None:
         self.config = config
         self.workers = workers
+        #: Client shared-memory regions (admission's table): handed to a worker on first use.
+        self.regions = regions
         #: Admission's gates (shared, not copied): the chunks in flight are found there.
         self._gates = gates
         self._to_aggregator = to_aggregator
@@ -108,6 +115,11 @@ class Dispatcher:
         k = _pick_worker(workers, candidates, chunk.length)
         link = workers[k]
         assert link.writer is not None
+        region = chunk.region
+        if region is not None and not self.regions.share(region, k):
+            err = BusyError("could not hand the shared memory to a worker; send again")
+            self._finish(chunk, err)
+            return
         link.outstanding += 1
         link.outstanding_bytes += chunk.length
         chunk.worker = k
@@ -116,10 +128,11 @@ class Dispatcher:
             ipc.Seal(
                 chunk.session,
                 chunk.index,
-                chunk.run.offset,
+                chunk.region_offset if region is not None else chunk.run.offset,
                 chunk.length,
                 gate.compression,
                 chunk.dispatched_ns,
+                region.id if region is not None else 0,
             )
         )
 
@@ -156,9 +169,7 @@ class Dispatcher:
 
     def worker_link(self, worker: int, link: WorkerLink) -> None:
         """Give slot ``worker`` the inbox of its new process (which may start later)."""
-        old = self.workers[worker].writer
-        if old is not None:
-            old.close()
+        self._close_link(worker)
         self.workers[worker] = link
         parked, self._parked = self._parked, []
         for chunk in parked:
@@ -166,11 +177,18 @@ class Dispatcher:
             if gate is not None and gate.in_flight.get(chunk.index) is chunk:
                 self.dispatch(gate, chunk)
 
+    def _close_link(self, worker: int) -> None:
+        """Close slot ``worker``'s inbox and region socket; it holds no region any more."""
+        old = self.workers[worker]
+        if old.writer is not None:
+            old.writer.close()
+        if old.region_sock is not None:
+            old.region_sock.close()
+        self.regions.worker_replaced(worker)
+
     def _detach(self, worker: int) -> list[InFlight]:
         """Close slot ``worker``'s inbox; return its chunks, now dispatched to nobody."""
-        old = self.workers[worker].writer
-        if old is not None:
-            old.close()
+        self._close_link(worker)
         self.workers[worker] = WorkerLink(None, NO_INCARNATION)
         orphans = [
             chunk

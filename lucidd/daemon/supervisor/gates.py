@@ -39,6 +39,8 @@ class Client(Protocol):
     chunks_in_flight: int
     slots_held: int
     waits_for_own: bool
+    #: Its shared-memory region (``ShareMemory``), if it asked for one.
+    region: SharedRegion | None
 
     def send(self, message: p.Message) -> None:
         """Queue a reply to the client."""
@@ -54,6 +56,21 @@ class Client(Protocol):
 
     def close(self) -> None:
         """Send what is queued, then close (at shutdown)."""
+
+
+@dataclass(eq=False)
+class SharedRegion:
+    """One data connection's shared-memory region (regions.RegionTable owns its lifetime);
+    ``view`` is the supervisor's read-only mapping of it (a resent index is copied from it
+    into the ring to be compared)."""
+
+    id: int
+    fd: int
+    size: int
+    view: memoryview
+    chunks: int = 0  # chunks in it admitted and not yet answered
+    connected: bool = True  # its connection is still open
+    workers: set[int] = field(default_factory=set)  # worker slots that were handed it
 
 
 @dataclass(eq=False)
@@ -73,6 +90,9 @@ class InFlight:
     worker: int = -1  # the worker sealing it; -1 while not dispatched (or being recovered)
     dispatched_ns: int = 0
     attempts: int = 0  # worker timeouts this chunk went through
+    #: A chunk sealed from its client's shared region (then ``run`` is empty): where.
+    region: SharedRegion | None = None
+    region_offset: int = 0
 
 
 @dataclass(eq=False)

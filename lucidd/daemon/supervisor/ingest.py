@@ -12,8 +12,11 @@ as that user's once it is answered; a refusal closes the connection.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import logging
+import os
+import socket
 import time
 from typing import Final, cast
 
@@ -23,10 +26,11 @@ from lucidd.daemon.channels import ReadPauses, peer_hung_up
 from lucidd.daemon.logs import ClientErrorLog
 from lucidd.daemon.peers import act_as, peer_of
 from lucidd.daemon.supervisor.admission import Ingest, Wait, WaitOwn
-from lucidd.daemon.supervisor.gates import InFlight
+from lucidd.daemon.supervisor.gates import InFlight, SharedRegion
 from lucidd.daemon.supervisor.slots import SlotRun
 from lucidd.errors import (
     BadFrameError,
+    BadRequestError,
     BusyError,
     IdleTimeoutError,
     LucidError,
@@ -78,6 +82,9 @@ class DataProtocol(asyncio.BufferedProtocol):
         self.leases: set[bytes] = set()
         self._error_logged = False
         self._started = False  # a frame was decoded (an ActAs must be the first)
+        self._chunk_seen = False  # a chunk was decoded (a ShareMemory must come before)
+        #: This connection's shared-memory region (ShareMemory), if it asked for one.
+        self.region: SharedRegion | None = None
         self._closing = False
         self._delegation: asyncio.Task[None] | None = None  # the ActAs being answered
         # -- bounds per connection (issue 10) --
@@ -180,6 +187,13 @@ class DataProtocol(asyncio.BufferedProtocol):
         if self._blocked_start is not None:
             self._ingest.unblock(self)
             self._blocked_start = None
+        self._release_region()
+
+    def _release_region(self) -> None:
+        """The connection is gone: its region lives on while chunks in it are in flight."""
+        region, self.region = self.region, None
+        if region is not None:
+            self._ingest.regions.disconnected(region)
 
     # -- events -------------------------------------------------------------------------
 
@@ -197,10 +211,13 @@ class DataProtocol(asyncio.BufferedProtocol):
                 return
             if isinstance(event, p.ChunkStart):
                 self._frames_left -= 1
-                self._started = True
+                self._started = self._chunk_seen = True
                 self._start_chunk(event)
             elif isinstance(event, p.FrameMessage) and isinstance(event.message, p.ActAs):
                 self._start_act_as(event.message)
+            elif isinstance(event, p.FrameMessage) and isinstance(event.message, p.ShareMemory):
+                self._started = True
+                self._share_memory(event.message)
             elif isinstance(event, p.PayloadData):
                 self._copy_payload(event.data)
             elif isinstance(event, p.ChunkEnd):
@@ -237,16 +254,60 @@ class DataProtocol(asyncio.BufferedProtocol):
     def _start_chunk(self, start: p.ChunkStart) -> None:
         self._payload_at = time.monotonic()
         try:
-            self._current = self._ingest.admit(self, start)
+            chunk = self._ingest.admit(self, start)
         except Wait as wait:
             self._blocked_start = start
             self.waits_for_own = isinstance(wait, WaitOwn)
             self._ingest.block(self)
             self._pause(_ADMISSION)
         except LucidError as err:
-            self._discarding = True
+            self._discarding = not start.shared  # a shared chunk has no payload to skip
             self._note_client_error(err)
             self.send(p.error_reply(start.req, err))
+        else:
+            if start.shared:  # its bytes are in place already
+                self._ingest.complete(chunk)
+            else:
+                self._current = chunk
+
+    def _share_memory(self, request: p.ShareMemory) -> None:
+        """Create this connection's region and hand its descriptor over with the answer; a
+        refusal leaves the connection on the socket path."""
+        try:
+            if self._chunk_seen or self.region is not None:
+                raise BadRequestError("share_memory comes once, before the first chunk")
+            region = self._ingest.regions.create(request.size, self._ingest.fds_left())
+        except LucidError as err:
+            self._note_client_error(err)
+            self.send(p.error_reply(request.req, err))
+            return
+        self.region = region
+        if not self._send_with_fd(p.MemoryShared(req=request.req, size=region.size), region.fd):
+            self._release_region()
+            self.send(p.error_reply(request.req, BusyError("could not hand over shared memory")))
+
+    def _send_with_fd(self, message: p.Message, fd: int) -> bool:
+        """Send ``message`` with ``fd`` as SCM_RIGHTS, past the transport (which cannot send
+        ancillary data): only when nothing the transport holds would be overtaken."""
+        transport = self._transport
+        if transport is None or transport.is_closing() or self._fd < 0:
+            return False
+        self._flush_replies()
+        if transport.get_write_buffer_size():
+            return False
+        frame = p.encode_frame(message)
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+        sock = socket.socket(fileno=os.dup(self._fd))
+        try:
+            sent = sock.sendmsg([frame], ancillary, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+        except OSError:
+            return False
+        finally:
+            sock.close()
+        if sent < len(frame):  # the descriptor went with the first byte; the rest queues
+            transport.write(frame[sent:])
+        self._active_at = time.monotonic()
+        return True
 
     def retry_admission(self) -> bool:
         """Called when capacity was freed; True if this connection could proceed."""

@@ -439,12 +439,13 @@ class Supervisor:
             return
         started = functools.partial(self._worker_started, k)
         try:
-            writer, incarnation = self._children.spawn_worker(k, delay, started)
+            writer, incarnation, regions = self._children.spawn_worker(k, delay, started)
         except OSError as exc:
             self._worker_start_failed(k, exc)
             return
         ready_at = time.monotonic() + delay if delay > 0 else 0.0
-        self._ingest.dispatcher.worker_link(k, WorkerLink(writer, incarnation, ready_at=ready_at))
+        link = WorkerLink(writer, incarnation, regions, ready_at=ready_at)
+        self._ingest.dispatcher.worker_link(k, link)
         self._send_status()
 
     def _worker_started(self, k: int) -> None:
