@@ -11,13 +11,13 @@ import os
 import shlex
 import stat
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any, Final
+from typing import IO, Any, Final, cast
 
 from lucidd.cli.commands import control_client
 from lucidd.cli.output import PROG, Output, Progress, input_file, to_hex
 from lucidd.client import Ack, DataClient, SessionSummary, format_session_id
+from lucidd.client.blocking import Readable
 from lucidd.errors import (
     EX_OK,
     BadRequestError,
@@ -144,26 +144,30 @@ def _put(
     """
     progress = Progress(sys.stderr.isatty(), "put", _input_size(source, args.resume))
     lengths: dict[int, int] = {}
-    sent = 0
 
-    def pieces() -> Iterator[tuple[int, bytes]]:
-        nonlocal sent
-        index = plan.start
-        while piece := source.read(plan.chunk_size):
-            lengths[index] = len(piece)
-            yield index, piece
-            index += 1
-            sent += 1
+    def on_chunk(index: int, length: int) -> None:
+        lengths[index] = length
 
     def on_ack(ack: Ack) -> None:
         progress.add(lengths.pop(ack.index, 0))
 
     try:
         with DataClient(args.runtime_dir, timeout=args.timeout) as data:
-            acks = data.put_many(plan.session, pieces(), window=args.window, on_ack=on_ack)
+            transport = data.transport
+            # Read straight into the shared region when there is one (one copy per byte).
+            acks = data.put_file(
+                plan.session,
+                cast(Readable, source),  # input_file's: a BufferedReader (typing's IO lacks it)
+                plan.chunk_size,
+                start=plan.start,
+                window=args.window,
+                on_chunk=on_chunk,
+                on_ack=on_ack,
+            )
     finally:
         progress.done()
         state.acked = progress.chunks
+    sent = len(acks)
     with control_client(args) as control:
         if args.resume:
             held = control.info(plan.session).chunks
@@ -179,6 +183,7 @@ def _put(
             "bytes": progress.nbytes,
             "size": root.size,
             "root": to_hex(root.root),
+            "transport": transport,
         }
         if args.finalize:
             final = control.finalize(plan.session)

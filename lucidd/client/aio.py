@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from lucidd.client.async_link import AsyncLink
+from lucidd.client.async_link import AsyncLink, Streams, exchange_with_fds
 from lucidd.client.control_core import ControlCall, ControlCore
 from lucidd.client.core import (
     DEFAULT_TIMEOUT,
@@ -36,6 +36,7 @@ from lucidd.client.ids import (
     named_explicitly,
     resolve_socket_path,
 )
+from lucidd.client.shared_memory import ClientRegion, close_fds, shared_memory_size
 from lucidd.errors import LucidError
 from lucidd.protocol import (
     Ack,
@@ -66,11 +67,28 @@ class AsyncDataClient:
     each wait for a reply (or for room to send); when it passes the connection breaks.
     """
 
-    def __init__(self, link: AsyncLink[ChunkResult], core: DataCore) -> None:
+    def __init__(
+        self, link: AsyncLink[ChunkResult], core: DataCore, region: ClientRegion | None = None
+    ) -> None:
         """Internal: use :meth:`connect`."""
         self._link = link
         self._core = core
         self.path = link.path
+        self._region = region
+        self._offsets: dict[Key, int] = {}  # chunks in the region, not yet answered
+        link.on_result = self._free_space
+
+    @property
+    def transport(self) -> str:
+        """As :attr:`DataClient.transport`."""
+        return "memfd" if self._region is not None else "socket"
+
+    def _free_space(self, result: ChunkResult) -> None:
+        # On the daemon's answer, not on the caller's future: a cancelled put's chunk may
+        # still be read by a worker, so its space is not reused before the answer.
+        offset = self._offsets.pop(result.key, None)
+        if offset is not None and self._region is not None:
+            self._region.free(offset)
 
     @classmethod
     async def connect(
@@ -80,22 +98,58 @@ class AsyncDataClient:
         path: str | os.PathLike[str] | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
         act_as: int | None = None,
+        shared_memory: int | bool = True,
     ) -> AsyncDataClient:
         """Connect to the data socket (UnavailableError if it cannot be reached); ``act_as``
-        as for :class:`DataClient` (answered before this returns; a refusal is raised)."""
+        and ``shared_memory`` as for :class:`DataClient` (answered before this returns; an
+        ``act_as`` refusal is raised)."""
         uid = act_as_uid(act_as)
+        size = shared_memory_size(shared_memory)
         socket_path = resolve_socket_path(DATA_SOCKET_NAME, runtime_dir, path)
         core = DataCore()
         explicit = named_explicitly(runtime_dir, path)
-        return cls(await AsyncLink.open(socket_path, timeout, core, explicit, uid), core)
+        regions: list[ClientRegion] = []
+
+        async def share_memory(streams: Streams) -> None:
+            fds = await exchange_with_fds(
+                core,
+                streams,
+                core.share_memory(size),
+                lambda: not core.share_pending,
+                path=socket_path,
+                timeout=timeout,
+            )
+            if core.shared_size and len(fds) == 1 and not core.broken:
+                regions.append(ClientRegion(fds[0], core.shared_size))
+            else:
+                close_fds(fds)
+
+        link = await AsyncLink.open(
+            socket_path, timeout, core, explicit, uid, setup=share_memory if size else None
+        )
+        if core.broken:  # a daemon that does not know ShareMemory closed it: again without
+            await link.close()
+            core = DataCore()
+            link = await AsyncLink.open(socket_path, timeout, core, explicit, uid)
+            regions.clear()
+        return cls(link, core, regions[0] if regions else None)
 
     async def _start(
         self, session: SessionRef, index: int, payload: Buffer
     ) -> tuple[Key, asyncio.Future[Any]]:
         view = flat_view(payload)
-        req, header = self._core.chunk(session, index, view.nbytes)
+        region = self._region
+        # No room in the region now (concurrent puts fill it): this one takes the socket.
+        offset = region.place(view) if region is not None and region.fits(view.nbytes) else None
+        if offset is None:
+            req, header = self._core.chunk(session, index, view.nbytes)
+            buffers: tuple[Buffer, ...] = (header, view)
+        else:
+            req, header = self._core.shared_chunk(session, index, offset, view.nbytes)
+            self._offsets[(req, index)] = offset
+            buffers = (header,)
         (future,) = self._link.expect([(req, index)])
-        await self._link.send((header, view))
+        await self._link.send(buffers)
         return (req, index), future
 
     async def put(self, session: SessionRef, index: int, payload: Buffer) -> Ack:
@@ -165,6 +219,9 @@ class AsyncDataClient:
     async def close(self) -> None:
         """Close the connection; calls still waiting fail with UnavailableError."""
         await self._link.close()
+        if self._region is not None:
+            self._region.close()
+            self._region = None
 
     async def __aenter__(self) -> Self:
         return self

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Sequence
+import os
+import socket
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Generic
+from typing import Any, Generic, cast
 
 from lucidd.client.core import RECV_SIZE, Buffer, Core, Key, ResultT
 from lucidd.client.ids import START_HINT, check_peer, trusted_peer_uids, unavailable_error
+from lucidd.client.shared_memory import fds_of
 from lucidd.errors import LucidError, RequestTimeoutError, UnavailableError, UntrustedSocketError
 
 
@@ -80,6 +83,67 @@ async def _act_as(
         raise error
 
 
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def _recvmsg(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """One ``recvmsg`` of a non-blocking socket, awaiting readability; bytes and fds."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            data, ancillary, _, _ = sock.recvmsg(RECV_SIZE, socket.CMSG_SPACE(4 * 4))
+        except BlockingIOError:
+            readable = loop.create_future()
+            loop.add_reader(sock.fileno(), readable.set_result, None)
+            try:
+                await readable
+            finally:
+                loop.remove_reader(sock.fileno())
+            continue
+        return data, fds_of(ancillary)
+
+
+async def exchange_with_fds(
+    core: Core[ResultT],
+    streams: Streams,
+    frame: bytes,
+    answered: Callable[[], bool],
+    *,
+    path: Path,
+    timeout: float | None,
+) -> list[int]:
+    """Send ``frame`` and read until ``answered()``, keeping the descriptors the replies
+    carried (``SCM_RIGHTS``, which a stream's reads would drop); returns them (the caller
+    owns them). Runs before the reader task starts, with the transport's reading paused, so
+    nothing else reads the socket meanwhile; failures end up in the core."""
+    _, writer = streams
+    transport = cast(asyncio.Transport, writer.transport)  # a Unix stream's: reads too
+    raw = socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno()))
+    raw.setblocking(False)
+    fds: list[int] = []
+    transport.pause_reading()
+    try:
+        writer.write(frame)
+        async with asyncio.timeout(timeout):
+            await writer.drain()
+            while not answered() and not core.broken:
+                data, got = await _recvmsg(raw)
+                fds += got
+                if data:
+                    core.receive_data(data)
+                else:
+                    core.connection_lost(f"lucidd at {path} closed the connection")
+    except TimeoutError:
+        core.abort(RequestTimeoutError, f"no answer from lucidd at {path} for {timeout} s")
+    except OSError as exc:
+        core.connection_lost(f"connection to lucidd at {path} failed: {exc.strerror or exc}")
+    finally:
+        raw.close()
+        if not transport.is_closing():
+            transport.resume_reading()
+    return fds
+
+
 class AsyncLink(Generic[ResultT]):
     """One asyncio connection driving a core; a reader task resolves futures by key."""
 
@@ -95,6 +159,8 @@ class AsyncLink(Generic[ResultT]):
         self.core = core
         self._reader, self._writer = streams
         self._futures: dict[Key, asyncio.Future[Any]] = {}
+        #: Sees every result first, whether or not its caller still waits for it.
+        self.on_result: Callable[[ResultT], None] | None = None
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
 
     @classmethod
@@ -105,16 +171,21 @@ class AsyncLink(Generic[ResultT]):
         core: Core[ResultT],
         explicit: bool,
         act_as: int | None,
+        *,
+        setup: Callable[[Streams], Awaitable[None]] | None = None,
     ) -> AsyncLink[ResultT]:
         """Connect to ``path``; with ``act_as`` (a uid, see
-        :func:`~lucidd.client.core.act_as_uid`), have it answered first (a refusal is raised)."""
+        :func:`~lucidd.client.core.act_as_uid`), have it answered first (a refusal is raised);
+        then ``setup`` runs on the streams before the reader task starts."""
         streams = await open_unix(path, timeout, explicit)
-        if act_as is not None:
-            try:
+        try:
+            if act_as is not None:
                 await _act_as(core, streams, act_as, path, timeout)
-            except BaseException:
-                streams[1].close()
-                raise
+            if setup is not None:
+                await setup(streams)
+        except BaseException:
+            streams[1].close()
+            raise
         return cls(path, timeout, core, streams)
 
     def expect(self, keys: Iterable[Key]) -> list[asyncio.Future[Any]]:
@@ -177,6 +248,8 @@ class AsyncLink(Generic[ResultT]):
 
     def _dispatch(self, results: Iterable[ResultT]) -> None:
         for result in results:
+            if self.on_result is not None:
+                self.on_result(result)
             future = self._futures.pop(result.key, None)
             if future is None or future.done():
                 continue  # its caller was cancelled

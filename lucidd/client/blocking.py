@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Final, Protocol, Self, TypeVar
 
 from lucidd.client.control_core import ControlCall, ControlCore
 from lucidd.client.core import (
@@ -24,6 +24,7 @@ from lucidd.client.core import (
     ChunkResult,
     Key,
     act_as_uid,
+    check_index_arg,
     check_window,
     flat_view,
 )
@@ -63,6 +64,13 @@ RESEND_BACKOFF_MAX_S: Final = 2.0
 HEADERS_PER_SEND: Final = 16
 
 T = TypeVar("T")
+
+
+class Readable(Protocol):
+    """What :meth:`DataClient.put_file` reads from (a binary file, a socket's makefile)."""
+
+    def readinto(self, buffer: memoryview, /) -> int | None:
+        """Fill ``buffer``; bytes read (0 at the end), None when nothing is ready."""
 
 
 class DataClient:
@@ -179,6 +187,47 @@ class DataClient:
             sender.release_all()
         return sender.collector.result(sender.keys)
 
+    def put_file(
+        self,
+        session: SessionRef,
+        source: Readable,
+        chunk_size: int,
+        *,
+        start: int = 0,
+        window: int = DEFAULT_WINDOW,
+        on_chunk: Callable[[int, int], None] | None = None,
+        on_ack: Callable[[Ack], None] | None = None,
+    ) -> list[Ack]:
+        """Send what ``source`` holds from its position on, in chunks of ``chunk_size`` bytes
+        numbered from ``start``, as :meth:`put_many` does.
+
+        With shared memory each chunk is read (``readinto``) straight into the region: the
+        payload is copied once, from the page cache to where the worker seals it. (Reading
+        into the region rather than mapping the file: a mapped file that someone truncates
+        meanwhile kills the reader with SIGBUS.) ``on_chunk(index, length)`` runs as each
+        chunk is sent.
+        """
+        check_window(window)
+        check_index_arg("chunk_size", chunk_size)
+        sender = _Sender(self._link, self._core, self._region, AckCollector(on_ack))
+        index = start
+        try:
+            while sender.wait_below(window):
+                length = sender.put_read(session, index, source.readinto, chunk_size)
+                if length is None:
+                    break
+                if on_chunk is not None:
+                    on_chunk(index, length)
+                index += 1
+            sender.drain()
+        except BaseException:
+            if self._core.pending:
+                self._link.close()
+            raise
+        finally:
+            sender.release_all()
+        return sender.collector.result(sender.keys)
+
     def put_batch(self, session: SessionRef, chunks: Sequence[tuple[int, Buffer]]) -> list[Ack]:
         """Send ``(index, payload)`` chunks in one ``Batch`` frame; acks in the given order.
 
@@ -253,18 +302,60 @@ class _Sender:
             self._collect(self._link.send((header, view)))
             return True
         req, header = self._core.shared_chunk(session, index, offset, view.nbytes)
+        self._queue(req, index, offset, header)
+        return True
+
+    def put_read(
+        self,
+        session: SessionRef,
+        index: int,
+        read_into: Callable[[memoryview], int | None],
+        chunk_size: int,
+    ) -> int | None:
+        """Read up to ``chunk_size`` bytes with ``read_into`` and send them as chunk
+        ``index``; their length, or None at the end of the input (or after an error)."""
+        offset = self._reserve(chunk_size)
+        if self.collector.error is not None:
+            return None
+        if offset is None:
+            piece = bytearray(chunk_size)
+            length = _read_full(read_into, memoryview(piece))
+            if not length:
+                return None
+            self.put(session, index, memoryview(piece)[:length])
+            return length
+        assert self._region is not None
+        with self._region.view(offset, chunk_size) as space:
+            length = _read_full(read_into, space)
+        if not length:
+            self._region.free(offset)
+            return None
+        req, header = self._core.shared_chunk(session, index, offset, length)
+        self._queue(req, index, offset, header)
+        return length
+
+    def _queue(self, req: int, index: int, offset: int, header: bytes) -> None:
         self.keys.append((req, index))
         self._offsets[(req, index)] = offset
         self._headers.append(header)
         if len(self._headers) >= HEADERS_PER_SEND:
             self._flush()
-        return True
 
     def _place(self, view: memoryview) -> int | None:
+        offset = self._reserve(view.nbytes)
+        if offset is not None:
+            assert self._region is not None
+            with self._region.view(offset, view.nbytes) as space:
+                space[:] = view
+        return offset
+
+    def _reserve(self, length: int) -> int | None:
+        """Space in the region for ``length`` bytes, waiting for answers to free some; None
+        when it cannot fit (or after an error): the chunk goes over the socket."""
         region = self._region
-        if region is None or not region.fits(view.nbytes):
+        if region is None or not region.fits(length):
             return None
-        while (offset := region.place(view)) is None and self._core.pending:
+        while (offset := region.reserve(length)) is None and self._core.pending:
             if self.collector.error is not None:
                 return None
             self._receive()  # no room until some chunk is answered
@@ -299,6 +390,19 @@ class _Sender:
             for offset in self._offsets.values():
                 region.free(offset)
         self._offsets.clear()
+
+
+def _read_full(read_into: Callable[[memoryview], int | None], space: memoryview) -> int:
+    """Fill ``space`` but at the end of the input (a pipe gives short reads): chunk
+    boundaries must not depend on how the bytes arrived, or a resume would not match."""
+    filled = 0
+    while filled < space.nbytes:
+        with space[filled:] as rest:
+            count = read_into(rest)
+        if not count:
+            break
+        filled += count
+    return filled
 
 
 def put_until_acked(

@@ -71,17 +71,27 @@ class ClientRegion:
         """Whether a payload of ``length`` bytes fits in an empty region."""
         return length > 0 and -(-length // SLOT) <= len(self._slots)
 
-    def place(self, payload: memoryview) -> int | None:
-        """Copy ``payload`` into free space; its offset, or None when no room is free now."""
-        need = -(-payload.nbytes // SLOT)
+    def reserve(self, length: int) -> int | None:
+        """Take free space for ``length`` bytes; its offset, or None when none is free now."""
+        need = -(-length // SLOT)
         start = self._slots.find(bytes(need))
         if start < 0 or need == 0:
             return None
         self._slots[start : start + need] = b"\x01" * need
         offset = start * SLOT
         self._taken[offset] = need
-        self._buf[offset : offset + payload.nbytes] = payload
         return offset
+
+    def place(self, payload: memoryview) -> int | None:
+        """Copy ``payload`` into free space; its offset, or None when no room is free now."""
+        offset = self.reserve(payload.nbytes)
+        if offset is not None:
+            self._buf[offset : offset + payload.nbytes] = payload
+        return offset
+
+    def view(self, offset: int, length: int) -> memoryview:
+        """A writable view of reserved space (release it before :meth:`close`)."""
+        return self._buf[offset : offset + length]
 
     def free(self, offset: int) -> None:
         """The chunk at ``offset`` was answered: its space may be reused."""

@@ -85,6 +85,10 @@ METRICS: Final[Mapping[str, MetricInfo]] = {
     "bytes_received_total": _counter(
         "received_payload_bytes_total", "Payload bytes of the chunks admitted.", _B
     ),
+    "chunks_shared_total": _counter(
+        "chunks_shared_total",
+        "Chunks admitted whose payload was in the client's shared memory (not the socket).",
+    ),
     "backpressure_pauses_total": _counter(
         "backpressure_pauses_total",
         "Times a data connection waited for ring room or in-flight capacity.",
@@ -110,6 +114,12 @@ METRICS: Final[Mapping[str, MetricInfo]] = {
     "ring_slots_used": _gauge("ring_slots_used", "Slots of the shared-memory ring in use."),
     "ring_slots_total": _gauge("ring_slots", "Slots of the shared-memory ring."),
     "connections": _gauge("data_connections", "Open data-socket connections."),
+    "shared_regions": _gauge(
+        "shared_regions", "Client shared-memory regions alive (connections, or chunks in flight)."
+    ),
+    "shared_region_bytes": _gauge(
+        "shared_region_bytes", "Bytes of the client shared-memory regions alive.", _B
+    ),
     # -- the supervisor: its children
     "worker_restarts_total": _counter("worker_restarts_total", "Worker processes replaced."),
     "aggregator_restarts_total": _counter(

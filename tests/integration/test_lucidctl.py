@@ -246,7 +246,8 @@ def test_open_with_zstd_is_listed_and_described(daemon: Daemon) -> None:
 def test_put_file_in_64kib_chunks_round_trips_through_get(daemon: Daemon, short_tmp: Path) -> None:
     path, data = random_file(short_tmp, "big.bin", BIG_FILE_SIZE)
     put = put_file(daemon, path)
-    assert set(put) == {"session", "chunks", "bytes", "size", "root"}
+    assert set(put) == {"session", "chunks", "bytes", "size", "root", "transport"}
+    assert put["transport"] == "memfd"
     session = put["session"]
     assert SESSION_UUID.fullmatch(session), session
     assert put["chunks"] == math.ceil(BIG_FILE_SIZE / CHUNK_SIZE) == 49

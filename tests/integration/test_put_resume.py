@@ -223,14 +223,20 @@ def test_a_second_daemon_on_the_same_state_folder_exits_75_naming_the_holder(
 def test_a_second_writer_gets_session_busy_before_anything_is_stored(
     daemon: Daemon, short_tmp: Path
 ) -> None:
-    big, data = random_file(short_tmp, "big.bin", 300 * CHUNK)
+    _, data = random_file(short_tmp, "big.bin", 300 * CHUNK)
     other, _ = random_file(short_tmp, "other.bin", 4 * CHUNK)
     cmd = [sys.executable, "-m", "lucidd.cli", "--runtime-dir", str(daemon.runtime_dir)]
+    # The first writer reads a pipe that holds back the rest of its input until the second
+    # writer was refused: it is still writing then, however fast the daemon is.
     first = subprocess.Popen(
-        [*cmd, "--json", "put", str(big), "--chunk-size", "64KiB", "--window", "2"],
+        [*cmd, "--json", "put", "-", "--chunk-size", "64KiB", "--window", "2"],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+    assert first.stdin is not None
+    first.stdin.write(data[: 8 * CHUNK])
+    first.stdin.flush()
     with ControlClient(daemon.runtime_dir) as control:
         deadline = time.monotonic() + CLI_TIMEOUT_S
         while not (listed := [s for s in control.sessions() if s.chunks >= 5]):
@@ -246,7 +252,7 @@ def test_a_second_writer_gets_session_busy_before_anything_is_stored(
             assert (
                 control.read_chunk(session, index).data == data[index * CHUNK : (index + 1) * CHUNK]
             )
-    _, err = first.communicate(timeout=CLI_TIMEOUT_S)
+    _, err = first.communicate(data[8 * CHUNK :], timeout=CLI_TIMEOUT_S)
     assert first.returncode == 0, err.decode()
     assert_session_is_exactly(daemon, session, data)
     # The lease ended with the first connection: now the session takes another writer.

@@ -104,6 +104,7 @@ class Ingest:
             "chunks_acked_total": 0.0,
             "chunks_refused_total": 0.0,
             "bytes_received_total": 0.0,
+            "chunks_shared_total": 0.0,
             "backpressure_pauses_total": 0.0,
             "connections_refused_total": 0.0,
             "stage_ack_seconds_total": 0.0,
@@ -268,6 +269,7 @@ class Ingest:
                 chunk.region = region
                 chunk.region_offset = start.offset
                 region.chunks += 1
+                self.counters["chunks_shared_total"] += 1
         conn.hold(run)
         gate.in_flight[start.index] = chunk
         self.in_flight += 1

@@ -329,6 +329,8 @@ class Supervisor:
         metrics["ring_slots_used"] = float(ingest.slots.used)
         metrics["ring_slots_total"] = float(ingest.slots.count)
         metrics["connections"] = float(len(ingest.connections))
+        metrics["shared_regions"] = float(len(ingest.regions.regions))
+        metrics["shared_region_bytes"] = float(ingest.regions.bytes)
         metrics["worker_restarts_total"] = float(
             sum(c.restarts for c in children.workers if c is not None)
         )
