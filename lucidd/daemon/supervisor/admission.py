@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -263,8 +264,7 @@ class Ingest:
         chunk = InFlight(conn, start.req, start.session, start.index, start.length, run, kind)
         if region is not None:
             if in_ring:
-                end = start.offset + start.length
-                self.ring[run.offset : run.offset + start.length] = region.view[start.offset : end]
+                _copy_into(self.ring[run.offset : run.offset + start.length], region, start)
             else:
                 chunk.region = region
                 chunk.region_offset = start.offset
@@ -480,3 +480,15 @@ def _region_of(conn: Client, start: p.ChunkStart) -> SharedRegion:
             **context,
         )
     return region
+
+
+def _copy_into(destination: memoryview, region: SharedRegion, start: p.ChunkStart) -> None:
+    """Read a shared chunk's bytes into ``destination`` (its ring slots)."""
+    with destination:
+        done = 0
+        while done < destination.nbytes:
+            with destination[done:] as rest:
+                count = os.preadv(region.fd, [rest], start.offset + done)
+            if count <= 0:  # cannot happen: the region is sealed against shrinking
+                raise InternalError("shared memory ended early", session=start.session)
+            done += count

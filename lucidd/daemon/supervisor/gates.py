@@ -60,14 +60,15 @@ class Client(Protocol):
 
 @dataclass(eq=False)
 class SharedRegion:
-    """One data connection's shared-memory region (regions.RegionTable owns its lifetime);
-    ``view`` is the supervisor's read-only mapping of it (a resent index is copied from it
-    into the ring to be compared)."""
+    """One data connection's shared-memory region (regions.RegionTable owns its lifetime).
+
+    The supervisor holds its descriptor but never maps it (a mapping would cost a second
+    descriptor: ``mmap`` keeps a dup); a resent index is read from it into the ring.
+    """
 
     id: int
     fd: int
     size: int
-    view: memoryview
     chunks: int = 0  # chunks in it admitted and not yet answered
     connected: bool = True  # its connection is still open
     workers: set[int] = field(default_factory=set)  # worker slots that were handed it

@@ -20,7 +20,7 @@ from typing import Protocol
 
 from lucidd.daemon import ipc
 from lucidd.daemon.channels import PipeWriter
-from lucidd.daemon.shared_regions import RegionView, create_region, round_to_pages, send_region
+from lucidd.daemon.shared_regions import create_region, round_to_pages, send_region
 from lucidd.daemon.supervisor.gates import SharedRegion
 from lucidd.errors import BadRequestError, BusyError, TooLargeError
 
@@ -42,7 +42,6 @@ class RegionTable:
         self._links = links
         self._ids = itertools.count(1)
         self.regions: dict[int, SharedRegion] = {}
-        self._maps: dict[int, RegionView] = {}  # the supervisor's mapping of each
         self.bytes = 0
 
     def create(self, size: int, fds_left: int | None) -> SharedRegion:
@@ -68,14 +67,8 @@ class RegionTable:
             fd = create_region(size)
         except OSError as exc:
             raise BusyError(f"cannot create shared memory: {exc.strerror}") from None
-        try:
-            view = RegionView(fd, size)
-        except OSError as exc:
-            os.close(fd)
-            raise BusyError(f"cannot map shared memory: {exc.strerror}") from None
-        region = SharedRegion(next(self._ids), fd, size, view.view)
+        region = SharedRegion(next(self._ids), fd, size)
         self.regions[region.id] = region
-        self._maps[region.id] = view
         self.bytes += size
         return region
 
@@ -119,7 +112,6 @@ class RegionTable:
             writer = links[worker].writer if worker < len(links) else None
             if writer is not None:
                 writer.send(ipc.ForgetRegion(region.id))
-        self._maps.pop(region.id).close()
         os.close(region.fd)
 
     def close_all(self) -> None:
