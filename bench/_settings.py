@@ -66,6 +66,8 @@ class Settings:
     settle_s: float = SETTLE_TIMEOUT_S
     #: More settings of the daemons the bench starts, as (name, value) pairs.
     daemon: tuple[tuple[str, str], ...] = ()
+    #: The file ``lucidctl put`` and ``restic backup`` each store end to end (0: not run).
+    end_to_end_bytes: int = 256 * MiB
 
     def latency_count(self, size: int) -> int:
         return max(self.latency_min, min(self.latency_max, self.latency_bytes // size))
@@ -179,6 +181,12 @@ def parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, help="unmeasured chunks before each run")
     parser.add_argument("--data-bytes", type=parse_size, help="size of the random data blob")
     parser.add_argument(
+        "--end-to-end",
+        type=parse_size,
+        metavar="BYTES",
+        help="size of the file lucidctl put and restic backup each store (0 skips)",
+    )
+    parser.add_argument(
         "--set",
         dest="daemon",
         type=_setting,
@@ -219,6 +227,7 @@ _OVERRIDES: Final = {
     "data_bytes": "data_bytes",
     "settle": "settle_s",
     "daemon": "daemon",
+    "end_to_end": "end_to_end_bytes",
 }
 
 
