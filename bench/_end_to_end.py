@@ -1,5 +1,9 @@
 """End to end: one file stored by the real command line, ``lucidctl put`` against ``restic backup``.
 
+Two runs of each: ``file``, the ``--end-to-end`` file (256 MiB), which the goal compares, and
+``one chunk``, a file of one 1 MiB chunk: the command's fixed cost (start-up, opening the
+session or repository, the root or snapshot), which the large file pays too.
+
 Both get the same file of random (incompressible) bytes, written once before either is timed,
 fsynced (so neither pays for its writeback) and read once (so both read it from the page
 cache: the machine's cache is used the same way for both). The file, restic's repository and
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -23,10 +28,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from bench._baselines import Restic
+from bench._baselines import BaselineError, Restic, restic_available
 from bench._daemon import REPO_ROOT, checkout_pythonpath
 from bench._lucidd import DEFAULT_TRANSPORT
-from lucidd.units import MiB
+from bench._results import Results, log
+from bench._settings import (
+    END_TO_END_FILE_RUN,
+    END_TO_END_ONE_CHUNK_RUN,
+    LUCIDD,
+    RESTIC,
+    Settings,
+)
+from lucidd.testing import Daemon
+from lucidd.units import MiB, format_size
 
 PUT_CHUNK_SIZE: Final = MiB
 WRITE_BLOCK: Final = 64 * MiB
@@ -104,3 +118,60 @@ def error_row(design: str, command: str, nbytes: int, error: str, **extra: Any) 
         "error": error,
         **extra,
     }
+
+
+def measure(settings: Settings, daemon: Daemon, workers: int, results: Results) -> None:
+    """Both runs (``file``, ``one chunk``): ``lucidctl put`` against ``daemon``, then, when
+    installed and asked for, ``restic backup`` of the same file into a fresh repository. The
+    files and repositories live in ``daemon.base``, beside the daemon's state."""
+    folder = daemon.base / "end-to-end"
+    folder.mkdir()
+    try:
+        for run, nbytes in (
+            (END_TO_END_FILE_RUN, settings.end_to_end_bytes),
+            (END_TO_END_ONE_CHUNK_RUN, PUT_CHUNK_SIZE),
+        ):
+            where = folder / run.replace(" ", "-")
+            where.mkdir()
+            source = where / "input.bin"
+            log(f"end to end ({run}): writing {format_size(nbytes)} of random bytes")
+            write_input(source, nbytes)
+            log(f"end to end ({run}): lucidctl put {format_size(nbytes)}")
+            put = lucidctl_put(daemon.runtime_dir, source)
+            results.end_to_end.append(
+                row(
+                    LUCIDD,
+                    "lucidctl put",
+                    put.nbytes,
+                    put.seconds,
+                    run=run,
+                    chunk_size=PUT_CHUNK_SIZE,
+                    workers=workers,
+                    durability="fsync",
+                    transport=put.transport,
+                )
+            )
+            if RESTIC in settings.baselines and restic_available():
+                log(f"end to end ({run}): restic backup {format_size(nbytes)}")
+                results.end_to_end.append(_restic_row(source, where, nbytes, run))
+            source.unlink()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _restic_row(source: Path, folder: Path, nbytes: int, run: str) -> dict[str, Any]:
+    try:
+        restic, seconds = restic_backup_file(source, folder)
+    except BaselineError as exc:
+        log(f"restic: failed: {exc}")
+        return error_row(RESTIC, "restic backup", nbytes, str(exc), run=run)
+    flags = restic.global_flags() + restic.backup_flags()
+    return row(
+        RESTIC,
+        "restic backup",
+        nbytes,
+        seconds,
+        run=run,
+        restic_version=restic.version_text,
+        flags=flags,
+    )

@@ -14,7 +14,7 @@ from bench._results import (
     minus,
     ratio,
 )
-from bench._settings import LUCIDD, RESTIC, Settings
+from bench._settings import END_TO_END_FILE_RUN, LUCIDD, RESTIC, Settings
 from lucidd.units import KiB, MiB, format_size
 
 GOAL_LIMIT_FRACTION: Final = 0.8
@@ -127,7 +127,10 @@ def evaluate_goals(results: Results, settings: Settings) -> list[dict[str, Any]]
     goals.append(
         _goal(
             f"lucidctl put / restic backup of {format_size(settings.end_to_end_bytes)}",
-            ratio(end_to_end_mib_s(results, LUCIDD), end_to_end_mib_s(results, RESTIC)),
+            ratio(
+                end_to_end_mib_s(results, LUCIDD, END_TO_END_FILE_RUN),
+                end_to_end_mib_s(results, RESTIC, END_TO_END_FILE_RUN),
+            ),
             GOAL_PUT_OVER_RESTIC,
             "x",
             True,

@@ -47,7 +47,6 @@ from bench._settings import (
     settings_json,
 )
 from lucidd.client import ControlClient
-from lucidd.testing import Daemon
 from lucidd.units import MiB, format_size
 
 # --- machine ------------------------------------------------------------------------------
@@ -179,54 +178,6 @@ def measure_restic(workload: baselines.Workload, folder: Path, results: Results)
     results.add_throughput(
         RESTIC, size, None, seconds, workload.count, restic_version=restic.version_text
     )
-
-
-def measure_end_to_end(settings: Settings, daemon: Daemon, workers: int, results: Results) -> None:
-    """``lucidctl put`` of one file, then (when installed and asked for) ``restic backup`` of the
-    same file; the file, restic's repository and the daemon's state share ``daemon.base``."""
-    nbytes = settings.end_to_end_bytes
-    folder = daemon.base / "end-to-end"
-    folder.mkdir()
-    try:
-        source = folder / "input.bin"
-        log(f"end to end: writing {format_size(nbytes)} of random bytes")
-        end_to_end.write_input(source, nbytes)
-        log(f"end to end: lucidctl put {format_size(nbytes)}")
-        put = end_to_end.lucidctl_put(daemon.runtime_dir, source)
-        results.end_to_end.append(
-            end_to_end.row(
-                LUCIDD,
-                "lucidctl put",
-                put.nbytes,
-                put.seconds,
-                chunk_size=end_to_end.PUT_CHUNK_SIZE,
-                workers=workers,
-                durability="fsync",
-                transport=put.transport,
-            )
-        )
-        if RESTIC in settings.baselines and baselines.restic_available():
-            log(f"end to end: restic backup {format_size(nbytes)}")
-            try:
-                restic, seconds = end_to_end.restic_backup_file(source, folder)
-            except baselines.BaselineError as exc:
-                log(f"restic: failed: {exc}")
-                results.end_to_end.append(
-                    end_to_end.error_row(RESTIC, "restic backup", nbytes, str(exc))
-                )
-            else:
-                results.end_to_end.append(
-                    end_to_end.row(
-                        RESTIC,
-                        "restic backup",
-                        nbytes,
-                        seconds,
-                        restic_version=restic.version_text,
-                        flags=restic.global_flags() + restic.backup_flags(),
-                    )
-                )
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -422,7 +373,7 @@ def run(settings: Settings, runtime_dir: Path | None) -> Results:
                 ):
                     measure_lucidd(settings, blob, target, results, throughput=watch)
                 if watch and settings.end_to_end_bytes:  # after the memory watch: its own peak
-                    measure_end_to_end(settings, daemon, settings.workers, results)
+                    end_to_end.measure(settings, daemon, settings.workers, results)
         measure_scaling(settings, blob, results)
     results.goals = evaluate_goals(results, settings)
     return results

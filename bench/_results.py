@@ -133,10 +133,10 @@ def mib_s(results: Results, design: str, size: int, workers: int | None = None) 
     return float(row["mib_s"])
 
 
-def end_to_end_mib_s(results: Results, design: str) -> float | None:
-    """MiB/s of ``design``'s end-to-end row (None if it is missing or failed)."""
+def end_to_end_mib_s(results: Results, design: str, run: str) -> float | None:
+    """MiB/s of ``design``'s end-to-end row of ``run`` (None if it is missing or failed)."""
     for row in results.end_to_end:
-        if row["design"] == design and row["mib_s"] is not None:
+        if row["design"] == design and row.get("run") == run and row["mib_s"] is not None:
             return float(row["mib_s"])
     return None
 

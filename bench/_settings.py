@@ -22,6 +22,9 @@ MAX_WORKERS: Final = 50
 PERCENTILES: Final = (("p50_us", 50.0), ("p90_us", 90.0), ("p99_us", 99.0), ("p999_us", 99.9))
 LUCIDD: Final = "lucidd"
 RESTIC: Final = "restic"
+#: The end-to-end runs (bench._end_to_end): the file the goal compares, and one chunk's file.
+END_TO_END_FILE_RUN: Final = "file"
+END_TO_END_ONE_CHUNK_RUN: Final = "one chunk"
 #: Unmeasured chunks each of the concurrent clients sends first.
 CLIENT_WARMUP: Final = 4
 #: Each run first sends at least this many unmeasured chunks per worker.

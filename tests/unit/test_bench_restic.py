@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 
 from bench._baselines import Restic, Workload, parse_restic_version
+from bench._end_to_end import error_row, row
 from bench._goals import GOAL_PUT_OVER_RESTIC, evaluate_goals
 from bench._measure import measure_restic
 from bench._report import markdown
 from bench._results import Results, mib_s
 from bench._settings import QUICK
+from lucidd.units import MiB
 
 DEBIAN_014 = "restic 0.14.0 compiled with go1.19.8 on linux/amd64\n"
 SIZE = 4096
@@ -109,11 +111,13 @@ def test_a_failing_restic_is_a_row_error_and_the_report_still_comes_out(
     assert "error: restic 0.14.0" in markdown(results, settings)
 
 
-def test_the_end_to_end_goal_is_the_ratio_of_the_two_rows() -> None:
+def test_the_end_to_end_goal_is_the_ratio_of_the_two_file_rows() -> None:
     results = Results(dict(MACHINE), {})
     results.end_to_end += [
-        {"design": "lucidd", "command": "lucidctl put", "mib_s": 600.0},
-        {"design": "restic", "command": "restic backup", "mib_s": 100.0},
+        {"design": "lucidd", "run": "one chunk", "command": "lucidctl put", "mib_s": 4.0},
+        {"design": "lucidd", "run": "file", "command": "lucidctl put", "mib_s": 600.0},
+        {"design": "restic", "run": "one chunk", "command": "restic backup", "mib_s": 8.0},
+        {"design": "restic", "run": "file", "command": "restic backup", "mib_s": 100.0},
     ]
     (goal,) = [g for g in evaluate_goals(results, QUICK) if g["goal"].startswith("lucidctl put")]
     assert goal["measured"] == pytest.approx(6.0)
@@ -121,12 +125,26 @@ def test_the_end_to_end_goal_is_the_ratio_of_the_two_rows() -> None:
     assert goal["met"] is True
 
 
-def test_a_failed_restic_leaves_the_end_to_end_goal_unjudged() -> None:
+def test_a_failed_restic_leaves_the_end_to_end_goal_unjudged_and_is_reported() -> None:
     results = Results(dict(MACHINE), {})
     results.end_to_end += [
-        {"design": "lucidd", "command": "lucidctl put", "mib_s": 600.0},
-        {"design": "restic", "command": "restic backup", "mib_s": None, "error": "exit 1"},
+        row(
+            "lucidd",
+            "lucidctl put",
+            256 * MiB,
+            0.5,
+            run="file",
+            chunk_size=MiB,
+            workers=2,
+            durability="fsync",
+            transport="socket",
+        ),
+        error_row("restic", "restic backup", 256 * MiB, "restic 0.14.0: exit 1", run="file"),
     ]
-    (goal,) = [g for g in evaluate_goals(results, QUICK) if g["goal"].startswith("lucidctl put")]
+    results.goals = evaluate_goals(results, QUICK)
+    (goal,) = [g for g in results.goals if g["goal"].startswith("lucidctl put")]
     assert goal["measured"] is None
     assert goal["met"] is None
+    report = markdown(results, QUICK)
+    assert "| 0.50 | 512 |" in report
+    assert "error: restic 0.14.0: exit 1" in report
