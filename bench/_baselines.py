@@ -13,7 +13,8 @@ is the batch's duration (for a batch of one, the chunk's own time).
   as ``bytes`` (pickled through a pipe); each process appends to the same ``O_APPEND`` segment
   and the caller's ``fdatasync`` of that file makes the batch durable.
 - ``restic``: ``restic backup`` of the same chunks, written as one file per chunk, into a local
-  repository (only when ``restic`` is on ``PATH``).
+  repository (only when ``restic`` is on ``PATH``; its flags follow its version,
+  :class:`Restic`; a failure is :class:`BaselineError`, which the bench reports as the row's).
 
 Limits: the *compute limit* seals (and so hashes) the chunks in as many processes as there are
 cores, no I/O; the *disk limit* appends the same bytes (record-sized writes) and fdatasyncs them
