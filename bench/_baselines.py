@@ -13,7 +13,8 @@ is the batch's duration (for a batch of one, the chunk's own time).
   as ``bytes`` (pickled through a pipe); each process appends to the same ``O_APPEND`` segment
   and the caller's ``fdatasync`` of that file makes the batch durable.
 - ``restic``: ``restic backup`` of the same chunks, written as one file per chunk, into a local
-  repository (only when ``restic`` is on ``PATH``).
+  repository (only when ``restic`` is on ``PATH``; its flags follow its version,
+  :class:`Restic`; a failure is :class:`BaselineError`, which the bench reports as the row's).
 
 Limits: the *compute limit* seals (and so hashes) the chunks in as many processes as there are
 cores, no I/O; the *disk limit* appends the same bytes (record-sized writes) and fdatasyncs them
@@ -25,6 +26,7 @@ from __future__ import annotations
 import abc
 import multiprocessing as mp
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -355,31 +357,111 @@ def disk_limit(workload: Workload, folder: Path, batch: int, seconds: float) -> 
 
 # --- restic ---------------------------------------------------------------------------------
 
+#: The first restic release that knows ``backup --no-scan`` (skip the size pre-scan).
+RESTIC_NO_SCAN_SINCE: Final = (0, 15, 0)
+#: The first restic release with compression (repository format 2) and ``--compression``.
+RESTIC_COMPRESSION_SINCE: Final = (0, 14, 0)
+#: How much of a failed restic's stderr a row error keeps.
+RESTIC_ERROR_CHARS: Final = 300
+_RESTIC_VERSION: Final = re.compile(r"^restic (\d+)\.(\d+)\.(\d+)")
+
+
+class BaselineError(Exception):
+    """A baseline's external tool failed; the bench reports it as the row's error and goes on."""
+
 
 def restic_available() -> bool:
     return shutil.which("restic") is not None
 
 
-def restic_backup(workload: Workload, folder: Path) -> float:
+def parse_restic_version(text: str) -> tuple[int, int, int] | None:
+    """``(major, minor, patch)`` from ``restic version`` output, e.g. ``restic 0.14.0 compiled
+    with go1.19.8 on linux/amd64`` or ``restic 0.16.0-dev (compiled manually) ...``; None if the
+    text is not that."""
+    match = _RESTIC_VERSION.match(text.strip())
+    if match is None:
+        return None
+    major, minor, patch = (int(part) for part in match.groups())
+    return major, minor, patch
+
+
+@dataclass(frozen=True)
+class Restic:
+    """The installed restic and the flags this bench gives it.
+
+    ``--no-scan`` only where it exists (0.15+: older releases reject it and fail the backup);
+    ``--compression off`` where compression exists (0.14+), as lucidd runs with compression off.
+    An unreadable version gets neither flag: what every release accepts.
+    """
+
+    version: tuple[int, int, int] | None
+
+    @classmethod
+    def installed(cls) -> Restic:
+        try:
+            out = subprocess.run(
+                ["restic", "version"], capture_output=True, text=True, check=True
+            ).stdout
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise BaselineError(f"restic version: {exc}") from exc
+        return cls(parse_restic_version(out))
+
+    @property
+    def version_text(self) -> str:
+        return "unknown" if self.version is None else ".".join(map(str, self.version))
+
+    def global_flags(self) -> list[str]:
+        if self.version is not None and self.version >= RESTIC_COMPRESSION_SINCE:
+            return ["--compression", "off"]
+        return []
+
+    def backup_flags(self) -> list[str]:
+        if self.version is not None and self.version >= RESTIC_NO_SCAN_SINCE:
+            return ["--no-scan"]
+        return []
+
+    def backup(self, source: Path, repo: Path, cache: Path) -> float:
+        """Seconds for ``restic backup --quiet SOURCE`` into a new repository at ``repo``.
+
+        ``restic init`` is not timed. restic's local backend fsyncs every file it saves, so
+        this is durable as lucidd's ``fsync`` acks are. Raises :class:`BaselineError` (with
+        the end of restic's stderr) when a restic command fails.
+        """
+        env = dict(
+            os.environ,
+            RESTIC_PASSWORD=RESTIC_PASSWORD,
+            RESTIC_REPOSITORY=str(repo),
+            RESTIC_CACHE_DIR=str(cache),
+        )
+        self._run(["init"], env)
+        start = time.perf_counter_ns()
+        self._run(["backup", *self.backup_flags(), "--quiet", str(source)], env)
+        return (time.perf_counter_ns() - start) / NS_PER_S
+
+    def _run(self, args: list[str], env: dict[str, str]) -> None:
+        command = ["restic", *self.global_flags(), *args]
+        try:
+            subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+        except subprocess.CalledProcessError as exc:
+            tail = " ".join((exc.stderr or "").split())[-RESTIC_ERROR_CHARS:]
+            raise BaselineError(
+                f"restic {self.version_text}: {' '.join(command)}: exit {exc.returncode}: {tail}"
+            ) from exc
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise BaselineError(f"restic {self.version_text}: {' '.join(command)}: {exc}") from exc
+
+
+def restic_backup(workload: Workload, folder: Path, restic: Restic) -> float:
     """Seconds for ``restic backup`` of the chunks (one file each) into a new local repository.
 
-    Writing the files and ``restic init`` are not timed.
+    Writing the files and ``restic init`` are not timed; :class:`BaselineError` if restic fails.
     """
-    source, repo = folder / "restic-src", folder / "restic-repo"
+    source, repo, cache = folder / "restic-src", folder / "restic-repo", folder / "restic-cache"
     source.mkdir()
-    for i in range(workload.count):
-        (source / f"{i:08d}.chunk").write_bytes(workload.chunk(i))
-    env = dict(os.environ, RESTIC_PASSWORD=RESTIC_PASSWORD, RESTIC_REPOSITORY=str(repo))
     try:
-        subprocess.run(["restic", "init"], env=env, check=True, capture_output=True)
-        start = time.perf_counter_ns()
-        subprocess.run(
-            ["restic", "backup", "--no-scan", "--quiet", str(source)],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        return (time.perf_counter_ns() - start) / NS_PER_S
+        for i in range(workload.count):
+            (source / f"{i:08d}.chunk").write_bytes(workload.chunk(i))
+        return restic.backup(source, repo, cache)
     finally:
-        shutil.rmtree(source, ignore_errors=True)
-        shutil.rmtree(repo, ignore_errors=True)
+        for path in (source, repo, cache):
+            shutil.rmtree(path, ignore_errors=True)

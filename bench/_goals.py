@@ -1,12 +1,20 @@
-"""The goals of issue 5 (compression off, default durability), each as measured."""
+"""The goals of issues 5 and 17 (compression off, default durability), each as measured."""
 
 from __future__ import annotations
 
 import os
 from typing import Any, Final
 
-from bench._results import Results, latency_p50, limit_mib_s, mib_s, minus, ratio
-from bench._settings import LUCIDD, Settings
+from bench._results import (
+    Results,
+    end_to_end_mib_s,
+    latency_p50,
+    limit_mib_s,
+    mib_s,
+    minus,
+    ratio,
+)
+from bench._settings import END_TO_END_FILE_RUN, LUCIDD, RESTIC, Settings
 from lucidd.units import KiB, MiB, format_size
 
 GOAL_LIMIT_FRACTION: Final = 0.8
@@ -17,6 +25,8 @@ GOAL_PSS_MB: Final = 150.0
 GOAL_PSS_WORKERS: Final = 10
 GOAL_SCALING_8_OVER_1: Final = 6.0
 GOAL_SCALING_CORES: Final = 8
+#: Issue 17: ``lucidctl put`` of the end-to-end file against ``restic backup`` of it.
+GOAL_PUT_OVER_RESTIC: Final = 5.0
 
 
 def _goal(
@@ -50,7 +60,7 @@ def _pss_goal(results: Results) -> dict[str, Any]:
 
 
 def evaluate_goals(results: Results, settings: Settings) -> list[dict[str, Any]]:
-    """Issue 5's goals, each as measured (``met`` is None where a figure is missing)."""
+    """Issues 5 and 17's goals, each as measured (``met`` is None where a figure is missing)."""
     workers = settings.workers
     lucidd_1m = mib_s(results, LUCIDD, MiB, workers)
     compute, disk = limit_mib_s(results, "compute", MiB), limit_mib_s(results, "disk", MiB)
@@ -114,4 +124,16 @@ def evaluate_goals(results: Results, settings: Settings) -> list[dict[str, Any]]
     if not enough_cores:
         goal["note"] = f"needs >= {GOAL_SCALING_CORES} cores; this machine has {os.cpu_count()}"
     goals.append(goal)
+    goals.append(
+        _goal(
+            f"lucidctl put / restic backup of {format_size(settings.end_to_end_bytes)}",
+            ratio(
+                end_to_end_mib_s(results, LUCIDD, END_TO_END_FILE_RUN),
+                end_to_end_mib_s(results, RESTIC, END_TO_END_FILE_RUN),
+            ),
+            GOAL_PUT_OVER_RESTIC,
+            "x",
+            True,
+        )
+    )
     return goals

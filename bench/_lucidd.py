@@ -36,6 +36,17 @@ from lucidd.client import Ack, ControlClient, DataClient
 
 NS_PER_S: Final = 1_000_000_000
 COMPRESSION: Final = "off"
+#: The transport a client that does not name one uses (clients before the memfd transport).
+DEFAULT_TRANSPORT: Final = "socket"
+
+
+def transport_of(data: DataClient) -> str:
+    """The client transport a connection uses: ``memfd`` or ``socket``.
+
+    Read with a default until ``DataClient.transport`` exists (the shared-memory transport is
+    being added to the client); a client without the attribute sends over the socket.
+    """
+    return str(getattr(data, "transport", DEFAULT_TRANSPORT))
 
 
 @dataclass
@@ -46,6 +57,9 @@ class RunResult:
     chunks: int
     histogram: Histogram | None = None
     stages: dict[str, float] = field(default_factory=dict)
+    #: The client transport (:func:`transport_of`); several joined by ``+`` if connections
+    #: differed.
+    transport: str = DEFAULT_TRANSPORT
 
 
 def _warm(data: DataClient, session: bytes, workload: Workload, warmup: int, window: int) -> None:
@@ -85,7 +99,8 @@ def serial(
             histogram.record(clock() - t0)
         seconds = (clock() - start) / NS_PER_S
         after = read_metrics(control, settle_s)
-    return RunResult(seconds, workload.count, histogram, stage_breakdown(before, after))
+        transport = transport_of(data)
+    return RunResult(seconds, workload.count, histogram, stage_breakdown(before, after), transport)
 
 
 def pipelined(
@@ -126,11 +141,12 @@ def pipelined(
         data.put_many(session, chunks(), window=window, on_ack=on_ack)
         seconds = (clock() - start) / NS_PER_S
         after = read_metrics(control, settle_s)
+        transport = transport_of(data)
     histogram = Histogram()
     for k in range(count):
         sent = taken[k] if k < window else max(taken[k], ack_times[k - window])
         histogram.record(acked[k] - sent)
-    return RunResult(seconds, count, histogram, stage_breakdown(before, after))
+    return RunResult(seconds, count, histogram, stage_breakdown(before, after), transport)
 
 
 def _threaded(
@@ -150,12 +166,14 @@ def _threaded(
     go = threading.Event()
     histograms = [Histogram() for _ in range(clients)]
     spans: list[tuple[int, int]] = []
+    transports: set[str] = set()
     errors: list[BaseException] = []
     clock = time.perf_counter_ns
 
     def client(c: int, session: bytes) -> None:
         try:
             with DataClient(runtime_dir) as data:
+                transports.add(transport_of(data))
                 _warm(data, session, workload, warmup, window)
                 ready.wait()
                 go.wait()
@@ -187,7 +205,8 @@ def _threaded(
     for histogram in histograms:
         merged.merge(histogram)
     seconds = (max(end for _, end in spans) - min(start for start, _ in spans)) / NS_PER_S
-    return RunResult(seconds, workload.count, merged, stage_breakdown(before, after))
+    stages = stage_breakdown(before, after)
+    return RunResult(seconds, workload.count, merged, stages, "+".join(sorted(transports)))
 
 
 def concurrent_clients(

@@ -22,6 +22,7 @@ import cryptography
 import psutil
 
 from bench import _baselines as baselines
+from bench import _end_to_end as end_to_end
 from bench import _lucidd as drive
 from bench._daemon import (
     REPO_ROOT,
@@ -142,9 +143,7 @@ def measure_baselines(settings: Settings, blob: bytes, folder: Path, results: Re
                 design, size, workers, seconds, workload.count, batch=settings.batch
             )
         if RESTIC in settings.baselines and baselines.restic_available():
-            log(f"restic: backup {format_size(size)} x {workload.count}")
-            seconds = baselines.restic_backup(workload, folder)
-            results.add_throughput(RESTIC, size, None, seconds, workload.count)
+            measure_restic(workload, folder, results)
         latency = baselines.Workload(blob, size, settings.latency_count(size))
         for durability in settings.durabilities:
             for design in designs:
@@ -162,6 +161,23 @@ def measure_baselines(settings: Settings, blob: bytes, folder: Path, results: Re
                     )
                     key = LatencyKey(design, size, in_flight, 1, durability)
                     results.add_latency(key, histogram)
+
+
+def measure_restic(workload: baselines.Workload, folder: Path, results: Results) -> None:
+    """restic's throughput row; a failure of restic is the row's ``error``, and the bench goes
+    on."""
+    size = workload.chunk_size
+    log(f"restic: backup {format_size(size)} x {workload.count}")
+    try:
+        restic = baselines.Restic.installed()
+        seconds = baselines.restic_backup(workload, folder, restic)
+    except baselines.BaselineError as exc:
+        log(f"restic: failed: {exc}")
+        results.add_throughput_error(RESTIC, size, None, str(exc))
+        return
+    results.add_throughput(
+        RESTIC, size, None, seconds, workload.count, restic_version=restic.version_text
+    )
 
 
 @dataclass(frozen=True)
@@ -235,7 +251,9 @@ def measure_lucidd(
             result = run()
             assert result.histogram is not None
             key = LatencyKey(LUCIDD, size, in_flight, clients, target.durability)
-            results.add_latency(key, result.histogram, workers=target.workers)
+            results.add_latency(
+                key, result.histogram, workers=target.workers, transport=result.transport
+            )
             ident = asdict(key)
             del ident["design"]
             results.stages.append(_stage_row("latency", ident, target.workers, result))
@@ -269,6 +287,7 @@ def measure_throughput(
         clients=settings.throughput_clients,
         window=window,
         durability=target.durability,
+        transport=result.transport,
     )
     ident = {
         "chunk_size": size,
@@ -353,6 +372,8 @@ def run(settings: Settings, runtime_dir: Path | None) -> Results:
                     else (contextlib.nullcontext())
                 ):
                     measure_lucidd(settings, blob, target, results, throughput=watch)
+                if watch and settings.end_to_end_bytes:  # after the memory watch: its own peak
+                    end_to_end.measure(settings, daemon, settings.workers, results)
         measure_scaling(settings, blob, results)
     results.goals = evaluate_goals(results, settings)
     return results

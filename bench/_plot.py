@@ -97,6 +97,7 @@ def _plot_vs_size(ax: Any, results: Results, settings: Settings) -> None:
             (size, row["mib_s"])
             for size in settings.sizes
             if (row := throughput_row(results, design, size, workers)) is not None
+            and row["mib_s"] is not None  # a failed baseline has no figure to draw
         ]
         if points:
             label = f"{design} ({settings.workers} workers)" if design == LUCIDD else design
@@ -146,7 +147,7 @@ def _plot_vs_workers(ax: Any, results: Results, settings: Settings) -> None:
         )
     for design in BASELINES:
         row = throughput_row(results, design, size)
-        if row is not None:
+        if row is not None and row["mib_s"] is not None:
             ax.axhline(row["mib_s"], linestyle="-.", color=_COLORS[design], label=design)
     for limit, color in (("compute", "grey"), ("disk", "black")):
         value = limit_mib_s(results, limit, size)

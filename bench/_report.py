@@ -20,14 +20,15 @@ def _fmt(value: float | None, digits: int = 0) -> str:
 def _throughput_table(results: Results, settings: Settings) -> list[str]:
     sizes = settings.sizes
     lines = [
-        "| design | workers | " + " | ".join(_size(s) for s in sizes) + " |",
-        "|---|---:|" + "---:|" * len(sizes),
+        "| design | workers | transport | " + " | ".join(_size(s) for s in sizes) + " |",
+        "|---|---:|---|" + "---:|" * len(sizes),
     ]
     designs = [LUCIDD, *[d for d in BASELINES if any(r["design"] == d for r in results.throughput)]]
     for design in designs:
         workers = settings.workers if design == LUCIDD else None
         cells = []
         shown_workers: Any = "-"
+        transport = "-"
         for size in sizes:
             row = throughput_row(results, design, size, workers)
             if row is None:
@@ -36,8 +37,9 @@ def _throughput_table(results: Results, settings: Settings) -> list[str]:
             shown_workers = row["workers"] if row["workers"] is not None else "-"
             if row.get("durability", "fsync") != "fsync":
                 shown_workers = f"{shown_workers}, durability {row['durability']}"
-            cells.append(f"{row['mib_s']:,.0f} MiB/s ({row['chunks_s']:,.0f}/s)")
-        lines.append(f"| {design} | {shown_workers} | " + " | ".join(cells) + " |")
+            transport = row.get("transport", transport)
+            cells.append(_throughput_cell(row))
+        lines.append(f"| {design} | {shown_workers} | {transport} | " + " | ".join(cells) + " |")
     for limit, what in (("compute", "processes"), ("disk", "batch")):
         cells = []
         extra: Any = "-"
@@ -51,8 +53,19 @@ def _throughput_table(results: Results, settings: Settings) -> list[str]:
             extra = row[what]
             cells.append(f"{row['mib_s']:,.0f} MiB/s ({row['chunks_s']:,.0f}/s)")
         label = f"{limit} limit ({what} {extra})"
-        lines.append(f"| {label} | - | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | - | - | " + " | ".join(cells) + " |")
     return lines
+
+
+def _error(text: str) -> str:
+    """A row's error for a table cell: one line, no pipes."""
+    return "error: " + " ".join(text.split()).replace("|", "/")
+
+
+def _throughput_cell(row: dict[str, Any]) -> str:
+    if row.get("error") is not None:
+        return _error(row["error"])
+    return f"{row['mib_s']:,.0f} MiB/s ({row['chunks_s']:,.0f}/s)"
 
 
 def _scaling_table(results: Results, settings: Settings) -> list[str]:
@@ -83,8 +96,9 @@ def _scaling_table(results: Results, settings: Settings) -> list[str]:
 
 def _latency_table(results: Results) -> list[str]:
     lines = [
-        "| design | chunk | in flight | clients | durability | p50 | p90 | p99 | p99.9 | max | n |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| design | transport | chunk | in flight | clients | durability "
+        "| p50 | p90 | p99 | p99.9 | max | n |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     order = {d: i for i, d in enumerate((LUCIDD, *BASELINES))}
     rows = sorted(
@@ -99,7 +113,8 @@ def _latency_table(results: Results) -> list[str]:
     )
     for r in rows:
         lines.append(
-            f"| {r['design']} | {_size(r['chunk_size'])} | {r['in_flight']} | {r['clients']} "
+            f"| {r['design']} | {r.get('transport', '-')} | {_size(r['chunk_size'])} "
+            f"| {r['in_flight']} | {r['clients']} "
             f"| {r['durability']} | {r['p50_us']:,.0f} | {r['p90_us']:,.0f} | {r['p99_us']:,.0f} "
             f"| {r['p999_us']:,.0f} | {r['max_us']:,.0f} | {r['count']} |"
         )
@@ -191,6 +206,39 @@ def _memory_lines(results: Results) -> list[str]:
     ]
 
 
+def _end_to_end_lines(results: Results) -> list[str]:
+    if not results.end_to_end:
+        return ["(not measured: `--end-to-end 0`, `--runtime-dir`, or no `fsync` daemon)"]
+    lines = [
+        "The same file of random bytes for both, written and fsynced first and read once "
+        "(both read it from the page cache); the daemon's state, the file and restic's "
+        "repository on one filesystem; `restic init` not timed. Each command is timed whole: "
+        "the `one chunk` run is its fixed cost (start-up, session or repository, root or "
+        "snapshot), which the `file` run pays too.",
+        "",
+        "| run | command | transport | how | seconds | MiB/s |",
+        "|---|---|---|---|---:|---:|",
+    ]
+    for r in results.end_to_end:
+        if r["design"] == LUCIDD:
+            how = (
+                f"{_size(r['chunk_size'])} chunks, {r['workers']} workers, "
+                f"durability {r['durability']}, compression off"
+            )
+        else:
+            flags = " ".join(r.get("flags", []))
+            how = f"restic {r.get('restic_version', '?')}" + (f", `{flags}`" if flags else "")
+        head = (
+            f"| {r.get('run', '-')} | `{r['command']}` {_size(r['bytes'])} "
+            f"| {r.get('transport', '-')} | {how}"
+        )
+        if r.get("error") is not None:
+            lines.append(f"{head} | - | {_error(r['error'])} |")
+        else:
+            lines.append(f"{head} | {r['seconds']:.2f} | {r['mib_s']:,.0f} |")
+    return lines
+
+
 def _goals_table(results: Results) -> list[str]:
     lines = ["| goal | measured | target | result |", "|---|---:|---:|---|"]
     for g in results.goals:
@@ -247,7 +295,11 @@ def markdown(results: Results, settings: Settings) -> str:
         "",
         *_memory_lines(results),
         "",
-        "### Goals (issue 5)",
+        "### End to end: one file",
+        "",
+        *_end_to_end_lines(results),
+        "",
+        "### Goals (issues 5 and 17)",
         "",
         *_goals_table(results),
     ]

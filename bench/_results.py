@@ -37,6 +37,8 @@ class Results:
     memory: dict[str, Any] = field(default_factory=dict)
     #: CPU per chunk by process role in each lucidd throughput run.
     cpu: list[dict[str, Any]] = field(default_factory=list)
+    #: One file stored by each command (``lucidctl put``, ``restic backup``): bench._end_to_end.
+    end_to_end: list[dict[str, Any]] = field(default_factory=list)
     goals: list[dict[str, Any]] = field(default_factory=list)
     #: The latency histograms, for the plot.
     histograms: dict[LatencyKey, Histogram] = field(default_factory=dict)
@@ -51,6 +53,7 @@ class Results:
             "limits": self.limits,
             "memory": self.memory,
             "cpu": self.cpu,
+            "end_to_end": self.end_to_end,
             "goals": self.goals,
         }
 
@@ -66,6 +69,25 @@ class Results:
                 "chunks_s": chunks / seconds,
                 "chunks": chunks,
                 "seconds": seconds,
+                **extra,
+            }
+        )
+
+    def add_throughput_error(
+        self, design: str, size: int, workers: int | None, error: str, **extra: Any
+    ) -> None:
+        """A throughput run that failed (a baseline's tool): no figures, the failure as
+        ``error``, so the rest of the bench still reports."""
+        self.throughput.append(
+            {
+                "design": design,
+                "chunk_size": size,
+                "workers": workers,
+                "mib_s": None,
+                "chunks_s": None,
+                "chunks": None,
+                "seconds": None,
+                "error": error,
                 **extra,
             }
         )
@@ -106,9 +128,17 @@ def throughput_row(
 def mib_s(results: Results, design: str, size: int, workers: int | None = None) -> float | None:
     """MiB/s of a throughput row measured with durability fsync (what the goals compare)."""
     row = throughput_row(results, design, size, workers)
-    if row is None or row.get("durability", "fsync") != "fsync":
+    if row is None or row["mib_s"] is None or row.get("durability", "fsync") != "fsync":
         return None
     return float(row["mib_s"])
+
+
+def end_to_end_mib_s(results: Results, design: str, run: str) -> float | None:
+    """MiB/s of ``design``'s end-to-end row of ``run`` (None if it is missing or failed)."""
+    for row in results.end_to_end:
+        if row["design"] == design and row.get("run") == run and row["mib_s"] is not None:
+            return float(row["mib_s"])
+    return None
 
 
 def latency_p50(results: Results, design: str, size: int, durability: str) -> float | None:

@@ -22,6 +22,9 @@ MAX_WORKERS: Final = 50
 PERCENTILES: Final = (("p50_us", 50.0), ("p90_us", 90.0), ("p99_us", 99.0), ("p999_us", 99.9))
 LUCIDD: Final = "lucidd"
 RESTIC: Final = "restic"
+#: The end-to-end runs (bench._end_to_end): the file the goal compares, and one chunk's file.
+END_TO_END_FILE_RUN: Final = "file"
+END_TO_END_ONE_CHUNK_RUN: Final = "one chunk"
 #: Unmeasured chunks each of the concurrent clients sends first.
 CLIENT_WARMUP: Final = 4
 #: Each run first sends at least this many unmeasured chunks per worker.
@@ -66,6 +69,8 @@ class Settings:
     settle_s: float = SETTLE_TIMEOUT_S
     #: More settings of the daemons the bench starts, as (name, value) pairs.
     daemon: tuple[tuple[str, str], ...] = ()
+    #: The file ``lucidctl put`` and ``restic backup`` each store end to end (0: not run).
+    end_to_end_bytes: int = 256 * MiB
 
     def latency_count(self, size: int) -> int:
         return max(self.latency_min, min(self.latency_max, self.latency_bytes // size))
@@ -179,6 +184,12 @@ def parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, help="unmeasured chunks before each run")
     parser.add_argument("--data-bytes", type=parse_size, help="size of the random data blob")
     parser.add_argument(
+        "--end-to-end",
+        type=parse_size,
+        metavar="BYTES",
+        help="size of the file lucidctl put and restic backup each store (0 skips)",
+    )
+    parser.add_argument(
         "--set",
         dest="daemon",
         type=_setting,
@@ -219,6 +230,7 @@ _OVERRIDES: Final = {
     "data_bytes": "data_bytes",
     "settle": "settle_s",
     "daemon": "daemon",
+    "end_to_end": "end_to_end_bytes",
 }
 
 

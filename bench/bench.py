@@ -12,6 +12,8 @@ the same data (one random blob, the same chunks for every design), with the same
 4. the baselines ``inprocess``, ``threads10``, ``procpool10`` and, when installed, ``restic``
    (see ``bench/_baselines.py``), and the compute and disk limits;
 5. peak RSS and PSS of all daemon processes (psutil);
+6. end to end: ``lucidctl put`` of one ``--end-to-end`` file (256 MiB) against ``restic
+   backup`` of the same file (``bench/_end_to_end.py``);
 
 and prints Markdown tables and the issue's goals, met or not. ``docs/bench.md`` documents the
 JSON (``--json FILE``) and how to read the plot (``--plot FILE.png``, needs matplotlib: the
@@ -22,8 +24,8 @@ JSON (``--json FILE``) and how to read the plot (``--plot FILE.png``, needs matp
     python bench/bench.py --runtime-dir /run/lucidd      # a running daemon (no scaling)
 
 This file is the entry point; the work is in ``_settings`` (what to measure, the command line),
-``_measure`` (the phases), ``_results`` (the JSON), ``_goals``, ``_report`` (Markdown) and
-``_plot``.
+``_measure`` (the phases), ``_end_to_end``, ``_results`` (the JSON), ``_goals``, ``_report``
+(Markdown) and ``_plot``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Starts a real daemon (10 workers, default durability), then in one run:
 
 1. ``lucidctl put FILE --chunk-size 1MiB`` of a ``--size`` file of random bytes (1 GiB by
    default), timed as a user would (the whole command), with the peak RSS and PSS of all
-   daemon processes together sampled every 50 ms;
+   daemon processes together sampled every 50 ms, and the transport it used (its ``--json``
+   output's ``transport``, ``socket`` where it names none);
 2. per-chunk latency (client send to durable ack) of 64 KiB chunks, one in flight;
 3. the in-process floor for the same work: seal + hash (``ChunkSealer``, compression off) of
    the same chunk sizes in this process, no I/O.
@@ -15,6 +16,7 @@ Starts a real daemon (10 workers, default durability), then in one run:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -27,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._daemon import daemon_processes, started_daemon
 from bench._hdr import Histogram
+from bench._lucidd import DEFAULT_TRANSPORT, transport_of
 from bench._memory import MemoryWatch
 from lucidd.client import DataClient, new_session_id
 from lucidd.crypto import ChunkSealer
@@ -66,13 +69,15 @@ def main() -> int:
         cmd += ["--json", "put", str(data_file), "--chunk-size", "1MiB"]
         with MemoryWatch(daemon_processes(d.runtime_dir), MEMORY_SAMPLE_INTERVAL_S) as memory:
             t0 = time.perf_counter()
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            put = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
             put_s = time.perf_counter() - t0
+        put_transport = json.loads(put.stdout).get("transport", DEFAULT_TRANSPORT)
         payload = os.urandom(64 * 1024)
         session = new_session_id()
         latencies = Histogram()
         warmup = args.latency_chunks // 10  # the warm-up tenth is not recorded
         with DataClient(d.runtime_dir) as client:
+            latency_transport = transport_of(client)
             for i in range(args.latency_chunks):
                 t0_ns = time.perf_counter_ns()
                 client.put(session, i, payload)
@@ -82,10 +87,19 @@ def main() -> int:
     seal_1m = in_process_seal_us(MiB)
     seal_64k = in_process_seal_us(64 * 1024)
     rows = [
-        ("lucidctl put, 1 MiB chunks", f"{size / MiB / put_s:.0f} MiB/s ({put_s:.2f} s)"),
+        (
+            f"lucidctl put, 1 MiB chunks ({put_transport})",
+            f"{size / MiB / put_s:.0f} MiB/s ({put_s:.2f} s)",
+        ),
         ("in-process seal+hash, 1 MiB", f"{MiB / MiB / (seal_1m / 1e6):.0f} MiB/s per core"),
-        ("latency 64 KiB, 1 in flight, p50", f"{latencies.percentile(50) / 1000:.0f} µs"),
-        ("latency 64 KiB, 1 in flight, p99", f"{latencies.percentile(99) / 1000:.0f} µs"),
+        (
+            f"latency 64 KiB, 1 in flight, p50 ({latency_transport})",
+            f"{latencies.percentile(50) / 1000:.0f} µs",
+        ),
+        (
+            f"latency 64 KiB, 1 in flight, p99 ({latency_transport})",
+            f"{latencies.percentile(99) / 1000:.0f} µs",
+        ),
         ("in-process seal+hash, 64 KiB", f"{seal_64k:.0f} µs"),
         ("daemon peak RSS (all processes)", f"{peaks.peak_rss.rss / MiB:.0f} MiB"),
         ("daemon peak PSS (all processes)", f"{peaks.peak_pss.pss / MiB:.0f} MiB"),
