@@ -16,8 +16,7 @@ from typing import IO, Any, Final, cast
 
 from lucidd.cli.commands import control_client
 from lucidd.cli.output import PROG, Output, Progress, input_file, to_hex
-from lucidd.client import Ack, DataClient, SessionSummary, format_session_id
-from lucidd.client.blocking import Readable
+from lucidd.client import Ack, DataClient, Readable, SessionSummary, format_session_id
 from lucidd.errors import (
     EX_OK,
     BadRequestError,

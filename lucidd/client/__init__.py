@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from lucidd.client.aio import AsyncControlClient, AsyncDataClient
 from lucidd.client.blocking import ControlClient, DataClient
+from lucidd.client.blocking import Readable as Readable
 from lucidd.client.blocking import put_until_acked as put_until_acked
 from lucidd.client.control_core import ControlCore
 from lucidd.client.core import (
@@ -102,6 +103,7 @@ __all__ = [
     "HealthReply",
     "InclusionProofReply",
     "ProcessStatus",
+    "Readable",
     "RootReply",
     "SessionIdError",
     "SessionSummary",

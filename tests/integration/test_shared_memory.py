@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import mmap
 import os
 import signal
@@ -291,6 +292,10 @@ def memfd_mappings(pid: int) -> int:
     return sum(1 for line in maps.splitlines() if "memfd:lucidd-client" in line)
 
 
+def unmapped(pid: int) -> bool:
+    return memfd_mappings(pid) == 0
+
+
 def test_the_daemon_lets_go_of_a_region_once_its_client_is_gone(daemon: Daemon) -> None:
     session = os.urandom(16)
     workers = list(worker_pids(daemon).values())
@@ -302,7 +307,7 @@ def test_the_daemon_lets_go_of_a_region_once_its_client_is_gone(daemon: Daemon) 
         assert sum(memfd_mappings(pid) for pid in workers) >= 1
     wait_until(lambda: memfd_fds(daemon.pid) == 0, "the supervisor to close the region")
     for pid in workers:  # every worker was told to unmap it (ForgetRegion)
-        wait_until(lambda pid=pid: memfd_mappings(pid) == 0, f"worker {pid} to unmap it")
+        wait_until(functools.partial(unmapped, pid), f"worker {pid} to unmap it")
         assert memfd_fds(pid) == 0
 
 

@@ -22,7 +22,7 @@ from lucidd.daemon.config import Config
 from lucidd.daemon.histograms import ACK_LATENCY
 from lucidd.daemon.supervisor.admission import Ingest, Wait
 from lucidd.daemon.supervisor.dispatch import WorkerLink
-from lucidd.daemon.supervisor.gates import InFlight
+from lucidd.daemon.supervisor.gates import InFlight, SharedRegion
 from lucidd.daemon.supervisor.slots import SlotRun
 from lucidd.errors import (
     BusyError,
@@ -45,6 +45,7 @@ class FakeClient:
     chunks_in_flight: int = 0
     slots_held: int = 0
     waits_for_own: bool = False
+    region: SharedRegion | None = None
     sent: list[p.Message] = field(default_factory=list)
 
     def send(self, message: p.Message) -> None:

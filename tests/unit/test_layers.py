@@ -72,8 +72,8 @@ LAYERS: Mapping[str, int] = {
     "daemon.supervisor.fds": 2,  # descriptor limit, reserve and the connection budget
     "daemon.supervisor.systemd": 2,
     "daemon.supervisor.sockets": 2,  # the listening sockets: bind (stale file replaced) or take
-    "daemon.supervisor.respawn": 2,
-    "daemon.shared_regions": 2,  # the sealed memfd, its trip to a worker, its mapping  # respawn and spawn-retry delays, health reasons meanwhile
+    "daemon.supervisor.respawn": 2,  # respawn and spawn-retry delays, health reasons meanwhile
+    "daemon.shared_regions": 2,  # the sealed memfd, its trip to a worker, its mapping
     "daemon.aggregator.ledger": 2,  # the book of sessions, and the cache of their open files
     "daemon.aggregator.session": 2,  # one live session: index, reorder window, Merkle log
     "daemon.aggregator.recovery": 2,  # a session rebuilt from its files and its records
@@ -118,6 +118,7 @@ LAYERS: Mapping[str, int] = {
     "client.core": 4,  # what the cores and the front ends share: Core, results, AckCollector
     "client.data_core": 4,  # the data socket's sans-IO core (DataCore)
     "client.control_core": 4,  # the control socket's sans-IO core: each request and its reply
+    "client.shared_memory": 4,  # the client's end of a shared region: map, place, free
     "client.sync_link": 4,  # the blocking connection: trust checks, ActAs, sendmsg
     "client.async_link": 4,  # the asyncio connection: trust checks, ActAs, the reader task
     "client.blocking": 4,
@@ -303,8 +304,9 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     "client.core": frozenset(),
     "client.data_core": frozenset({"client.ids", "client.core"}),
     "client.control_core": frozenset({"client.ids", "client.core"}),
-    "client.sync_link": frozenset({"client.ids", "client.core"}),
-    "client.async_link": frozenset({"client.ids", "client.core"}),
+    "client.shared_memory": frozenset(),
+    "client.sync_link": frozenset({"client.ids", "client.core", "client.shared_memory"}),
+    "client.async_link": frozenset({"client.ids", "client.core", "client.shared_memory"}),
     "client.blocking": frozenset(
         {
             "client.ids",
@@ -312,6 +314,7 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
             "client.data_core",
             "client.control_core",
             "client.sync_link",
+            "client.shared_memory",
         }
     ),
     "client.aio": frozenset(
@@ -321,6 +324,7 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
             "client.data_core",
             "client.control_core",
             "client.async_link",
+            "client.shared_memory",
         }
     ),
     "client.__init__": frozenset(
