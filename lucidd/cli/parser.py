@@ -6,6 +6,7 @@ accepted before or after the subcommand. Parsing never exits: a refused command 
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 from collections.abc import Callable
 from typing import NoReturn
@@ -29,14 +30,6 @@ from lucidd.cli.commands import (
 )
 from lucidd.cli.output import PROG, Output
 from lucidd.cli.put import cmd_put
-from lucidd.cli.trust import (
-    cmd_anchor,
-    cmd_checkpoint,
-    cmd_receipt,
-    cmd_signing_key,
-    cmd_verify_consistency,
-)
-from lucidd.cli.verify import cmd_verify
 from lucidd.client import DEFAULT_TIMEOUT, DEFAULT_WINDOW, SessionIdError, parse_session_id
 from lucidd.errors import LucidError
 from lucidd.units import parse_size
@@ -44,6 +37,25 @@ from lucidd.vocabulary import Compression
 
 #: What a subcommand runs: its parsed arguments and where results go; returns the exit status.
 Handler = Callable[[argparse.Namespace, Output], int]
+
+
+def _lazy(module: str, name: str) -> Handler:
+    """A handler imported only when its command runs: the trust and verify commands load
+    the note, receipt and crypto modules, a quarter of every other command's start-up."""
+
+    def run(args: argparse.Namespace, out: Output) -> int:
+        handler: Handler = getattr(importlib.import_module(f"lucidd.cli.{module}"), name)
+        return handler(args, out)
+
+    return run
+
+
+cmd_anchor = _lazy("trust", "cmd_anchor")
+cmd_checkpoint = _lazy("trust", "cmd_checkpoint")
+cmd_receipt = _lazy("trust", "cmd_receipt")
+cmd_signing_key = _lazy("trust", "cmd_signing_key")
+cmd_verify_consistency = _lazy("trust", "cmd_verify_consistency")
+cmd_verify = _lazy("verify", "cmd_verify")
 
 
 class UsageError(Exception):

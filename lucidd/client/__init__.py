@@ -36,7 +36,8 @@ user may have planted.
 
 from __future__ import annotations
 
-from lucidd.client.aio import AsyncControlClient, AsyncDataClient
+from typing import TYPE_CHECKING, Any
+
 from lucidd.client.blocking import ControlClient, DataClient
 from lucidd.client.blocking import Readable as Readable
 from lucidd.client.blocking import put_until_acked as put_until_acked
@@ -114,3 +115,16 @@ __all__ = [
     "parse_session_id",
     "trusted_peer_uids",
 ]
+
+if TYPE_CHECKING:
+    from lucidd.client.aio import AsyncControlClient, AsyncDataClient
+
+
+def __getattr__(name: str) -> Any:
+    # The asyncio clients are imported on first use: asyncio is a third of what a blocking
+    # client (``lucidctl put``) would otherwise load at start (python -X importtime).
+    if name in ("AsyncControlClient", "AsyncDataClient"):
+        from lucidd.client import aio  # noqa: PLC0415 (asyncio only when used)
+
+        return getattr(aio, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

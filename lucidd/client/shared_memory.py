@@ -20,9 +20,10 @@ from typing import Final
 
 #: Placement unit in a region (payloads start at a multiple of it).
 SLOT: Final = 16 * 1024
-#: What a client asks for: the daemon's default ``shared_memory_max`` halved, which holds
-#: DEFAULT_WINDOW payloads of 1 MiB. Pages are only made resident as payloads are written.
-DEFAULT_SIZE: Final = 32 * 1024 * 1024
+#: What a client asks for: the daemon's default ``shared_memory_max`` (64 payloads of 1 MiB in
+#: flight). Pages become resident only as far as payloads are placed (first fit from the
+#: start), so a client with fewer bytes in flight touches fewer.
+DEFAULT_SIZE: Final = 64 * 1024 * 1024
 
 
 def shared_memory_size(shared_memory: int | bool) -> int:
