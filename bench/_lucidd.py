@@ -36,17 +36,19 @@ from lucidd.client import Ack, ControlClient, DataClient
 
 NS_PER_S: Final = 1_000_000_000
 COMPRESSION: Final = "off"
-#: The transport a client that does not name one uses (clients before the memfd transport).
+#: What ``lucidctl --json put`` output without a ``transport`` field (an older lucidctl) used.
 DEFAULT_TRANSPORT: Final = "socket"
+#: Whether the bench's clients ask for shared memory (``--transport``; set by _measure.run).
+SHARED_MEMORY = True
+
+
+def _data_client(runtime_dir: Path) -> DataClient:
+    return DataClient(runtime_dir, shared_memory=SHARED_MEMORY)
 
 
 def transport_of(data: DataClient) -> str:
-    """The client transport a connection uses: ``memfd`` or ``socket``.
-
-    Read with a default until ``DataClient.transport`` exists (the shared-memory transport is
-    being added to the client); a client without the attribute sends over the socket.
-    """
-    return str(getattr(data, "transport", DEFAULT_TRANSPORT))
+    """The client transport a connection uses: ``memfd`` or ``socket``."""
+    return data.transport
 
 
 @dataclass
@@ -76,7 +78,7 @@ def prime(runtime_dir: Path, workload: Workload, window: int) -> None:
     ring page costs page faults in the supervisor and in each worker, which would otherwise
     land in whichever run first needs that much of the ring.
     """
-    with ControlClient(runtime_dir) as control, DataClient(runtime_dir) as data:
+    with ControlClient(runtime_dir) as control, _data_client(runtime_dir) as data:
         session = control.open_session(compression=COMPRESSION)
         data.put_many(session, ((k, workload.chunk(k)) for k in range(workload.count)), window)
 
@@ -87,7 +89,7 @@ def serial(
     """One chunk in flight: ``put`` after ``put``."""
     clock = time.perf_counter_ns
     histogram = Histogram()
-    with ControlClient(runtime_dir) as control, DataClient(runtime_dir) as data:
+    with ControlClient(runtime_dir) as control, _data_client(runtime_dir) as data:
         session = control.open_session(compression=COMPRESSION)
         _warm(data, session, workload, warmup, 1)
         before = read_metrics(control, settle_s)
@@ -133,7 +135,7 @@ def pipelined(
     with contextlib.ExitStack() as stack:
         control = stack.enter_context(ControlClient(runtime_dir))
         if data is None:
-            data = stack.enter_context(DataClient(runtime_dir))
+            data = stack.enter_context(_data_client(runtime_dir))
         session = control.open_session(compression=COMPRESSION)
         _warm(data, session, workload, warmup, window)
         before = read_metrics(control, settle_s)
@@ -172,7 +174,7 @@ def _threaded(
 
     def client(c: int, session: bytes) -> None:
         try:
-            with DataClient(runtime_dir) as data:
+            with _data_client(runtime_dir) as data:
                 transports.add(transport_of(data))
                 _warm(data, session, workload, warmup, window)
                 ready.wait()

@@ -347,6 +347,7 @@ def _memory_watch(runtime_dir: Path, workers: int, results: Results) -> Iterator
 
 
 def run(settings: Settings, runtime_dir: Path | None) -> Results:
+    drive.SHARED_MEMORY = settings.transport == "memfd"
     results = Results(machine_info(), settings_json(settings))
     results.machine["process_wakeup_us"] = process_wakeup_us()
     log(f"data: {format_size(settings.data_bytes)} of random bytes")

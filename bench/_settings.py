@@ -71,6 +71,9 @@ class Settings:
     daemon: tuple[tuple[str, str], ...] = ()
     #: The file ``lucidctl put`` and ``restic backup`` each store end to end (0: not run).
     end_to_end_bytes: int = 256 * MiB
+    #: How the bench's own clients send payloads: ``memfd`` (shared memory, the clients'
+    #: default) or ``socket`` (``shared_memory=False``), to measure what the first buys.
+    transport: str = "memfd"
 
     def latency_count(self, size: int) -> int:
         return max(self.latency_min, min(self.latency_max, self.latency_bytes // size))
@@ -184,6 +187,11 @@ def parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, help="unmeasured chunks before each run")
     parser.add_argument("--data-bytes", type=parse_size, help="size of the random data blob")
     parser.add_argument(
+        "--transport",
+        choices=("memfd", "socket"),
+        help="how the bench's clients send payloads (default memfd; lucidctl put: its own)",
+    )
+    parser.add_argument(
         "--end-to-end",
         type=parse_size,
         metavar="BYTES",
@@ -231,6 +239,7 @@ _OVERRIDES: Final = {
     "settle": "settle_s",
     "daemon": "daemon",
     "end_to_end": "end_to_end_bytes",
+    "transport": "transport",
 }
 
 
