@@ -430,7 +430,11 @@ class Ingest:
 
     def accepts_connection(self) -> bool:
         """Whether a connection just added to :attr:`connections` may stay (max_connections)."""
-        if len(self.connections) <= connection_limit(self.config, self.fd_budget):
+        within_fds = (
+            self.fd_budget is None
+            or len(self.connections) + len(self.regions.regions) <= self.fd_budget
+        )  # a shared-memory region holds a descriptor too
+        if within_fds and len(self.connections) <= connection_limit(self.config, self.fd_budget):
             return True
         self.counters["connections_refused_total"] += 1
         self._refusals.refused(connection_limit(self.config, self.fd_budget))

@@ -44,10 +44,12 @@ log = logging.getLogger("lucidd.daemon.supervisor.fds")
 #: and process handle; rounded up from a count of /proc/PID/fd (docs/bench.md).
 BASE_FDS: Final = 40
 #: Per worker: both ends of its results and acks pipes (held across incarnations), its inbox,
-#: its sentinel and process handle (counted, rounded up: docs/bench.md).
+#: its region socket (shared_regions), its sentinel and process handle (counted, rounded up:
+#: docs/bench.md). A client's shared-memory region costs one more, counted with clients
+#: (Ingest.fds_left).
 FDS_PER_WORKER: Final = 8
 #: Spare descriptors a respawn releases before it creates pipes and asks the forkserver for a
-#: process (it needs 8 at its peak; the aggregator 10).
+#: process (it needs 10 at its peak, with both ends of the region socket; the aggregator 10).
 RESERVE_FDS: Final = 16
 #: Connections the kernel may complete before the supervisor gets to close those beyond the
 #: budget (the listen backlog): a burst of accepts may overshoot by this much.
