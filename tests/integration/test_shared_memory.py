@@ -16,6 +16,8 @@ import mmap
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +31,7 @@ from lucidd.client.shared_memory import fds_of
 from lucidd.errors import DuplicateIndexError
 from lucidd.testing import Daemon
 from tests.faults.test_worker_timeout import worker_pids
+from tests.users import HostUsers, requires_users
 
 MiB = 1024 * 1024
 TIMEOUT_S = 30.0
@@ -331,3 +334,53 @@ def test_acked_shared_chunks_survive_kill_9_of_a_worker_mid_stream(daemon: Daemo
     daemon.kill_all()
     daemon.start()
     read_back(daemon, session, acked)
+
+
+@requires_users
+def test_no_other_user_can_reach_a_clients_region(
+    user_daemon: Callable[..., Daemon], host_users: HostUsers
+) -> None:
+    daemon = user_daemon()
+    alice, bob = host_users.alice, host_users.bob
+    holder = (
+        "import os, sys\n"
+        "from lucidd.client import DataClient\n"
+        "client = DataClient(sys.argv[1])\n"
+        "client.put(os.urandom(16), 0, b'secret' * 20000)\n"
+        "print(client.transport, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    env = [f"{k}={v}" for k, v in alice.env().items()]
+    argv = alice.command(["env", "-i", *env, sys.executable, "-c", holder, daemon.runtime_dir])
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == b"memfd"
+        assert memfd_fds(daemon.pid) == 1  # alice's region, held by the supervisor
+        workers = list(worker_pids(daemon).values())
+        # Listing a folder of /proc may be allowed (the harness may give bob
+        # CAP_DAC_READ_SEARCH, tests/users.py); opening what it names is what counts.
+        probe = (
+            "import os, sys\n"
+            "for pid in sys.argv[1:]:\n"
+            "    for where in ('fd', 'map_files'):\n"
+            "        try:\n"
+            "            names = os.listdir(f'/proc/{pid}/{where}')\n"
+            "        except PermissionError:\n"
+            "            continue\n"
+            "        for name in names:\n"
+            "            try:\n"
+            "                os.close(os.open(f'/proc/{pid}/{where}/{name}', os.O_RDONLY))\n"
+            "            except OSError:\n"
+            "                continue\n"
+            "            print('opened', pid, where, name)\n"
+        )
+        pids = [str(pid) for pid in (daemon.pid, proc.pid, *workers)]
+        seen = bob.run([sys.executable, "-c", probe, *pids])
+        assert seen.returncode == 0, seen.stderr
+        assert b"opened" not in seen.stdout, seen.stdout
+        # The probe does reach what is one's own: alice opens her own descriptors.
+        own = alice.run([sys.executable, "-c", probe, str(proc.pid)])
+        assert f"opened {proc.pid} fd".encode() in own.stdout, own
+    finally:
+        proc.communicate(b"", timeout=TIMEOUT_S)
