@@ -134,8 +134,12 @@ def test_idle_connections_past_the_budget_are_closed_and_a_respawn_still_works(
 
             wait_until("every connection accepted or refused", all_handled)
             metrics = control.metrics()
-            assert metrics["connections"] == budget  # the good client is one of them
-            assert metrics["connections_refused_total"] == IDLE_CONNECTIONS + 1 - budget
+            # The good client is one of them, and its shared-memory region takes a
+            # descriptor of the budget too.
+            assert metrics["shared_regions"] == 1
+            assert metrics["connections"] + metrics["shared_regions"] == budget
+            refused = IDLE_CONNECTIONS + 1 - metrics["connections"]
+            assert metrics["connections_refused_total"] == refused
             assert len(os.listdir(f"/proc/{daemon.pid}/fd")) < LOW_NOFILE
             old = kill_worker(control, "worker0")
             for index in range(1, 21):  # acks keep coming while it is replaced

@@ -25,7 +25,7 @@ from lucidd.daemon.config import Config
 from lucidd.daemon.supervisor.gates import ChunkKind, InFlight, SessionGate
 from lucidd.daemon.supervisor.regions import RegionTable
 from lucidd.daemon.supervisor.replication_link import ReplicationLink
-from lucidd.errors import BusyError, LucidError, RequestTimeoutError, error_from_wire
+from lucidd.errors import LucidError, RequestTimeoutError, error_from_wire
 
 #: A chunk whose worker timed out is retried once; a second timeout fails it.
 MAX_ATTEMPTS: Final = 2
@@ -112,14 +112,19 @@ class Dispatcher:
         now = time.monotonic()
         others = [i for i in usable if i != avoid]
         candidates = [i for i in others if workers[i].ready_at <= now] or others or usable
+        region = chunk.region
         k = _pick_worker(workers, candidates, chunk.length)
+        while region is not None and not self.regions.share(region, k):
+            # That worker's region socket is full or gone: another worker, or wait for a
+            # (re)started one, like a chunk that finds no inbox.
+            candidates.remove(k)
+            if not candidates:
+                chunk.worker = -1
+                self._parked.append(chunk)
+                return
+            k = _pick_worker(workers, candidates, chunk.length)
         link = workers[k]
         assert link.writer is not None
-        region = chunk.region
-        if region is not None and not self.regions.share(region, k):
-            err = BusyError("could not hand the shared memory to a worker; send again")
-            self._finish(chunk, err)
-            return
         link.outstanding += 1
         link.outstanding_bytes += chunk.length
         chunk.worker = k
@@ -171,6 +176,11 @@ class Dispatcher:
         """Give slot ``worker`` the inbox of its new process (which may start later)."""
         self._close_link(worker)
         self.workers[worker] = link
+        self._dispatch_parked()
+
+    def _dispatch_parked(self) -> None:
+        """Try the parked chunks again (a slot has an inbox again, or a worker took a batch
+        off its region socket)."""
         parked, self._parked = self._parked, []
         for chunk in parked:
             gate = self._gates.get(chunk.session)
@@ -271,6 +281,8 @@ class Dispatcher:
                     failed.code, failed.message, session=failed.session, index=failed.index
                 )
                 self._finish(chunk, err)
+        if self._parked:
+            self._dispatch_parked()
 
     def on_outcomes(self, outcomes: ipc.Outcomes) -> None:
         """The verdict of a RecoverWorker scan."""
