@@ -1,10 +1,13 @@
-"""``lucidd keys``: list, rotate, rewrap, retire, export master keys; lock them with a
-passphrase (``passwd``) (layer 3, docs/keys.md).
+"""``lucidd keys``: list, rotate, rewrap, retire, export master keys; add one to a keyring
+file; lock them with a passphrase (``passwd``) (layer 3, docs/keys.md).
 
-Works on the files of a state folder, not through a daemon. ``rotate``, ``rewrap``, ``retire``
-and ``passwd`` take the state folder's lock (:func:`~lucidd.daemon.folders.lock_state_folder`)
-for their whole run, so they refuse a folder a daemon is serving (exit 75) and no daemon can start
-on it while they write; ``list`` and ``export`` only read and run beside a daemon.
+When a daemon serves the state folder (it holds the folder's lock), ``list``, ``rotate``,
+``rewrap`` and ``retire`` are requests on its control socket (:mod:`lucidd.daemon.keys_online`):
+the daemon rotates online. Otherwise they work on the files of the stopped folder:
+``rotate``, ``rewrap``, ``retire`` and ``passwd`` take the state folder's lock
+(:func:`~lucidd.daemon.folders.lock_state_folder`) for their whole run, so no daemon can start
+on it while they write; ``list``, ``export`` and ``add`` only read the sessions (``add`` writes
+just the keyring file it is given, for the systemd credential recipe).
 
 Rotation is crash-safe by order: the keyring holding the new *and* the old keys is durable
 before any session is re-wrapped, each session's metadata is then replaced atomically (temp
@@ -29,7 +32,9 @@ from typing import Final
 
 import msgspec
 
+from lucidd import protocol as p
 from lucidd.crypto import Keyring, is_locked, rewrap_secret, wrapped_key_id
+from lucidd.daemon import keys_online
 from lucidd.daemon.config import load_config
 from lucidd.daemon.default_dirs import resolve_dirs
 from lucidd.daemon.folders import lock_state_folder
@@ -48,6 +53,8 @@ from lucidd.errors import BusyError, KeyringError, LucidError
 #: Test-only fault injection (tests/integration/test_keys.py): ``rotate``/``rewrap`` SIGKILL
 #: themselves after re-wrapping this many sessions, to show a crash mid-rewrap is harmless.
 KILL_AFTER_ENV: Final = "LUCIDD_TEST_KEYS_KILL_AFTER"
+#: What a running daemon does itself (through its control socket) instead of the files.
+ONLINE_COMMANDS: Final = frozenset({"list", "rotate", "rewrap", "retire"})
 
 
 @dataclass
@@ -246,6 +253,101 @@ def stopped_state_folder(state_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def daemon_serves(state_dir: Path) -> bool:
+    """Whether a daemon holds the state folder's lock (or the folder is another user's, so
+    only its daemon can change its keys): then ``lucidd keys`` asks that daemon."""
+    if not state_dir.is_dir():
+        return False  # the offline path says what is wrong
+    if state_dir.stat().st_uid != os.geteuid():
+        return True
+    try:
+        fd = lock_state_folder(state_dir)
+    except BusyError:
+        return True
+    os.close(fd)
+    return False
+
+
+def add_key(keyring_path: Path, unlock: Callable[[Path], bytes]) -> dict[str, object]:
+    """Add a random master key to the keyring file and make it current; no session is touched
+    (a daemon starts using it on reload or restart). A locked keyring is locked again under
+    the same passphrase. For a decrypted copy of a systemd credential (docs/keys.md)."""
+    passphrases: list[bytes] = []
+
+    def remember(path: Path) -> bytes:
+        passphrases.append(unlock(path))
+        return passphrases[-1]
+
+    keyring = load_keyring(keyring_path, remember).rotated()
+    replace_keyring(keyring.lock(passphrases[0]) if passphrases else keyring, keyring_path)
+    return {
+        "keyring": str(keyring_path),
+        "added": keyring.current_id,
+        "current": keyring.current_id,
+        "keys": len(keyring.key_ids),
+    }
+
+
+def run_online(
+    args: argparse.Namespace, state_dir: Path, runtime_dir: Path, keyring_path: Path
+) -> dict[str, object]:
+    """``list``/``rotate``/``rewrap``/``retire`` through the daemon serving ``state_dir``."""
+    owner = state_dir.stat().st_uid
+    command: str = args.keys_command
+
+    def ask(request: p.Message) -> p.Message:
+        return keys_online.ask(runtime_dir, owner, request)
+
+    if command == "list":
+        return keys_online.describe(ask(p.ListKeys(req=1)), runtime_dir)
+    if command == "retire" and args.keyring is not None:
+        return retire_in_copy(keyring_path, args.key_id, ask(p.ListKeys(req=1)))
+    if args.keyring is not None:
+        raise KeyringError(
+            f"a daemon serves {state_dir}: '{command}' uses the daemon's keyring, not "
+            f"{keyring_path}; to add a key to a file use 'lucidd keys add --keyring FILE'",
+            path=str(keyring_path),
+        )
+    if command == "rotate":
+        return keys_online.changed(ask(p.RotateKeys(req=1, new=args.new)))
+    if command == "rewrap":
+        return keys_online.changed(ask(p.RewrapKeys(req=1)))
+    return keys_online.changed(ask(p.RetireKey(req=1, key_id=args.key_id)))
+
+
+def retire_in_copy(keyring_path: Path, key_id: int, listing: p.Message) -> dict[str, object]:
+    """Remove ``key_id`` from a keyring file the daemon does not write (a decrypted credential)
+    once the running daemon says no session needs it and it is not the daemon's current key:
+    a daemon wraps only under its current key, so no session can come to need it later."""
+    assert isinstance(listing, p.KeysReply)
+    keyring = load_keyring(keyring_path)
+    if key_id not in keyring.key_ids:
+        raise KeyringError(f"keyring {keyring_path} has no key {key_id}", key_id=key_id)
+    if key_id in (keyring.current_id, listing.current):
+        raise KeyringError(
+            f"key {key_id} is the current key (of {keyring_path} or of the running daemon); "
+            "rotate first, then retire it",
+            key_id=key_id,
+        )
+    needing = sum(k.sessions for k in listing.keys if k.id == key_id)
+    needing += sum(1 for m in listing.missing if m.key_id == key_id)
+    if needing:
+        raise KeyringError(
+            f"key {key_id} still wraps {needing} session(s) of the running daemon; run "
+            "'lucidd keys rewrap' first",
+            key_id=key_id,
+            sessions=needing,
+        )
+    if listing.unreadable:
+        raise KeyringError(
+            f"the daemon cannot tell which key {len(listing.unreadable)} session(s) need "
+            "(unreadable metadata)",
+            key_id=key_id,
+        )
+    replace_keyring(keyring.without(key_id), keyring_path)
+    return {"retired": key_id, "current": keyring.current_id, "keys": len(keyring.key_ids) - 1}
+
+
 def add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The ``lucidd keys`` subcommands."""
     keys = sub.add_parser("keys", help="list, rotate, retire or export master keys")
@@ -254,10 +356,23 @@ def add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     common.add_argument("--config", type=Path, help="TOML config file")
     common.add_argument("--state-dir", help="folder for sessions and keys")
     common.add_argument("--keyring", type=Path, help="keyring file (default: as configured)")
+    common.add_argument(
+        "--runtime-dir", help="a running daemon's runtime folder (its control socket)"
+    )
     common.add_argument("--json", action="store_true", help="print one JSON object")
     rot = keys_sub.add_parser("rotate", parents=[common], help="new current key; re-wrap all")
     rot.add_argument("--new", action="store_true", help="add a key even to finish a rotation")
     keys_sub.add_parser("rewrap", parents=[common], help="re-wrap sessions under the current key")
+    add = keys_sub.add_parser(
+        "add",
+        parents=[common],
+        help="add a current key to a keyring file; no session is touched",
+    )
+    add.add_argument(
+        "--old-passphrase-file",
+        type=Path,
+        help="a locked keyring's passphrase from this file (0600; default: a terminal prompt)",
+    )
     ret = keys_sub.add_parser("retire", parents=[common], help="remove a key no session needs")
     ret.add_argument("key_id", type=int, metavar="ID")
     unlocking = argparse.ArgumentParser(add_help=False)
@@ -294,7 +409,8 @@ def run_keys(args: argparse.Namespace, config_file: Path | None) -> int:
     """Run one ``lucidd keys`` subcommand; LucidError for the caller to report."""
     toml_text = config_file.read_bytes() if config_file is not None else None
     env = dict(os.environ)
-    config = load_config(toml_text, env, {"state_dir": args.state_dir})
+    overrides = {"state_dir": args.state_dir, "runtime_dir": args.runtime_dir}
+    config = load_config(toml_text, env, overrides)
     config = resolve_dirs(config, env, str(Path.home()), os.getuid())
     state_dir = Path(config.state_dir)
     keyring_path: Path = args.keyring or (
@@ -308,7 +424,11 @@ def run_keys(args: argparse.Namespace, config_file: Path | None) -> int:
     def unlock(_: Path) -> bytes:  # list, export, passwd: a locked keyring's passphrase
         return current_passphrase(args.old_passphrase_file)
 
-    if command == "list":
+    if command in ONLINE_COMMANDS and daemon_serves(state_dir):
+        result = run_online(args, state_dir, Path(config.runtime_dir), keyring_path)
+    elif command == "add":
+        result = add_key(keyring_path, unlock)
+    elif command == "list":
         result = {"keyring": str(keyring_path)}
         keyring = load_keyring(keyring_path, unlock)
         result |= describe_keys(keyring, key_usage(state_dir))

@@ -61,6 +61,7 @@ LAYERS: Mapping[str, int] = {
     "daemon.store": 2,
     "daemon.segments": 2,  # segment files: append, scan, quarantine
     "daemon.keyfile": 2,
+    "daemon.keys_online": 2,  # lucidd keys through a running daemon's control socket
     "daemon.passphrase": 2,  # where a locked keyring's passphrase comes from (credential, tty)
     "daemon.signing_key": 2,  # the host's Ed25519 checkpoint key (the keyring's file checks)
     "daemon.ring": 2,

@@ -35,7 +35,7 @@ from lucidd import protocol as p
 from lucidd.crypto import Keyring, is_locked, rewrap_secret, wrapped_key_id
 from lucidd.daemon import ipc
 from lucidd.daemon.aggregator.ledger import Ledger
-from lucidd.daemon.keyfile import read_keyring_file, replace_keyring
+from lucidd.daemon.keyfile import read_keyring_file, remove_keyring_temps, replace_keyring
 from lucidd.daemon.store import SessionMeta, SessionPaths, read_meta, session_dir_name, write_meta
 from lucidd.errors import KeyringError, LucidError
 
@@ -249,6 +249,9 @@ class KeyRotation:
                 path=str(path),
             )
         data = await asyncio.to_thread(read_keyring_file, path)
+        # A killed rotation's temp copies of the keys: while the daemon runs, it is the only
+        # writer of its keyring (one key operation at a time), so none is being written.
+        await asyncio.to_thread(remove_keyring_temps, path)
         if is_locked(data):
             raise KeyringError(
                 f"keyring {path} is passphrase-locked and the daemon keeps no passphrase to "

@@ -1,0 +1,111 @@
+"""``lucidd keys`` through a running daemon's control socket (layer 2, docs/keys.md).
+
+When a daemon serves the state folder (it holds ``<state>/lucidd.lock``), ``list``, ``rotate``,
+``rewrap`` and ``retire`` are requests to it: the aggregator, which owns the sessions'
+metadata, does the work while clients keep streaming. One blocking connection, one request,
+one reply, built with the sans-IO codec. The socket must be served by the state folder's
+owner (``SO_PEERCRED``): a socket that someone else bound in the runtime folder is refused
+before anything is sent. The results have the shapes of the offline commands'.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import uuid
+from pathlib import Path
+from typing import Final
+
+from lucidd import protocol as p
+from lucidd.errors import BusyError, InternalError, KeyringError, LucidError, error_from_wire
+
+CONTROL_SOCKET: Final = "control.sock"
+CONNECT_TIMEOUT_S: Final = 5.0
+#: A rotation re-wraps every session before it answers: minutes for a very large folder.
+REPLY_TIMEOUT_S: Final = 3600.0
+_PEERCRED: Final = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_READ_SIZE: Final = 64 * 1024
+
+
+def _name(session_id: bytes) -> str:
+    return str(uuid.UUID(bytes=session_id))
+
+
+def ask(runtime_dir: Path, owner_uid: int, request: p.Message) -> p.Message:
+    """Send ``request`` to the daemon at ``runtime_dir`` and return its reply; the daemon's
+    typed error is raised as its LucidError. BusyError (75) if the socket cannot be reached:
+    the folder is in use by a daemon this command cannot talk to."""
+    path = runtime_dir / CONTROL_SOCKET
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(CONNECT_TIMEOUT_S)
+        try:
+            sock.connect(str(path))
+        except OSError as exc:
+            raise BusyError(
+                f"a daemon serves this state folder but its control socket {path} cannot be "
+                f"reached ({exc.strerror}): pass its --runtime-dir, or stop it to change keys "
+                "offline",
+                path=str(path),
+            ) from None
+        _, uid, _ = _PEERCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        )
+        if uid != owner_uid:
+            raise KeyringError(
+                f"control socket {path} is served by uid {uid}, not by the state folder's "
+                f"owner (uid {owner_uid}); refusing to talk to it",
+                path=str(path),
+            )
+        sock.settimeout(REPLY_TIMEOUT_S)
+        sock.sendall(p.encode_frame(request))
+        return _reply(sock, request.req)
+    finally:
+        sock.close()
+
+
+def _reply(sock: socket.socket, req: int) -> p.Message:
+    decoder = p.control_reply_decoder(_READ_SIZE * 16)  # a long list of sessions fits
+    while True:
+        event = decoder.next_event()
+        if event is None:
+            data = sock.recv(_READ_SIZE)
+            if not data:
+                raise BusyError("the daemon closed the control connection before it answered")
+            decoder.receive_data(data)
+            continue
+        if not isinstance(event, p.FrameMessage):
+            raise InternalError("unexpected frame on the control socket")
+        message = event.message
+        if isinstance(message, p.Error):
+            raise _error(message)
+        if message.req == req:
+            return message
+
+
+def _error(message: p.Error) -> LucidError:
+    return error_from_wire(message.code, message.message)
+
+
+def describe(reply: p.Message, runtime_dir: Path) -> dict[str, object]:
+    """``keys list``'s result from a :class:`~lucidd.protocol.KeysReply`."""
+    assert isinstance(reply, p.KeysReply)
+    return {
+        "keyring": f"the running daemon's (via {runtime_dir / CONTROL_SOCKET})",
+        "current": reply.current,
+        "keys": [
+            {"id": k.id, "current": k.current, "created": None, "sessions": k.sessions}
+            for k in reply.keys
+        ],
+        "sessions_missing_key": {_name(m.session): m.key_id for m in reply.missing},
+        "unreadable": sorted(_name(s) for s in reply.unreadable),
+        "online": True,
+    }
+
+
+def changed(reply: p.Message) -> dict[str, object]:
+    """``rotate``/``rewrap``/``retire``'s result from a :class:`~lucidd.protocol.KeysChanged`."""
+    assert isinstance(reply, p.KeysChanged)
+    if reply.retired is not None:
+        return {"retired": reply.retired, "current": reply.current, "keys": reply.keys}
+    return {"added": reply.added, "current": reply.current, "rewrapped": reply.rewrapped}
