@@ -32,14 +32,15 @@ from typing import Final
 
 import msgspec
 
-from lucidd import protocol as p
 from lucidd.crypto import Keyring, is_locked, rewrap_secret, wrapped_key_id
 from lucidd.daemon import keys_online
 from lucidd.daemon.config import load_config
 from lucidd.daemon.default_dirs import resolve_dirs
 from lucidd.daemon.folders import lock_state_folder
 from lucidd.daemon.keyfile import (
+    Unlock,
     load_keyring,
+    open_keyring,
     read_keyring_file,
     remove_keyring_temps,
     replace_keyring,
@@ -134,14 +135,21 @@ def rewrap_all(
 
 
 def rotate(
-    state_dir: Path, keyring_path: Path, *, force_new: bool, kill_after: int | None = None
+    state_dir: Path,
+    keyring_path: Path,
+    *,
+    force_new: bool,
+    kill_after: int | None = None,
+    unlock: Unlock | None = None,
 ) -> dict[str, object]:
     """Add a key if every session uses the current one (or ``force_new``), then re-wrap.
 
-    The daemon must be stopped (the caller holds the state lock). KeyringError (exit 78) at
+    The daemon must be stopped (the caller holds the state lock). A locked keyring is opened
+    with ``unlock`` and locked again under the same passphrase. KeyringError (exit 78) at
     the end naming any session that could not be re-wrapped; the others are done.
     """
-    keyring = load_keyring(keyring_path)
+    opened = open_keyring(keyring_path, unlock)
+    keyring = opened.keyring
     usage = key_usage(state_dir)
     stale = [
         sid
@@ -151,16 +159,21 @@ def rotate(
     added: int | None = None
     if force_new or not stale:
         keyring = keyring.rotated()
-        replace_keyring(keyring, keyring_path)  # durable before any session names the new key
+        opened.store(keyring, keyring_path)  # durable before any session names the new key
         added = keyring.current_id
     rewrapped, failed = rewrap_all(state_dir, keyring, usage, kill_after)
     _raise_failed(failed, usage)
     return {"added": added, "current": keyring.current_id, "rewrapped": rewrapped}
 
 
-def rewrap(state_dir: Path, keyring_path: Path, kill_after: int | None = None) -> dict[str, object]:
+def rewrap(
+    state_dir: Path,
+    keyring_path: Path,
+    kill_after: int | None = None,
+    unlock: Unlock | None = None,
+) -> dict[str, object]:
     """Re-wrap every session under the current key; adds no key."""
-    keyring = load_keyring(keyring_path)
+    keyring = open_keyring(keyring_path, unlock).keyring
     usage = key_usage(state_dir)
     rewrapped, failed = rewrap_all(state_dir, keyring, usage, kill_after)
     _raise_failed(failed, usage)
@@ -176,9 +189,12 @@ def _raise_failed(failed: list[str], usage: KeyUsage) -> None:
         )
 
 
-def retire(state_dir: Path, keyring_path: Path, key_id: int) -> dict[str, object]:
+def retire(
+    state_dir: Path, keyring_path: Path, key_id: int, unlock: Unlock | None = None
+) -> dict[str, object]:
     """Remove ``key_id`` once no session's metadata names it; KeyringError (78) otherwise."""
-    keyring = load_keyring(keyring_path)
+    opened = open_keyring(keyring_path, unlock)
+    keyring = opened.keyring
     if key_id not in keyring.key_ids:
         raise KeyringError(f"the keyring has no key {key_id}", key_id=key_id)
     if key_id == keyring.current_id:
@@ -200,7 +216,7 @@ def retire(state_dir: Path, keyring_path: Path, key_id: int) -> dict[str, object
             f"cannot tell which key these sessions need (unreadable metadata): {names}",
             key_id=key_id,
         )
-    replace_keyring(keyring.without(key_id), keyring_path)
+    opened.store(keyring.without(key_id), keyring_path)
     return {"retired": key_id, "current": keyring.current_id, "keys": len(keyring.key_ids) - 1}
 
 
@@ -253,99 +269,19 @@ def stopped_state_folder(state_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def daemon_serves(state_dir: Path) -> bool:
-    """Whether a daemon holds the state folder's lock (or the folder is another user's, so
-    only its daemon can change its keys): then ``lucidd keys`` asks that daemon."""
-    if not state_dir.is_dir():
-        return False  # the offline path says what is wrong
-    if state_dir.stat().st_uid != os.geteuid():
-        return True
-    try:
-        fd = lock_state_folder(state_dir)
-    except BusyError:
-        return True
-    os.close(fd)
-    return False
-
-
-def add_key(keyring_path: Path, unlock: Callable[[Path], bytes]) -> dict[str, object]:
+def add_key(keyring_path: Path, unlock: Unlock) -> dict[str, object]:
     """Add a random master key to the keyring file and make it current; no session is touched
     (a daemon starts using it on reload or restart). A locked keyring is locked again under
     the same passphrase. For a decrypted copy of a systemd credential (docs/keys.md)."""
-    passphrases: list[bytes] = []
-
-    def remember(path: Path) -> bytes:
-        passphrases.append(unlock(path))
-        return passphrases[-1]
-
-    keyring = load_keyring(keyring_path, remember).rotated()
-    replace_keyring(keyring.lock(passphrases[0]) if passphrases else keyring, keyring_path)
+    opened = open_keyring(keyring_path, unlock)
+    keyring = opened.keyring.rotated()
+    opened.store(keyring, keyring_path)
     return {
         "keyring": str(keyring_path),
         "added": keyring.current_id,
         "current": keyring.current_id,
         "keys": len(keyring.key_ids),
     }
-
-
-def run_online(
-    args: argparse.Namespace, state_dir: Path, runtime_dir: Path, keyring_path: Path
-) -> dict[str, object]:
-    """``list``/``rotate``/``rewrap``/``retire`` through the daemon serving ``state_dir``."""
-    owner = state_dir.stat().st_uid
-    command: str = args.keys_command
-
-    def ask(request: p.Message) -> p.Message:
-        return keys_online.ask(runtime_dir, owner, request)
-
-    if command == "list":
-        return keys_online.describe(ask(p.ListKeys(req=1)), runtime_dir)
-    if command == "retire" and args.keyring is not None:
-        return retire_in_copy(keyring_path, args.key_id, ask(p.ListKeys(req=1)))
-    if args.keyring is not None:
-        raise KeyringError(
-            f"a daemon serves {state_dir}: '{command}' uses the daemon's keyring, not "
-            f"{keyring_path}; to add a key to a file use 'lucidd keys add --keyring FILE'",
-            path=str(keyring_path),
-        )
-    if command == "rotate":
-        return keys_online.changed(ask(p.RotateKeys(req=1, new=args.new)))
-    if command == "rewrap":
-        return keys_online.changed(ask(p.RewrapKeys(req=1)))
-    return keys_online.changed(ask(p.RetireKey(req=1, key_id=args.key_id)))
-
-
-def retire_in_copy(keyring_path: Path, key_id: int, listing: p.Message) -> dict[str, object]:
-    """Remove ``key_id`` from a keyring file the daemon does not write (a decrypted credential)
-    once the running daemon says no session needs it and it is not the daemon's current key:
-    a daemon wraps only under its current key, so no session can come to need it later."""
-    assert isinstance(listing, p.KeysReply)
-    keyring = load_keyring(keyring_path)
-    if key_id not in keyring.key_ids:
-        raise KeyringError(f"keyring {keyring_path} has no key {key_id}", key_id=key_id)
-    if key_id in (keyring.current_id, listing.current):
-        raise KeyringError(
-            f"key {key_id} is the current key (of {keyring_path} or of the running daemon); "
-            "rotate first, then retire it",
-            key_id=key_id,
-        )
-    needing = sum(k.sessions for k in listing.keys if k.id == key_id)
-    needing += sum(1 for m in listing.missing if m.key_id == key_id)
-    if needing:
-        raise KeyringError(
-            f"key {key_id} still wraps {needing} session(s) of the running daemon; run "
-            "'lucidd keys rewrap' first",
-            key_id=key_id,
-            sessions=needing,
-        )
-    if listing.unreadable:
-        raise KeyringError(
-            f"the daemon cannot tell which key {len(listing.unreadable)} session(s) need "
-            "(unreadable metadata)",
-            key_id=key_id,
-        )
-    replace_keyring(keyring.without(key_id), keyring_path)
-    return {"retired": key_id, "current": keyring.current_id, "keys": len(keyring.key_ids) - 1}
 
 
 def add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -360,27 +296,21 @@ def add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--runtime-dir", help="a running daemon's runtime folder (its control socket)"
     )
     common.add_argument("--json", action="store_true", help="print one JSON object")
-    rot = keys_sub.add_parser("rotate", parents=[common], help="new current key; re-wrap all")
-    rot.add_argument("--new", action="store_true", help="add a key even to finish a rotation")
-    keys_sub.add_parser("rewrap", parents=[common], help="re-wrap sessions under the current key")
-    add = keys_sub.add_parser(
-        "add",
-        parents=[common],
-        help="add a current key to a keyring file; no session is touched",
-    )
-    add.add_argument(
-        "--old-passphrase-file",
-        type=Path,
-        help="a locked keyring's passphrase from this file (0600; default: a terminal prompt)",
-    )
-    ret = keys_sub.add_parser("retire", parents=[common], help="remove a key no session needs")
-    ret.add_argument("key_id", type=int, metavar="ID")
     unlocking = argparse.ArgumentParser(add_help=False)
     unlocking.add_argument(
         "--old-passphrase-file",
         type=Path,
         help="a locked keyring's passphrase from this file (0600; default: a terminal prompt)",
     )
+    changing = [common, unlocking]
+    rot = keys_sub.add_parser("rotate", parents=changing, help="new current key; re-wrap all")
+    rot.add_argument("--new", action="store_true", help="add a key even to finish a rotation")
+    keys_sub.add_parser("rewrap", parents=changing, help="re-wrap sessions under the current key")
+    keys_sub.add_parser(
+        "add", parents=changing, help="add a current key to a keyring file; no session is touched"
+    )
+    ret = keys_sub.add_parser("retire", parents=changing, help="remove a key no session needs")
+    ret.add_argument("key_id", type=int, metavar="ID")
     new_passphrase_file = argparse.ArgumentParser(add_help=False)
     new_passphrase_file.add_argument(
         "--passphrase-file",
@@ -424,8 +354,12 @@ def run_keys(args: argparse.Namespace, config_file: Path | None) -> int:
     def unlock(_: Path) -> bytes:  # list, export, passwd: a locked keyring's passphrase
         return current_passphrase(args.old_passphrase_file)
 
-    if command in ONLINE_COMMANDS and daemon_serves(state_dir):
-        result = run_online(args, state_dir, Path(config.runtime_dir), keyring_path)
+    # "list --keyring FILE" reads that file beside the daemon (a decrypted credential's copy).
+    listing_a_file = command == "list" and args.keyring is not None
+    if command in ONLINE_COMMANDS and not listing_a_file and keys_online.daemon_serves(state_dir):
+        result = keys_online.run_online(
+            args, state_dir, Path(config.runtime_dir), keyring_path, unlock
+        )
     elif command == "add":
         result = add_key(keyring_path, unlock)
     elif command == "list":
@@ -447,11 +381,17 @@ def run_keys(args: argparse.Namespace, config_file: Path | None) -> int:
                     unlock,
                 )
             elif command == "rotate":
-                result = rotate(state_dir, keyring_path, force_new=args.new, kill_after=kill_after)
+                result = rotate(
+                    state_dir,
+                    keyring_path,
+                    force_new=args.new,
+                    kill_after=kill_after,
+                    unlock=unlock,
+                )
             elif command == "rewrap":
-                result = rewrap(state_dir, keyring_path, kill_after)
+                result = rewrap(state_dir, keyring_path, kill_after, unlock)
             else:
-                result = retire(state_dir, keyring_path, args.key_id)
+                result = retire(state_dir, keyring_path, args.key_id, unlock)
     _print(result, as_json=args.json)
     return 0
 

@@ -1,4 +1,4 @@
-"""``lucidd keys`` through a running daemon's control socket (layer 2, docs/keys.md).
+"""``lucidd keys`` through a running daemon's control socket (layer 3, docs/keys.md).
 
 When a daemon serves the state folder (it holds ``<state>/lucidd.lock``), ``list``, ``rotate``,
 ``rewrap`` and ``retire`` are requests to it: the aggregator, which owns the sessions'
@@ -10,6 +10,8 @@ before anything is sent. The results have the shapes of the offline commands'.
 
 from __future__ import annotations
 
+import argparse
+import os
 import socket
 import struct
 import uuid
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Final
 
 from lucidd import protocol as p
+from lucidd.daemon.folders import lock_state_folder
+from lucidd.daemon.keyfile import Unlock, open_keyring
 from lucidd.errors import BusyError, InternalError, KeyringError, LucidError, error_from_wire
 
 CONTROL_SOCKET: Final = "control.sock"
@@ -109,3 +113,85 @@ def changed(reply: p.Message) -> dict[str, object]:
     if reply.retired is not None:
         return {"retired": reply.retired, "current": reply.current, "keys": reply.keys}
     return {"added": reply.added, "current": reply.current, "rewrapped": reply.rewrapped}
+
+
+def daemon_serves(state_dir: Path) -> bool:
+    """Whether a daemon holds the state folder's lock (or the folder is another user's, so
+    only its daemon can change its keys): then ``lucidd keys`` asks that daemon."""
+    if not state_dir.is_dir():
+        return False  # the offline path says what is wrong
+    if state_dir.stat().st_uid != os.geteuid():
+        return True
+    try:
+        fd = lock_state_folder(state_dir)
+    except BusyError:
+        return True
+    os.close(fd)
+    return False
+
+
+def run_online(
+    args: argparse.Namespace,
+    state_dir: Path,
+    runtime_dir: Path,
+    keyring_path: Path,
+    unlock: Unlock,
+) -> dict[str, object]:
+    """``list``/``rotate``/``rewrap``/``retire`` through the daemon serving ``state_dir``."""
+    owner = state_dir.stat().st_uid
+    command: str = args.keys_command
+
+    def request(message: p.Message) -> p.Message:
+        return ask(runtime_dir, owner, message)
+
+    if command == "list":
+        return describe(request(p.ListKeys(req=1)), runtime_dir)
+    if command == "retire" and args.keyring is not None:
+        return retire_in_copy(keyring_path, args.key_id, request(p.ListKeys(req=1)), unlock)
+    if args.keyring is not None:
+        raise KeyringError(
+            f"a daemon serves {state_dir}: '{command}' uses the daemon's keyring, not "
+            f"{keyring_path}; to add a key to a file use 'lucidd keys add --keyring FILE'",
+            path=str(keyring_path),
+        )
+    if command == "rotate":
+        return changed(request(p.RotateKeys(req=1, new=args.new)))
+    if command == "rewrap":
+        return changed(request(p.RewrapKeys(req=1)))
+    return changed(request(p.RetireKey(req=1, key_id=args.key_id)))
+
+
+def retire_in_copy(
+    keyring_path: Path, key_id: int, listing: p.Message, unlock: Unlock
+) -> dict[str, object]:
+    """Remove ``key_id`` from a keyring file the daemon does not write (a decrypted credential)
+    once the running daemon says no session needs it and it is not the daemon's current key:
+    a daemon wraps only under its current key, so no session can come to need it later."""
+    assert isinstance(listing, p.KeysReply)
+    opened = open_keyring(keyring_path, unlock)
+    keyring = opened.keyring
+    if key_id not in keyring.key_ids:
+        raise KeyringError(f"keyring {keyring_path} has no key {key_id}", key_id=key_id)
+    if key_id in (keyring.current_id, listing.current):
+        raise KeyringError(
+            f"key {key_id} is the current key (of {keyring_path} or of the running daemon); "
+            "rotate first, then retire it",
+            key_id=key_id,
+        )
+    needing = sum(k.sessions for k in listing.keys if k.id == key_id)
+    needing += sum(1 for m in listing.missing if m.key_id == key_id)
+    if needing:
+        raise KeyringError(
+            f"key {key_id} still wraps {needing} session(s) of the running daemon; run "
+            "'lucidd keys rewrap' first",
+            key_id=key_id,
+            sessions=needing,
+        )
+    if listing.unreadable:
+        raise KeyringError(
+            f"the daemon cannot tell which key {len(listing.unreadable)} session(s) need "
+            "(unreadable metadata)",
+            key_id=key_id,
+        )
+    opened.store(keyring.without(key_id), keyring_path)
+    return {"retired": key_id, "current": keyring.current_id, "keys": len(keyring.key_ids) - 1}

@@ -61,7 +61,6 @@ LAYERS: Mapping[str, int] = {
     "daemon.store": 2,
     "daemon.segments": 2,  # segment files: append, scan, quarantine
     "daemon.keyfile": 2,
-    "daemon.keys_online": 2,  # lucidd keys through a running daemon's control socket
     "daemon.passphrase": 2,  # where a locked keyring's passphrase comes from (credential, tty)
     "daemon.signing_key": 2,  # the host's Ed25519 checkpoint key (the keyring's file checks)
     "daemon.ring": 2,
@@ -98,6 +97,7 @@ LAYERS: Mapping[str, int] = {
     "daemon.replication.replicator": 2,  # packs, the scan, uploads
     "daemon.replication.restore": 3,  # lucidd restore: fetch, verify, write
     "daemon.replication.cli": 3,  # lucidd restore's command
+    "daemon.keys_online": 3,  # lucidd keys through a running daemon's control socket
     "daemon.keys_cli": 3,  # lucidd keys: offline, or through a running daemon's control socket
     "daemon.replication.main": 3,  # the replicator process
     "daemon.aggregator.anchoring": 3,  # anchoring backends and their retry loop
@@ -262,6 +262,8 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     # The keyring for new children goes to the workers through their links' inboxes.
     "daemon.supervisor.keyring_link": frozenset({"daemon.supervisor.dispatch"}),
     "daemon.supervisor.ingest": frozenset({"daemon.supervisor.admission"}),
+    # lucidd keys asks a running daemon through keys_online.
+    "daemon.keys_cli": frozenset({"daemon.keys_online"}),
     # Admission hands every admitted chunk to its dispatcher (the worker side).
     "daemon.supervisor.admission": frozenset({"daemon.supervisor.dispatch"}),
     # Admission's records are plain data over the wire's and the slots' types.
