@@ -84,6 +84,9 @@ class KeyRotation:
         self._tokens = itertools.count(1)
         self._installs: dict[int, asyncio.Future[None]] = {}
         self._reloads: set[asyncio.Task[None]] = set()
+        #: Whether every worker is known to hold the ledger's keyring. Not at start: a
+        #: replaced aggregator may start with a keyring the supervisor is still handing out.
+        self._confirmed = False
 
     # -- what the sessions need ----------------------------------------------------------
 
@@ -158,6 +161,7 @@ class KeyRotation:
         """Re-wrap every session under the current key; adds no key and writes no keyring,
         so it works with a keyring the daemon cannot write (a systemd credential)."""
         async with self._lock:
+            await self._install(self._ledger.keyring)
             rewrapped = await self._rewrap_all()
             keyring = self._ledger.keyring
             return p.KeysChanged(
@@ -273,7 +277,7 @@ class KeyRotation:
 
     async def _install(self, keyring: Keyring) -> None:
         """Every worker holds ``keyring`` when this returns; then the ledger uses it."""
-        if keyring == self._ledger.keyring:
+        if self._confirmed and keyring == self._ledger.keyring:
             return
         token = next(self._tokens)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -281,6 +285,7 @@ class KeyRotation:
         self._send(ipc.InstallKeyring(token, keyring.serialize()))
         await future
         self._ledger.keyring = keyring
+        self._confirmed = True
         log.info(
             "event=keyring_installed current=%d keys=%d", keyring.current_id, len(keyring.key_ids)
         )
