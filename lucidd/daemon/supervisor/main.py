@@ -5,6 +5,8 @@ workers (forkserver) → wait for the aggregator's recovered session table → s
 socket → ``READY=1``. Shutdown on SIGTERM/SIGINT: ``STOPPING=1``, stop accepting, refuse new
 chunks, let every admitted chunk reach its ack, close the workers' pipes (EOF ends them), stop
 the aggregator (it syncs every log), unlink the ring, exit 0.
+SIGHUP re-reads the keyring from its source and hands it to the aggregator, which checks and
+installs it (:mod:`.keyring_link`, docs/keys.md); clients stay connected.
 
 The parts it composes do the rest: the listening sockets are :mod:`.sockets`'s, the descriptor
 limit and budget :mod:`.fds`'s, the respawn and retry delays :mod:`.respawn`'s.
