@@ -354,12 +354,15 @@ def run_keys(args: argparse.Namespace, config_file: Path | None) -> int:
     def unlock(_: Path) -> bytes:  # list, export, passwd: a locked keyring's passphrase
         return current_passphrase(args.old_passphrase_file)
 
+    runtime_dir = Path(config.runtime_dir)
     # "list --keyring FILE" reads that file beside the daemon (a decrypted credential's copy).
     listing_a_file = command == "list" and args.keyring is not None
-    if command in ONLINE_COMMANDS and not listing_a_file and keys_online.daemon_serves(state_dir):
-        result = keys_online.run_online(
-            args, state_dir, Path(config.runtime_dir), keyring_path, unlock
-        )
+    if (
+        command in ONLINE_COMMANDS
+        and not listing_a_file
+        and keys_online.daemon_serves(state_dir, runtime_dir)
+    ):
+        result = keys_online.run_online(args, state_dir, runtime_dir, keyring_path, unlock)
     elif command == "add":
         result = add_key(keyring_path, unlock)
     elif command == "list":

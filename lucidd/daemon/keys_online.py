@@ -115,13 +115,14 @@ def changed(reply: p.Message) -> dict[str, object]:
     return {"added": reply.added, "current": reply.current, "rewrapped": reply.rewrapped}
 
 
-def daemon_serves(state_dir: Path) -> bool:
-    """Whether a daemon holds the state folder's lock (or the folder is another user's, so
-    only its daemon can change its keys): then ``lucidd keys`` asks that daemon."""
+def daemon_serves(state_dir: Path, runtime_dir: Path) -> bool:
+    """Whether a daemon holds the state folder's lock: then ``lucidd keys`` asks that daemon.
+    For a folder of another user's (whose lock we cannot open), whether its control socket is
+    there: an admin asks the daemon; without one, the offline path says whose folder it is."""
     if not state_dir.is_dir():
         return False  # the offline path says what is wrong
     if state_dir.stat().st_uid != os.geteuid():
-        return True
+        return (runtime_dir / CONTROL_SOCKET).exists()
     try:
         fd = lock_state_folder(state_dir)
     except BusyError:
