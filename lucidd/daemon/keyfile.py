@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,7 +316,7 @@ def create_keyring(path: Path) -> Keyring:
                 f"cannot create keyring folder {folder}: {exc.strerror}", path=str(folder)
             ) from None
     _check_parent(path)
-    keyring = Keyring.generate()
+    keyring = Keyring.generate(time.time_ns())
     write_keyring(keyring, path)
     return keyring
 

@@ -24,6 +24,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -85,12 +86,12 @@ def key_usage(state_dir: Path) -> KeyUsage:
 
 
 def describe_keys(keyring: Keyring, usage: KeyUsage) -> dict[str, object]:
-    """``keys list``'s result (the keyring format records no creation time: null)."""
+    """``keys list``'s result (``created``: null for keys made before keyrings recorded it)."""
     keys = [
         {
             "id": key_id,
             "current": key_id == keyring.current_id,
-            "created": None,
+            "created": keys_online.created_text(keyring.created_ns(key_id)),
             "sessions": usage.count(key_id),
         }
         for key_id in keyring.key_ids
@@ -158,7 +159,7 @@ def rotate(
     ]
     added: int | None = None
     if force_new or not stale:
-        keyring = keyring.rotated()
+        keyring = keyring.rotated(time.time_ns())
         opened.store(keyring, keyring_path)  # durable before any session names the new key
         added = keyring.current_id
     rewrapped, failed = rewrap_all(state_dir, keyring, usage, kill_after)
@@ -274,7 +275,7 @@ def add_key(keyring_path: Path, unlock: Unlock) -> dict[str, object]:
     (a daemon starts using it on reload or restart). A locked keyring is locked again under
     the same passphrase. For a decrypted copy of a systemd credential (docs/keys.md)."""
     opened = open_keyring(keyring_path, unlock)
-    keyring = opened.keyring.rotated()
+    keyring = opened.keyring.rotated(time.time_ns())
     opened.store(keyring, keyring_path)
     return {
         "keyring": str(keyring_path),
@@ -408,7 +409,8 @@ def _print(result: dict[str, object], *, as_json: bool) -> None:
         print(f"keyring {result['keyring']}")
         for key in keys:
             mark = " (current)" if key["current"] else ""
-            print(f"key {key['id']}{mark}: created unknown, wraps {key['sessions']} session(s)")
+            created = key["created"] or "unknown"
+            print(f"key {key['id']}{mark}: created {created}, wraps {key['sessions']} session(s)")
         for name, kid in dict(result["sessions_missing_key"]).items():  # type: ignore[call-overload]
             print(f"session {name} needs key {kid}, which the keyring lacks")
         for name in list(result["unreadable"]):  # type: ignore[call-overload]

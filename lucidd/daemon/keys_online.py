@@ -11,6 +11,7 @@ before anything is sent. The results have the shapes of the offline commands'.
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import socket
 import struct
@@ -29,6 +30,15 @@ CONNECT_TIMEOUT_S: Final = 5.0
 REPLY_TIMEOUT_S: Final = 3600.0
 _PEERCRED: Final = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _READ_SIZE: Final = 64 * 1024
+
+
+def created_text(created_ns: int | None) -> str | None:
+    """A key's creation time as ``keys list`` shows it: UTC, ISO 8601, to the second (None:
+    the keyring does not say; keys made before keyrings recorded it)."""
+    if created_ns is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(created_ns / 1e9, tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _name(session_id: bytes) -> str:
@@ -98,7 +108,12 @@ def describe(reply: p.Message, runtime_dir: Path) -> dict[str, object]:
         "keyring": f"the running daemon's (via {runtime_dir / CONTROL_SOCKET})",
         "current": reply.current,
         "keys": [
-            {"id": k.id, "current": k.current, "created": None, "sessions": k.sessions}
+            {
+                "id": k.id,
+                "current": k.current,
+                "created": created_text(k.created_ns),
+                "sessions": k.sessions,
+            }
             for k in reply.keys
         ],
         "sessions_missing_key": {_name(m.session): m.key_id for m in reply.missing},

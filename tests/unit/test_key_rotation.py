@@ -6,10 +6,13 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+import pytest
+
 from lucidd import protocol as p
 from lucidd.crypto import Keyring
 from lucidd.daemon.aggregator.key_rotation import KeyUsage, lacking_keys
-from lucidd.daemon.keys_online import changed, describe
+from lucidd.daemon.keys_online import changed, created_text, describe
+from lucidd.errors import KeyringError
 
 S1, S2, S3 = (bytes([n]) * 16 for n in (1, 2, 3))
 
@@ -60,3 +63,34 @@ def test_the_cli_shows_the_daemons_replies_in_the_offline_shapes() -> None:
     assert changed(rotated) == {"added": 7, "current": 7, "rewrapped": 5}
     retired = p.KeysChanged(req=1, current=7, keys=1, retired=3)
     assert changed(retired) == {"retired": 3, "current": 7, "keys": 1}
+
+
+def test_keys_record_when_they_were_made_and_old_keyrings_still_parse() -> None:
+    made = Keyring.generate(1_700_000_000_123_456_789)
+    rotated = made.rotated(1_800_000_000_000_000_000)
+    text = rotated.serialize()
+    assert Keyring.parse(text) == rotated
+    assert Keyring.parse(text).created_ns(made.current_id) == 1_700_000_000_123_456_789
+    assert created_text(rotated.created_ns(rotated.current_id)) == "2027-01-15T08:00:00Z"
+    untimed = Keyring.generate()
+    assert b"created" not in untimed.serialize()  # the text older lucidd reads, unchanged
+    assert Keyring.parse(untimed.serialize()).created_ns(untimed.current_id) is None
+    assert created_text(None) is None
+    assert rotated.without(made.current_id).created_ns(made.current_id) is None
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "created 1 5",
+        "created {id} 5\ncreated {id} 6",
+        "created {id} 99999999999999999999",
+        "created {id} -1",
+    ],
+)
+def test_bad_created_lines_are_refused(line: str) -> None:
+    keyring = Keyring.generate()
+    lines = keyring.serialize().decode().split("\n")
+    lines.insert(2, line.format(id=keyring.current_id))
+    with pytest.raises(KeyringError):
+        Keyring.parse("\n".join(lines).encode())

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,7 +112,10 @@ class KeyRotation:
         keyring, usage = self._ledger.keyring, self.usage()
         keys = [
             p.KeyInfo(
-                id=kid, current=kid == keyring.current_id, sessions=len(usage.sessions_of(kid))
+                id=kid,
+                current=kid == keyring.current_id,
+                sessions=len(usage.sessions_of(kid)),
+                created_ns=keyring.created_ns(kid),
             )
             for kid in keyring.key_ids
         ]
@@ -143,7 +147,7 @@ class KeyRotation:
             ]
             added: int | None = None
             if force_new or not stale:
-                keyring = keyring.rotated()
+                keyring = keyring.rotated(time.time_ns())
                 await asyncio.to_thread(replace_keyring, keyring, self._path)  # durable first
                 added = keyring.current_id
                 log.info("event=key_added key=%d path=%s", added, self._path)
