@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -191,7 +192,7 @@ def _keygen(args: argparse.Namespace) -> int:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
         return 0
-    keyring = Keyring.generate()
+    keyring = Keyring.generate(time.time_ns())
     write_keyring(keyring, args.output if args.output is not None else sys.stdout.buffer)
     return 0
 

@@ -48,6 +48,8 @@ from lucidd.protocol import (
     FinalizeReply,
     HealthReply,
     InclusionProofReply,
+    KeysChanged,
+    KeysReply,
     MetricsReply,
     ReceiptReply,
     RemoteHost,
@@ -350,6 +352,22 @@ class AsyncControlClient:
     async def remote_sessions(self) -> list[RemoteHost]:
         """As :meth:`ControlClient.remote_sessions`."""
         return await self._call(self._core.remote_sessions())
+
+    async def list_keys(self) -> KeysReply:
+        """As :meth:`ControlClient.list_keys`."""
+        return await self._call(self._core.list_keys())
+
+    async def rotate_keys(self, *, new: bool = False) -> KeysChanged:
+        """As :meth:`ControlClient.rotate_keys`."""
+        return await self._call(self._core.rotate_keys(new=new))
+
+    async def rewrap_keys(self) -> KeysChanged:
+        """As :meth:`ControlClient.rewrap_keys`."""
+        return await self._call(self._core.rewrap_keys())
+
+    async def retire_key(self, key_id: int) -> KeysChanged:
+        """As :meth:`ControlClient.retire_key`."""
+        return await self._call(self._core.retire_key(key_id))
 
     async def read_chunk(self, session: SessionRef, index: int) -> ChunkReply:
         """As :meth:`ControlClient.read_chunk`."""

@@ -49,6 +49,8 @@ from lucidd.protocol import (
     FinalizeReply,
     HealthReply,
     InclusionProofReply,
+    KeysChanged,
+    KeysReply,
     MetricsReply,
     ReceiptReply,
     RemoteHost,
@@ -570,6 +572,24 @@ class ControlClient:
     def remote_sessions(self) -> list[RemoteHost]:
         """The object store's sessions by host (privileged; ``replication_url`` set)."""
         return self._call(self._core.remote_sessions())
+
+    def list_keys(self) -> KeysReply:
+        """The master keys' ids, the current one, how many sessions each wraps (privileged:
+        root, lucidd's uid, the admin group; docs/keys.md)."""
+        return self._call(self._core.list_keys())
+
+    def rotate_keys(self, *, new: bool = False) -> KeysChanged:
+        """Add a master key and re-wrap every session under it, with the daemon running
+        (privileged); ``new``: add one even to finish an interrupted rotation."""
+        return self._call(self._core.rotate_keys(new=new))
+
+    def rewrap_keys(self) -> KeysChanged:
+        """Re-wrap every session not under the current master key (privileged)."""
+        return self._call(self._core.rewrap_keys())
+
+    def retire_key(self, key_id: int) -> KeysChanged:
+        """Remove master key ``key_id`` once no session needs it (privileged)."""
+        return self._call(self._core.retire_key(key_id))
 
     def read_chunk(self, session: SessionRef, index: int) -> ChunkReply:
         """Decrypt one stored chunk: its plaintext and its sealed record."""

@@ -51,10 +51,14 @@ _CHECKPOINT: Final = _Exchange(p.GetCheckpoint, p.CheckpointReply)
 _ANCHOR: Final = _Exchange(p.Anchor, p.AnchorReply)
 _RECEIPT: Final = _Exchange(p.GetReceipt, p.ReceiptReply)
 _REMOTE_SESSIONS: Final = _Exchange(p.ListRemoteSessions, p.RemoteSessionsReply)
+_LIST_KEYS: Final = _Exchange(p.ListKeys, p.KeysReply)
+_ROTATE_KEYS: Final = _Exchange(p.RotateKeys, p.KeysChanged)
+_REWRAP_KEYS: Final = _Exchange(p.RewrapKeys, p.KeysChanged)
+_RETIRE_KEY: Final = _Exchange(p.RetireKey, p.KeysChanged)
 _EXCHANGES: Final[tuple[_Exchange[Any, Any], ...]] = (
     _HEALTH, _METRICS, _CONFIG, _OPEN_SESSION, _SESSIONS, _INFO, _ROOT, _INCLUSION_PROOF,
     _CONSISTENCY_PROOF, _FINALIZE, _READ_CHUNK, _SHRED, _CHECK, _SIGNING_KEY, _CHECKPOINT,
-    _ANCHOR, _RECEIPT, _REMOTE_SESSIONS,
+    _ANCHOR, _RECEIPT, _REMOTE_SESSIONS, _LIST_KEYS, _ROTATE_KEYS, _REWRAP_KEYS, _RETIRE_KEY,
 )  # fmt: skip
 _REPLY_TYPE: Final[dict[type[p.Message], type[p.Message]]] = {
     exchange.request: exchange.reply for exchange in _EXCHANGES
@@ -222,6 +226,18 @@ class ControlCore(Core[ControlResult]):
     def remote_sessions(self) -> ControlCall[list[p.RemoteHost]]:
         request = p.ListRemoteSessions(req=0)
         return self._start(_REMOTE_SESSIONS, request, lambda reply: reply.hosts)
+
+    def list_keys(self) -> ControlCall[p.KeysReply]:
+        return self._start(_LIST_KEYS, p.ListKeys(req=0), _itself)
+
+    def rotate_keys(self, *, new: bool = False) -> ControlCall[p.KeysChanged]:
+        return self._start(_ROTATE_KEYS, p.RotateKeys(req=0, new=new), _itself)
+
+    def rewrap_keys(self) -> ControlCall[p.KeysChanged]:
+        return self._start(_REWRAP_KEYS, p.RewrapKeys(req=0), _itself)
+
+    def retire_key(self, key_id: int) -> ControlCall[p.KeysChanged]:
+        return self._start(_RETIRE_KEY, p.RetireKey(req=0, key_id=key_id), _itself)
 
     def _on_reply(self, message: Any) -> list[ControlResult]:
         expected = self._pending.pop(message.req, None)

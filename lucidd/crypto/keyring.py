@@ -42,6 +42,10 @@ KEYRING_MAX_KEYS: Final = 1024
 """A bound on parsing work; rotation once a day for almost three years fits."""
 _KEY_LINE = re.compile(r"key (0|[1-9][0-9]{0,9}) ([0-9a-f]{64})")
 _CURRENT_LINE = re.compile(r"current (0|[1-9][0-9]{0,9})")
+#: When a key was made (nanoseconds since the epoch); optional, one per key at most. A keyring
+#: with such lines cannot be read by lucidd before they existed (docs/format.md §5).
+_CREATED_LINE = re.compile(r"created (0|[1-9][0-9]{0,9}) (0|[1-9][0-9]{0,19})")
+CREATED_NS_MAX: Final = 2**63 - 1
 
 # Passphrase-locked keyring: Argon2id, RFC 9106 §4 second recommended option.
 LOCKED_MAGIC_LINE: Final = "lucidd-keyring-locked v1"
@@ -69,9 +73,14 @@ class Keyring:
     ``str`` or error messages. (Python cannot zero memory; keys live as long as the object.)
     """
 
-    __slots__ = ("_current_id", "_keys")
+    __slots__ = ("_created", "_current_id", "_keys")
 
-    def __init__(self, keys: Mapping[int, bytes], current_id: int) -> None:
+    def __init__(
+        self,
+        keys: Mapping[int, bytes],
+        current_id: int,
+        created: Mapping[int, int] | None = None,
+    ) -> None:
         if not keys:
             raise ValueError("a keyring needs at least one key")
         for key_id, key in keys.items():
@@ -81,24 +90,36 @@ class Keyring:
                 raise ValueError(f"master keys must be {KEY_SIZE} bytes")
         if current_id not in keys:
             raise ValueError("current key id is not in the keyring")
+        created = dict(created or {})
+        if not set(created) <= set(keys) or not all(
+            0 <= ns <= CREATED_NS_MAX for ns in created.values()
+        ):
+            raise ValueError("creation times must be u63 nanoseconds of keys in the keyring")
         self._keys: Mapping[int, bytes] = types.MappingProxyType(dict(keys))
         self._current_id = current_id
+        self._created: Mapping[int, int] = types.MappingProxyType(created)
 
     @classmethod
-    def generate(cls) -> Keyring:
-        """A new keyring with one random master key under a random key id."""
+    def generate(cls, created_ns: int | None = None) -> Keyring:
+        """A new keyring with one random master key under a random key id, made at
+        ``created_ns`` (the caller's clock: this layer reads none) if given."""
         key_id = _KEY_ID_STRUCT.unpack(os.urandom(_KEY_ID_STRUCT.size))[0]
-        return cls({key_id: os.urandom(KEY_SIZE)}, key_id)
+        created = {key_id: created_ns} if created_ns is not None else {}
+        return cls({key_id: os.urandom(KEY_SIZE)}, key_id, created)
 
-    def rotated(self) -> Keyring:
-        """A copy with a new random current key; old keys stay so old wraps still open."""
+    def rotated(self, created_ns: int | None = None) -> Keyring:
+        """A copy with a new random current key (made at ``created_ns``, if given); old keys
+        stay so old wraps still open."""
         while True:
             key_id = _KEY_ID_STRUCT.unpack(os.urandom(_KEY_ID_STRUCT.size))[0]
             if key_id not in self._keys:
                 break
         keys = dict(self._keys)
         keys[key_id] = os.urandom(KEY_SIZE)
-        return Keyring(keys, key_id)
+        created = dict(self._created)
+        if created_ns is not None:
+            created[key_id] = created_ns
+        return Keyring(keys, key_id, created)
 
     def without(self, key_id: int) -> Keyring:
         """A copy without ``key_id`` (``lucidd keys retire``); ValueError for the current key,
@@ -107,7 +128,9 @@ class Keyring:
         if key_id == self._current_id:
             raise ValueError("the current key cannot be removed")
         self.key(key_id)
-        return Keyring({k: v for k, v in self._keys.items() if k != key_id}, self._current_id)
+        keys = {k: v for k, v in self._keys.items() if k != key_id}
+        created = {k: ns for k, ns in self._created.items() if k != key_id}
+        return Keyring(keys, self._current_id, created)
 
     @property
     def current_id(self) -> int:
@@ -124,6 +147,11 @@ class Keyring:
         """All key ids, sorted."""
         return tuple(sorted(self._keys))
 
+    def created_ns(self, key_id: int) -> int | None:
+        """When key ``key_id`` was made (ns since the epoch); None if the keyring does not say
+        (keys made before keyrings recorded it)."""
+        return self._created.get(key_id)
+
     def key(self, key_id: int) -> bytes:
         """The master key with ``key_id``; :class:`KeyringError` if the keyring lacks it."""
         try:
@@ -137,19 +165,25 @@ class Keyring:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Keyring):
             return NotImplemented
-        return self._current_id == other._current_id and dict(self._keys) == dict(other._keys)
+        return (
+            self._current_id == other._current_id
+            and dict(self._keys) == dict(other._keys)
+            and dict(self._created) == dict(other._created)
+        )
 
     __hash__ = None  # type: ignore[assignment]  # equal by contents, and mutable-looking
 
-    def __reduce__(self) -> tuple[type[Keyring], tuple[dict[int, bytes], int]]:
+    def __reduce__(self) -> tuple[type[Keyring], tuple[dict[int, bytes], int, dict[int, int]]]:
         """Pickle support: the supervisor hands an unlocked keyring to its children in memory
         (the forkserver's pipe), never through a file."""
-        return (Keyring, (dict(self._keys), self._current_id))
+        return (Keyring, (dict(self._keys), self._current_id, dict(self._created)))
 
     def serialize(self) -> bytes:
-        """The keyring file text (docs/format.md): magic line, ``key`` lines, ``current`` line."""
+        """The keyring file text (docs/format.md): magic line, ``key`` lines, ``created`` lines
+        (only for keys whose creation time is known), ``current`` line."""
         lines = [KEYRING_MAGIC_LINE]
         lines += [f"key {key_id} {self._keys[key_id].hex()}" for key_id in sorted(self._keys)]
+        lines += [f"created {key_id} {self._created[key_id]}" for key_id in sorted(self._created)]
         lines.append(f"current {self._current_id}")
         return ("\n".join(lines) + "\n").encode("ascii")
 
@@ -166,6 +200,7 @@ class Keyring:
         if not lines or lines[0] != KEYRING_MAGIC_LINE:
             raise KeyringError(f"keyring does not start with {KEYRING_MAGIC_LINE!r}")
         keys: dict[int, bytes] = {}
+        created: dict[int, int] = {}
         current: int | None = None
         for number, line in enumerate(lines[1:], start=2):
             if match := _KEY_LINE.fullmatch(line):
@@ -175,20 +210,27 @@ class Keyring:
                 if len(keys) >= KEYRING_MAX_KEYS:
                     raise KeyringError(f"keyring has more than {KEYRING_MAX_KEYS} keys")
                 keys[key_id] = bytes.fromhex(match[2])
+            elif match := _CREATED_LINE.fullmatch(line):
+                key_id, ns = int(match[1]), int(match[2])
+                if key_id in created or ns > CREATED_NS_MAX:
+                    raise KeyringError(f"keyring line {number}: bad or second 'created' line")
+                created[key_id] = ns
             elif match := _CURRENT_LINE.fullmatch(line):
                 if current is not None:
                     raise KeyringError(f"keyring line {number}: second 'current' line")
                 current = int(match[1])
             else:
                 raise KeyringError(
-                    f"keyring line {number}: expected 'key <id> <64 lowercase hex>' "
-                    "or 'current <id>'"
+                    f"keyring line {number}: expected 'key <id> <64 lowercase hex>', "
+                    "'created <id> <ns>' or 'current <id>'"
                 )
         if current is None:
             raise KeyringError("keyring has no 'current <id>' line")
         if current not in keys:
             raise KeyringError("keyring 'current' names a key id it does not hold")
-        return cls(keys, current)
+        if not set(created) <= set(keys):
+            raise KeyringError("keyring 'created' names a key id it does not hold")
+        return cls(keys, current, created)
 
     def lock(self, passphrase: str | bytes) -> bytes:
         """This keyring sealed under a passphrase (text, docs/format.md §5).

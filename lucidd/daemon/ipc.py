@@ -5,7 +5,10 @@ are ``multiprocessing.Connection``-compatible (a signed 4-byte big-endian length
 msgpack body) so a blocking process can use ``Connection.send_bytes``/``recv_bytes`` while the
 asyncio processes read and write the same pipes without blocking (:mod:`lucidd.daemon.channels`).
 
-Keys and payload bytes never travel here: a :class:`Seal` names a byte range of the ring.
+Payload bytes never travel here: a :class:`Seal` names a byte range of the ring. Master keys
+travel only in the key-distribution messages (:class:`InstallKeyring` and its kin, an online
+rotation or a SIGHUP reload), as keyring text over these private pipes: never in shared memory,
+logs, argv or the environment.
 """
 
 from __future__ import annotations
@@ -39,10 +42,10 @@ class IpcMessage(msgspec.Struct, frozen=True, tag_field="t", array_like=True):
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """Everything a worker is started with; picklable, and free of secrets (a path, not a key)
-    unless the keyring file is passphrase-locked: then ``keyring`` is the keyring the
-    supervisor unlocked, pickled through the forkserver's pipe (never a file; ``repr`` shows
-    no key)."""
+    """Everything a worker is started with; picklable. ``keyring`` is the supervisor's copy of
+    the daemon's keyring (unlocked, or distributed by an online rotation or a reload), pickled
+    through the forkserver's pipe (never a file; ``repr`` shows no key), so a replaced worker
+    holds what the live ones hold; None only in tests that start a child by path."""
 
     worker_id: int
     config: Config
@@ -57,7 +60,7 @@ class WorkerSpec:
 @dataclass(frozen=True)
 class AggregatorSpec:
     """Everything the aggregator is started with (like WorkerSpec: no secrets but ``keyring``,
-    the unlocked keyring of a passphrase-locked file)."""
+    the supervisor's copy of the daemon's keyring)."""
 
     config: Config
     keyring_path: str
@@ -104,7 +107,19 @@ class Forget(IpcMessage, tag="forget", frozen=True):
     session: bytes
 
 
-SupervisorToWorker = Seal | Forget | ForgetRegion
+class UseKeyring(IpcMessage, tag="use_keyring", frozen=True):
+    """From now on unwrap session secrets with this keyring (keyring file text); reply
+    :class:`KeyringInUse` on the acks pipe. Sent before any session's metadata names a new key
+    (docs/keys.md, online rotation)."""
+
+    token: int
+    keyring: bytes
+
+    def __repr__(self) -> str:  # never the keys
+        return f"UseKeyring(token={self.token})"
+
+
+SupervisorToWorker = Seal | Forget | ForgetRegion | UseKeyring
 
 
 # --- worker -> aggregator and worker -> supervisor ----------------------------------------
@@ -170,8 +185,17 @@ class SealedBatch(IpcMessage, tag="batch", frozen=True):
 #: (4-byte length prefix included) within this bound.
 MAX_ATOMIC_MESSAGE: Final = 4096
 
+
+class KeyringInUse(IpcMessage, tag="keyring_in_use", frozen=True):
+    """Worker ``worker`` (incarnation ``incarnation``) now holds the keyring of ``token``."""
+
+    worker: int
+    incarnation: int
+    token: int
+
+
 WorkerToAggregator = SealedBatch
-WorkerToSupervisor = SealedBatch
+WorkerToSupervisor = SealedBatch | KeyringInUse
 
 
 # --- aggregator -> supervisor -------------------------------------------------------------
@@ -249,8 +273,26 @@ class CompareResult(IpcMessage, tag="compared", frozen=True):
     message: str = ""
 
 
+class InstallKeyring(IpcMessage, tag="install_keyring", frozen=True):
+    """Give every worker this keyring (file text), keep it for the children started from now
+    on, then reply :class:`KeyringInstalled`. The aggregator sends it only once the keyring is
+    durable in its source (or, for a reload, was read from there)."""
+
+    token: int
+    keyring: bytes
+
+    def __repr__(self) -> str:  # never the keys
+        return f"InstallKeyring(token={self.token})"
+
+
 AggregatorToSupervisor = (
-    Outcomes | SessionChanged | AggregatorReady | FreezeRequest | ThawRequest | CompareResult
+    Outcomes
+    | SessionChanged
+    | AggregatorReady
+    | FreezeRequest
+    | ThawRequest
+    | CompareResult
+    | InstallKeyring
 )
 
 
@@ -318,8 +360,31 @@ class Shutdown(IpcMessage, tag="shutdown", frozen=True):
     """Sync every log and exit; sent after the workers drained."""
 
 
+class KeyringInstalled(IpcMessage, tag="keyring_installed", frozen=True):
+    """Every live worker confirmed the keyring of :class:`InstallKeyring` ``token``."""
+
+    token: int
+
+
+class ReloadKeyring(IpcMessage, tag="reload_keyring", frozen=True):
+    """SIGHUP: the keyring read again from its source (file text). The aggregator checks that
+    it holds every key a session needs, then installs it like a rotation does."""
+
+    keyring: bytes
+
+    def __repr__(self) -> str:  # never the keys
+        return "ReloadKeyring()"
+
+
 SupervisorToAggregator = (
-    OpenRequest | Frozen | CompareRequest | SupervisorStatus | RecoverWorker | Shutdown
+    OpenRequest
+    | Frozen
+    | CompareRequest
+    | SupervisorStatus
+    | RecoverWorker
+    | Shutdown
+    | KeyringInstalled
+    | ReloadKeyring
 )
 
 

@@ -20,7 +20,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
@@ -31,8 +33,11 @@ __all__ = [
     "CREDENTIAL_NAME",
     "KEYRING_DIR_MODE",
     "KEYRING_FILE_MODE",
+    "OpenedKeyring",
+    "Unlock",
     "create_keyring",
     "load_keyring",
+    "open_keyring",
     "read_keyring_file",
     "remove_keyring_temps",
     "replace_keyring",
@@ -311,7 +316,7 @@ def create_keyring(path: Path) -> Keyring:
                 f"cannot create keyring folder {folder}: {exc.strerror}", path=str(folder)
             ) from None
     _check_parent(path)
-    keyring = Keyring.generate()
+    keyring = Keyring.generate(time.time_ns())
     write_keyring(keyring, path)
     return keyring
 
@@ -355,3 +360,33 @@ def resolve_keyring(
         if _lexists(default):  # another process created it between our check and our link
             return load_keyring(default, passphrase)
         raise
+
+
+Unlock = Callable[[Path], bytes]
+"""How a command gets a locked keyring's passphrase (a prompt, a file)."""
+
+
+@dataclass(frozen=True)
+class OpenedKeyring:
+    """A keyring file's keys, and the passphrase it was locked with (None: plain)."""
+
+    keyring: Keyring
+    passphrase: bytes | None
+
+    def store(self, keyring: Keyring, path: Path) -> None:
+        """Replace the file with ``keyring``, locked again under the same passphrase (one
+        Argon2id derivation) if the file was locked."""
+        replace_keyring(keyring if self.passphrase is None else keyring.lock(self.passphrase), path)
+
+
+def open_keyring(path: Path, unlock: Unlock | None) -> OpenedKeyring:
+    """Load the keyring at ``path``; a locked one with ``unlock(path)`` (refused without)."""
+    seen: list[bytes] = []
+
+    def remember(locked: Path) -> bytes:
+        assert unlock is not None
+        seen.append(unlock(locked))
+        return seen[-1]
+
+    keyring = load_keyring(path, remember if unlock is not None else None)
+    return OpenedKeyring(keyring, seen[0] if seen else None)

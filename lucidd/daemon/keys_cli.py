@@ -1,10 +1,13 @@
-"""``lucidd keys``: list, rotate, rewrap, retire, export master keys; lock them with a
-passphrase (``passwd``) (layer 3, docs/keys.md).
+"""``lucidd keys``: list, rotate, rewrap, retire, export master keys; add one to a keyring
+file; lock them with a passphrase (``passwd``) (layer 3, docs/keys.md).
 
-Works on the files of a state folder, not through a daemon. ``rotate``, ``rewrap``, ``retire``
-and ``passwd`` take the state folder's lock (:func:`~lucidd.daemon.folders.lock_state_folder`)
-for their whole run, so they refuse a folder a daemon is serving (exit 75) and no daemon can start
-on it while they write; ``list`` and ``export`` only read and run beside a daemon.
+When a daemon serves the state folder (it holds the folder's lock), ``list``, ``rotate``,
+``rewrap`` and ``retire`` are requests on its control socket (:mod:`lucidd.daemon.keys_online`):
+the daemon rotates online. Otherwise they work on the files of the stopped folder:
+``rotate``, ``rewrap``, ``retire`` and ``passwd`` take the state folder's lock
+(:func:`~lucidd.daemon.folders.lock_state_folder`) for their whole run, so no daemon can start
+on it while they write; ``list``, ``export`` and ``add`` only read the sessions (``add`` writes
+just the keyring file it is given, for the systemd credential recipe).
 
 Rotation is crash-safe by order: the keyring holding the new *and* the old keys is durable
 before any session is re-wrapped, each session's metadata is then replaced atomically (temp
@@ -21,6 +24,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,11 +34,14 @@ from typing import Final
 import msgspec
 
 from lucidd.crypto import Keyring, is_locked, rewrap_secret, wrapped_key_id
+from lucidd.daemon import keys_online
 from lucidd.daemon.config import load_config
 from lucidd.daemon.default_dirs import resolve_dirs
 from lucidd.daemon.folders import lock_state_folder
 from lucidd.daemon.keyfile import (
+    Unlock,
     load_keyring,
+    open_keyring,
     read_keyring_file,
     remove_keyring_temps,
     replace_keyring,
@@ -48,6 +55,8 @@ from lucidd.errors import BusyError, KeyringError, LucidError
 #: Test-only fault injection (tests/integration/test_keys.py): ``rotate``/``rewrap`` SIGKILL
 #: themselves after re-wrapping this many sessions, to show a crash mid-rewrap is harmless.
 KILL_AFTER_ENV: Final = "LUCIDD_TEST_KEYS_KILL_AFTER"
+#: What a running daemon does itself (through its control socket) instead of the files.
+ONLINE_COMMANDS: Final = frozenset({"list", "rotate", "rewrap", "retire"})
 
 
 @dataclass
@@ -77,12 +86,12 @@ def key_usage(state_dir: Path) -> KeyUsage:
 
 
 def describe_keys(keyring: Keyring, usage: KeyUsage) -> dict[str, object]:
-    """``keys list``'s result (the keyring format records no creation time: null)."""
+    """``keys list``'s result (``created``: null for keys made before keyrings recorded it)."""
     keys = [
         {
             "id": key_id,
             "current": key_id == keyring.current_id,
-            "created": None,
+            "created": keys_online.created_text(keyring.created_ns(key_id)),
             "sessions": usage.count(key_id),
         }
         for key_id in keyring.key_ids
@@ -127,14 +136,21 @@ def rewrap_all(
 
 
 def rotate(
-    state_dir: Path, keyring_path: Path, *, force_new: bool, kill_after: int | None = None
+    state_dir: Path,
+    keyring_path: Path,
+    *,
+    force_new: bool,
+    kill_after: int | None = None,
+    unlock: Unlock | None = None,
 ) -> dict[str, object]:
     """Add a key if every session uses the current one (or ``force_new``), then re-wrap.
 
-    The daemon must be stopped (the caller holds the state lock). KeyringError (exit 78) at
+    The daemon must be stopped (the caller holds the state lock). A locked keyring is opened
+    with ``unlock`` and locked again under the same passphrase. KeyringError (exit 78) at
     the end naming any session that could not be re-wrapped; the others are done.
     """
-    keyring = load_keyring(keyring_path)
+    opened = open_keyring(keyring_path, unlock)
+    keyring = opened.keyring
     usage = key_usage(state_dir)
     stale = [
         sid
@@ -143,17 +159,22 @@ def rotate(
     ]
     added: int | None = None
     if force_new or not stale:
-        keyring = keyring.rotated()
-        replace_keyring(keyring, keyring_path)  # durable before any session names the new key
+        keyring = keyring.rotated(time.time_ns())
+        opened.store(keyring, keyring_path)  # durable before any session names the new key
         added = keyring.current_id
     rewrapped, failed = rewrap_all(state_dir, keyring, usage, kill_after)
     _raise_failed(failed, usage)
     return {"added": added, "current": keyring.current_id, "rewrapped": rewrapped}
 
 
-def rewrap(state_dir: Path, keyring_path: Path, kill_after: int | None = None) -> dict[str, object]:
+def rewrap(
+    state_dir: Path,
+    keyring_path: Path,
+    kill_after: int | None = None,
+    unlock: Unlock | None = None,
+) -> dict[str, object]:
     """Re-wrap every session under the current key; adds no key."""
-    keyring = load_keyring(keyring_path)
+    keyring = open_keyring(keyring_path, unlock).keyring
     usage = key_usage(state_dir)
     rewrapped, failed = rewrap_all(state_dir, keyring, usage, kill_after)
     _raise_failed(failed, usage)
@@ -169,9 +190,12 @@ def _raise_failed(failed: list[str], usage: KeyUsage) -> None:
         )
 
 
-def retire(state_dir: Path, keyring_path: Path, key_id: int) -> dict[str, object]:
+def retire(
+    state_dir: Path, keyring_path: Path, key_id: int, unlock: Unlock | None = None
+) -> dict[str, object]:
     """Remove ``key_id`` once no session's metadata names it; KeyringError (78) otherwise."""
-    keyring = load_keyring(keyring_path)
+    opened = open_keyring(keyring_path, unlock)
+    keyring = opened.keyring
     if key_id not in keyring.key_ids:
         raise KeyringError(f"the keyring has no key {key_id}", key_id=key_id)
     if key_id == keyring.current_id:
@@ -193,7 +217,7 @@ def retire(state_dir: Path, keyring_path: Path, key_id: int) -> dict[str, object
             f"cannot tell which key these sessions need (unreadable metadata): {names}",
             key_id=key_id,
         )
-    replace_keyring(keyring.without(key_id), keyring_path)
+    opened.store(keyring.without(key_id), keyring_path)
     return {"retired": key_id, "current": keyring.current_id, "keys": len(keyring.key_ids) - 1}
 
 
@@ -246,6 +270,21 @@ def stopped_state_folder(state_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def add_key(keyring_path: Path, unlock: Unlock) -> dict[str, object]:
+    """Add a random master key to the keyring file and make it current; no session is touched
+    (a daemon starts using it on reload or restart). A locked keyring is locked again under
+    the same passphrase. For a decrypted copy of a systemd credential (docs/keys.md)."""
+    opened = open_keyring(keyring_path, unlock)
+    keyring = opened.keyring.rotated(time.time_ns())
+    opened.store(keyring, keyring_path)
+    return {
+        "keyring": str(keyring_path),
+        "added": keyring.current_id,
+        "current": keyring.current_id,
+        "keys": len(keyring.key_ids),
+    }
+
+
 def add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The ``lucidd keys`` subcommands."""
     keys = sub.add_parser("keys", help="list, rotate, retire or export master keys")
@@ -254,18 +293,25 @@ def add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     common.add_argument("--config", type=Path, help="TOML config file")
     common.add_argument("--state-dir", help="folder for sessions and keys")
     common.add_argument("--keyring", type=Path, help="keyring file (default: as configured)")
+    common.add_argument(
+        "--runtime-dir", help="a running daemon's runtime folder (its control socket)"
+    )
     common.add_argument("--json", action="store_true", help="print one JSON object")
-    rot = keys_sub.add_parser("rotate", parents=[common], help="new current key; re-wrap all")
-    rot.add_argument("--new", action="store_true", help="add a key even to finish a rotation")
-    keys_sub.add_parser("rewrap", parents=[common], help="re-wrap sessions under the current key")
-    ret = keys_sub.add_parser("retire", parents=[common], help="remove a key no session needs")
-    ret.add_argument("key_id", type=int, metavar="ID")
     unlocking = argparse.ArgumentParser(add_help=False)
     unlocking.add_argument(
         "--old-passphrase-file",
         type=Path,
         help="a locked keyring's passphrase from this file (0600; default: a terminal prompt)",
     )
+    changing = [common, unlocking]
+    rot = keys_sub.add_parser("rotate", parents=changing, help="new current key; re-wrap all")
+    rot.add_argument("--new", action="store_true", help="add a key even to finish a rotation")
+    keys_sub.add_parser("rewrap", parents=changing, help="re-wrap sessions under the current key")
+    keys_sub.add_parser(
+        "add", parents=changing, help="add a current key to a keyring file; no session is touched"
+    )
+    ret = keys_sub.add_parser("retire", parents=changing, help="remove a key no session needs")
+    ret.add_argument("key_id", type=int, metavar="ID")
     new_passphrase_file = argparse.ArgumentParser(add_help=False)
     new_passphrase_file.add_argument(
         "--passphrase-file",
@@ -294,7 +340,8 @@ def run_keys(args: argparse.Namespace, config_file: Path | None) -> int:
     """Run one ``lucidd keys`` subcommand; LucidError for the caller to report."""
     toml_text = config_file.read_bytes() if config_file is not None else None
     env = dict(os.environ)
-    config = load_config(toml_text, env, {"state_dir": args.state_dir})
+    overrides = {"state_dir": args.state_dir, "runtime_dir": args.runtime_dir}
+    config = load_config(toml_text, env, overrides)
     config = resolve_dirs(config, env, str(Path.home()), os.getuid())
     state_dir = Path(config.state_dir)
     keyring_path: Path = args.keyring or (
@@ -308,7 +355,18 @@ def run_keys(args: argparse.Namespace, config_file: Path | None) -> int:
     def unlock(_: Path) -> bytes:  # list, export, passwd: a locked keyring's passphrase
         return current_passphrase(args.old_passphrase_file)
 
-    if command == "list":
+    runtime_dir = Path(config.runtime_dir)
+    # "list --keyring FILE" reads that file beside the daemon (a decrypted credential's copy).
+    listing_a_file = command == "list" and args.keyring is not None
+    if (
+        command in ONLINE_COMMANDS
+        and not listing_a_file
+        and keys_online.daemon_serves(state_dir, runtime_dir)
+    ):
+        result = keys_online.run_online(args, state_dir, runtime_dir, keyring_path, unlock)
+    elif command == "add":
+        result = add_key(keyring_path, unlock)
+    elif command == "list":
         result = {"keyring": str(keyring_path)}
         keyring = load_keyring(keyring_path, unlock)
         result |= describe_keys(keyring, key_usage(state_dir))
@@ -327,11 +385,17 @@ def run_keys(args: argparse.Namespace, config_file: Path | None) -> int:
                     unlock,
                 )
             elif command == "rotate":
-                result = rotate(state_dir, keyring_path, force_new=args.new, kill_after=kill_after)
+                result = rotate(
+                    state_dir,
+                    keyring_path,
+                    force_new=args.new,
+                    kill_after=kill_after,
+                    unlock=unlock,
+                )
             elif command == "rewrap":
-                result = rewrap(state_dir, keyring_path, kill_after)
+                result = rewrap(state_dir, keyring_path, kill_after, unlock)
             else:
-                result = retire(state_dir, keyring_path, args.key_id)
+                result = retire(state_dir, keyring_path, args.key_id, unlock)
     _print(result, as_json=args.json)
     return 0
 
@@ -345,7 +409,8 @@ def _print(result: dict[str, object], *, as_json: bool) -> None:
         print(f"keyring {result['keyring']}")
         for key in keys:
             mark = " (current)" if key["current"] else ""
-            print(f"key {key['id']}{mark}: created unknown, wraps {key['sessions']} session(s)")
+            created = key["created"] or "unknown"
+            print(f"key {key['id']}{mark}: created {created}, wraps {key['sessions']} session(s)")
         for name, kid in dict(result["sessions_missing_key"]).items():  # type: ignore[call-overload]
             print(f"session {name} needs key {kid}, which the keyring lacks")
         for name in list(result["unreadable"]):  # type: ignore[call-overload]

@@ -56,7 +56,7 @@ MAX_CACHED_SECRETS: Final = 4096
 
 
 #: What arrives on a worker's inbox.
-_Message = ipc.Seal | ipc.Forget | ipc.ForgetRegion
+_Inbound = ipc.Seal | ipc.Forget | ipc.ForgetRegion | ipc.UseKeyring
 
 _A = TypeVar("_A")
 _R = TypeVar("_R")
@@ -113,7 +113,7 @@ class Worker:
             self._process(self._drain(first))
         self._close()
 
-    def _drain(self, first: _Message) -> list[_Message]:
+    def _drain(self, first: _Inbound) -> list[_Inbound]:
         """The first descriptor plus whatever the pipe holds now, within the batch bounds."""
         messages = [first]
         payload = _payload_of(first)
@@ -125,13 +125,15 @@ class Worker:
             payload += _payload_of(message)
         return messages
 
-    def _process(self, messages: list[_Message]) -> None:
+    def _process(self, messages: list[_Inbound]) -> None:
         batch = _Batch()
         for message in messages:
             if isinstance(message, ipc.Seal):
                 self._seal_one(message, batch)
             elif isinstance(message, ipc.Forget):
                 self._forget(message.session)
+            elif isinstance(message, ipc.UseKeyring):
+                self._use_keyring(message)
             else:
                 region = self._regions.pop(message.region, None)
                 if region is not None:
@@ -347,6 +349,14 @@ class Worker:
             self._writers[session] = writer
         return writer
 
+    def _use_keyring(self, message: ipc.UseKeyring) -> None:
+        """Take the distributed keyring (online rotation, reload) and say so: the supervisor
+        waits for every worker before any session's metadata names a new key. Cached secrets
+        stay valid: a re-wrap changes the wrap, not the secret."""
+        self._keyring = Keyring.parse(message.keyring)
+        confirm = ipc.KeyringInUse(self._spec.worker_id, self._spec.incarnation, message.token)
+        self._acks.send_bytes(self._encoder.encode(confirm))
+
     def _forget(self, session: bytes) -> None:
         self._secrets.pop(session, None)
         writer = self._writers.pop(session, None)
@@ -371,7 +381,7 @@ def _storage(append: Callable[[_A], _R], argument: _A) -> _R:
         raise storage_error(exc, "appending a record") from None
 
 
-def _payload_of(message: _Message) -> int:
+def _payload_of(message: _Inbound) -> int:
     return message.length if isinstance(message, ipc.Seal) else 0
 
 

@@ -171,6 +171,24 @@ from lucidd.protocol.messages import (
     InclusionProofReply as InclusionProofReply,
 )
 from lucidd.protocol.messages import (
+    KeyInfo as KeyInfo,
+)
+from lucidd.protocol.messages import (
+    KeyReply as KeyReply,
+)
+from lucidd.protocol.messages import (
+    KeyRequest as KeyRequest,
+)
+from lucidd.protocol.messages import (
+    KeysChanged as KeysChanged,
+)
+from lucidd.protocol.messages import (
+    KeysReply as KeysReply,
+)
+from lucidd.protocol.messages import (
+    ListKeys as ListKeys,
+)
+from lucidd.protocol.messages import (
     ListRemoteSessions as ListRemoteSessions,
 )
 from lucidd.protocol.messages import (
@@ -187,6 +205,9 @@ from lucidd.protocol.messages import (
 )
 from lucidd.protocol.messages import (
     MetricsReply as MetricsReply,
+)
+from lucidd.protocol.messages import (
+    MissingKey as MissingKey,
 )
 from lucidd.protocol.messages import (
     OpenSession as OpenSession,
@@ -207,7 +228,16 @@ from lucidd.protocol.messages import (
     RemoteSessionsReply as RemoteSessionsReply,
 )
 from lucidd.protocol.messages import (
+    RetireKey as RetireKey,
+)
+from lucidd.protocol.messages import (
+    RewrapKeys as RewrapKeys,
+)
+from lucidd.protocol.messages import (
     RootReply as RootReply,
+)
+from lucidd.protocol.messages import (
+    RotateKeys as RotateKeys,
 )
 from lucidd.protocol.messages import (
     SessionInfo as SessionInfo,

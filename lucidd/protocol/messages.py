@@ -241,6 +241,69 @@ class ListRemoteSessions(Message, tag="remote_sessions", frozen=True):
     """The object store's sessions, by host (root, the daemon's uid and the admin group)."""
 
 
+# --- control socket: master keys (docs/keys.md "Online rotation"; root, the daemon's uid and
+# the admin group only) --------------------------------------------------------------------
+
+
+class ListKeys(Message, tag="keys", frozen=True):
+    """The keyring's key ids, which is current, and how many sessions each wraps."""
+
+
+class RotateKeys(Message, tag="rotate_keys", frozen=True):
+    """Add a master key, make it current, re-wrap every session under it; ``new``: add a key
+    even when an earlier rotation is unfinished (else that one is finished)."""
+
+    new: bool = False
+
+
+class RewrapKeys(Message, tag="rewrap_keys", frozen=True):
+    """Re-wrap every session not under the current key; adds no key."""
+
+
+class RetireKey(Message, tag="retire_key", frozen=True):
+    """Remove key ``key_id`` from the keyring once no session needs it."""
+
+    key_id: int
+
+
+class KeyInfo(msgspec.Struct, frozen=True):
+    id: int
+    current: bool
+    sessions: int
+    created_ns: int | None = None
+
+
+class MissingKey(msgspec.Struct, frozen=True):
+    """A session whose metadata names key ``key_id``, which the keyring lacks."""
+
+    session: bytes
+    key_id: int
+
+
+class KeysReply(Message, tag="keys_reply", frozen=True):
+    """``unreadable``: sessions whose metadata cannot be read (which key they need is unknown)."""
+
+    current: int
+    keys: list[KeyInfo]
+    missing: list[MissingKey] = []
+    unreadable: list[bytes] = []
+
+
+class KeysChanged(Message, tag="keys_changed", frozen=True):
+    """The outcome of a rotate, rewrap or retire: the key added or retired (if any), the
+    current key, how many sessions were re-wrapped and how many keys the keyring holds."""
+
+    current: int
+    keys: int
+    rewrapped: int = 0
+    added: int | None = None
+    retired: int | None = None
+
+
+KeyRequest = ListKeys | RotateKeys | RewrapKeys | RetireKey
+KeyReply = KeysReply | KeysChanged
+
+
 ControlRequest = (
     Health
     | Metrics
@@ -261,6 +324,7 @@ ControlRequest = (
     | GetReceipt
     | ListRemoteSessions
     | ActAs
+    | KeyRequest
 )
 
 
@@ -485,6 +549,7 @@ ControlReply = (
     | ReceiptReply
     | RemoteSessionsReply
     | ActingAs
+    | KeyReply
     | Error
 )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import stat
 import subprocess
@@ -98,7 +99,9 @@ def test_rotate_rewraps_every_session_and_the_old_key_retires(
     assert daemon.stop() == 0
     listed = keys(daemon, "list").ok()
     old = listed["current"]
-    assert listed["keys"] == [{"id": old, "current": True, "created": None, "sessions": SESSIONS}]
+    (key,) = listed["keys"]
+    assert key == {"id": old, "current": True, "created": key["created"], "sessions": SESSIONS}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", key["created"])  # made at start
 
     rotated = keys(daemon, "rotate").ok()
     new = rotated["current"]

@@ -13,7 +13,7 @@ import signal
 import time
 from pathlib import Path
 
-from lucidd.crypto import LOCKED_MAGIC_LINE, Keyring
+from lucidd.crypto import LOCKED_MAGIC_LINE, Keyring, is_locked
 from lucidd.daemon.keyfile import state_keyring_path
 from lucidd.daemon.passphrase import PASSPHRASE_CREDENTIAL
 from tests.conftest import Daemon
@@ -132,8 +132,8 @@ def test_passwd_changes_and_removes_the_passphrase_keeping_the_keys(short_tmp: P
     assert changed["was_locked"] is True
     listed = keys(daemon, "list", "--old-passphrase-file", second).ok()
     assert listed["current"] == original.current_id
-    refused = keys(daemon, "rotate")
-    assert refused.code == EX_CONFIG and "passphrase-locked" in refused.stderr
+    refused = keys(daemon, "rotate")  # locked, and no terminal to type the passphrase on
+    assert refused.code == EX_CONFIG and "--old-passphrase-file" in refused.stderr
     wrong = keys(daemon, "passwd", "--remove", "--old-passphrase-file", first)
     assert wrong.code == EX_CONFIG and "passphrase:" in wrong.stderr
     assert PASSPHRASE not in wrong.stderr and WRONG not in wrong.stderr
@@ -150,3 +150,31 @@ def test_passwd_changes_and_removes_the_passphrase_keeping_the_keys(short_tmp: P
     group_readable.chmod(0o640)
     unsafe = keys(daemon, "passwd", "--passphrase-file", group_readable)
     assert unsafe.code == EX_CONFIG and "chmod 600" in unsafe.stderr
+
+
+def test_offline_rotate_and_retire_lock_the_keyring_again_under_the_same_passphrase(
+    short_tmp: Path, tmp_path: Path
+) -> None:
+    daemon = _daemon(short_tmp, None).start()
+    path, data = random_file(tmp_path, "in", 70_000)
+    session = put_file(daemon, path)["session"]
+    assert daemon.stop() == 0
+    keyring_file = state_keyring_path(daemon.state_dir)
+    old = Keyring.parse(keyring_file.read_bytes()).current_id
+    passphrase = _private_file(short_tmp / "secrets" / "pass", PASSPHRASE)
+    assert keys(daemon, "passwd", "--passphrase-file", passphrase).ok()["locked"] is True
+
+    rotated = keys(daemon, "rotate", "--old-passphrase-file", passphrase).ok()
+    assert rotated["added"] == rotated["current"] != old and rotated["rewrapped"] == 1
+    assert is_locked(keyring_file.read_bytes())
+    both = Keyring.unlock(keyring_file.read_bytes(), PASSPHRASE)
+    assert set(both.key_ids) == {old, rotated["current"]}
+    retired = keys(daemon, "retire", str(old), "--old-passphrase-file", passphrase).ok()
+    assert retired == {"retired": old, "current": rotated["current"], "keys": 1}
+    assert Keyring.unlock(keyring_file.read_bytes(), PASSPHRASE).key_ids == (rotated["current"],)
+
+    credentials = _private_file(short_tmp / "creds" / PASSPHRASE_CREDENTIAL, PASSPHRASE).parent
+    daemon = _daemon(short_tmp, credentials).start()
+    ctl(daemon, "--json", "get", session, "-o", tmp_path / "copy").ok()
+    assert (tmp_path / "copy").read_bytes() == data
+    assert daemon.stop() == 0

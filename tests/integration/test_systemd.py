@@ -155,6 +155,8 @@ def test_units_keep_the_daemons_contract() -> None:
     assert one(service, "Service", "NotifyAccess") == "main"
     assert one(service, "Service", "KillMode") == "mixed"
     assert one(service, "Service", "ExecStart").endswith(" serve")
+    # SIGHUP re-reads the keyring (docs/keys.md); it must reach the supervisor alone.
+    assert one(service, "Service", "ExecReload") == "/bin/kill -HUP $MAINPID"
     assert timespan_s(one(service, "Service", "TimeoutStopSec")) == 30
     assert timespan_s(one(service, "Service", "TimeoutStopSec")) > DRAIN_TIMEOUT_S
     assert timespan_s(one(service, "Service", "WatchdogSec")) >= 2

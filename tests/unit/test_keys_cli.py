@@ -26,6 +26,7 @@ from lucidd.daemon.keys_cli import (
     rotate,
     stopped_state_folder,
 )
+from lucidd.daemon.keys_online import created_text
 from lucidd.daemon.store import (
     SessionPaths,
     create_session_dir,
@@ -153,8 +154,14 @@ def test_list_counts_sessions_per_key_and_reports_a_missing_key(tmp_path: Path) 
     create_session_dir(SessionPaths.of(state, session_id), meta)
     listed = describe_keys(keyring, key_usage(state))
     assert listed["keys"] == [
-        {"id": keyring.current_id, "current": True, "created": None, "sessions": 2}
+        {
+            "id": keyring.current_id,
+            "current": True,
+            "created": created_text(keyring.created_ns(keyring.current_id)),
+            "sessions": 2,
+        }
     ]
+    assert listed["keys"][0]["created"] is not None  # create_keyring records when
     assert listed["sessions_missing_key"] == {session_dir_name(session_id): stranger.current_id}
     with pytest.raises(KeyringError, match="1 session\\(s\\) could not be re-wrapped"):
         rotate(state, keyring_path, force_new=False)
@@ -183,11 +190,17 @@ def test_key_changes_refuse_a_state_folder_of_another_user(tmp_path: Path) -> No
         pass
 
 
-def test_list_text_says_the_creation_time_is_unknown(
+def test_list_text_shows_the_creation_time_or_unknown_for_an_older_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    state, _, _ = make_state(tmp_path, 2)
-    current = load_keyring(state / "keys" / "keyring").current_id
+    state, keyring_path, _ = make_state(tmp_path, 2)
+    keyring = load_keyring(keyring_path)
+    current = keyring.current_id
+    made = created_text(keyring.created_ns(current))
+    assert main(["keys", "list", "--state-dir", str(state)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:] == [f"key {current} (current): created {made}, wraps 2 session(s)"]
+    replace_keyring(Keyring({current: keyring.key(current)}, current), keyring_path)  # untimed
     assert main(["keys", "list", "--state-dir", str(state)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1:] == [f"key {current} (current): created unknown, wraps 2 session(s)"]

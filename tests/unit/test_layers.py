@@ -93,18 +93,22 @@ LAYERS: Mapping[str, int] = {
     "daemon.supervisor.regions": 3,  # client shared-memory regions: create, hand out, free
     "daemon.supervisor.ingest": 3,
     "daemon.supervisor.children": 3,
+    "daemon.supervisor.keyring_link": 3,  # the keyring for new children, distributed to workers
     "daemon.preload": 3,  # the forkserver's preload: imports the child mains
     "daemon.replication.progress": 2,  # what is uploaded, durably (resume)
     "daemon.replication.replicator": 2,  # packs, the scan, uploads
     "daemon.replication.restore": 3,  # lucidd restore: fetch, verify, write
     "daemon.replication.cli": 3,  # lucidd restore's command
-    "daemon.keys_cli": 3,  # lucidd keys: list, rotate, rewrap, retire, export (daemon stopped)
+    "daemon.keys_online": 3,  # lucidd keys through a running daemon's control socket
+    "daemon.keys_cli": 3,  # lucidd keys: offline, or through a running daemon's control socket
     "daemon.replication.main": 3,  # the replicator process
     "daemon.aggregator.anchoring": 3,  # anchoring backends and their retry loop
     "daemon.aggregator.remote": 3,  # other hosts' sessions, and freed ones, from the store
     "daemon.aggregator.services": 3,  # ControlServices; session lookups with the access check
     "daemon.aggregator.handlers": 3,  # one typed reply per control request
     "daemon.aggregator.trust_handlers": 3,  # signing key, checkpoint, anchor, receipt, remote
+    "daemon.aggregator.key_rotation": 3,  # online rotation, re-wrap, retire, SIGHUP reload
+    "daemon.aggregator.key_handlers": 3,  # the control requests on master keys (admins only)
     "daemon.aggregator.retention": 3,  # local_retention: replicated sessions freed locally
     "daemon.aggregator.startup": 3,  # crash recovery of every session at start
     "daemon.aggregator.control": 3,
@@ -255,9 +259,14 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
             "daemon.supervisor.dispatch",
             "daemon.supervisor.ingest",
             "daemon.supervisor.children",
+            "daemon.supervisor.keyring_link",
         }
     ),
+    # The keyring for new children goes to the workers through their links' inboxes.
+    "daemon.supervisor.keyring_link": frozenset({"daemon.supervisor.dispatch"}),
     "daemon.supervisor.ingest": frozenset({"daemon.supervisor.admission"}),
+    # lucidd keys asks a running daemon through keys_online.
+    "daemon.keys_cli": frozenset({"daemon.keys_online"}),
     # Admission hands every admitted chunk to its dispatcher (the worker side).
     "daemon.supervisor.admission": frozenset(
         {"daemon.supervisor.dispatch", "daemon.supervisor.regions"}
@@ -276,6 +285,7 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
             "daemon.aggregator.retention",
             "daemon.aggregator.startup",
             "daemon.aggregator.metrics_http",
+            "daemon.aggregator.key_rotation",
         }
     ),
     "daemon.aggregator.metrics_http": frozenset(),
@@ -284,11 +294,21 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     ),
     # The handlers see the aggregator through services; the trust chain's are a table apart.
     "daemon.aggregator.handlers": frozenset(
-        {"daemon.aggregator.services", "daemon.aggregator.trust_handlers"}
+        {
+            "daemon.aggregator.services",
+            "daemon.aggregator.trust_handlers",
+            "daemon.aggregator.key_handlers",
+        }
     ),
     "daemon.aggregator.trust_handlers": frozenset({"daemon.aggregator.services"}),
+    "daemon.aggregator.key_handlers": frozenset({"daemon.aggregator.services"}),
+    "daemon.aggregator.key_rotation": frozenset(),
     "daemon.aggregator.services": frozenset(
-        {"daemon.aggregator.anchoring", "daemon.aggregator.remote"}
+        {
+            "daemon.aggregator.anchoring",
+            "daemon.aggregator.remote",
+            "daemon.aggregator.key_rotation",
+        }
     ),
     "daemon.aggregator.retention": frozenset({"daemon.aggregator.remote"}),
     "daemon.aggregator.startup": frozenset(),

@@ -170,6 +170,11 @@ CONTROL_REQUESTS: list[p.Message] = [
     p.GetReceipt(req=22, session=SID, index=3),
     p.ListRemoteSessions(req=23),
     p.ActAs(req=24, uid=1000),
+    p.ListKeys(req=25),
+    p.RotateKeys(req=26),
+    p.RotateKeys(req=27, new=True),
+    p.RewrapKeys(req=28),
+    p.RetireKey(req=29, key_id=4_294_967_295),
 ]
 
 CONTROL_REPLIES: list[p.Message] = [
@@ -220,6 +225,19 @@ CONTROL_REPLIES: list[p.Message] = [
         attestations=[p.Attestation("command", b"out")],
     ),
     p.RemoteSessionsReply(req=23, hosts=[]),
+    p.KeysReply(req=25, current=7, keys=[p.KeyInfo(id=7, current=True, sessions=2)]),
+    p.KeysReply(
+        req=25,
+        current=7,
+        keys=[
+            p.KeyInfo(id=3, current=False, sessions=0),
+            p.KeyInfo(id=7, current=True, sessions=1),
+        ],
+        missing=[p.MissingKey(session=SID, key_id=9)],
+        unreadable=[SID],
+    ),
+    p.KeysChanged(req=26, current=7, keys=2, rewrapped=3, added=7),
+    p.KeysChanged(req=29, current=7, keys=1, retired=3),
     p.RemoteSessionsReply(req=23, hosts=[p.RemoteHost("h1", "o.example/l", "v", [SID])]),
     p.HealthReply(req=18, status="degraded", processes=[], sessions=2, damaged_sessions=1),
     p.SessionInfoReply(

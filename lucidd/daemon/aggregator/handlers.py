@@ -3,7 +3,8 @@
 Handlers are plain functions of :class:`~lucidd.daemon.aggregator.services.ControlServices`,
 the narrow view of the aggregator they need, and of the peer that asked (its uid decides what
 it may see; the lookups that check it are in aggregator.services). The trust chain's handlers
-are in aggregator.trust_handlers; :data:`_HANDLERS` holds them all. Every error becomes a typed
+are in aggregator.trust_handlers, the master keys' in aggregator.key_handlers; :data:`_HANDLERS`
+holds them all. Every error becomes a typed
 ``Error`` reply in :func:`handle_request`; only a bug reaches the log as a traceback.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 from lucidd import protocol as p
 from lucidd.daemon import ipc
 from lucidd.daemon.access import LEGACY_OWNER, Peer
+from lucidd.daemon.aggregator.key_handlers import KEY_HANDLERS
 from lucidd.daemon.aggregator.repair import quarantine_records, scrub
 from lucidd.daemon.aggregator.services import (
     ControlServices,
@@ -320,4 +322,5 @@ _HANDLERS: dict[type, Handler] = {
     p.Shred: _shred,
     p.Check: _check,
     **TRUST_HANDLERS,
+    **KEY_HANDLERS,
 }

@@ -32,6 +32,7 @@ from lucidd.daemon import ipc
 from lucidd.daemon.aggregator.anchor_log import AnchorLog
 from lucidd.daemon.aggregator.anchoring import Anchorer, configured_backends
 from lucidd.daemon.aggregator.control import ControlLimits, ControlProtocol
+from lucidd.daemon.aggregator.key_rotation import KeyRotation
 from lucidd.daemon.aggregator.ledger import Ledger
 from lucidd.daemon.aggregator.notary import (
     Notary,
@@ -141,6 +142,7 @@ class Aggregator:
         self._histograms[BATCH_CHUNKS] = HistogramAccumulator(
             batch_chunk_bounds(spec.config.batch_size)
         )
+        self.keys = KeyRotation(self.ledger, Path(spec.keyring_path), credentials_dir, self._send)
         self._stop = asyncio.Event()
         self._to_supervisor: PipeWriter | None = None
         self._from_workers: list[PipeReader] = []
@@ -328,6 +330,10 @@ class Aggregator:
             self._send(self._recover_worker(message))
         elif isinstance(message, ipc.Shutdown):
             self._stop.set()
+        elif isinstance(message, ipc.KeyringInstalled):
+            self.keys.installed(message)
+        elif isinstance(message, ipc.ReloadKeyring):
+            self.keys.start_reload(message.keyring)
 
     def _recover_worker(self, request: ipc.RecoverWorker) -> ipc.Outcomes:
         """Index (and ack) what a dead worker made durable but never reported."""

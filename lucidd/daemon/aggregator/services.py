@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from lucidd import protocol as p
 from lucidd.daemon.access import LEGACY_OWNER, AccessPolicy, Peer
 from lucidd.daemon.aggregator.anchoring import Anchorer
+from lucidd.daemon.aggregator.key_rotation import KeyRotation
 from lucidd.daemon.aggregator.ledger import Ledger
 from lucidd.daemon.aggregator.notary import Notary
 from lucidd.daemon.aggregator.remote import RemoteSessions
@@ -33,6 +34,8 @@ class ControlServices(Protocol):
     config: Config
     #: Sessions of other hosts in the object store (None: no replication configured).
     remote: RemoteSessions | None
+    #: Master-key list, rotation, re-wrap and retirement (aggregator.key_rotation).
+    keys: KeyRotation
 
     def catch_up(self) -> None:
         """Take in every result the workers have sent, so an acked chunk is visible."""

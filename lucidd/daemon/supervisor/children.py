@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import fcntl
+import functools
 import importlib
 import logging
 import multiprocessing
@@ -119,6 +120,7 @@ class Children:
         on_death: Callable[[Child], None],
         on_worker_batch: Callable[[ipc.SealedBatch], None],
         on_start_failed: Callable[[int, OSError], None],
+        on_worker_keyring: Callable[[ipc.KeyringInUse], None] = lambda _: None,
     ) -> None:
         self._loop = loop
         self._ctx = forkserver_context()
@@ -138,9 +140,8 @@ class Children:
             acks_r, acks_w = self._ctx.Pipe(duplex=False)
             self._acks_w.append(acks_w)
             decoder = ipc.decoder(ipc.WorkerToSupervisor)
-            self._acks_r.append(
-                PipeReader(loop, take_fd(acks_r), decoder, on_worker_batch, _never_eof)
-            )
+            on_message = functools.partial(_from_worker, on_worker_batch, on_worker_keyring)
+            self._acks_r.append(PipeReader(loop, take_fd(acks_r), decoder, on_message, _never_eof))
         self.workers: list[Child | None] = [None] * workers
         #: Workers whose replacement waits (respawn backoff): k -> (timer, the worker's ends).
         self._delayed: dict[int, tuple[asyncio.TimerHandle, _WorkerEnds]] = {}
@@ -420,6 +421,18 @@ def _enlarge_pipe(fd: int) -> None:
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, RESULTS_PIPE_BYTES)
     except OSError:
         log.warning("event=pipe_size_unchanged wanted=%d", RESULTS_PIPE_BYTES)
+
+
+def _from_worker(
+    on_batch: Callable[[ipc.SealedBatch], None],
+    on_keyring: Callable[[ipc.KeyringInUse], None],
+    message: ipc.SealedBatch | ipc.KeyringInUse,
+) -> None:
+    """A worker's acks pipe carries its group commits and, rarely, a keyring confirmation."""
+    if isinstance(message, ipc.KeyringInUse):
+        on_keyring(message)
+    else:
+        on_batch(message)
 
 
 def _never_eof() -> None:

@@ -5,6 +5,8 @@ workers (forkserver) → wait for the aggregator's recovered session table → s
 socket → ``READY=1``. Shutdown on SIGTERM/SIGINT: ``STOPPING=1``, stop accepting, refuse new
 chunks, let every admitted chunk reach its ack, close the workers' pipes (EOF ends them), stop
 the aggregator (it syncs every log), unlink the ring, exit 0.
+SIGHUP re-reads the keyring from its source and hands it to the aggregator, which checks and
+installs it (:mod:`.keyring_link`, docs/keys.md); clients stay connected.
 
 The parts it composes do the rest: the listening sockets are :mod:`.sockets`'s, the descriptor
 limit and budget :mod:`.fds`'s, the respawn and retry delays :mod:`.respawn`'s.
@@ -27,7 +29,6 @@ from typing import Any, Final
 
 import uvloop
 
-from lucidd.crypto import Keyring
 from lucidd.daemon import ipc
 from lucidd.daemon.config import Config
 from lucidd.daemon.default_dirs import fallback_runtime_dir
@@ -39,6 +40,7 @@ from lucidd.daemon.folders import (
     lock_state_folder,
 )
 from lucidd.daemon.histograms import snapshots
+from lucidd.daemon.keyfile import load_keyring
 from lucidd.daemon.passphrase import daemon_keyring
 from lucidd.daemon.peers import access_policy
 from lucidd.daemon.procutil import keep_keys_out_of_dumps
@@ -48,6 +50,7 @@ from lucidd.daemon.supervisor.children import AGGREGATOR, REPLICATOR, Child, Chi
 from lucidd.daemon.supervisor.dispatch import WorkerLink
 from lucidd.daemon.supervisor.fds import connection_budget, raise_and_log_nofile_limit
 from lucidd.daemon.supervisor.ingest import DataProtocol
+from lucidd.daemon.supervisor.keyring_link import KeyringLink
 from lucidd.daemon.supervisor.replication_link import ReplicationLink
 from lucidd.daemon.supervisor.respawn import Respawns
 from lucidd.daemon.supervisor.sockets import listening_sockets
@@ -86,8 +89,9 @@ class Supervisor:
         #: The replicator's feed and held acks (None: no replication_url).
         self._replication: ReplicationLink | None = None
         self._credentials_dir = ""
-        #: The keyring, if its file is passphrase-locked (children get it in their spec).
-        self._unlocked: Keyring | None = None
+        #: The daemon's keyring, which every child gets in its spec, and its distribution to
+        #: the workers (online rotation, SIGHUP reload); set by run() before any child starts.
+        self._keys: KeyringLink
         self.exit_code = 0
 
     async def run(self) -> int:
@@ -102,8 +106,11 @@ class Supervisor:
         private = config.runtime_dir == fallback_runtime_dir(os.getuid())
         mode = PRIVATE_RUNTIME_DIR_MODE if private else RUNTIME_DIR_MODE
         ensure_own_folder(runtime, mode, "runtime folder")
-        path, self._unlocked = daemon_keyring(
+        path, unlocked = daemon_keyring(
             config.state_dir, config.keyring, env.get("CREDENTIALS_DIRECTORY"), env
+        )
+        self._keys = KeyringLink(
+            unlocked or load_keyring(path), self._to_aggregator, path, self._credentials_dir
         )
         keyring = str(path)
         for name in remove_stale_rings():
@@ -124,6 +131,7 @@ class Supervisor:
         # Before any child exists: a stop that comes during the start is an orderly one.
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._keys.reload_requested)
         ingest = self._build(loop, ring, keyring, control_sock)
         self._ready = loop.create_future()
         self._spawn_aggregator(repair=True)
@@ -174,10 +182,11 @@ class Supervisor:
         """Admission, then the children whose results go straight to it, then the workers'
         links into admission: every part exists before anything can call it."""
         config = self.config
-        unlocked = self._unlocked
+        keys = self._keys
 
         def worker_spec(k: int) -> ipc.WorkerSpec:
-            return ipc.WorkerSpec(k, config, keyring, ring.name, ring.size, keyring=unlocked)
+            # Read at each start: a replaced worker holds the keyring the live ones hold.
+            return ipc.WorkerSpec(k, config, keyring, ring.name, ring.size, keyring=keys.keyring)
 
         ingest = Ingest(
             config, ring.buf, [], self._to_aggregator, access_policy(config.admin_group)
@@ -191,6 +200,7 @@ class Supervisor:
             on_death=self._child_died,
             on_worker_batch=ingest.dispatcher.on_sealed_batch,
             on_start_failed=self._worker_start_failed,
+            on_worker_keyring=self._keys.confirmed,
         )
         self._ingest, self._children = ingest, children
         if config.replication_url:
@@ -201,9 +211,7 @@ class Supervisor:
                 timeout=config.replication_timeout,
             )
             ingest.dispatcher.replication = self._replication
-        self._aggregator_spec = ipc.AggregatorSpec(
-            config, keyring, ring.name, ring.size, keyring=unlocked
-        )
+        self._aggregator_spec = ipc.AggregatorSpec(config, keyring, ring.name, ring.size)
         ingest.dispatcher.workers.extend(
             WorkerLink(*children.spawn_worker(k)) for k in range(config.workers)
         )
@@ -242,7 +250,7 @@ class Supervisor:
             aggregator.process.kill()
 
     def _spawn_aggregator(self, repair: bool) -> None:
-        spec = dataclasses.replace(self._aggregator_spec, repair=repair)
+        spec = dataclasses.replace(self._aggregator_spec, repair=repair, keyring=self._keys.keyring)
         self._children.spawn_aggregator(spec, self._on_aggregator, self._aggregator_eof)
 
     async def _extend_timeout_while_recovering(self) -> None:
@@ -374,6 +382,8 @@ class Supervisor:
             else:
                 self._ingest.merge_sessions(message.sessions)
                 log.info("event=aggregator_back sessions=%d", len(message.sessions))
+        elif isinstance(message, ipc.InstallKeyring):
+            self._keys.install(message, self._ingest.dispatcher.workers)
         else:
             self._ingest.on_aggregator_message(message)
 
@@ -390,6 +400,7 @@ class Supervisor:
             asyncio.get_running_loop().call_later(retry, self._replace_aggregator)
             return
         self._respawns.spawned(AGGREGATOR)
+        self._keys.aggregator_replaced()
         self._ingest.aggregator_replaced()
         self._send_status()
 
@@ -431,6 +442,7 @@ class Supervisor:
                 self._replace_aggregator()
             return
         self._ingest.dispatcher.worker_died(child.worker)
+        self._keys.worker_gone(child.worker)
         self._respawn_worker(child.worker, self._respawns.respawn_delay(child.role, child.started))
 
     def _respawn_worker(self, k: int, delay: float) -> None:
@@ -459,6 +471,7 @@ class Supervisor:
         if self._stopping or self._stop.is_set():
             return
         self._ingest.dispatcher.worker_not_started(k)
+        self._keys.worker_gone(k)
         retry = self._spawn_failed(f"worker{k}", exc)
         asyncio.get_running_loop().call_later(retry, self._respawn_worker, k, 0.0)
 
