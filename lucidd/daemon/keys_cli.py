@@ -56,7 +56,7 @@ from lucidd.errors import BusyError, KeyringError, LucidError
 #: themselves after re-wrapping this many sessions, to show a crash mid-rewrap is harmless.
 KILL_AFTER_ENV: Final = "LUCIDD_TEST_KEYS_KILL_AFTER"
 #: What a running daemon does itself (through its control socket) instead of the files.
-ONLINE_COMMANDS: Final = frozenset({"list", "rotate", "rewrap", "retire"})
+ONLINE_COMMANDS: Final = frozenset({"list", "rotate", "rewrap", "retire", "load"})
 
 
 @dataclass
@@ -310,6 +310,17 @@ def add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     keys_sub.add_parser(
         "add", parents=changing, help="add a current key to a keyring file; no session is touched"
     )
+    load = keys_sub.add_parser(
+        "load",
+        parents=[common],
+        help="give the running daemon this keyring (a decrypted credential; systemctl reload)",
+    )
+    load.add_argument("source", nargs="?", default="-", help="keyring file, or - for stdin")
+    load.add_argument(
+        "--credential",
+        type=Path,
+        help="decrypt this systemd credential (systemd-creds decrypt; root) and load it",
+    )
     ret = keys_sub.add_parser("retire", parents=changing, help="remove a key no session needs")
     ret.add_argument("key_id", type=int, metavar="ID")
     new_passphrase_file = argparse.ArgumentParser(add_help=False)
@@ -364,6 +375,12 @@ def run_keys(args: argparse.Namespace, config_file: Path | None) -> int:
         and keys_online.daemon_serves(state_dir, runtime_dir)
     ):
         result = keys_online.run_online(args, state_dir, runtime_dir, keyring_path, unlock)
+    elif command == "load":
+        raise BusyError(
+            f"no daemon serves {state_dir}: 'lucidd keys load' gives a keyring to a running "
+            "one (a stopped daemon reads its keyring when it starts)",
+            path=str(state_dir),
+        )
     elif command == "add":
         result = add_key(keyring_path, unlock)
     elif command == "list":

@@ -15,13 +15,15 @@ import datetime
 import os
 import socket
 import struct
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Final
 
 from lucidd import protocol as p
 from lucidd.daemon.folders import lock_state_folder
-from lucidd.daemon.keyfile import Unlock, open_keyring
+from lucidd.daemon.keyfile import CREDENTIAL_NAME, Unlock, open_keyring, read_keyring_file
 from lucidd.errors import BusyError, InternalError, KeyringError, LucidError, error_from_wire
 
 CONTROL_SOCKET: Final = "control.sock"
@@ -30,6 +32,8 @@ CONNECT_TIMEOUT_S: Final = 5.0
 REPLY_TIMEOUT_S: Final = 3600.0
 _PEERCRED: Final = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _READ_SIZE: Final = 64 * 1024
+#: A keyring's text is a few dozen bytes per key; this bounds what ``keys load`` reads.
+MAX_KEYRING_TEXT: Final = 1024 * 1024
 
 
 def created_text(created_ns: int | None) -> str | None:
@@ -153,7 +157,8 @@ def run_online(
     keyring_path: Path,
     unlock: Unlock,
 ) -> dict[str, object]:
-    """``list``/``rotate``/``rewrap``/``retire`` through the daemon serving ``state_dir``."""
+    """``list``/``rotate``/``rewrap``/``retire``/``load`` through the daemon serving
+    ``state_dir``."""
     owner = state_dir.stat().st_uid
     command: str = args.keys_command
 
@@ -162,6 +167,14 @@ def run_online(
 
     if command == "list":
         return describe(request(p.ListKeys(req=1)), runtime_dir)
+    if command == "load":
+        if args.credential is not None:
+            text = decrypt_credential(args.credential)
+        else:
+            text = read_keyring_text(args.source)
+        reply = request(p.LoadKeyring(req=1, keyring=text))
+        assert isinstance(reply, p.KeysChanged)
+        return {"loaded": True, "current": reply.current, "keys": reply.keys}
     if command == "retire" and args.keyring is not None:
         return retire_in_copy(keyring_path, args.key_id, request(p.ListKeys(req=1)), unlock)
     if args.keyring is not None:
@@ -175,6 +188,32 @@ def run_online(
     if command == "rewrap":
         return changed(request(p.RewrapKeys(req=1)))
     return changed(request(p.RetireKey(req=1, key_id=args.key_id)))
+
+
+def read_keyring_text(source: str) -> bytes:
+    """A keyring's text from a file (checked like the daemon's own keyring file) or from
+    stdin (``-``: what ``systemd-creds decrypt ... -`` writes), bounded."""
+    if source != "-":
+        return read_keyring_file(Path(source))
+    data = sys.stdin.buffer.read(MAX_KEYRING_TEXT + 1)
+    if len(data) > MAX_KEYRING_TEXT:
+        raise KeyringError(f"the keyring on stdin exceeds {MAX_KEYRING_TEXT} bytes")
+    return data
+
+
+def decrypt_credential(path: Path) -> bytes:
+    """The keyring in an encrypted systemd credential (``systemd-creds decrypt``, which needs
+    the host's credential key: root), through a pipe: never a file, argv or the environment."""
+    # --name: systemd-creds checks that the credential was encrypted under this name.
+    argv = ["systemd-creds", "decrypt", f"--name={CREDENTIAL_NAME}", str(path), "-"]
+    try:
+        done = subprocess.run(argv, capture_output=True, check=False, timeout=CONNECT_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise KeyringError(f"cannot run systemd-creds decrypt: {exc}", path=str(path)) from None
+    if done.returncode != 0:
+        reason = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["failed"]
+        raise KeyringError(f"systemd-creds decrypt {path}: {reason[0]}", path=str(path))
+    return done.stdout
 
 
 def retire_in_copy(

@@ -195,6 +195,9 @@ from lucidd.protocol.messages import (
     ListSessions as ListSessions,
 )
 from lucidd.protocol.messages import (
+    LoadKeyring as LoadKeyring,
+)
+from lucidd.protocol.messages import (
     MemoryShared as MemoryShared,
 )
 from lucidd.protocol.messages import (

@@ -266,6 +266,18 @@ class RetireKey(Message, tag="retire_key", frozen=True):
     key_id: int
 
 
+class LoadKeyring(Message, tag="load_keyring", frozen=True):
+    """Use this keyring (keyring file text, unlocked) from now on, as SIGHUP does with the
+    keyring's file: for a keyring the daemon cannot read again itself (a systemd credential,
+    which systemd does not refresh while the service runs). Root and the daemon's uid only;
+    refused if it lacks a key some session needs. Answered with :class:`KeysChanged`."""
+
+    keyring: bytes
+
+    def __repr__(self) -> str:  # never the keys
+        return f"LoadKeyring(req={self.req})"
+
+
 class KeyInfo(msgspec.Struct, frozen=True):
     id: int
     current: bool
@@ -300,7 +312,7 @@ class KeysChanged(Message, tag="keys_changed", frozen=True):
     retired: int | None = None
 
 
-KeyRequest = ListKeys | RotateKeys | RewrapKeys | RetireKey
+KeyRequest = ListKeys | RotateKeys | RewrapKeys | RetireKey | LoadKeyring
 KeyReply = KeysReply | KeysChanged
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from lucidd.client import new_session_id
 from lucidd.client.blocking import ControlClient, DataClient
 from lucidd.crypto import Keyring
 from lucidd.errors import LucidError
@@ -324,8 +325,8 @@ def _creds(tool: str, *args: str | Path, secret: Path) -> None:
 
 
 def _provide(credentials: Path, keyring: Path) -> None:
-    """What systemd does at start (and, where it refreshes credentials, on reload): the
-    decrypted credential appears in ``$CREDENTIALS_DIRECTORY``, read-only."""
+    """What systemd does at start: the decrypted credential appears in
+    ``$CREDENTIALS_DIRECTORY``, read-only (and stays as it was while the service runs)."""
     target = credentials / "lucidd.keyring"
     temp = credentials / ".next"
     temp.write_bytes(keyring.read_bytes())
@@ -337,8 +338,10 @@ def test_the_systemd_credential_recipe_rotates_with_the_daemon_running(
     short_tmp: Path,
 ) -> None:
     """docs/keys.md's recipe with a credentials folder of the test's own and systemd-creds
-    under a host key of the test's own: decrypt, add a key to the copy, encrypt, reload,
-    rewrap online, retire in the copy, encrypt, reload. The daemon cannot write a credential,
+    under a host key of the test's own: decrypt, add a key to the copy, encrypt, reload (the
+    unit's ExecReload=: ``lucidd keys load --credential STORE``), rewrap online, retire in the
+    copy, encrypt, reload. The credentials folder is never refreshed, as under systemd; a
+    client stays connected and keeps writing throughout. The daemon cannot write a credential,
     so an online ``rotate`` is refused saying what to do."""
     tool = shutil.which("systemd-creds")
     if tool is None:
@@ -357,36 +360,61 @@ def test_the_systemd_credential_recipe_rotates_with_the_daemon_running(
     base = short_tmp / "d"
     base.mkdir()
     daemon = Daemon(base, workers=2, env={"CREDENTIALS_DIRECTORY": str(credentials)}).start()
+    host_key = {"SYSTEMD_CREDENTIAL_SECRET": str(secret)}
+
+    def reload() -> Run:  # what systemctl reload runs (ExecReload=+...)
+        return keys(
+            daemon, "load", "--credential", sealed, "--runtime-dir", daemon.runtime_dir,
+            env=host_key,
+        )  # fmt: skip
+
     try:
         stored = store_many(daemon, 5)
         old = current_key(daemon)
         refused = online(daemon, "rotate")
         assert refused.code == EX_CONFIG and "systemd credential" in refused.stderr, refused
-
-        _decrypted(tool, sealed, copy, secret)
-        added = keys(daemon, "add", "--keyring", copy).ok()["added"]
-        _creds(
-            tool, "encrypt", "--with-key=host", "--name=lucidd.keyring", copy, sealed, secret=secret
-        )
-        _provide(credentials, _decrypted(tool, sealed, work / "check", secret))
-        os.kill(daemon.pid, signal.SIGHUP)
-        wait_for_log(daemon, "event=keyring_installed")
-        assert online(daemon, "rewrap").ok() == {"added": None, "current": added, "rewrapped": 5}
-        retired = keys(
-            daemon, "retire", str(old), "--keyring", copy, "--runtime-dir", daemon.runtime_dir
-        )
-        assert retired.ok() == {"retired": old, "current": added, "keys": 1}
-        _creds(
-            tool, "encrypt", "--with-key=host", "--name=lucidd.keyring", copy, sealed, secret=secret
-        )
-        _provide(credentials, _decrypted(tool, sealed, work / "final", secret))
-        os.kill(daemon.pid, signal.SIGHUP)
-        wait_for_log(daemon, "event=keyring_installed", count=2)
-        assert key_counts(daemon) == {added: 5}
+        with DataClient(daemon.runtime_dir) as client:  # connected across both reloads
+            session = new_session_id()
+            client.put(session, 0, b"before")
+            _decrypted(tool, sealed, copy, secret)
+            added = keys(daemon, "add", "--keyring", copy).ok()["added"]
+            _creds(
+                tool, "encrypt", "--with-key=host", "--name=lucidd.keyring", copy, sealed,
+                secret=secret,
+            )  # fmt: skip
+            assert reload().ok() == {"loaded": True, "current": added, "keys": 2}
+            client.put(session, 1, b"between")
+            assert online(daemon, "rewrap").ok() == {
+                "added": None,
+                "current": added,
+                "rewrapped": 6,
+            }
+            retired = keys(
+                daemon, "retire", str(old), "--keyring", copy, "--runtime-dir", daemon.runtime_dir
+            )
+            assert retired.ok() == {"retired": old, "current": added, "keys": 1}
+            _creds(
+                tool, "encrypt", "--with-key=host", "--name=lucidd.keyring", copy, sealed,
+                secret=secret,
+            )  # fmt: skip
+            assert reload().ok() == {"loaded": True, "current": added, "keys": 1}
+            client.put(session, 2, b"after")
+        assert key_counts(daemon) == {added: 6}
         assert_reads_back(daemon, stored)
+        # A keyring that lacks a key in use is refused, and the daemon keeps its own.
+        stale = keys(daemon, "load", work / "boot", "--runtime-dir", daemon.runtime_dir)
+        assert stale.code == EX_CONFIG and "lacks key" in stale.stderr, stale
+        assert key_counts(daemon) == {added: 6}
         assert daemon.stop() == 0
+        _provide(credentials, _decrypted(tool, sealed, work / "final", secret))  # next start
         daemon.start()  # from the new credential alone
         assert_reads_back(daemon, stored)
+        with ControlClient(daemon.runtime_dir) as control:
+            assert [control.read_chunk(session, i).data for i in range(3)] == [
+                b"before",
+                b"between",
+                b"after",
+            ]
     finally:
         if daemon.proc is not None and daemon.proc.poll() is None:
             daemon.stop()

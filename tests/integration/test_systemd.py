@@ -156,7 +156,12 @@ def test_units_keep_the_daemons_contract() -> None:
     assert one(service, "Service", "KillMode") == "mixed"
     assert one(service, "Service", "ExecStart").endswith(" serve")
     # SIGHUP re-reads the keyring (docs/keys.md); it must reach the supervisor alone.
-    assert one(service, "Service", "ExecReload") == "/bin/kill -HUP $MAINPID"
+    reload = one(service, "Service", "ExecReload")
+    assert reload == (
+        "+/opt/lucidd/bin/lucidd keys load --credential /etc/credstore.encrypted/lucidd.keyring"
+    )
+    # It loads the very credential the daemon starts from.
+    assert one(service, "Service", "LoadCredentialEncrypted").endswith(reload.split()[-1])
     assert timespan_s(one(service, "Service", "TimeoutStopSec")) == 30
     assert timespan_s(one(service, "Service", "TimeoutStopSec")) > DRAIN_TIMEOUT_S
     assert timespan_s(one(service, "Service", "WatchdogSec")) >= 2

@@ -1,4 +1,4 @@
-"""The control requests on master keys (layer 3): list, rotate, rewrap, retire.
+"""The control requests on master keys (layer 3): list, rotate, rewrap, retire, load.
 
 Only for root, the daemon's own uid and the admin group (``AccessPolicy.sees_everything``):
 the peers that may already read and shred every session. Rotating touches every session's
@@ -11,7 +11,7 @@ key ids and counts. The work is :class:`~lucidd.daemon.aggregator.key_rotation.K
 from __future__ import annotations
 
 from lucidd import protocol as p
-from lucidd.daemon.access import Peer
+from lucidd.daemon.access import ROOT_UID, Peer
 from lucidd.daemon.aggregator.services import ControlServices, Handler
 from lucidd.errors import ForbiddenError
 
@@ -38,6 +38,16 @@ async def _rewrap(s: ControlServices, r: p.RewrapKeys, peer: Peer) -> p.Message:
     return await s.keys.rewrap(r.req)
 
 
+async def _load(s: ControlServices, r: p.LoadKeyring, peer: Peer) -> p.Message:
+    # Stricter than the others: this one brings keys in. A key an admin chose could become
+    # the current key, under which every new session's secret would be wrapped.
+    if peer.uid not in (ROOT_UID, s.policy.daemon_uid):
+        raise ForbiddenError(
+            f"loading a keyring is for root and lucidd's own user (uid {s.policy.daemon_uid})"
+        )
+    return await s.keys.load(r.req, r.keyring)
+
+
 async def _retire(s: ControlServices, r: p.RetireKey, peer: Peer) -> p.Message:
     _admin_only(s, peer, "retiring a master key")
     return await s.keys.retire(r.req, r.key_id)
@@ -48,4 +58,5 @@ KEY_HANDLERS: dict[type, Handler] = {
     p.RotateKeys: _rotate,
     p.RewrapKeys: _rewrap,
     p.RetireKey: _retire,
+    p.LoadKeyring: _load,
 }

@@ -235,6 +235,26 @@ class KeyRotation:
                 return
             await self._install(keyring)
 
+    async def load(self, req: int, text: bytes) -> p.KeysChanged:
+        """``LoadKeyring``: install a keyring sent over the control socket (a decrypted
+        credential, ``lucidd keys load``), as :meth:`reload` does, but answering why not."""
+        async with self._lock:
+            if is_locked(text):
+                raise KeyringError("send the keyring unlocked: the daemon keeps no passphrase")
+            try:
+                keyring = Keyring.parse(text)
+            except KeyringError as err:
+                raise KeyringError(f"the keyring sent: {err.message}") from None
+            lacking = lacking_keys(keyring, self._ledger.keyring, self.usage())
+            if lacking:
+                raise KeyringError(
+                    f"the keyring sent lacks key(s) {', '.join(map(str, lacking))} that "
+                    "sessions need: the daemon keeps the one it has"
+                )
+            await self._install(keyring)
+            log.info("event=keyring_loaded current=%d", keyring.current_id)
+            return p.KeysChanged(req=req, current=keyring.current_id, keys=len(keyring.key_ids))
+
     def installed(self, message: ipc.KeyringInstalled) -> None:
         """The supervisor's answer: every live worker holds the keyring of ``token``."""
         future = self._installs.pop(message.token, None)
