@@ -40,6 +40,7 @@ from bench._results import LatencyKey, Results, log, throughput_row
 from bench._settings import (
     CLIENT_WARMUP,
     LUCIDD,
+    LUCIDD_SOCKET,
     MIN_PER_CLIENT,
     RESTIC,
     WARMUP_PER_WORKER,
@@ -297,6 +298,33 @@ def measure_throughput(
     }
     results.stages.append(_stage_row("throughput", ident, target.workers, result))
     results.cpu.append(_cpu_row(ident, target.workers, result, cpu, target.warmup(settings)))
+    if drive.SHARED_MEMORY:
+        # The same run over the socket, right after: what the shared-memory path buys, as a
+        # ratio of one run (the figures of separate runs move by more than the difference).
+        drive.SHARED_MEMORY = False
+        try:
+            log(f"lucidd {target.workers}w over the socket: throughput {format_size(size)}")
+            over_socket = drive.throughput(
+                target.runtime_dir,
+                workload,
+                target.warmup(settings),
+                settings.throughput_clients,
+                window,
+                settle_s=0,
+            )
+        finally:
+            drive.SHARED_MEMORY = True
+        results.add_throughput(
+            LUCIDD_SOCKET,
+            size,
+            target.workers,
+            over_socket.seconds,
+            over_socket.chunks,
+            clients=settings.throughput_clients,
+            window=window,
+            durability=target.durability,
+            transport=over_socket.transport,
+        )
 
 
 def _cpu_row(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from bench._results import Results, ratio, throughput_row
-from bench._settings import BASELINES, DURABILITIES, LUCIDD, Settings
+from bench._settings import BASELINES, DURABILITIES, LUCIDD, LUCIDD_SOCKET, Settings
 from lucidd.units import format_size
 
 
@@ -23,9 +23,10 @@ def _throughput_table(results: Results, settings: Settings) -> list[str]:
         "| design | workers | transport | " + " | ".join(_size(s) for s in sizes) + " |",
         "|---|---:|---|" + "---:|" * len(sizes),
     ]
-    designs = [LUCIDD, *[d for d in BASELINES if any(r["design"] == d for r in results.throughput)]]
+    measured = {r["design"] for r in results.throughput}
+    designs = [LUCIDD, *[d for d in (LUCIDD_SOCKET, *BASELINES) if d in measured]]
     for design in designs:
-        workers = settings.workers if design == LUCIDD else None
+        workers = settings.workers if design in (LUCIDD, LUCIDD_SOCKET) else None
         cells = []
         shown_workers: Any = "-"
         transport = "-"
@@ -40,6 +41,14 @@ def _throughput_table(results: Results, settings: Settings) -> list[str]:
             transport = row.get("transport", transport)
             cells.append(_throughput_cell(row))
         lines.append(f"| {design} | {shown_workers} | {transport} | " + " | ".join(cells) + " |")
+    gains = []
+    for size in sizes:
+        shared = throughput_row(results, LUCIDD, size, settings.workers)
+        socket = throughput_row(results, LUCIDD_SOCKET, size, settings.workers)
+        if shared and socket and shared.get("mib_s") and socket.get("mib_s"):
+            gains.append(f"{_size(size)} {shared['mib_s'] / socket['mib_s']:.2f} x")
+    if gains:  # printed under the table (a row of it would read as a design's MiB/s)
+        lines.append(f"| shared memory / socket (same run) | | | {' | '.join(gains)} |")
     for limit, what in (("compute", "processes"), ("disk", "batch")):
         cells = []
         extra: Any = "-"

@@ -21,6 +21,8 @@ DEFAULT_SCALING: Final = (1, 2, 4, 8, 10)
 MAX_WORKERS: Final = 50
 PERCENTILES: Final = (("p50_us", 50.0), ("p90_us", 90.0), ("p99_us", 99.0), ("p999_us", 99.9))
 LUCIDD: Final = "lucidd"
+#: The same daemon, its clients sending over the socket (no shared memory): a throughput row.
+LUCIDD_SOCKET: Final = "lucidd (socket)"
 RESTIC: Final = "restic"
 #: The end-to-end runs (bench._end_to_end): the file the goal compares, and one chunk's file.
 END_TO_END_FILE_RUN: Final = "file"

@@ -175,6 +175,7 @@ CONTROL_REQUESTS: list[p.Message] = [
     p.RotateKeys(req=27, new=True),
     p.RewrapKeys(req=28),
     p.RetireKey(req=29, key_id=4_294_967_295),
+    p.LoadKeyring(req=30, keyring=b"lucidd-keyring v1\n"),
 ]
 
 CONTROL_REPLIES: list[p.Message] = [
