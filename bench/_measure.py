@@ -298,7 +298,7 @@ def measure_throughput(
     }
     results.stages.append(_stage_row("throughput", ident, target.workers, result))
     results.cpu.append(_cpu_row(ident, target.workers, result, cpu, target.warmup(settings)))
-    if drive.SHARED_MEMORY:
+    if settings.transport == "both":
         # The same run over the socket, right after: what the shared-memory path buys, as a
         # ratio of one run (the figures of separate runs move by more than the difference).
         drive.SHARED_MEMORY = False
@@ -375,7 +375,7 @@ def _memory_watch(runtime_dir: Path, workers: int, results: Results) -> Iterator
 
 
 def run(settings: Settings, runtime_dir: Path | None) -> Results:
-    drive.SHARED_MEMORY = settings.transport == "memfd"
+    drive.SHARED_MEMORY = settings.transport != "socket"
     results = Results(machine_info(), settings_json(settings))
     results.machine["process_wakeup_us"] = process_wakeup_us()
     log(f"data: {format_size(settings.data_bytes)} of random bytes")

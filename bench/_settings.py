@@ -74,7 +74,9 @@ class Settings:
     #: The file ``lucidctl put`` and ``restic backup`` each store end to end (0: not run).
     end_to_end_bytes: int = 256 * MiB
     #: How the bench's own clients send payloads: ``memfd`` (shared memory, the clients'
-    #: default) or ``socket`` (``shared_memory=False``), to measure what the first buys.
+    #: default), ``socket`` (``shared_memory=False``), or ``both``: memfd, and each throughput
+    #: run repeated over the socket right after (what shared memory buys, in one run's
+    #: ratio; it fills the ring too, so the peak PSS is no longer the memfd path's alone).
     transport: str = "memfd"
 
     def latency_count(self, size: int) -> int:
@@ -190,8 +192,9 @@ def parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--data-bytes", type=parse_size, help="size of the random data blob")
     parser.add_argument(
         "--transport",
-        choices=("memfd", "socket"),
-        help="how the bench's clients send payloads (default memfd; lucidctl put: its own)",
+        choices=("memfd", "socket", "both"),
+        help="how the bench's clients send payloads (default memfd; both: throughput over the "
+        "socket too; lucidctl put: its own)",
     )
     parser.add_argument(
         "--end-to-end",
