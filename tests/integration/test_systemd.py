@@ -110,8 +110,8 @@ def security_exposure(service: Path) -> tuple[float, str]:
 
 def analyze_verify(service: Path, tmp_path: Path, *others: Path) -> str:
     """``systemd-analyze verify`` of ``service`` beside ``others``; its output. ``verify`` also
-    checks that ExecStart's program exists: where lucidd is not installed at the unit's path,
-    a stub stands in for it (nothing else in the units is changed)."""
+    checks that the programs of ExecStart= and ExecReload= exist: where lucidd is not installed
+    at the unit's path, a stub stands in for it (nothing else in the units is changed)."""
     analyze = require_tool("systemd-analyze")
     program = one(parse_unit(service), "Service", "ExecStart").split()[0]
     text = service.read_text()
@@ -120,7 +120,8 @@ def analyze_verify(service: Path, tmp_path: Path, *others: Path) -> str:
         stub.parent.mkdir(exist_ok=True)
         stub.write_text("#!/bin/sh\n")
         stub.chmod(0o755)
-        text = text.replace(f"ExecStart={program} ", f"ExecStart={stub} ")
+        # ExecStart= and ExecReload= ("lucidd keys load") name the same program.
+        text = text.replace(f"{program} ", f"{stub} ")
     units = tmp_path / "units"
     units.mkdir()
     (units / service.name).write_text(text)
