@@ -27,17 +27,17 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 import msgspec
 
-from lucidd.crypto import Keyring, is_locked, rewrap_secret, wrapped_key_id
+from lucidd.crypto import Keyring, is_locked, rewrap_secret
 from lucidd.daemon import keys_online
 from lucidd.daemon.config import load_config
 from lucidd.daemon.default_dirs import resolve_dirs
 from lucidd.daemon.folders import lock_state_folder
+from lucidd.daemon.key_usage import KeyUsage, check_retirable, key_usage
 from lucidd.daemon.keyfile import (
     Unlock,
     load_keyring,
@@ -57,32 +57,6 @@ from lucidd.errors import BusyError, KeyringError, LucidError
 KILL_AFTER_ENV: Final = "LUCIDD_TEST_KEYS_KILL_AFTER"
 #: What a running daemon does itself (through its control socket) instead of the files.
 ONLINE_COMMANDS: Final = frozenset({"list", "rotate", "rewrap", "retire", "load"})
-
-
-@dataclass
-class KeyUsage:
-    """Which master key each session's metadata names."""
-
-    by_session: dict[bytes, int] = field(default_factory=dict)
-    #: Sessions whose metadata cannot be read or decoded: what is wrong.
-    unreadable: dict[bytes, str] = field(default_factory=dict)
-
-    def sessions_of(self, key_id: int) -> list[bytes]:
-        return [sid for sid, kid in self.by_session.items() if kid == key_id]
-
-    def count(self, key_id: int) -> int:
-        return len(self.sessions_of(key_id))
-
-
-def key_usage(state_dir: Path) -> KeyUsage:
-    """Read every session's metadata in ``state_dir``; never raises for one bad session."""
-    usage = KeyUsage()
-    for session_id, paths in list_session_dirs(state_dir):
-        try:
-            usage.by_session[session_id] = wrapped_key_id(read_meta(paths).wrapped_secret)
-        except (OSError, LucidError) as exc:
-            usage.unreadable[session_id] = str(exc)
-    return usage
 
 
 def describe_keys(keyring: Keyring, usage: KeyUsage) -> dict[str, object]:
@@ -202,21 +176,7 @@ def retire(
         raise KeyringError(
             f"key {key_id} is the current key; rotate first, then retire it", key_id=key_id
         )
-    usage = key_usage(state_dir)
-    needing = sorted(session_dir_name(sid) for sid in usage.sessions_of(key_id))
-    if needing:
-        raise KeyringError(
-            f"key {key_id} still wraps {len(needing)} session(s): {', '.join(needing)}; "
-            "run 'lucidd keys rewrap' first",
-            key_id=key_id,
-            sessions=len(needing),
-        )
-    if usage.unreadable:
-        names = ", ".join(sorted(session_dir_name(sid) for sid in usage.unreadable))
-        raise KeyringError(
-            f"cannot tell which key these sessions need (unreadable metadata): {names}",
-            key_id=key_id,
-        )
+    check_retirable(key_id, key_usage(state_dir))
     opened.store(keyring.without(key_id), keyring_path)
     return {"retired": key_id, "current": keyring.current_id, "keys": len(keyring.key_ids) - 1}
 

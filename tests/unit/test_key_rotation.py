@@ -10,7 +10,7 @@ import pytest
 
 from lucidd import protocol as p
 from lucidd.crypto import Keyring
-from lucidd.daemon.aggregator.key_rotation import KeyUsage, lacking_keys
+from lucidd.daemon.key_usage import KeyUsage, lacking_keys
 from lucidd.daemon.keys_online import changed, created_text, describe
 from lucidd.errors import KeyringError
 

@@ -12,6 +12,7 @@ import pytest
 from lucidd.__main__ import main
 from lucidd.crypto import Keyring, unwrap_secret, wrap_secret, wrapped_key_id
 from lucidd.daemon.folders import lock_state_folder
+from lucidd.daemon.key_usage import key_usage
 from lucidd.daemon.keyfile import (
     create_keyring,
     load_keyring,
@@ -20,7 +21,6 @@ from lucidd.daemon.keyfile import (
 )
 from lucidd.daemon.keys_cli import (
     describe_keys,
-    key_usage,
     retire,
     rewrap,
     rotate,

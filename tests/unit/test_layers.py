@@ -73,6 +73,7 @@ LAYERS: Mapping[str, int] = {
     "daemon.supervisor.systemd": 2,
     "daemon.supervisor.sockets": 2,  # the listening sockets: bind (stale file replaced) or take
     "daemon.supervisor.respawn": 2,  # respawn and spawn-retry delays, health reasons meanwhile
+    "daemon.key_usage": 2,  # which key each session needs; what may replace or retire one
     "daemon.shared_regions": 2,  # the sealed memfd, its trip to a worker, its mapping
     "daemon.aggregator.ledger": 2,  # the book of sessions, and the cache of their open files
     "daemon.aggregator.session": 2,  # one live session: index, reorder window, Merkle log
@@ -123,6 +124,7 @@ LAYERS: Mapping[str, int] = {
     "client.data_core": 4,  # the data socket's sans-IO core (DataCore)
     "client.control_core": 4,  # the control socket's sans-IO core: each request and its reply
     "client.shared_memory": 4,  # the client's end of a shared region: map, place, free
+    "client.sender": 4,  # one blocking put_many/put_file: place, batch headers, free on answer
     "client.sync_link": 4,  # the blocking connection: trust checks, ActAs, sendmsg
     "client.async_link": 4,  # the asyncio connection: trust checks, ActAs, the reader task
     "client.blocking": 4,
@@ -245,6 +247,8 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     "daemon.access": frozenset({"protocol.__init__"}),
     # The signing key file is guarded as the keyring file is.
     "daemon.signing_key": frozenset({"daemon.keyfile"}),
+    # Which key each session needs is read from the sessions' metadata files.
+    "daemon.key_usage": frozenset({"daemon.store"}),
     # The passphrase credential file is guarded as the keyring file is.
     "daemon.passphrase": frozenset({"daemon.keyfile"}),
     # Something must name the child processes' entry points to spawn them; only children may.
@@ -335,6 +339,16 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
             "client.control_core",
             "client.sync_link",
             "client.shared_memory",
+            "client.sender",
+        }
+    ),
+    "client.sender": frozenset(
+        {
+            "client.core",
+            "client.data_core",
+            "client.ids",
+            "client.shared_memory",
+            "client.sync_link",
         }
     ),
     "client.aio": frozenset(

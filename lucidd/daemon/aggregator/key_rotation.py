@@ -26,7 +26,6 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,35 +35,12 @@ from lucidd import protocol as p
 from lucidd.crypto import Keyring, is_locked, rewrap_secret, wrapped_key_id
 from lucidd.daemon import ipc
 from lucidd.daemon.aggregator.ledger import Ledger
+from lucidd.daemon.key_usage import KeyUsage, check_retirable, lacking_keys
 from lucidd.daemon.keyfile import read_keyring_file, remove_keyring_temps, replace_keyring
 from lucidd.daemon.store import SessionMeta, SessionPaths, read_meta, session_dir_name, write_meta
 from lucidd.errors import KeyringError, LucidError
 
 log = logging.getLogger("lucidd.daemon.aggregator.key_rotation")
-
-
-@dataclass
-class KeyUsage:
-    """Which master key each session's metadata names (as the ledger holds it)."""
-
-    by_session: dict[bytes, int] = field(default_factory=dict)
-    #: Sessions whose metadata cannot be read: which key they need is unknown.
-    unreadable: list[bytes] = field(default_factory=list)
-
-    def sessions_of(self, key_id: int) -> list[bytes]:
-        return [sid for sid, kid in self.by_session.items() if kid == key_id]
-
-
-def lacking_keys(candidate: Keyring, held: Keyring, usage: KeyUsage) -> list[int]:
-    """Key ids some session names that ``held`` has and ``candidate`` lacks or holds with
-    other bytes: installing ``candidate`` would make those sessions unreadable."""
-    lacking = set()
-    for key_id in set(usage.by_session.values()):
-        if key_id not in held.key_ids:
-            continue  # already unreadable: not the new keyring's doing
-        if key_id not in candidate.key_ids or candidate.key(key_id) != held.key(key_id):
-            lacking.add(key_id)
-    return sorted(lacking)
 
 
 class KeyRotation:
@@ -105,7 +81,7 @@ class KeyRotation:
                 meta = read_meta(SessionPaths.of(ledger.state_dir, session_id))
                 usage.by_session[session_id] = wrapped_key_id(meta.wrapped_secret)
             except (OSError, LucidError):
-                usage.unreadable.append(session_id)
+                usage.unreadable[session_id] = "its metadata cannot be read"
         return usage
 
     def describe(self, req: int) -> p.KeysReply:
@@ -183,21 +159,7 @@ class KeyRotation:
                     f"key {key_id} is the current key; rotate first, then retire it",
                     key_id=key_id,
                 )
-            usage = self.usage()
-            needing = sorted(session_dir_name(sid) for sid in usage.sessions_of(key_id))
-            if needing:
-                raise KeyringError(
-                    f"key {key_id} still wraps {len(needing)} session(s): {', '.join(needing)}; "
-                    "run 'lucidd keys rewrap' first",
-                    key_id=key_id,
-                    sessions=len(needing),
-                )
-            if usage.unreadable:
-                names = ", ".join(sorted(session_dir_name(sid) for sid in usage.unreadable))
-                raise KeyringError(
-                    f"cannot tell which key these sessions need (unreadable metadata): {names}",
-                    key_id=key_id,
-                )
+            check_retirable(key_id, self.usage())
             keyring = keyring.without(key_id)
             await asyncio.to_thread(replace_keyring, keyring, self._path)
             log.info("event=key_retired key=%d path=%s", key_id, self._path)
