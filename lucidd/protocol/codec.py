@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from lucidd.errors import BadFrameError, LucidError, TooLargeError
+from lucidd.protocol.control_messages import ControlReply, ControlRequest
 from lucidd.protocol.messages import (
     CONTROL_FRAME_OVERHEAD,
     LENGTH_PREFIX,
@@ -28,8 +29,6 @@ from lucidd.protocol.messages import (
     SESSION_ID_SIZE,
     Batch,
     Chunk,
-    ControlReply,
-    ControlRequest,
     DataReply,
     DataRequest,
     Message,

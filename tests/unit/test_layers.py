@@ -41,7 +41,8 @@ LAYERS: Mapping[str, int] = {
     "receipt": 1,  # the receipt file and its offline verification
     "note": 1,  # C2SP signed notes (Ed25519), signed checkpoints
     "protocol.__init__": 1,  # the wire, re-exported as one module
-    "protocol.messages": 1,  # the Structs of both sockets and the limits
+    "protocol.messages": 1,  # the frames' base, the limits, the data socket's Structs
+    "protocol.control_messages": 1,  # the control socket's requests, replies and checks
     "protocol.codec": 1,  # the frame encoder and the sans-IO decoder
     "units": 1,  # sizes and their spelling
     "listen": 1,  # where an HTTP endpoint listens: loopback TCP or unix:PATH
@@ -238,8 +239,11 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     "daemon.config": frozenset({"units", "protocol.__init__", "listen"}),
     # The default folders fill in a Config's empty ones.
     "daemon.default_dirs": frozenset({"daemon.config"}),
-    "protocol.__init__": frozenset({"protocol.messages", "protocol.codec"}),
-    "protocol.codec": frozenset({"protocol.messages"}),
+    "protocol.__init__": frozenset(
+        {"protocol.messages", "protocol.control_messages", "protocol.codec"}
+    ),
+    "protocol.control_messages": frozenset({"protocol.messages"}),
+    "protocol.codec": frozenset({"protocol.messages", "protocol.control_messages"}),
     "daemon.store": frozenset(),
     "daemon.segments": frozenset({"daemon.store"}),
     "daemon.peers": frozenset(),
