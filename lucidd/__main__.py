@@ -23,12 +23,8 @@ from lucidd import __version__
 from lucidd.anchoring import ethereum
 from lucidd.anchoring.ethereum_credentials import load_credentials
 from lucidd.crypto import Keyring
-from lucidd.daemon.config import (
-    DURABILITY_CHOICES,
-    Config,
-    load_config,
-    unknown_env_settings,
-)
+from lucidd.daemon.config import DURABILITY_CHOICES, Config
+from lucidd.daemon.config_load import load_config, unknown_env_settings
 from lucidd.daemon.default_dirs import resolve_dirs
 from lucidd.daemon.keyfile import write_keyring
 from lucidd.daemon.keys_cli import add_keys_parser, run_keys

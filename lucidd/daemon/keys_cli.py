@@ -34,7 +34,7 @@ import msgspec
 
 from lucidd.crypto import Keyring, is_locked, rewrap_secret
 from lucidd.daemon import keys_online
-from lucidd.daemon.config import load_config
+from lucidd.daemon.config_load import load_config
 from lucidd.daemon.default_dirs import resolve_dirs
 from lucidd.daemon.folders import lock_state_folder
 from lucidd.daemon.key_usage import KeyUsage, check_retirable, key_usage

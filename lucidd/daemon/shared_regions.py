@@ -48,6 +48,15 @@ def create_region(size: int) -> int:
     return fd
 
 
+def send_with_fd(sock_fd: int, data: bytes, fd: int) -> int:
+    """``sendmsg`` of ``data`` with ``fd`` beside it on the stream socket ``sock_fd`` (a
+    client's connection, whose transport cannot send ancillary data), without blocking;
+    bytes sent (the descriptor travels with the first). OSError if none could be."""
+    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+    with socket.socket(fileno=os.dup(sock_fd)) as sock:
+        return sock.sendmsg([data], ancillary, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+
+
 def region_socket_pair() -> tuple[socket.socket, socket.socket]:
     """(supervisor's end, worker's end) of a worker's region socket."""
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

@@ -1,6 +1,6 @@
 """The frames' base, the limits, and the data socket's messages (layer 1, DESIGN §6).
 
-The control socket's messages are :mod:`~lucidd.protocol.control_messages`'. A frame is
+The control socket's messages are in :mod:`~lucidd.protocol.control_messages`. A frame is
 ``u32 big-endian length || msgpack body``; the body is one of these Structs. On the
 data socket a :class:`Chunk` (or :class:`Batch`) header frame is followed by exactly ``length``
 (or ``sum(lengths)``) raw payload bytes, outside the msgpack. The limits that frames and

@@ -10,14 +10,8 @@ import msgspec
 import pytest
 
 from lucidd import protocol
-from lucidd.daemon.config import (
-    Config,
-    config_as_dict,
-    connection_limit,
-    env_var_name,
-    load_config,
-    unknown_env_settings,
-)
+from lucidd.daemon.config import Config, config_as_dict, connection_limit, env_var_name
+from lucidd.daemon.config_load import load_config, unknown_env_settings
 from lucidd.daemon.default_dirs import default_runtime_dir, default_state_dir, resolve_dirs
 from lucidd.errors import EX_CONFIG, ConfigError
 from lucidd.units import parse_size

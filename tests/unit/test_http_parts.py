@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lucidd.daemon.config import load_config
+from lucidd.daemon.config_load import load_config
 from lucidd.errors import ERROR_BY_CODE, ConfigError
 from lucidd.http.auth import Tokens
 from lucidd.http.problems import HTTP_CODES, STATUS_BY_CODE, problem, retryable

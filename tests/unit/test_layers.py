@@ -48,6 +48,7 @@ LAYERS: Mapping[str, int] = {
     "listen": 1,  # where an HTTP endpoint listens: loopback TCP or unix:PATH
     # ... and the daemon's own:
     "daemon.config": 1,
+    "daemon.config_load": 1,  # defaults < TOML < environment < flags, into one Config
     "daemon.default_dirs": 1,  # the default state and runtime folders (systemd, XDG, fallback)
     "daemon.ipc": 1,
     "daemon.access": 1,  # who may touch a session (the policy; credentials come from peers)
@@ -237,6 +238,8 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     "daemon.histograms": frozenset({"protocol.__init__"}),
     # Settings are sizes, spelled the one way (units).
     "daemon.config": frozenset({"units", "protocol.__init__", "listen"}),
+    # Loading fills a Config from text, the environment and flags (sizes spelled as units).
+    "daemon.config_load": frozenset({"daemon.config", "units"}),
     # The default folders fill in a Config's empty ones.
     "daemon.default_dirs": frozenset({"daemon.config"}),
     "protocol.__init__": frozenset(

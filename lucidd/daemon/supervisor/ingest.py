@@ -12,11 +12,8 @@ as that user's once it is answered; a refusal closes the connection.
 
 from __future__ import annotations
 
-import array
 import asyncio
 import logging
-import os
-import socket
 import time
 from typing import Final, cast
 
@@ -25,6 +22,7 @@ from lucidd.daemon.access import Peer
 from lucidd.daemon.channels import ReadPauses, peer_hung_up
 from lucidd.daemon.logs import ClientErrorLog
 from lucidd.daemon.peers import act_as, peer_of
+from lucidd.daemon.shared_regions import send_with_fd
 from lucidd.daemon.supervisor.admission import Ingest, Wait, WaitOwn
 from lucidd.daemon.supervisor.gates import InFlight, SharedRegion
 from lucidd.daemon.supervisor.slots import SlotRun
@@ -296,14 +294,10 @@ class DataProtocol(asyncio.BufferedProtocol):
         if transport.get_write_buffer_size():
             return False
         frame = p.encode_frame(message)
-        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
-        sock = socket.socket(fileno=os.dup(self._fd))
         try:
-            sent = sock.sendmsg([frame], ancillary, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+            sent = send_with_fd(self._fd, frame, fd)
         except OSError:
             return False
-        finally:
-            sock.close()
         if sent < len(frame):  # the descriptor went with the first byte; the rest queues
             transport.write(frame[sent:])
         self._active_at = time.monotonic()
