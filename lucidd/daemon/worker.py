@@ -43,6 +43,7 @@ from lucidd.daemon.segments import SegmentWriter
 from lucidd.daemon.shared_regions import RegionView, receive_region
 from lucidd.daemon.store import SessionPaths, read_meta, segment_name, storage_error
 from lucidd.errors import InternalError, LucidError, UnknownSessionError
+from lucidd.vocabulary import Compression
 
 #: Chunks larger than this are sealed in pieces straight into the segment file
 #: (``ChunkSealer.seal_streamed``), so no worker ever holds a record-sized buffer: ten workers
@@ -251,7 +252,7 @@ class Worker:
         if seal.offset + seal.length > region.size:  # admission checked it: a bug
             raise InternalError("shared chunk outside its region", session=seal.session)
         view = region.payload(seal.offset, seal.length)
-        if seal.compression == "off":
+        if seal.compression == Compression.OFF:
             return view
         with view:
             return memoryview(bytes(view))
