@@ -23,6 +23,8 @@ WARMUP: Final = 4
 LATENCY_WARMUP: Final = 8
 #: How often the lag gauge is read (the replicator reports it to the supervisor every second).
 LAG_SAMPLE_S: Final = 0.5
+#: How often the lag is read from the files (index sizes and progress files).
+LAG_FILES_S: Final = 0.05
 PROGRESS_POLL_S: Final = 0.02
 CATCH_UP_TIMEOUT_S: Final = 300.0
 #: How long to wait for another SeaweedFS (a test run, another bench) to free the ports.
@@ -36,6 +38,8 @@ LAG_GAUGE: Final = "replication_lag_bytes"
 GOAL_CATCH_UP_S: Final = 3.0
 GOAL_LAG_GROWTH: Final = 0.1
 GOAL_REPLICATED_RATIO: Final = 0.5
+#: Part 1b paces ingest at these fractions of the replication rate part 1 measured.
+PACED_FRACTIONS: Final = (0.5, 0.8)
 #: The daemons, by name: durability and whether it replicates.
 DAEMONS: Final = {
     "off": ("fsync", False),
@@ -56,8 +60,15 @@ class Settings:
     latency_puts: int = 600
     latency_rounds: int = 4
     store_packs: int = 48
+    #: Seconds of each paced round.
+    paced_s: float = 20.0
 
 
 QUICK: Final = Settings(
-    ingest_chunks=512, ingest_rounds=2, latency_puts=200, latency_rounds=2, store_packs=16
+    ingest_chunks=512,
+    ingest_rounds=2,
+    latency_puts=200,
+    latency_rounds=2,
+    store_packs=16,
+    paced_s=6.0,
 )

@@ -104,6 +104,14 @@ def store_rows(limits: StoreLimits, rows: list[Row]) -> list[Row]:
         ),
         Row(
             "4 store",
+            "`replicated` throughput (part 2), against the store alone",
+            figure("throughput, 1 MiB chunks"),
+            "MiB/s",
+            f"`put_once` 8 MiB, {CLIENTS} in flight",
+            limits.pack_mib_s,
+        ),
+        Row(
+            "4 store",
             "weed CPU per MiB stored (those puts)",
             limits.weed_ms_per_mib,
             "ms",

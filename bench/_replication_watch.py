@@ -23,6 +23,8 @@ from bench._daemon import sample_cpu
 from bench._replication_settings import (
     ANCHOR_PROGRESS,
     CATCH_UP_TIMEOUT_S,
+    CHUNK_SIZE,
+    LAG_FILES_S,
     LAG_GAUGE,
     LAG_SAMPLE_S,
     PORTS_POLL_S,
@@ -32,6 +34,7 @@ from bench._replication_settings import (
 )
 from bench._results import log
 from lucidd.client import ControlClient
+from lucidd.daemon.store import INDEX_ENTRY_SIZE, list_session_dirs
 from lucidd.testing import Daemon
 
 if TYPE_CHECKING:
@@ -138,12 +141,24 @@ def wait_replicated(target: Target) -> int:
     return time.perf_counter_ns()
 
 
-class LagSampler:
-    """``replication_lag_bytes`` every LAG_SAMPLE_S, in a thread: (perf_counter_ns, bytes)."""
+def indexed_records(state_dir: Path) -> int:
+    """Records the daemon holds locally, by its sessions' index files (an index is sparse only
+    while chunks arrive out of order, so this counts up to a window of records early)."""
+    total = 0
+    for _, paths in list_session_dirs(state_dir):
+        with contextlib.suppress(FileNotFoundError):
+            total += paths.index.stat().st_size // INDEX_ENTRY_SIZE
+    return total
 
-    def __init__(self, runtime_dir: Path) -> None:
-        self.samples: list[tuple[int, float]] = []
-        self._runtime_dir = runtime_dir
+
+class LagSampler:
+    """In a thread: ``replication_lag_bytes`` every LAG_SAMPLE_S into ``gauge``, and the lag
+    by the files every LAG_FILES_S into ``files``, each as (perf_counter_ns, bytes)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.gauge: list[tuple[int, float]] = []
+        self.files: list[tuple[int, float]] = []
+        self._daemon = daemon
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lag-sampler", daemon=True)
 
@@ -156,12 +171,19 @@ class LagSampler:
         self._thread.join()
 
     def _run(self) -> None:
-        with ControlClient(self._runtime_dir) as control:
+        state_dir = self._daemon.state_dir
+        next_gauge = 0.0
+        with ControlClient(self._daemon.runtime_dir) as control:
             while True:
-                lag = control.metrics().get(LAG_GAUGE)
-                if lag is not None:
-                    self.samples.append((time.perf_counter_ns(), lag))
-                if self._stop.wait(LAG_SAMPLE_S):
+                now = time.monotonic()
+                if now >= next_gauge:
+                    lag = control.metrics().get(LAG_GAUGE)
+                    if lag is not None:
+                        self.gauge.append((time.perf_counter_ns(), lag))
+                    next_gauge = now + LAG_SAMPLE_S
+                behind = indexed_records(state_dir) - replicated_records(state_dir)
+                self.files.append((time.perf_counter_ns(), max(0, behind) * CHUNK_SIZE))
+                if self._stop.wait(LAG_FILES_S):
                     return
 
 

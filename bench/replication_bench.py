@@ -23,8 +23,7 @@ import os
 import shutil
 import statistics
 import sys
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import _lucidd as drive
 from bench._baselines import Workload
-from bench._daemon import cpu_roles, short_tmp, started_daemon
+from bench._daemon import short_tmp, started_daemon
 from bench._hdr import Histogram
+from bench._replication_rounds import IngestRound, ingest_round, paced_round
 from bench._replication_settings import (
     CHUNK_SIZE,
     CLIENTS,
@@ -49,6 +49,7 @@ from bench._replication_settings import (
     MS_PER_S,
     NS_PER_MS,
     NS_PER_S,
+    PACED_FRACTIONS,
     QUICK,
     REPLICATION_ROLES,
     ROLES,
@@ -59,8 +60,6 @@ from bench._replication_settings import (
 )
 from bench._replication_store import measure_store, store_rows
 from bench._replication_watch import (
-    CpuWatch,
-    LagSampler,
     Target,
     replication_settings,
     seaweed_server,
@@ -79,72 +78,6 @@ if TYPE_CHECKING:
 # --- 1 and 2: rounds of 1 MiB chunks ---------------------------------------------------------
 
 
-@dataclass
-class IngestRound:
-    """One round on one daemon; times in perf_counter_ns (``replicated_at``: 0 if it does not
-    replicate)."""
-
-    chunks: int
-    started_at: int
-    acked_at: int
-    replicated_at: int
-    cpu_s: dict[str, float]
-    lag: list[tuple[int, float]] = field(default_factory=list)
-
-    @property
-    def mib(self) -> float:
-        return self.chunks * CHUNK_SIZE / MiB
-
-    @property
-    def ingest_mib_s(self) -> float:
-        return self.mib * NS_PER_S / (self.acked_at - self.started_at)
-
-    @property
-    def replication_mib_s(self) -> float:
-        return self.mib * NS_PER_S / (self.replicated_at - self.started_at)
-
-    @property
-    def catch_up_s(self) -> float:
-        return (self.replicated_at - self.acked_at) / NS_PER_S
-
-    def lag_during_puts(self) -> list[tuple[float, float]]:
-        """(seconds since the first put, lag in MiB) of the samples taken while chunks were put."""
-        return [
-            ((t - self.started_at) / NS_PER_S, lag / MiB)
-            for t, lag in self.lag
-            if self.started_at <= t <= self.acked_at
-        ]
-
-    def lag_growth_mib_s(self) -> float | None:
-        """The least-squares slope of the lag while chunks were put (None: too few samples)."""
-        points = self.lag_during_puts()
-        if len(points) < 3:
-            return None
-        seconds, lags = [t for t, _ in points], [lag for _, lag in points]
-        return statistics.linear_regression(seconds, lags).slope
-
-    def lag_at_last_ack_mib(self) -> float:
-        before = [lag for t, lag in self.lag if t <= self.acked_at]
-        return before[-1] / MiB if before else 0.0
-
-
-def ingest_round(target: Target, workload: Workload, weed_pid: int) -> IngestRound:
-    daemon = target.daemon
-    watch = CpuWatch(cpu_roles(daemon.runtime_dir), weed_pid)
-    sampler = LagSampler(daemon.runtime_dir) if target.replicating else None
-    cpu_before = watch.sample()
-    with sampler or contextlib.nullcontext():
-        result = drive.throughput(daemon.runtime_dir, workload, WARMUP, CLIENTS, WINDOW, settle_s=0)
-        acked_at = time.perf_counter_ns()
-        target.sent += CLIENTS * WARMUP + workload.count
-        replicated_at = wait_replicated(target) if target.replicating else 0
-    cpu_after = watch.sample()
-    cpu = {role: cpu_after.get(role, 0.0) - cpu_before.get(role, 0.0) for role in ROLES}
-    started_at = acked_at - round(result.seconds * NS_PER_S)
-    samples = sampler.samples if sampler is not None else []
-    return IngestRound(result.chunks, started_at, acked_at, replicated_at, cpu, samples)
-
-
 def ingest_rounds(
     settings: Settings, targets: dict[str, Target], blob: bytes, weed_pid: int
 ) -> dict[str, list[IngestRound]]:
@@ -156,7 +89,7 @@ def ingest_rounds(
     for r in range(settings.ingest_rounds):
         for name in names if r % 2 == 0 else reversed(names):
             log(f"ingest: {name} daemon, round {r + 1}, {workload.count} x 1 MiB")
-            rounds[name].append(ingest_round(targets[name], workload, weed_pid))
+            rounds[name].append(ingest_round(targets[name], workload, WARMUP, weed_pid))
     return rounds
 
 
@@ -171,8 +104,9 @@ def ingest_rows(rounds: dict[str, list[IngestRound]]) -> list[Row]:
     catch_up = max(r.catch_up_s for r in on_rounds)
     growths = [g for g in (r.lag_growth_mib_s() for r in on_rounds) if g is not None]
     growth = max(growths) if growths else float("nan")
-    lag_max = max((lag for r in on_rounds for _, lag in r.lag), default=0.0) / MiB
-    lag_end = max(r.lag_at_last_ack_mib() for r in on_rounds)
+    lag_max = max(r.lag_max_mib() for r in on_rounds)
+    gauge_max = max(r.gauge_max_mib() for r in on_rounds)
+    gauge_end = max(r.gauge_at_last_ack_mib() for r in on_rounds)
     growth_ratio = growth / on
     rows = [
         Row(
@@ -212,17 +146,84 @@ def ingest_rows(rounds: dict[str, list[IngestRound]]) -> list[Row]:
             f"ratio <= {GOAL_LAG_GROWTH:g}",
             growth_ratio <= GOAL_LAG_GROWTH,
         ),
-        Row("1 ingest", f"`{LAG_GAUGE}`, max", lag_max, "MiB", "a round's data", on_rounds[0].mib),
+        Row(
+            "1 ingest", "lag by the files, max", lag_max, "MiB", "a round's data", on_rounds[0].mib
+        ),
+        Row(
+            "1 ingest", f"`{LAG_GAUGE}`, max", gauge_max, "MiB", "a round's data", on_rounds[0].mib
+        ),
         Row(
             "1 ingest",
             f"`{LAG_GAUGE}` at the last ack (worst round)",
-            lag_end,
+            gauge_end,
             "MiB",
             "a round's data",
             on_rounds[0].mib,
         ),
     ]
     return rows + cpu_rows(rounds)
+
+
+# --- 1b: paced ingest, below what replication managed in part 1 --------------------------------
+
+
+def paced_rows(
+    settings: Settings,
+    target: Target,
+    rounds: dict[str, list[IngestRound]],
+    blob: bytes,
+    weed_pid: int,
+) -> list[Row]:
+    """Rounds on the ``fsync`` daemon at fractions of part 1's replication rate: does the lag
+    stay bounded, and replication end soon after the last ack, when ingest is within reach?"""
+    replication = statistics.median(r.replication_mib_s for r in rounds["fsync"])
+    rows = []
+    for fraction in PACED_FRACTIONS:
+        rate = fraction * replication
+        log(f"paced: fsync daemon, {rate:.0f} MiB/s for {settings.paced_s:g} s")
+        paced = paced_round(target, blob, rate, settings.paced_s, weed_pid)
+        growth = paced.lag_growth_mib_s()
+        growth = float("nan") if growth is None else growth
+        name = f"paced at {fraction:g} x part 1's replication"
+        rows += [
+            Row(
+                "1b paced",
+                f"{name}: ingest",
+                paced.ingest_mib_s,
+                "MiB/s",
+                "replication (part 1)",
+                replication,
+            ),
+            Row(
+                "1b paced",
+                f"{name}: lag growth while putting (slope)",
+                growth,
+                "MiB/s",
+                "its ingest",
+                paced.ingest_mib_s,
+                goal=f"ratio <= {GOAL_LAG_GROWTH:g}",
+                met=growth / paced.ingest_mib_s <= GOAL_LAG_GROWTH,
+            ),
+            Row(
+                "1b paced",
+                f"{name}: lag by the files, max",
+                paced.lag_max_mib(),
+                "MiB",
+                "its data",
+                paced.mib,
+            ),
+            Row(
+                "1b paced",
+                f"{name}: catch-up after the last ack",
+                paced.catch_up_s,
+                "s",
+                "the goal",
+                GOAL_CATCH_UP_S,
+                goal=f"<= {GOAL_CATCH_UP_S:g} s",
+                met=paced.catch_up_s <= GOAL_CATCH_UP_S,
+            ),
+        ]
+    return rows
 
 
 def cpu_rows(rounds: dict[str, list[IngestRound]]) -> list[Row]:
@@ -342,6 +343,7 @@ def measure(settings: Settings, seaweed: Seaweed, workdir: Path) -> list[Row]:
                 wait_replicated(target)
         rounds = ingest_rounds(settings, targets, blob, seaweed.pid)
         rows = ingest_rows(rounds)
+        rows += paced_rows(settings, targets["fsync"], rounds, blob, seaweed.pid)
         rows += latency_rows(settings, targets, blob)
         rows += replicated_throughput_rows(rounds)
     rows += store_rows(limits, rows)
