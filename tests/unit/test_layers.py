@@ -99,6 +99,7 @@ LAYERS: Mapping[str, int] = {
     "daemon.supervisor.keyring_link": 3,  # the keyring for new children, distributed to workers
     "daemon.preload": 3,  # the forkserver's preload: imports the child mains
     "daemon.replication.progress": 2,  # what is uploaded, durably (resume)
+    "daemon.replication.pack_reader": 2,  # a pack read from the local segments
     "daemon.replication.replicator": 2,  # packs, the scan, uploads
     "daemon.replication.restore": 3,  # lucidd restore: fetch, verify, write
     "daemon.replication.cli": 3,  # lucidd restore's command
@@ -180,9 +181,11 @@ SAME_LAYER_ALLOWED: Mapping[str, frozenset[str]] = {
     # reads the store's files and keeps its progress; restore's command drives restore.
     "daemon.replication.layout": frozenset({"crypto.__init__", "merkle"}),
     "daemon.replication.progress": frozenset({"daemon.store"}),
+    "daemon.replication.pack_reader": frozenset({"daemon.store"}),
     "daemon.replication.replicator": frozenset(
         {
             "daemon.replication.objects",
+            "daemon.replication.pack_reader",
             "daemon.replication.progress",
             "daemon.store",
             "daemon.aggregator.anchor_log",  # the entries' size, to upload them whole

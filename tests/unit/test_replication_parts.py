@@ -11,11 +11,14 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from msgspec.structs import replace as msgspec_replace
 
 from lucidd import crypto
 from lucidd.daemon import ipc
 from lucidd.daemon.replication import layout
+from lucidd.daemon.replication.pack_reader import read_pack
 from lucidd.daemon.replication.progress import SessionProgress
+from lucidd.daemon.store import SessionPaths, segment_name
 from lucidd.daemon.supervisor.replication_link import ReplicationLink
 from lucidd.errors import FormatError, LucidError, UnavailableError
 from lucidd.merkle import leaf_hash
@@ -68,6 +71,51 @@ def test_a_pack_of_another_session_is_refused() -> None:
 def test_pack_parsing_refuses_garbage_with_a_format_error_only(data: bytes) -> None:
     with contextlib.suppress(FormatError):
         layout.pack_records(data)
+
+
+def _segments_of(
+    root: Path, layout_of: list[tuple[str, int, tuple[int, bytes]]]
+) -> tuple[SessionPaths, list[ipc.Sealed]]:
+    """Segment files holding ``(segment, offset, (index, record))`` and the Sealed that point
+    at them."""
+    paths = SessionPaths.of(root, SESSION)
+    paths.root.mkdir(parents=True)
+    sealed = []
+    for segment, offset, (index, record) in layout_of:
+        with open(paths.segment(segment), "ab") as file:
+            file.truncate(max(offset, file.tell()))
+            file.seek(offset)
+            file.write(record)
+        sealed.append(
+            ipc.Sealed(SESSION, index, leaf_hash(record), segment, offset, len(record), 0)
+        )
+    return paths, sealed
+
+
+def test_a_pack_read_from_segments_equals_one_built_from_its_records(tmp_path: Path) -> None:
+    given_records = records(6)
+    w0, w1 = segment_name(0, 1), segment_name(1, 1)
+    # Three back to back in w0 (one run), one after a gap in w0, then two in w1 (one run).
+    where = [(w0, 0), (w0, 0), (w0, 0), (w0, 4096), (w1, 0), (w1, 0)]
+    placed, ends = [], {w0: 0, w1: 0}
+    for (segment, gap), record in zip(where, given_records, strict=True):
+        offset = max(ends[segment], gap)
+        placed.append((segment, offset, record))
+        ends[segment] = offset + len(record[1])
+    paths, sealed = _segments_of(tmp_path, placed)
+    pack = read_pack(paths, sealed)
+    assert bytes(pack) == layout.build_pack(given_records)
+    assert [(e.index, r) for e, r in layout.pack_records(bytes(pack), SESSION)] == given_records
+
+
+def test_a_segment_shorter_than_its_records_is_an_os_error(tmp_path: Path) -> None:
+    record = records(1)[0]
+    paths, sealed = _segments_of(tmp_path, [(segment_name(0, 1), 0, record)])
+    longer = [msgspec_replace(sealed[0], record_length=len(record[1]) + 1)]
+    with pytest.raises(OSError, match="ends before its record"):
+        read_pack(paths, longer)
+    with pytest.raises(FileNotFoundError):
+        read_pack(paths, [msgspec_replace(sealed[0], segment=segment_name(9, 1))])
 
 
 def test_progress_survives_a_reopen_and_a_torn_last_line(tmp_path: Path) -> None:

@@ -102,7 +102,9 @@ def parse_entries_name(name: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def pack_key(prefix: str, host_id: str, session: bytes, first_index: int, pack: bytes) -> str:
+def pack_key(
+    prefix: str, host_id: str, session: bytes, first_index: int, pack: bytes | bytearray
+) -> str:
     """The pack's name: its first index and the digest of its footer, which commits to every
     record through their leaf hashes (hashing the footer, not the megabytes, is the point)."""
     footer_size, _ = _TRAILER.unpack_from(pack, len(pack) - _TRAILER.size)
@@ -126,24 +128,36 @@ def parse_size_name(name: str) -> tuple[int, str | None] | None:
 def build_pack(
     records: Sequence[tuple[int, bytes]], leaves: Sequence[bytes] | None = None
 ) -> bytes:
-    """A pack of ``(index, record)`` pairs (any order; kept as given), written once into one
-    buffer. ``leaves``: the records' leaf hashes when the caller has them (the workers
-    computed them; a wrong one is caught by every reader), else they are computed."""
+    """A pack of ``(index, record)`` pairs (any order; kept as given). ``leaves``: the records'
+    leaf hashes when the caller has them (the workers computed them; a wrong one is caught by
+    every reader), else they are computed."""
+    if leaves is None:
+        leaves = [leaf_hash(record) for _, record in records]
+    pack = pack_frame([(index, len(record)) for index, record in records], leaves)
+    offset = 0
+    for _, record in records:
+        pack[offset : offset + len(record)] = record
+        offset += len(record)
+    return bytes(pack)
+
+
+def pack_frame(records: Sequence[tuple[int, int]], leaves: Sequence[bytes]) -> bytearray:
+    """The buffer of a pack of ``(index, length)`` records with ``leaves`` their leaf hashes:
+    footer and trailer written, the body (the records back to back from offset 0, in the
+    order given) left for the caller to fill, so records can be read straight into it."""
     if not records:
         raise ValueError("a pack holds at least one record")
-    body_size = sum(len(record) for _, record in records)
+    body_size = sum(length for _, length in records)
     footer_size = _ENTRY.size * len(records)
     pack = bytearray(body_size + footer_size + _TRAILER.size)
     offset = 0
     at = body_size
-    for position, (index, record) in enumerate(records):
-        leaf = leaves[position] if leaves is not None else leaf_hash(record)
-        pack[offset : offset + len(record)] = record
-        _ENTRY.pack_into(pack, at, index, offset, len(record), leaf)
-        offset += len(record)
+    for (index, length), leaf in zip(records, leaves, strict=True):
+        _ENTRY.pack_into(pack, at, index, offset, length, leaf)
+        offset += length
         at += _ENTRY.size
     _TRAILER.pack_into(pack, at, footer_size, PACK_MAGIC)
-    return bytes(pack)
+    return pack
 
 
 def pack_entries(pack: bytes) -> list[PackEntry]:

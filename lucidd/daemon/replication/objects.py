@@ -252,8 +252,11 @@ class ObjectStore:
     def __repr__(self) -> str:
         return f"ObjectStore(bucket={self.target.bucket!r}, endpoint={self.target.endpoint!r})"
 
-    async def put_once(self, key: str, data: bytes) -> bool:
+    async def put_once(self, key: str, data: bytes | bytearray) -> bool:
         """Create ``key`` holding ``data`` unless it exists; True if this call created it.
+
+        obstore sends ``data`` without copying it: a bytearray must not change until this
+        returns.
 
         An existing object with the same bytes returns False (already replicated: success);
         one with other bytes raises :class:`ObjectConflictError` naming the key. The create is
@@ -272,7 +275,7 @@ class ObjectStore:
         self._bucket_seen = True
         return True
 
-    async def _same_as_existing(self, key: str, data: bytes) -> bool:
+    async def _same_as_existing(self, key: str, data: bytes | bytearray) -> bool:
         existing = await self.get(key)
         if existing is None:
             # Deleted between our put and our get (a lifecycle rule, an operator): try again.

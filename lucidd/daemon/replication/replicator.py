@@ -4,7 +4,7 @@ Two sources, one set of uploads:
 
 - the *feed*: the supervisor forwards every worker batch (:class:`ipc.Replicate`: where each
   record lies in its segment), so records are uploaded within a fraction of a second, grouped
-  per session into packs (``layout.build_pack``) of up to PACK_BYTES;
+  per session into packs (``layout.pack_frame``) of up to PACK_BYTES;
 - the *scan*, every SCAN_INTERVAL_S and at start: each session's index, checkpoints and FINAL
   record against what :class:`SessionProgress` says is uploaded. It finds what the feed missed
   (a restart, a full queue, a crash of this process), so the feed may drop, never the scan.
@@ -33,6 +33,7 @@ from lucidd.daemon import ipc
 from lucidd.daemon.aggregator.anchor_log import ENTRY_SIZE
 from lucidd.daemon.replication import layout
 from lucidd.daemon.replication.objects import ObjectConflictError, ObjectStore
+from lucidd.daemon.replication.pack_reader import read_pack
 from lucidd.daemon.replication.progress import REPLICATION_DIR, SessionProgress
 from lucidd.daemon.store import (
     FINAL_FILE,
@@ -242,7 +243,7 @@ class Replicator:
         try:
             await self._ensure_meta(session, paths, progress)
             # Reading and building run in a thread: the loop keeps uploading meanwhile.
-            pack = await asyncio.to_thread(_build, paths, chosen)
+            pack = await asyncio.to_thread(read_pack, paths, chosen)
         except FileNotFoundError:  # shredded meanwhile: nothing left to upload
             self._drop(session, [s.index for s in chosen])
             return
@@ -454,22 +455,6 @@ class Replicator:
 
 def _conflict(key: str) -> str:
     return f"conflict at {key}: a different object is there, never overwritten (tampering?)"
-
-
-def _build(paths: SessionPaths, chosen: list[ipc.Sealed]) -> bytes:
-    records = [(s.index, _read(paths, s)) for s in chosen]
-    return layout.build_pack(records, [s.leaf_hash for s in chosen])
-
-
-def _read(paths: SessionPaths, sealed: ipc.Sealed) -> bytes:
-    fd = os.open(paths.segment(sealed.segment), os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        data = os.pread(fd, sealed.record_length, sealed.offset)
-    finally:
-        os.close(fd)
-    if len(data) != sealed.record_length:
-        raise OSError(f"segment {sealed.segment} is shorter than its record at {sealed.offset}")
-    return data
 
 
 def _mtime_ns(path: Path) -> int:
