@@ -31,6 +31,8 @@ COMPRESSION_CHOICES: Final = tuple(c.value for c in Compression)
 #: ``replicated``: ack after fdatasync and once the pack holding the chunk is in the object
 #: store (``replication_url``).
 DURABILITY_CHOICES: Final = ("fsync", "os", "replicated")
+#: The durabilities whose acks follow the workers' fdatasync of the records.
+LOCALLY_SYNCED: Final = ("fsync", "replicated")
 LOG_LEVEL_CHOICES: Final = ("debug", "info", "warning", "error")
 
 #: The socket files created in ``runtime_dir`` (DESIGN §7); the longest bounds its path length.

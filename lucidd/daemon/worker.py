@@ -32,6 +32,7 @@ from lucidd.crypto import (
 )
 from lucidd.daemon import ipc
 from lucidd.daemon.channels import InboxReader, take_fd
+from lucidd.daemon.config import LOCALLY_SYNCED
 from lucidd.daemon.keyfile import load_keyring
 from lucidd.daemon.procutil import (
     die_with_parent,
@@ -300,7 +301,7 @@ class Worker:
 
     def _commit(self, batch: _Batch) -> int:
         """Group commit: one fdatasync per touched segment; unsynced records become failures."""
-        if self._config.durability != "fsync":
+        if self._config.durability not in LOCALLY_SYNCED:
             for writer in self._writers.values():
                 writer.dirty = False
             return 0
@@ -345,7 +346,7 @@ class Worker:
                 self._spec.worker_id,
                 self._config.segment_size,
                 # Only records made durable can be dropped (dirty pages stay cached anyway).
-                drop_cache=self._config.durability == "fsync",
+                drop_cache=self._config.durability in LOCALLY_SYNCED,
             )
             self._writers[session] = writer
         return writer

@@ -168,7 +168,9 @@ def test_replicated_acks_wait_for_the_pack_and_time_out_as_unavailable(
     session = control.open_session()
     with DataClient(daemon.runtime_dir) as client:
         ack = client.put(session, 0, b"first chunk")
-        # The ack came: its pack is in the object store now, not later.
+        # The ack came: the record was fdatasync'd locally first (replicated is fsync and more),
+        assert control.metrics()["stage_fsync_seconds_total"] > 0
+        # and its pack is in the object store now, not later.
         sid = str(uuid.UUID(bytes=session))
         packs = [k for k in objects(seaweed, "acks") if f"/sessions/{sid}/packs/" in k]
         assert packs, "acked before its pack existed"

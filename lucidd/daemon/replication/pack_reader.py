@@ -2,8 +2,8 @@
 
 Each run of records that lie back to back in one segment is read with one ``preadv`` straight
 into the pack's body (``layout.pack_frame``): no copy per record, and reads large enough for
-the kernel's readahead once the records have left the page cache (as with ``fsync``
-durability, where the workers drop what they synced).
+the kernel's readahead: the records have usually left the page cache (the workers drop what
+they synced).
 """
 
 from __future__ import annotations

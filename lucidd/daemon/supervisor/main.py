@@ -30,7 +30,7 @@ from typing import Any, Final
 import uvloop
 
 from lucidd.daemon import ipc
-from lucidd.daemon.config import Config
+from lucidd.daemon.config import LOCALLY_SYNCED, Config
 from lucidd.daemon.default_dirs import fallback_runtime_dir
 from lucidd.daemon.folders import (
     PRIVATE_RUNTIME_DIR_MODE,
@@ -489,7 +489,7 @@ def _nothing() -> None:
 def serve(config: Config) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the process exit code."""
     raise_and_log_nofile_limit()
-    if config.durability != "fsync":
+    if config.durability not in LOCALLY_SYNCED:
         log.warning(
             "event=durability_os detail=acks are sent after write(2) without fdatasync; "
             "acknowledged chunks can be lost on power failure"
