@@ -125,22 +125,6 @@ def parse_size_name(name: str) -> tuple[int, str | None] | None:
     return (int(match.group(1)), match.group(2)) if match else None
 
 
-def build_pack(
-    records: Sequence[tuple[int, bytes]], leaves: Sequence[bytes] | None = None
-) -> bytes:
-    """A pack of ``(index, record)`` pairs (any order; kept as given). ``leaves``: the records'
-    leaf hashes when the caller has them (the workers computed them; a wrong one is caught by
-    every reader), else they are computed."""
-    if leaves is None:
-        leaves = [leaf_hash(record) for _, record in records]
-    pack = pack_frame([(index, len(record)) for index, record in records], leaves)
-    offset = 0
-    for _, record in records:
-        pack[offset : offset + len(record)] = record
-        offset += len(record)
-    return bytes(pack)
-
-
 def pack_frame(records: Sequence[tuple[int, int]], leaves: Sequence[bytes]) -> bytearray:
     """The buffer of a pack of ``(index, length)`` records with ``leaves`` their leaf hashes:
     footer and trailer written, the body (the records back to back from offset 0, in the
