@@ -7,15 +7,19 @@ Three small measurements that explain where a chunk's CPU goes, independent of l
 - ``socket``: CPU per MiB in the sender and in the receiver of a Unix stream socket pair (the
   cost of moving a payload from a client into the supervisor);
 - ``pagecache``: appending 1 MiB records with an fdatasync every 8, with and without dropping
-  the synced pages from the page cache (``POSIX_FADV_DONTNEED``, what workers do).
+  the synced pages from the page cache (``POSIX_FADV_DONTNEED``, what workers do);
+- ``readback``: CPU per MiB of reading dropped records back from disk, as the replicator
+  does: 1 MiB ``pread`` into new buffers, 8 MiB ``preadv`` into one, and ``O_DIRECT``.
 
-    python bench/probes.py [crypto|socket|pagecache ...]
+    python bench/probes.py [crypto|socket|pagecache|readback ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import mmap
 import os
 import resource
 import socket
@@ -104,10 +108,70 @@ def pagecache(records: int = 1024, batch: int = 8) -> list[tuple[str, str]]:
     return rows
 
 
+def readback(size: int = 512 * MiB) -> list[tuple[str, str]]:
+    """A fresh file in the current folder's file system, dropped from the page cache before
+    each way of reading it back."""
+    big = 8 * MiB
+    rows: list[tuple[str, str]] = []
+    with tempfile.TemporaryDirectory(dir=Path.cwd()) as folder:
+        path = Path(folder) / "segment"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        for _ in range(size // big):
+            os.write(fd, os.urandom(big))
+        os.fdatasync(fd)
+        os.close(fd)
+
+        def one_mib_reads(fd: int) -> None:
+            for offset in range(0, size, MiB):
+                os.pread(fd, MiB, offset)
+
+        def into_one_buffer(fd: int, buffer: memoryview | mmap.mmap) -> None:
+            for offset in range(0, size, big):
+                os.preadv(fd, [buffer], offset)
+
+        ways: list[tuple[str, int, Callable[[int], None]]] = [
+            ("1 MiB pread, new buffers", 0, one_mib_reads),
+            (
+                "8 MiB preadv, one buffer",
+                0,
+                lambda fd: into_one_buffer(fd, memoryview(bytearray(big))),
+            ),
+            (
+                "8 MiB preadv, O_DIRECT",
+                os.O_DIRECT,
+                lambda fd: into_one_buffer(fd, mmap.mmap(-1, big)),
+            ),
+        ]
+        for label, flags, read in ways:
+            fd = os.open(path, os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+            try:
+                fd = os.open(path, os.O_RDONLY | flags)
+            except OSError:  # O_DIRECT where the file system has none (tmpfs)
+                rows.append((f"read back, {label}, CPU per MiB", "n/a"))
+                continue
+            with contextlib.closing(_Fd(fd)):
+                cpu = _cpu_s(resource.RUSAGE_SELF)
+                read(fd)
+                cpu = _cpu_s(resource.RUSAGE_SELF) - cpu
+            rows.append((f"read back, {label}, CPU per MiB", f"{cpu / (size / MiB) * 1e3:.2f} ms"))
+    return rows
+
+
+class _Fd:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 PROBES: Final[dict[str, Callable[[], list[tuple[str, str]]]]] = {
     "crypto": crypto,
     "socket": unix_socket,
     "pagecache": pagecache,
+    "readback": readback,
 }
 
 

@@ -1,9 +1,10 @@
 """A pack built from the local segments (layer 2): the records the replicator uploads next.
 
 Each run of records that lie back to back in one segment is read with one ``preadv`` straight
-into the pack's body (``layout.pack_frame``): no copy per record, and reads large enough for
-the kernel's readahead: the records have usually left the page cache (the workers drop what
-they synced).
+into the pack's body (``layout.pack_frame``): no copy and no open, read and close per record.
+The records have usually left the page cache (the workers drop what they synced), so they
+come back from disk; plain reads, since ``O_DIRECT`` saves nothing measurable here
+(docs/bench.md).
 """
 
 from __future__ import annotations
